@@ -1,0 +1,231 @@
+"""The tamper-evident audit trail: a single hash chain over every audit entry.
+
+Each entry's hash covers its own fields and the previous entry's hash, so changing, deleting,
+inserting or reordering any entry breaks the chain from that point on, and ``verify`` names the
+first entry where it breaks. The chain's tip is kept in ``audit_head``; appends lock that one row,
+which is what keeps the chain linear when several workers commit at once on PostgreSQL.
+
+Why this stays fast: appends happen in batches (one locked read of the head, one ``executemany``
+insert, one head update per transaction), hashing costs microseconds per entry, and the head lock
+is taken as the *last* write of a transaction, so it is held only for the instant before commit.
+Callers must keep it that way: append audit entries after every other write of the transaction.
+
+The chain proves the database has not been edited behind consentflow's back, except for cutting
+entries off the end together with rewriting the head; ``verify`` prints the head so that it can be
+anchored outside the database (``--expect SEQ:HASH`` checks such an anchor later).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import IO, Any
+
+from sqlalchemy import insert, update
+from sqlmodel import Session, col, select
+
+from consentflow.errors import InvalidInput
+from consentflow.models import AuditEntry, AuditHead, utcnow
+
+GENESIS = "0" * 64
+_FIELDS = (
+    "seq",
+    "recorded_at",
+    "action",
+    "subject_ref",
+    "purpose_key",
+    "actor_type",
+    "actor",
+    "channel",
+    "run_id",
+    "detail",
+)
+
+
+@dataclass
+class Entry:
+    """An audit entry before it joins the chain. ``detail`` must be JSON-serialisable."""
+
+    action: str
+    subject_ref: str | None = None
+    purpose_key: str | None = None
+    actor_type: str | None = None
+    actor: str | None = None
+    channel: str | None = None
+    run_id: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def _iso(ts: datetime) -> str:
+    return ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def canonical(row: dict[str, Any]) -> str:
+    """The exact text an entry's hash covers: its fields as sorted, compact JSON."""
+    doc = {name: row[name] for name in _FIELDS}
+    doc["recorded_at"] = _iso(doc["recorded_at"])
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def digest(prev_hash: str, row: dict[str, Any]) -> str:
+    return hashlib.sha256(f"{prev_hash}\n{canonical(row)}".encode()).hexdigest()
+
+
+def _normalise_detail(detail: dict[str, Any]) -> dict[str, Any]:
+    # Round-trip through JSON now so the hash covers exactly what the database will return.
+    return json.loads(json.dumps(detail, default=str))
+
+
+def append(session: Session, entries: Iterable[Entry], *, now: datetime | None = None) -> int:
+    """Chain ``entries`` onto the trail in the caller's transaction; returns the new head seq.
+
+    Call it as the last write of the transaction (see the module docstring).
+    """
+    items = list(entries)
+    if not items:
+        return 0
+    recorded_at = now or utcnow()
+    head = session.exec(
+        select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1).with_for_update()
+    ).one()
+    seq, prev = head.seq, head.hash
+    rows: list[dict[str, Any]] = []
+    for item in items:
+        seq += 1
+        row = {
+            "seq": seq,
+            "recorded_at": recorded_at,
+            "action": item.action,
+            "subject_ref": item.subject_ref,
+            "purpose_key": item.purpose_key,
+            "actor_type": item.actor_type,
+            "actor": item.actor,
+            "channel": item.channel,
+            "run_id": item.run_id,
+            "detail": _normalise_detail(item.detail),
+            "prev_hash": prev,
+        }
+        prev = row["hash"] = digest(prev, row)
+        rows.append(row)
+    session.execute(insert(AuditEntry.__table__), rows)  # type: ignore[arg-type]
+    session.execute(update(AuditHead).where(col(AuditHead.id) == 1).values(seq=seq, hash=prev))
+    return seq
+
+
+def record(session: Session, action: str, **fields: Any) -> int:
+    """Append a single entry; a convenience over ``append``."""
+    return append(session, [Entry(action=action, **fields)])
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What ``verify`` found. ``first_bad`` is the seq of the first entry that fails, if any."""
+
+    ok: bool
+    entries: int
+    head_seq: int
+    head_hash: str
+    first_bad: int | None = None
+    problem: str | None = None
+
+
+def _row_dict(entry: AuditEntry) -> dict[str, Any]:
+    return {name: getattr(entry, name) for name in (*_FIELDS, "prev_hash", "hash")}
+
+
+def verify(
+    session: Session, *, expect: tuple[int, str] | None = None, chunk: int = 5000
+) -> Verification:
+    """Walk the whole chain and report the first entry that does not fit.
+
+    Detects an edited entry (its hash no longer matches), a deleted one (a gap in the sequence, or
+    the head pointing past the end), an inserted or reordered one (its ``prev_hash`` does not
+    match its predecessor). ``expect`` is an anchor recorded earlier: entry SEQ must still hash
+    to HASH.
+    """
+    head = session.exec(select(AuditHead).where(AuditHead.id == 1)).one()
+    prev_hash, expected_seq, count = GENESIS, 1, 0
+
+    def bad(seq: int, problem: str) -> Verification:
+        return Verification(False, count, head.seq, head.hash, seq, problem)
+
+    last = 0
+    while True:
+        batch = session.exec(
+            select(AuditEntry)
+            .where(col(AuditEntry.seq) > last)
+            .order_by(col(AuditEntry.seq))
+            .limit(chunk)
+        ).all()
+        if not batch:
+            break
+        for entry in batch:
+            row = _row_dict(entry)
+            if entry.seq != expected_seq:
+                if entry.seq > expected_seq:
+                    return bad(expected_seq, f"entry {expected_seq} is missing (deleted)")
+                return bad(entry.seq, f"entry {entry.seq} is out of order")
+            if entry.prev_hash != prev_hash:
+                return bad(entry.seq, "does not link to the entry before it (inserted or moved)")
+            if digest(prev_hash, row) != entry.hash:
+                return bad(entry.seq, "its content does not match its hash (modified)")
+            if expect and entry.seq == expect[0] and entry.hash != expect[1]:
+                return bad(entry.seq, "does not match the anchor recorded earlier")
+            prev_hash, expected_seq, count = entry.hash, expected_seq + 1, count + 1
+            last = entry.seq
+            session.expunge(entry)
+    if head.seq != count or head.hash != prev_hash:
+        return bad(count + 1, f"the chain ends at {count} but its head says {head.seq} (deleted)")
+    if expect and expect[0] > count:
+        return bad(expect[0], "the anchor recorded earlier is past the end of the chain")
+    return Verification(True, count, head.seq, head.hash)
+
+
+def export(
+    session: Session,
+    out: IO[str],
+    *,
+    subject_ref: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> int:
+    """Write entries as JSON Lines (oldest first), each with its hashes so it can be re-checked."""
+    n = 0
+    for entry in iter_entries(session, subject_ref=subject_ref, since=since, until=until):
+        row = _row_dict(entry)
+        row["recorded_at"] = _iso(row["recorded_at"])
+        out.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
+        n += 1
+    return n
+
+
+def iter_entries(
+    session: Session,
+    *,
+    subject_ref: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    chunk: int = 5000,
+) -> Iterator[AuditEntry]:
+    """Entries matching the filters in chain order, read in chunks so memory stays flat."""
+    if since and until and since > until:
+        raise InvalidInput("--since is after --until: nothing can match")
+    last = 0
+    while True:
+        stmt = select(AuditEntry).where(col(AuditEntry.seq) > last)
+        if subject_ref is not None:
+            stmt = stmt.where(AuditEntry.subject_ref == subject_ref)
+        if since is not None:
+            stmt = stmt.where(col(AuditEntry.recorded_at) >= since)
+        if until is not None:
+            stmt = stmt.where(col(AuditEntry.recorded_at) < until)
+        batch = session.exec(stmt.order_by(col(AuditEntry.seq)).limit(chunk)).all()
+        if not batch:
+            return
+        for entry in batch:
+            yield entry
+            session.expunge(entry)
+        last = batch[-1].seq

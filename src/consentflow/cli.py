@@ -1,0 +1,540 @@
+"""The ``consentflow`` command line: a thin door onto the same functions the web app uses.
+
+Conventions every command keeps: ``--json`` prints machine-readable output on stdout; a mistake in
+the request (unknown subject, bad date, malformed file) prints one line on stderr and exits 2; a
+change the rules refuse exits 1; nothing is written in either case, because each command is one
+transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
+from sqlmodel import Session
+
+from consentflow import access, audit, db, lifecycle, purposes, subjects, systems
+from consentflow.errors import ConsentflowError, InvalidInput
+from consentflow.models import ActorType, Channel
+
+app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    help="Record consent, keep it true over time, and make the rest of the company obey it.",
+)
+db_app = typer.Typer(no_args_is_help=True, help="Create or upgrade the database schema.")
+purpose_app = typer.Typer(no_args_is_help=True, help="Purposes and their versioned notices.")
+subject_app = typer.Typer(no_args_is_help=True, help="The people whose consent is recorded.")
+consent_app = typer.Typer(no_args_is_help=True, help="Grant, refuse, revoke, renew and inspect.")
+system_app = typer.Typer(no_args_is_help=True, help="Downstream systems and their purposes.")
+audit_app = typer.Typer(no_args_is_help=True, help="Verify and export the audit trail.")
+for sub, name in (
+    (db_app, "db"),
+    (purpose_app, "purpose"),
+    (subject_app, "subject"),
+    (consent_app, "consent"),
+    (system_app, "system"),
+    (audit_app, "audit"),
+):
+    app.add_typer(sub, name=name)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+def fail(message: str, code: int) -> NoReturn:
+    typer.echo(f"consentflow: {message}", err=True)
+    raise SystemExit(code)
+
+
+def emit(data: Any, as_json: bool, text: Callable[[], None]) -> None:
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, default=str))
+    else:
+        text()
+
+
+def parse_time(value: str | None, option: str) -> datetime | None:
+    """ISO 8601, e.g. 2026-01-31 or 2026-01-31T12:00:00Z; a time without zone is taken as UTC."""
+    if value is None:
+        return None
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(
+            f"bad {option} {value!r}: use ISO 8601, e.g. 2026-01-31 or 2026-01-31T12:00:00Z"
+        ) from None
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+@contextmanager
+def session() -> Iterator[Session]:
+    """One transaction for the whole command, on a database that has a schema."""
+    engine = db.get_engine()
+    db.ensure_schema(engine)
+    with db.session_scope(engine) as s:
+        yield s
+
+
+def _fmt(ts: datetime | None) -> str:
+    return ts.strftime("%Y-%m-%d %H:%M:%SZ") if ts else "-"
+
+
+# ---------------------------------------------------------------------------------------- db
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create the schema, or upgrade it to this version of consentflow."""
+    revision = db.upgrade()
+    typer.echo(f"database at revision {revision}")
+
+
+# ----------------------------------------------------------------------------------- purpose
+
+
+def _csv_list(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _version_dict(key: str, v: Any) -> dict[str, Any]:
+    return {
+        "key": key,
+        "version": v.version,
+        "title": v.title,
+        "description": v.description,
+        "lawful_basis": v.lawful_basis,
+        "data_categories": v.data_categories,
+        "validity_days": v.validity_days,
+        "material": v.material,
+        "created_at": v.created_at.isoformat(),
+    }
+
+
+@purpose_app.command("add")
+def purpose_add(
+    key: str,
+    title: Annotated[str, typer.Option(help="Short title shown to people.")],
+    validity_days: Annotated[int, typer.Option(help="How long a consent lasts before renewal.")],
+    lawful_basis: Annotated[str, typer.Option(help="GDPR lawful basis.")] = "consent",
+    description: Annotated[str, typer.Option(help="The notice text.")] = "",
+    data_categories: Annotated[str | None, typer.Option(help="Comma-separated.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register a purpose with its first notice version."""
+    with session() as s:
+        v = purposes.add(
+            s,
+            key,
+            title=title,
+            validity_days=validity_days,
+            description=description,
+            lawful_basis=lawful_basis,
+            data_categories=_csv_list(data_categories),
+        )
+    emit(_version_dict(key, v), as_json, lambda: typer.echo(f"purpose {key} v1 added"))
+
+
+@purpose_app.command("revise")
+def purpose_revise(
+    key: str,
+    material: Annotated[
+        bool, typer.Option("--material", help="Consents on older versions must be re-confirmed.")
+    ] = False,
+    title: Annotated[str | None, typer.Option()] = None,
+    description: Annotated[str | None, typer.Option()] = None,
+    lawful_basis: Annotated[str | None, typer.Option()] = None,
+    data_categories: Annotated[str | None, typer.Option(help="Comma-separated.")] = None,
+    validity_days: Annotated[int | None, typer.Option()] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Publish a new notice version (earlier versions are kept exactly as they were)."""
+    with session() as s:
+        v = purposes.revise(
+            s,
+            key,
+            material=material,
+            title=title,
+            description=description,
+            lawful_basis=lawful_basis,
+            data_categories=_csv_list(data_categories),
+            validity_days=validity_days,
+        )
+    kind = "material" if material else "editorial"
+    emit(_version_dict(key, v), as_json, lambda: typer.echo(f"purpose {key} v{v.version} ({kind})"))
+
+
+@purpose_app.command("list")
+def purpose_list(
+    versions: Annotated[
+        bool, typer.Option("--versions", help="Every version, not just the current.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Purposes with their current notice version."""
+    with session() as s:
+        rows = purposes.versions(s) if versions else purposes.list_current(s)
+    data = [_version_dict(k, v) for k, v in rows]
+
+    def text() -> None:
+        for d in data:
+            flag = " material" if d["material"] else ""
+            typer.echo(
+                f"{d['key']:<24} v{d['version']:<3} {d['validity_days']:>5}d "
+                f"{d['lawful_basis']:<20}{flag}  {d['title']}"
+            )
+
+    emit(data, as_json, text)
+
+
+# ----------------------------------------------------------------------------------- subject
+
+
+@subject_app.command("add")
+def subject_add(
+    external_id: str,
+    email: Annotated[str | None, typer.Option(help="Only needed for reminders.")] = None,
+    locale: Annotated[str | None, typer.Option(help="Language tag, default en.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register a subject under your own identifier for them."""
+    with session() as s:
+        subj = subjects.add(s, external_id, email=email, locale=locale)
+    data = {"external_id": subj.external_id, "subject_ref": subj.subject_ref, "locale": subj.locale}
+    emit(data, as_json, lambda: typer.echo(f"subject {subj.external_id} added"))
+
+
+@subject_app.command("import")
+def subject_import(
+    file: Annotated[
+        Path,
+        typer.Argument(help="CSV: external_id,email,locale,purpose,state,given_at,valid_until"),
+    ],
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Import the good rows anyway.")
+    ] = False,
+    propagate: Annotated[
+        bool, typer.Option("--propagate", help="Send webhooks for imported withdrawals.")
+    ] = False,
+    batch_size: Annotated[int, typer.Option(min=1, max=100000)] = 5000,
+    as_json: JsonOpt = False,
+) -> None:
+    """Bulk-migrate subjects and consents from another platform (idempotent on re-run)."""
+    from consentflow import importer
+
+    engine = db.get_engine()
+    db.ensure_schema(engine)
+    report = importer.import_file(
+        engine, file, skip_bad=skip_bad, propagate=propagate, batch_size=batch_size
+    )
+    if report.errors and not skip_bad:
+        for err in report.errors[:1000]:
+            typer.echo(f"{file}:{err.line}: {err.message}", err=True)
+        more = len(report.errors) - 1000
+        if more > 0:
+            typer.echo(f"... and {more} more", err=True)
+        fail(
+            f"{len(report.errors)} bad row(s), nothing imported: fix them or pass --skip-bad",
+            2,
+        )
+
+    def text() -> None:
+        for err in report.errors:
+            typer.echo(f"{file}:{err.line}: skipped: {err.message}", err=True)
+        typer.echo(
+            f"{report.rows} rows: {report.subjects_created} subjects created, "
+            f"{report.consents_created} consents imported, {report.unchanged} already present, "
+            f"{len(report.errors)} bad rows skipped"
+        )
+
+    emit(report.as_dict(), as_json, text)
+
+
+# ----------------------------------------------------------------------------------- consent
+
+
+def _actor(actor: str, channel: str, agent: str | None, reason: str | None) -> lifecycle.Actor:
+    try:
+        actor_type, chan = ActorType(actor), Channel(channel)
+    except ValueError:
+        raise InvalidInput(
+            f"bad --actor {actor!r} or --channel {channel!r}: actors are "
+            f"{', '.join(ActorType)}; channels are {', '.join(Channel)}"
+        ) from None
+    if actor_type is ActorType.AGENT:
+        base = lifecycle.agent_actor(agent, reason)
+        return lifecycle.Actor(actor_type, chan, base.name, reason)
+    return lifecycle.Actor(actor_type, chan, agent, reason)
+
+
+ActorOpt = Annotated[
+    str, typer.Option(help="Who expressed it: subject, agent (on their behalf), import, system.")
+]
+ChannelOpt = Annotated[
+    str, typer.Option(help="How it reached you: web, email_link, support, api, import, system.")
+]
+AgentOpt = Annotated[
+    str | None, typer.Option(help="The agent's name (default: your OS user) when --actor agent.")
+]
+ReasonOpt = Annotated[str | None, typer.Option(help="Why, recorded with the event.")]
+
+
+def _change_command(action: Callable[..., lifecycle.Change], verb: str) -> Callable[..., None]:
+    def command(
+        external_id: str,
+        purpose: str,
+        actor: ActorOpt = "agent",
+        channel: ChannelOpt = "support",
+        agent: AgentOpt = None,
+        reason: ReasonOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        who = _actor(actor, channel, agent, reason)
+        with session() as s:
+            change = action(s, external_id, purpose, who)
+        valid = f", valid until {_fmt(change.valid_until)}" if change.valid_until else ""
+        emit(
+            change.as_dict(),
+            as_json,
+            lambda: typer.echo(
+                f"{external_id} / {purpose}: {change.previous_state or 'absent'} -> "
+                f"{change.state} (seq {change.seq}{valid})"
+            ),
+        )
+
+    command.__doc__ = verb
+    return command
+
+
+consent_app.command("grant")(
+    _change_command(lifecycle.grant, "Record that the subject gives consent (validity starts now).")
+)
+consent_app.command("refuse")(
+    _change_command(lifecycle.refuse, "Record that the subject refuses to consent.")
+)
+consent_app.command("revoke")(
+    _change_command(lifecycle.revoke, "Withdraw a given consent; subscribed systems are told.")
+)
+consent_app.command("renew")(
+    _change_command(lifecycle.renew, "Confirm a given consent again; its validity restarts.")
+)
+consent_app.command("request")(
+    _change_command(lifecycle.request, "Record that the subject has been asked for consent.")
+)
+
+
+@consent_app.command("show")
+def consent_show(
+    external_id: str,
+    at: Annotated[str | None, typer.Option(help="Show the state as of this past instant.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """A subject's consents, now or as of a past instant."""
+    when = parse_time(at, "--at")
+    with session() as s:
+        views = lifecycle.as_of(s, external_id, when) if when else lifecycle.current(s, external_id)
+    data = {
+        "subject": external_id,
+        "as_of": when.isoformat() if when else None,
+        "consents": [v.as_dict() for v in views],
+    }
+
+    def text() -> None:
+        if not views:
+            typer.echo(f"{external_id}: no consents" + (f" as of {_fmt(when)}" if when else ""))
+        for v in views:
+            typer.echo(
+                f"{v.purpose:<24} {v.state:<12} v{v.purpose_version:<3} "
+                f"given {_fmt(v.given_at)}  valid until {_fmt(v.valid_until)}"
+            )
+
+    emit(data, as_json, text)
+
+
+@consent_app.command("history")
+def consent_history(external_id: str, as_json: JsonOpt = False) -> None:
+    """Every consent event of a subject, in order."""
+    with session() as s:
+        events = lifecycle.history(s, external_id)
+    data = [
+        {
+            "seq": e.seq,
+            "purpose": key,
+            "action": e.action,
+            "state": e.state,
+            "previous_state": e.previous_state,
+            "purpose_version": e.purpose_version,
+            "occurred_at": e.occurred_at.isoformat(),
+            "recorded_at": e.recorded_at.isoformat(),
+            "valid_until": e.valid_until.isoformat() if e.valid_until else None,
+            "actor_type": e.actor_type,
+            "actor": e.actor,
+            "channel": e.channel,
+            "reason": e.reason,
+            "event_id": str(e.id),
+        }
+        for key, e in events
+    ]
+
+    def text() -> None:
+        for d in data:
+            typer.echo(
+                f"{d['seq']:>4} {d['occurred_at'][:19]} {d['purpose']:<20} {d['action']:<10} "
+                f"-> {d['state']:<12} by {d['actor_type']} via {d['channel']}"
+            )
+
+    emit(data, as_json, text)
+
+
+# ------------------------------------------------------------------------------------- check
+
+
+@app.command("check")
+def check_command(
+    external_id: str,
+    purpose: str,
+    system: Annotated[str | None, typer.Option(help="The system asking.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """May SYSTEM use this subject's data for PURPOSE? Exit 0 if allowed, 1 if not."""
+    with session() as s:
+        decision = access.check(s, external_id, purpose, system)
+    verdict = "allowed" if decision.allowed else "not allowed"
+    valid = f" (valid until {_fmt(decision.valid_until)})" if decision.valid_until else ""
+    emit(decision.as_dict(), as_json, lambda: typer.echo(f"{verdict}: {decision.reason}{valid}"))
+    raise typer.Exit(0 if decision.allowed else 1)
+
+
+# ------------------------------------------------------------------------------------ system
+
+
+@system_app.command("add")
+def system_add(
+    name: str,
+    purposes_: Annotated[str, typer.Option("--purposes", help="Comma-separated purpose keys.")],
+    webhook_url: Annotated[str | None, typer.Option(help="Where withdrawals are sent.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register a downstream system; its webhook secret is printed once, now."""
+    with session() as s:
+        system, secret = systems.add(s, name, _csv_list(purposes_) or [], webhook_url=webhook_url)
+    data = {"name": system.name, "webhook_url": system.webhook_url, "webhook_secret": secret}
+
+    def text() -> None:
+        typer.echo(f"system {name} added")
+        if secret:
+            typer.echo(f"webhook secret (shown once, keep it safe): {secret}")
+
+    emit(data, as_json, text)
+
+
+@system_app.command("list")
+def system_list(as_json: JsonOpt = False) -> None:
+    """Registered systems with their purposes (secrets are never shown again)."""
+    with session() as s:
+        views = systems.list_all(s)
+
+    def text() -> None:
+        for v in views:
+            url = v.webhook_url or "(no webhook)"
+            typer.echo(f"{v.name:<24} {v.status:<9} {','.join(v.purposes):<30} {url}")
+
+    emit([v.as_dict() for v in views], as_json, text)
+
+
+# ------------------------------------------------------------------------------------- audit
+
+
+@audit_app.command("verify")
+def audit_verify(
+    expect: Annotated[
+        str | None,
+        typer.Option(help="An anchor SEQ:HASH recorded earlier that must still be in the chain."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check the whole hash chain; exit 1 and name the first bad entry if it is broken."""
+    anchor = None
+    if expect is not None:
+        seq, _, digest = expect.partition(":")
+        if not seq.isdigit() or len(digest) != 64:
+            raise InvalidInput(f"bad --expect {expect!r}: use SEQ:HASH as printed by verify")
+        anchor = (int(seq), digest)
+    with session() as s:
+        result = audit.verify(s, expect=anchor)
+    data = {
+        "ok": result.ok,
+        "entries": result.entries,
+        "head": f"{result.head_seq}:{result.head_hash}",
+        "first_bad": result.first_bad,
+        "problem": result.problem,
+    }
+    if result.ok:
+        emit(
+            data,
+            as_json,
+            lambda: typer.echo(
+                f"audit trail intact: {result.entries} entries, head {data['head']}"
+            ),
+        )
+        return
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+    fail(f"audit trail broken at entry {result.first_bad}: {result.problem}", 1)
+
+
+@audit_app.command("export")
+def audit_export(
+    subject: Annotated[str | None, typer.Option(help="Only this subject's entries.")] = None,
+    since: Annotated[str | None, typer.Option(help="From this instant (ISO 8601).")] = None,
+    until: Annotated[str | None, typer.Option(help="Before this instant (ISO 8601).")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File (default stdout).")
+    ] = None,
+) -> None:
+    """Write audit entries as JSON Lines, with their hashes."""
+    start, end = parse_time(since, "--since"), parse_time(until, "--until")
+    with session() as s:
+        ref = None
+        if subject is not None:
+            found = subjects.get(s, subject)
+            if found is None:
+                raise InvalidInput(f"unknown subject {subject!r}")
+            ref = found.subject_ref
+        if output is None:
+            n = audit.export(s, sys.stdout, subject_ref=ref, since=start, until=end)
+        else:
+            with output.open("w", encoding="utf-8") as fh:
+                n = audit.export(s, fh, subject_ref=ref, since=start, until=end)
+            typer.echo(f"{n} entries written to {output}", err=True)
+
+
+# -------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: expected failures become one line on stderr and an exit code."""
+    try:
+        app(args=argv, prog_name="consentflow")
+    except ConsentflowError as exc:
+        fail(str(exc), exc.exit_code)
+    except (OperationalError, ProgrammingError) as exc:
+        text = str(exc.orig).splitlines()[0] if exc.orig else str(exc)
+        if "no such table" in text or "does not exist" in text:
+            fail("the database has no consentflow schema: run `consentflow db upgrade`", 2)
+        fail(f"database error: {text}", 1)
+    except DBAPIError as exc:
+        fail(f"database error: {str(exc.orig).splitlines()[0] if exc.orig else exc}", 1)
+
+
+if __name__ == "__main__":
+    main()

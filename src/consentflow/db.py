@@ -1,0 +1,125 @@
+"""Engines, sessions and schema upgrades; every SQLite/PostgreSQL difference lives here.
+
+SQLite is the embedded default and allows one writer at a time: write transactions start with
+``BEGIN IMMEDIATE`` so two writers queue on the lock instead of failing halfway. PostgreSQL is the
+production database; there, row locks (``FOR UPDATE``) serialise changes to one subject and
+``SKIP LOCKED`` lets several workers share a queue. SQLAlchemy renders no ``FOR UPDATE`` on SQLite,
+where ``BEGIN IMMEDIATE`` already holds the whole database, so callers write one query for both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, inspect
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlmodel import Session, create_engine
+
+from consentflow.errors import ConsentflowError, InvalidInput
+from consentflow.settings import get_settings
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def normalise_url(url: str) -> str:
+    """Use psycopg 3 for PostgreSQL URLs written the usual way (``postgresql://``)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def make_engine(url: str) -> Engine:
+    """A new engine for ``url``, configured for consentflow's transaction discipline."""
+    url = normalise_url(url)
+    try:
+        parsed = make_url(url)
+    except Exception as exc:  # SQLAlchemy raises ArgumentError for malformed URLs
+        raise InvalidInput(f"bad database URL {url!r}: {exc}") from None
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
+        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "begin", _sqlite_on_begin)
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        return create_engine(url, pool_pre_ping=True)
+    raise InvalidInput(
+        f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql"
+    )
+
+
+def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    # Take transaction control away from the sqlite3 module so that we can say BEGIN IMMEDIATE.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=60000")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def _sqlite_on_begin(conn: Any) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+@lru_cache(maxsize=8)
+def _cached_engine(url: str) -> Engine:
+    return make_engine(url)
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """The process-wide engine for ``url`` (default: ``CONSENTFLOW_DATABASE_URL``)."""
+    return _cached_engine(normalise_url(url or get_settings().database_url))
+
+
+@contextmanager
+def session_scope(engine: Engine | None = None) -> Iterator[Session]:
+    """One unit of work: commits if the block succeeds, rolls back everything if it raises."""
+    with Session(engine or get_engine(), expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def is_postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def alembic_config(engine: Engine) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def upgrade(engine: Engine | None = None) -> str:
+    """Create or upgrade the schema to the newest migration; returns the revision now applied."""
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+
+    engine = engine or get_engine()
+    command.upgrade(alembic_config(engine), "head")
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision() or "base"
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Fail with a clear message if the database has not been created yet."""
+    if not inspect(engine).has_table("audit_head"):
+        raise ConsentflowError(
+            "the database has no consentflow schema: run `consentflow db upgrade`"
+        )
+
+
+SCHEMA_ERRORS = (OperationalError, ProgrammingError)

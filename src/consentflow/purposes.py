@@ -1,0 +1,227 @@
+"""Purposes and their immutable, versioned notices."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from consentflow import audit
+from consentflow.errors import Conflict, InvalidInput, NotFound
+from consentflow.models import LawfulBasis, Purpose, PurposeVersion
+
+_KEY = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class PurposeInfo:
+    """What the lifecycle rules need to know about a purpose, read once per change or batch."""
+
+    id: int
+    key: str
+    current_version: int
+    validity_days: int
+    #: The newest version that changed the notice materially: consents on older versions must be
+    #: re-confirmed. Version 1 counts as the original notice.
+    material_version: int
+
+
+def _check_fields(title: str | None, validity_days: int | None, lawful_basis: str | None) -> None:
+    if title is not None and not title.strip():
+        raise InvalidInput("the title must not be empty")
+    if validity_days is not None and not 1 <= validity_days <= 36500:
+        raise InvalidInput(f"validity days must be between 1 and 36500, got {validity_days}")
+    if lawful_basis is not None and lawful_basis not in set(LawfulBasis):
+        choices = ", ".join(LawfulBasis)
+        raise InvalidInput(f"unknown lawful basis {lawful_basis!r}: use one of {choices}")
+
+
+def add(
+    session: Session,
+    key: str,
+    *,
+    title: str,
+    validity_days: int,
+    description: str = "",
+    lawful_basis: str = LawfulBasis.CONSENT,
+    data_categories: list[str] | None = None,
+) -> PurposeVersion:
+    """Register a purpose with its first notice version."""
+    if not _KEY.match(key):
+        raise InvalidInput(
+            f"bad purpose key {key!r}: use lowercase letters, digits, '_', '-', '.' (max 64)"
+        )
+    _check_fields(title, validity_days, lawful_basis)
+    if session.exec(select(Purpose.id).where(Purpose.key == key)).first() is not None:
+        raise Conflict(f"purpose {key!r} exists already: use `purpose revise` to change it")
+    purpose = Purpose(key=key, current_version=1)
+    session.add(purpose)
+    session.flush()
+    assert purpose.id is not None
+    version = PurposeVersion(
+        purpose_id=purpose.id,
+        version=1,
+        title=title.strip(),
+        description=description,
+        lawful_basis=lawful_basis,
+        data_categories=list(data_categories or []),
+        validity_days=validity_days,
+        material=False,
+    )
+    session.add(version)
+    session.flush()
+    audit.record(session, "purpose.created", purpose_key=key, detail=_version_detail(version))
+    return version
+
+
+def revise(
+    session: Session,
+    key: str,
+    *,
+    material: bool,
+    title: str | None = None,
+    description: str | None = None,
+    lawful_basis: str | None = None,
+    data_categories: list[str] | None = None,
+    validity_days: int | None = None,
+) -> PurposeVersion:
+    """Publish a new notice version; earlier versions stay exactly as subjects saw them.
+
+    A material revision means every consent resting on an older version must be re-confirmed
+    (the re-consent flow asks, then invalidates); an editorial one asks nobody.
+    """
+    _check_fields(title, validity_days, lawful_basis)
+    purpose = session.exec(select(Purpose).where(Purpose.key == key).with_for_update()).first()
+    if purpose is None:
+        raise NotFound(f"unknown purpose {key!r}: see `consentflow purpose list`")
+    latest = _version(session, purpose.id, purpose.current_version)  # type: ignore[arg-type]
+    changes: dict[str, Any] = {
+        "title": title.strip() if title is not None else None,
+        "description": description,
+        "lawful_basis": lawful_basis,
+        "data_categories": data_categories,
+        "validity_days": validity_days,
+    }
+    changes = {k: v for k, v in changes.items() if v is not None and v != getattr(latest, k)}
+    if not changes:
+        raise InvalidInput(f"nothing to revise: give at least one changed field for {key!r}")
+    new = PurposeVersion(
+        purpose_id=latest.purpose_id,
+        version=latest.version + 1,
+        title=changes.get("title", latest.title),
+        description=changes.get("description", latest.description),
+        lawful_basis=changes.get("lawful_basis", latest.lawful_basis),
+        data_categories=list(changes.get("data_categories", latest.data_categories)),
+        validity_days=changes.get("validity_days", latest.validity_days),
+        material=material,
+    )
+    session.add(new)
+    purpose.current_version = new.version
+    session.add(purpose)
+    session.flush()
+    audit.record(
+        session,
+        "purpose.revised",
+        purpose_key=key,
+        detail={**_version_detail(new), "changed": sorted(changes)},
+    )
+    return new
+
+
+def _version(session: Session, purpose_id: int, version: int) -> PurposeVersion:
+    return session.exec(
+        select(PurposeVersion).where(
+            PurposeVersion.purpose_id == purpose_id, PurposeVersion.version == version
+        )
+    ).one()
+
+
+def _version_detail(v: PurposeVersion) -> dict[str, Any]:
+    return {
+        "version": v.version,
+        "title": v.title,
+        "lawful_basis": v.lawful_basis,
+        "data_categories": v.data_categories,
+        "validity_days": v.validity_days,
+        "material": v.material,
+    }
+
+
+def info(session: Session, keys: list[str] | None = None) -> dict[str, PurposeInfo]:
+    """``PurposeInfo`` by key, for the given keys (all purposes when ``keys`` is None).
+
+    Raises ``NotFound`` naming the first unknown key.
+    """
+    current = PurposeVersion
+    material = (
+        select(
+            PurposeVersion.purpose_id,
+            func.max(PurposeVersion.version).label("material_version"),
+        )
+        .where(col(PurposeVersion.material).is_(True))
+        .group_by(col(PurposeVersion.purpose_id))
+        .subquery()
+    )
+    stmt = (
+        select(
+            Purpose.id,
+            Purpose.key,
+            Purpose.current_version,
+            current.validity_days,
+            material.c.material_version,
+        )
+        .join(
+            current,
+            (current.purpose_id == Purpose.id) & (current.version == Purpose.current_version),
+        )
+        .outerjoin(material, material.c.purpose_id == Purpose.id)
+    )
+    if keys is not None:
+        stmt = stmt.where(col(Purpose.key).in_(keys))
+    found = {
+        row.key: PurposeInfo(
+            id=row.id,
+            key=row.key,
+            current_version=row.current_version,
+            validity_days=row.validity_days,
+            material_version=row.material_version or 1,
+        )
+        for row in session.exec(stmt)
+    }
+    for key in keys or []:
+        if key not in found:
+            raise NotFound(f"unknown purpose {key!r}: see `consentflow purpose list`")
+    return found
+
+
+def get(session: Session, key: str) -> PurposeInfo:
+    return info(session, [key])[key]
+
+
+def versions(session: Session, key: str | None = None) -> list[tuple[str, PurposeVersion]]:
+    """Every notice version (of one purpose, or all), oldest first."""
+    stmt = select(Purpose.key, PurposeVersion).join(
+        PurposeVersion, col(PurposeVersion.purpose_id) == Purpose.id
+    )
+    if key is not None:
+        get(session, key)
+        stmt = stmt.where(Purpose.key == key)
+    rows = session.exec(stmt.order_by(col(Purpose.key), col(PurposeVersion.version))).all()
+    return [(k, v) for k, v in rows]
+
+
+def list_current(session: Session) -> list[tuple[str, PurposeVersion]]:
+    """Each purpose with its current notice version, by key."""
+    stmt = (
+        select(Purpose.key, PurposeVersion)
+        .join(
+            PurposeVersion,
+            (col(PurposeVersion.purpose_id) == Purpose.id)
+            & (col(PurposeVersion.version) == Purpose.current_version),
+        )
+        .order_by(col(Purpose.key))
+    )
+    return [(k, v) for k, v in session.exec(stmt).all()]

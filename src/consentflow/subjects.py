@@ -1,0 +1,67 @@
+"""Subjects: the people whose consent is recorded."""
+
+from __future__ import annotations
+
+import re
+
+from sqlmodel import Session, select
+
+from consentflow import audit
+from consentflow.errors import Conflict, InvalidInput
+from consentflow.keys import instance_secret, subject_ref
+from consentflow.models import Subject
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_LOCALE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
+
+
+def check_external_id(external_id: str) -> str:
+    external_id = external_id.strip()
+    if not external_id or len(external_id) > 200:
+        raise InvalidInput("the external id must be 1 to 200 characters")
+    return external_id
+
+
+def check_email(email: str | None) -> str | None:
+    if email is None or email == "":
+        return None
+    if len(email) > 320 or not _EMAIL.match(email):
+        raise InvalidInput(f"bad email address {email!r}: expected name@domain.tld")
+    return email
+
+
+def check_locale(locale: str | None) -> str:
+    if locale is None or locale == "":
+        return "en"
+    if not _LOCALE.match(locale):
+        raise InvalidInput(f"bad locale {locale!r}: use a language tag such as en or fr-CA")
+    return locale
+
+
+def add(
+    session: Session, external_id: str, *, email: str | None = None, locale: str | None = None
+) -> Subject:
+    """Register a subject. Only what reminders need is stored: an optional email and a locale."""
+    external_id = check_external_id(external_id)
+    email, locale = check_email(email), check_locale(locale)
+    if session.exec(select(Subject.id).where(Subject.external_id == external_id)).first():
+        raise Conflict(f"subject {external_id!r} exists already")
+    subject = Subject(
+        external_id=external_id,
+        subject_ref=subject_ref(instance_secret(session), external_id),
+        email=email,
+        locale=locale,
+    )
+    session.add(subject)
+    session.flush()
+    audit.record(
+        session,
+        "subject.created",
+        subject_ref=subject.subject_ref,
+        detail={"has_email": email is not None, "locale": locale},
+    )
+    return subject
+
+
+def get(session: Session, external_id: str) -> Subject | None:
+    return session.exec(select(Subject).where(Subject.external_id == external_id)).first()

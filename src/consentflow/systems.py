@@ -1,0 +1,100 @@
+"""Downstream systems: which purposes each may process, and where its webhooks go."""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from sqlmodel import Session, col, select
+
+from consentflow import audit, purposes
+from consentflow.errors import Conflict, InvalidInput, NotFound
+from consentflow.models import Purpose, System, SystemPurpose
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def new_secret() -> str:
+    """A Standard Webhooks secret: ``whsec_`` + base64 of 32 random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def check_webhook_url(url: str) -> str:
+    """Shape check only; where the URL may point (SSRF rules) is the delivery engine's job."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInput(f"bad webhook URL {url!r}: expected https://host/path")
+    return url
+
+
+@dataclass(frozen=True)
+class SystemView:
+    name: str
+    purposes: list[str]
+    webhook_url: str | None
+    status: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "purposes": self.purposes,
+            "webhook_url": self.webhook_url,
+            "status": self.status,
+        }
+
+
+def add(
+    session: Session, name: str, purpose_keys: list[str], *, webhook_url: str | None = None
+) -> tuple[System, str | None]:
+    """Register a system for ``purpose_keys``; returns it and its webhook secret (shown once)."""
+    if not _NAME.match(name):
+        raise InvalidInput(f"bad system name {name!r}: use letters, digits, '_', '-', '.'")
+    if not purpose_keys:
+        raise InvalidInput("give at least one purpose the system may process (--purposes a,b)")
+    infos = purposes.info(session, purpose_keys)
+    if webhook_url is not None:
+        check_webhook_url(webhook_url)
+    if session.exec(select(System.id).where(System.name == name)).first():
+        raise Conflict(f"system {name!r} exists already")
+    secret = new_secret() if webhook_url else None
+    system = System(name=name, webhook_url=webhook_url, webhook_secret=secret)
+    session.add(system)
+    session.flush()
+    assert system.id is not None
+    for info in infos.values():
+        session.add(SystemPurpose(system_id=system.id, purpose_id=info.id))
+    session.flush()
+    audit.record(
+        session,
+        "system.created",
+        actor=name,
+        detail={"purposes": sorted(infos), "webhook": webhook_url is not None},
+    )
+    return system, secret
+
+
+def get(session: Session, name: str) -> System:
+    system = session.exec(select(System).where(System.name == name)).first()
+    if system is None:
+        raise NotFound(f"unknown system {name!r}: see `consentflow system list`")
+    return system
+
+
+def list_all(session: Session) -> list[SystemView]:
+    rows = session.exec(
+        select(System, Purpose.key)
+        .outerjoin(SystemPurpose, col(SystemPurpose.system_id) == System.id)
+        .outerjoin(Purpose, col(Purpose.id) == SystemPurpose.purpose_id)
+        .order_by(col(System.name), col(Purpose.key))
+    ).all()
+    views: dict[str, SystemView] = {}
+    for system, key in rows:
+        view = views.setdefault(
+            system.name, SystemView(system.name, [], system.webhook_url, system.status)
+        )
+        if key:
+            view.purposes.append(key)
+    return list(views.values())
