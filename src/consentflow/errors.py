@@ -24,7 +24,7 @@ class NotFound(InvalidInput):
 
 
 class TransitionNotAllowed(ConsentflowError):
-    """The lifecycle rules refuse this change from the consent's current state (exit 1, HTTP 409)."""
+    """The lifecycle rules refuse this change from the current state (exit 1, HTTP 409)."""
 
 
 class Conflict(ConsentflowError):

@@ -168,7 +168,8 @@ def validate(path: Path, known_purposes: set[str], now: datetime) -> tuple[int, 
                 errors.append(
                     RowError(
                         line,
-                        f"second consent for the same subject and purpose (line {consents_seen[key]})",
+                        "second consent for the same subject and purpose "
+                        f"(line {consents_seen[key]})",
                     )
                 )
                 continue

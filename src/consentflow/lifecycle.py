@@ -326,6 +326,7 @@ def _write(session: Session, items: list[_Item], *, now: datetime, propagate: bo
             "valid_until": i.outcome.valid_until,
             "updated_at": now,
             "last_event_id": i.event_id,
+            "reminder_stage": None,
         }
         for i in items
     ]

@@ -219,6 +219,9 @@ class Consent(SQLModel, table=True):
     valid_until: datetime | None = _ts(nullable=True)
     updated_at: datetime = _ts()
     last_event_id: uuid.UUID
+    #: Smallest renewal-reminder stage (days before the end) already sent in the current validity
+    #: period; reset whenever the validity is stamped anew (grant, renew, import).
+    reminder_stage: int | None = None
 
 
 class ConsentEvent(SQLModel, table=True):
@@ -242,7 +245,7 @@ class ConsentEvent(SQLModel, table=True):
     #: When the change took effect (for an expiry: the validity end).
     occurred_at: datetime = _ts()
     #: When the ledger recorded it.
-    recorded_at: datetime = _ts()
+    recorded_at: datetime = _ts(index=True)
     valid_until: datetime | None = _ts(nullable=True)
     actor_type: str = Field(max_length=16)
     #: Who acted, where it matters: the agent's name, the importing source, the flow run.
@@ -281,7 +284,12 @@ class System(SQLModel, table=True):
     webhook_url: str | None = Field(default=None, max_length=2000)
     #: Standard Webhooks secret (``whsec_...``), shown once at registration.
     webhook_secret: str | None = Field(default=None, max_length=200)
+    #: The secret before the last rotation; it signs alongside the new one until it retires.
+    previous_secret: str | None = Field(default=None, max_length=200)
+    previous_secret_until: datetime | None = _ts(nullable=True)
     status: str = Field(default=SystemStatus.ACTIVE, max_length=16)
+    status_reason: str | None = Field(default=None, max_length=500)
+    last_success_at: datetime | None = _ts(nullable=True)
     created_at: datetime = _ts()
 
 
@@ -323,6 +331,70 @@ class Delivery(SQLModel, table=True):
     last_error: str | None = Field(default=None, max_length=500)
 
 
+class DeliveryAttempt(SQLModel, table=True):
+    """One HTTP attempt of a delivery: what a regulator asks for ("when did each system learn?")."""
+
+    __tablename__ = "delivery_attempt"
+
+    id: int | None = Field(default=None, primary_key=True)
+    delivery_id: int = Field(foreign_key="delivery.id", index=True)
+    attempt: int
+    started_at: datetime = _ts()
+    status_code: int | None = None
+    latency_ms: int | None = None
+    error_class: str | None = Field(default=None, max_length=100)
+    #: The start of the response body, truncated; never request headers (they carry signatures).
+    response_excerpt: str | None = Field(default=None, max_length=500)
+
+
+class EmailMessage(SQLModel, table=True):
+    """One consent email: its Message-ID and outcome. The address itself stays on the subject."""
+
+    __tablename__ = "email_message"
+    __table_args__ = (Index("ix_email_message_subject_id_kind", "subject_id", "kind"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: str = Field(unique=True, max_length=200)
+    subject_id: int = Field(foreign_key="subject.id")
+    purpose_id: int | None = Field(default=None, foreign_key="purpose.id")
+    request_id: int | None = Field(default=None, foreign_key="consent_request.id")
+    #: renewal_reminder, collection_followup, reconsent_request, alert ...
+    kind: str = Field(max_length=32)
+    stage: int | None = None
+    #: claimed (about to be sent), sent, deferred (4xx/timeout), bounced (5xx)
+    status: str = Field(max_length=16)
+    run_id: str | None = Field(default=None, max_length=64)
+    created_at: datetime = _ts()
+    sent_at: datetime | None = _ts(nullable=True)
+    error: str | None = Field(default=None, max_length=500)
+
+
+class EmailSuppression(SQLModel, table=True):
+    """Addresses that must not be mailed again (hard bounces, complaints), kept as keyed hashes."""
+
+    __tablename__ = "email_suppression"
+
+    address_hash: str = Field(primary_key=True, max_length=64)
+    reason: str = Field(max_length=500)
+    created_at: datetime = _ts()
+
+
+class ApiToken(SQLModel, table=True):
+    """A bearer token for the web API; only its hash is stored."""
+
+    __tablename__ = "api_token"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=100)
+    #: admin, compliance, support or system
+    scope: str = Field(max_length=16)
+    system_id: int | None = Field(default=None, foreign_key="system.id")
+    token_hash: str = Field(unique=True, max_length=64)
+    created_at: datetime = _ts()
+    last_used_at: datetime | None = _ts(nullable=True)
+    revoked_at: datetime | None = _ts(nullable=True)
+
+
 class AuditEntry(SQLModel, table=True):
     """One link of the tamper-evident audit chain. See ``audit.py`` for how it is hashed."""
 
@@ -330,7 +402,7 @@ class AuditEntry(SQLModel, table=True):
 
     seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
     recorded_at: datetime = _ts(index=True)
-    action: str = Field(max_length=40)
+    action: str = Field(max_length=40, index=True)
     subject_ref: str | None = Field(default=None, max_length=64, index=True)
     purpose_key: str | None = Field(default=None, max_length=64)
     actor_type: str | None = Field(default=None, max_length=16)

@@ -2,7 +2,6 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-29
 """
 
 from collections.abc import Sequence
@@ -38,6 +37,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("seq", name=op.f("pk_audit_entry")),
     )
     with op.batch_alter_table("audit_entry", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_audit_entry_action"), ["action"], unique=False)
         batch_op.create_index(
             batch_op.f("ix_audit_entry_recorded_at"), ["recorded_at"], unique=False
         )
@@ -54,7 +54,16 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_head")),
     )
     # The chain starts from the genesis hash; appends lock and advance this one row.
-    op.execute(sa.text("INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '" + "0" * 64 + "')"))
+    op.execute(
+        sa.text("INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, :h)").bindparams(h="0" * 64)
+    )
+    op.create_table(
+        "email_suppression",
+        sa.Column("address_hash", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("reason", sqlmodel.sql.sqltypes.AutoString(length=500), nullable=False),
+        sa.Column("created_at", consentflow.models.UTCDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("address_hash", name=op.f("pk_email_suppression")),
+    )
     op.create_table(
         "instance_key",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -90,10 +99,32 @@ def upgrade() -> None:
         sa.Column("name", sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
         sa.Column("webhook_url", sqlmodel.sql.sqltypes.AutoString(length=2000), nullable=True),
         sa.Column("webhook_secret", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),
+        sa.Column("previous_secret", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),
+        sa.Column(
+            "previous_secret_until", consentflow.models.UTCDateTime(timezone=True), nullable=True
+        ),
         sa.Column("status", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+        sa.Column("status_reason", sqlmodel.sql.sqltypes.AutoString(length=500), nullable=True),
+        sa.Column("last_success_at", consentflow.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("created_at", consentflow.models.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_system")),
         sa.UniqueConstraint("name", name=op.f("uq_system_name")),
+    )
+    op.create_table(
+        "api_token",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("name", sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
+        sa.Column("scope", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+        sa.Column("system_id", sa.Integer(), nullable=True),
+        sa.Column("token_hash", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("created_at", consentflow.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("last_used_at", consentflow.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("revoked_at", consentflow.models.UTCDateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["system_id"], ["system.id"], name=op.f("fk_api_token_system_id_system")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_api_token")),
+        sa.UniqueConstraint("token_hash", name=op.f("uq_api_token_token_hash")),
     )
     op.create_table(
         "consent",
@@ -106,6 +137,7 @@ def upgrade() -> None:
         sa.Column("valid_until", consentflow.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("updated_at", consentflow.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column("last_event_id", sa.Uuid(), nullable=False),
+        sa.Column("reminder_stage", sa.Integer(), nullable=True),
         sa.ForeignKeyConstraint(
             ["purpose_id"], ["purpose.id"], name=op.f("fk_consent_purpose_id_purpose")
         ),
@@ -154,6 +186,9 @@ def upgrade() -> None:
     with op.batch_alter_table("consent_event", schema=None) as batch_op:
         batch_op.create_index(
             "ix_consent_event_purpose_id_recorded_at", ["purpose_id", "recorded_at"], unique=False
+        )
+        batch_op.create_index(
+            batch_op.f("ix_consent_event_recorded_at"), ["recorded_at"], unique=False
         )
 
     op.create_table(
@@ -246,11 +281,72 @@ def upgrade() -> None:
             "ix_delivery_state_next_attempt_at", ["state", "next_attempt_at"], unique=False
         )
 
+    op.create_table(
+        "email_message",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("message_id", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+        sa.Column("subject_id", sa.Integer(), nullable=False),
+        sa.Column("purpose_id", sa.Integer(), nullable=True),
+        sa.Column("request_id", sa.Integer(), nullable=True),
+        sa.Column("kind", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+        sa.Column("stage", sa.Integer(), nullable=True),
+        sa.Column("status", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+        sa.Column("run_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
+        sa.Column("created_at", consentflow.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("sent_at", consentflow.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("error", sqlmodel.sql.sqltypes.AutoString(length=500), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["purpose_id"], ["purpose.id"], name=op.f("fk_email_message_purpose_id_purpose")
+        ),
+        sa.ForeignKeyConstraint(
+            ["request_id"],
+            ["consent_request.id"],
+            name=op.f("fk_email_message_request_id_consent_request"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["subject_id"], ["subject.id"], name=op.f("fk_email_message_subject_id_subject")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_email_message")),
+        sa.UniqueConstraint("message_id", name=op.f("uq_email_message_message_id")),
+    )
+    with op.batch_alter_table("email_message", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_email_message_subject_id_kind", ["subject_id", "kind"], unique=False
+        )
+
+    op.create_table(
+        "delivery_attempt",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("delivery_id", sa.Integer(), nullable=False),
+        sa.Column("attempt", sa.Integer(), nullable=False),
+        sa.Column("started_at", consentflow.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("status_code", sa.Integer(), nullable=True),
+        sa.Column("latency_ms", sa.Integer(), nullable=True),
+        sa.Column("error_class", sqlmodel.sql.sqltypes.AutoString(length=100), nullable=True),
+        sa.Column("response_excerpt", sqlmodel.sql.sqltypes.AutoString(length=500), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["delivery_id"], ["delivery.id"], name=op.f("fk_delivery_attempt_delivery_id_delivery")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_delivery_attempt")),
+    )
+    with op.batch_alter_table("delivery_attempt", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_delivery_attempt_delivery_id"), ["delivery_id"], unique=False
+        )
+
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    with op.batch_alter_table("delivery_attempt", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_delivery_attempt_delivery_id"))
+
+    op.drop_table("delivery_attempt")
+    with op.batch_alter_table("email_message", schema=None) as batch_op:
+        batch_op.drop_index("ix_email_message_subject_id_kind")
+
+    op.drop_table("email_message")
     with op.batch_alter_table("delivery", schema=None) as batch_op:
         batch_op.drop_index("ix_delivery_state_next_attempt_at")
 
@@ -263,6 +359,7 @@ def downgrade() -> None:
 
     op.drop_table("consent_request")
     with op.batch_alter_table("consent_event", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_consent_event_recorded_at"))
         batch_op.drop_index("ix_consent_event_purpose_id_recorded_at")
 
     op.drop_table("consent_event")
@@ -271,15 +368,18 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_consent_purpose_id"))
 
     op.drop_table("consent")
+    op.drop_table("api_token")
     op.drop_table("system")
     op.drop_table("subject")
     op.drop_table("purpose")
     op.drop_table("instance_key")
+    op.drop_table("email_suppression")
     op.drop_table("audit_head")
     with op.batch_alter_table("audit_entry", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_audit_entry_subject_ref"))
         batch_op.drop_index(batch_op.f("ix_audit_entry_run_id"))
         batch_op.drop_index(batch_op.f("ix_audit_entry_recorded_at"))
+        batch_op.drop_index(batch_op.f("ix_audit_entry_action"))
 
     op.drop_table("audit_entry")
     # ### end Alembic commands ###

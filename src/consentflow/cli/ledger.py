@@ -1,86 +1,33 @@
-"""The ``consentflow`` command line: a thin door onto the same functions the web app uses.
-
-Conventions every command keeps: ``--json`` prints machine-readable output on stdout; a mistake in
-the request (unknown subject, bad date, malformed file) prints one line on stderr and exits 2; a
-change the rules refuse exits 1; nothing is written in either case, because each command is one
-transaction.
-"""
+"""Ledger commands: database, purposes, subjects, consents, access checks, systems, audit."""
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
-from sqlmodel import Session
 
 from consentflow import access, audit, db, lifecycle, purposes, subjects, systems
-from consentflow.errors import ConsentflowError, InvalidInput
-from consentflow.models import ActorType, Channel
-
-app = typer.Typer(
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-    help="Record consent, keep it true over time, and make the rest of the company obey it.",
+from consentflow.cli._common import (
+    JsonOpt,
+    app,
+    audit_app,
+    consent_app,
+    db_app,
+    emit,
+    fail,
+    parse_time,
+    purpose_app,
+    session,
+    subject_app,
+    system_app,
 )
-db_app = typer.Typer(no_args_is_help=True, help="Create or upgrade the database schema.")
-purpose_app = typer.Typer(no_args_is_help=True, help="Purposes and their versioned notices.")
-subject_app = typer.Typer(no_args_is_help=True, help="The people whose consent is recorded.")
-consent_app = typer.Typer(no_args_is_help=True, help="Grant, refuse, revoke, renew and inspect.")
-system_app = typer.Typer(no_args_is_help=True, help="Downstream systems and their purposes.")
-audit_app = typer.Typer(no_args_is_help=True, help="Verify and export the audit trail.")
-for sub, name in (
-    (db_app, "db"),
-    (purpose_app, "purpose"),
-    (subject_app, "subject"),
-    (consent_app, "consent"),
-    (system_app, "system"),
-    (audit_app, "audit"),
-):
-    app.add_typer(sub, name=name)
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
-
-
-def fail(message: str, code: int) -> NoReturn:
-    typer.echo(f"consentflow: {message}", err=True)
-    raise SystemExit(code)
-
-
-def emit(data: Any, as_json: bool, text: Callable[[], None]) -> None:
-    if as_json:
-        typer.echo(json.dumps(data, indent=2, default=str))
-    else:
-        text()
-
-
-def parse_time(value: str | None, option: str) -> datetime | None:
-    """ISO 8601, e.g. 2026-01-31 or 2026-01-31T12:00:00Z; a time without zone is taken as UTC."""
-    if value is None:
-        return None
-    try:
-        ts = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidInput(
-            f"bad {option} {value!r}: use ISO 8601, e.g. 2026-01-31 or 2026-01-31T12:00:00Z"
-        ) from None
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-
-
-@contextmanager
-def session() -> Iterator[Session]:
-    """One transaction for the whole command, on a database that has a schema."""
-    engine = db.get_engine()
-    db.ensure_schema(engine)
-    with db.session_scope(engine) as s:
-        yield s
+from consentflow.errors import InvalidInput
+from consentflow.models import ActorType, Channel
 
 
 def _fmt(ts: datetime | None) -> str:
@@ -516,25 +463,3 @@ def audit_export(
             with output.open("w", encoding="utf-8") as fh:
                 n = audit.export(s, fh, subject_ref=ref, since=start, until=end)
             typer.echo(f"{n} entries written to {output}", err=True)
-
-
-# -------------------------------------------------------------------------------------- main
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: expected failures become one line on stderr and an exit code."""
-    try:
-        app(args=argv, prog_name="consentflow")
-    except ConsentflowError as exc:
-        fail(str(exc), exc.exit_code)
-    except (OperationalError, ProgrammingError) as exc:
-        text = str(exc.orig).splitlines()[0] if exc.orig else str(exc)
-        if "no such table" in text or "does not exist" in text:
-            fail("the database has no consentflow schema: run `consentflow db upgrade`", 2)
-        fail(f"database error: {text}", 1)
-    except DBAPIError as exc:
-        fail(f"database error: {str(exc.orig).splitlines()[0] if exc.orig else exc}", 1)
-
-
-if __name__ == "__main__":
-    main()

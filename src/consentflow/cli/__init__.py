@@ -1,0 +1,42 @@
+"""The ``consentflow`` command line: a thin door onto the same functions the web app uses.
+
+Conventions every command keeps: ``--json`` prints machine-readable output on stdout; a mistake in
+the request (unknown subject, bad date, malformed file) prints one line on stderr and exits 2; a
+change the rules refuse exits 1; nothing is written in either case, because each command is one
+transaction.
+
+Each module of this package registers its commands on ``app`` when imported; ``main`` imports
+them all, so adding a command group means adding a module here and nothing else.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
+
+from consentflow.cli._common import app, fail
+from consentflow.errors import ConsentflowError
+
+for _mod in pkgutil.iter_modules(__path__):
+    if not _mod.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_mod.name}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: expected failures become one line on stderr and an exit code."""
+    try:
+        app(args=argv, prog_name="consentflow")
+    except ConsentflowError as exc:
+        fail(str(exc), exc.exit_code)
+    except (OperationalError, ProgrammingError) as exc:
+        text = str(exc.orig).splitlines()[0] if exc.orig else str(exc)
+        if "no such table" in text or "does not exist" in text:
+            fail("the database has no consentflow schema: run `consentflow db upgrade`", 2)
+        fail(f"database error: {text}", 1)
+    except DBAPIError as exc:
+        fail(f"database error: {str(exc.orig).splitlines()[0] if exc.orig else exc}", 1)
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,3 @@
+from consentflow.cli import main
+
+main()

@@ -1,0 +1,77 @@
+"""What every command module shares: the Typer apps, output helpers, one session per command."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Annotated, Any, NoReturn
+
+import typer
+from sqlmodel import Session
+
+from consentflow import db
+from consentflow.errors import InvalidInput
+
+app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    help="Record consent, keep it true over time, and make the rest of the company obey it.",
+)
+db_app = typer.Typer(no_args_is_help=True, help="Create or upgrade the database schema.")
+purpose_app = typer.Typer(no_args_is_help=True, help="Purposes and their versioned notices.")
+subject_app = typer.Typer(no_args_is_help=True, help="The people whose consent is recorded.")
+consent_app = typer.Typer(no_args_is_help=True, help="Grant, refuse, revoke, renew and inspect.")
+system_app = typer.Typer(no_args_is_help=True, help="Downstream systems and their purposes.")
+audit_app = typer.Typer(no_args_is_help=True, help="Verify and export the audit trail.")
+for sub, name in (
+    (db_app, "db"),
+    (purpose_app, "purpose"),
+    (subject_app, "subject"),
+    (consent_app, "consent"),
+    (system_app, "system"),
+    (audit_app, "audit"),
+):
+    app.add_typer(sub, name=name)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+def fail(message: str, code: int) -> NoReturn:
+    typer.echo(f"consentflow: {message}", err=True)
+    raise SystemExit(code)
+
+
+def emit(data: Any, as_json: bool, text: Callable[[], None]) -> None:
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, default=str))
+    else:
+        text()
+
+
+def parse_time(value: str | None, option: str) -> datetime | None:
+    """ISO 8601, e.g. 2026-01-31 or 2026-01-31T12:00:00Z; a time without zone is taken as UTC."""
+    if value is None:
+        return None
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(
+            f"bad {option} {value!r}: use ISO 8601, e.g. 2026-01-31 or 2026-01-31T12:00:00Z"
+        ) from None
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+@contextmanager
+def session() -> Iterator[Session]:
+    """One transaction for the whole command, on a database that has a schema."""
+    engine = db.get_engine()
+    db.ensure_schema(engine)
+    with db.session_scope(engine) as s:
+        yield s
+
+
+def _fmt(ts: datetime | None) -> str:
+    return ts.strftime("%Y-%m-%d %H:%M:%SZ") if ts else "-"
