@@ -1,0 +1,1 @@
+"""Prefect flows: thin, typed procedures over consentflow's batch functions."""

@@ -1,0 +1,109 @@
+"""``consentflow run FLOW``: start a lifecycle flow from the terminal, recorded like any other run.
+
+Flows are found by convention, so adding a flow needs no change here: ``consentflow run
+expiry-sweep`` imports ``flows.expiry_sweep``, builds its ``Params`` model from the options, and
+calls its flow function ``expiry_sweep(params)``, which returns a ``consentflow.runs.RunSummary``.
+With ``PREFECT_API_URL`` set the run is reported to that server; otherwise Prefect runs embedded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import pkgutil
+from typing import Annotated, Any
+
+import typer
+
+from consentflow.cli._common import app, emit, parse_time
+from consentflow.errors import InvalidInput
+
+
+def available_flows() -> list[str]:
+    import flows
+
+    return sorted(
+        m.name.replace("_", "-")
+        for m in pkgutil.iter_modules(flows.__path__)
+        if not m.name.startswith("_") and m.name != "common"
+    )
+
+
+def _hermetic_prefect() -> None:
+    """Quiet, local defaults for an embedded run (each can still be overridden by the caller)."""
+    if not os.environ.get("PREFECT_API_URL"):
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        os.environ.setdefault("DO_NOT_TRACK", "1")
+        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def _param_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def build_params(model: Any, options: dict[str, Any], extra: list[str]) -> Any:
+    """The flow's parameter model from CLI options; a bad value names its field in one line."""
+    from pydantic import ValidationError
+
+    fields = model.model_fields
+    values = {k: v for k, v in options.items() if v is not None and k in fields}
+    for item in extra:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in fields:
+            known = ", ".join(sorted(fields))
+            raise InvalidInput(f"bad --param {item!r}: use KEY=VALUE with KEY one of {known}")
+        values[key] = _param_value(raw)
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "parameters"
+        raise InvalidInput(f"bad parameter {where}: {err['msg']}") from None
+
+
+@app.command("run")
+def run_flow(
+    flow: Annotated[str, typer.Argument(help="Which flow: see `consentflow run --help`.")],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Report what would change; change nothing.")
+    ] = False,
+    as_of: Annotated[str | None, typer.Option(help="Judge due items as of this instant.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Items per batch (one task each).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Stop after this many items.")] = None,
+    purposes: Annotated[str | None, typer.Option(help="Only these purposes (comma-separated).")] = None,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", help="Any other parameter, KEY=VALUE.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run's counts as JSON.")] = False,
+) -> None:
+    """Run a lifecycle flow now (expiry-sweep, renewal-reminders, ...), audited like any run."""
+    names = available_flows()
+    if flow not in names:
+        raise InvalidInput(f"unknown flow {flow!r}: choose one of {', '.join(names) or 'none'}")
+    _hermetic_prefect()
+    module = importlib.import_module(f"flows.{flow.replace('-', '_')}")
+    flow_fn = getattr(module, flow.replace("-", "_"))
+    options = {
+        "dry_run": dry_run or None,
+        "as_of": parse_time(as_of, "--as-of"),
+        "batch_size": batch_size,
+        "limit": limit,
+        "purposes": [p.strip() for p in purposes.split(",") if p.strip()] if purposes else None,
+    }
+    params = build_params(module.Params, options, param or [])
+    summary = flow_fn(params)
+
+    def text() -> None:
+        label = " (dry run)" if summary.dry_run else ""
+        typer.echo(f"{flow}{label}: {summary.outcome}, run {summary.run_id}")
+        for row in summary.rows():
+            typer.echo(f"  {row['purpose']:<24} {row['outcome']:<20} {row['count']:>8}")
+        if not summary.rows():
+            typer.echo("  nothing to do")
+
+    emit(summary.as_dict(), as_json, text)

@@ -1,0 +1,1 @@
+"""The web app: API, people's pages, compliance dashboard (thin over the service)."""

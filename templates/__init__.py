@@ -1,0 +1,1 @@
+"""Jinja2 templates for emails (email/) and web pages (web/), installed with the package."""
