@@ -75,11 +75,15 @@ def run_flow(
     as_of: Annotated[str | None, typer.Option(help="Judge due items as of this instant.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Items per batch (one task each).")] = None,
     limit: Annotated[int | None, typer.Option(help="Stop after this many items.")] = None,
-    purposes: Annotated[str | None, typer.Option(help="Only these purposes (comma-separated).")] = None,
+    purposes: Annotated[
+        str | None, typer.Option(help="Only these purposes (comma-separated).")
+    ] = None,
     param: Annotated[
         list[str] | None, typer.Option("--param", help="Any other parameter, KEY=VALUE.")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the run's counts as JSON.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the run's counts as JSON.")
+    ] = False,
 ) -> None:
     """Run a lifecycle flow now (expiry-sweep, renewal-reminders, ...), audited like any run."""
     names = available_flows()

@@ -1,0 +1,94 @@
+"""The reconciliation feed: withdrawals a downstream system must honour, since a cursor.
+
+Webhooks can fail for longer than any retry window; a system that polls this feed still
+converges. The cursor is the audit chain's sequence number, which is assigned under the chain's
+head lock at commit time, so it follows commit order: a reader that resumes from the last cursor
+it saw can never skip a withdrawal that committed late (timestamps could).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from consentflow import systems
+from consentflow.errors import InvalidInput
+from consentflow.models import AuditEntry, Purpose, Subject, SystemPurpose
+
+#: Audit actions that withdraw permission (see ``lifecycle.WITHDRAWING_STATES``).
+WITHDRAWAL_ACTIONS = ("consent.revoke", "consent.expire", "consent.invalidate")
+
+
+@dataclass(frozen=True)
+class FeedItem:
+    cursor: int
+    type: str
+    subject: str
+    purpose: str
+    purpose_version: int
+    state: str
+    effective_at: str
+    event_id: str
+    sequence: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "cursor": self.cursor,
+            "type": self.type,
+            "data": {
+                "subject": self.subject,
+                "purpose": self.purpose,
+                "purpose_version": self.purpose_version,
+                "state": self.state,
+                "effective_at": self.effective_at,
+                "event_id": self.event_id,
+                "sequence": self.sequence,
+            },
+        }
+
+
+def withdrawals_since(
+    session: Session, system_name: str, cursor: int = 0, limit: int = 1000
+) -> list[FeedItem]:
+    """Up to ``limit`` withdrawals for the system's purposes after ``cursor``, oldest first.
+
+    The payload mirrors the webhook body, so a receiver can use one handler for both.
+    """
+    if cursor < 0 or not 1 <= limit <= 10000:
+        raise InvalidInput("the cursor must be >= 0 and the limit between 1 and 10000")
+    system = systems.get(session, system_name)
+    keys = (
+        select(Purpose.key)
+        .join(SystemPurpose, col(SystemPurpose.purpose_id) == Purpose.id)
+        .where(SystemPurpose.system_id == system.id)
+    )
+    stmt = (
+        select(AuditEntry, Subject.external_id)
+        .join(Subject, col(Subject.subject_ref) == AuditEntry.subject_ref)
+        .where(
+            col(AuditEntry.seq) > cursor,
+            col(AuditEntry.action).in_(WITHDRAWAL_ACTIONS),
+            col(AuditEntry.purpose_key).in_(keys),
+        )
+        .order_by(col(AuditEntry.seq))
+        .limit(limit)
+    )
+    items = []
+    for entry, external_id in session.exec(stmt).all():
+        d = entry.detail
+        items.append(
+            FeedItem(
+                cursor=entry.seq,
+                type=f"consent.{d['to']}",
+                subject=external_id,
+                purpose=entry.purpose_key or "",
+                purpose_version=d["purpose_version"],
+                state=d["to"],
+                effective_at=d["occurred_at"].replace("+00:00", "Z"),
+                event_id=d["event_id"],
+                sequence=d["seq"],
+            )
+        )
+    return items
