@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, Any
 
-from sqlalchemy import insert, update
+import orjson
 from sqlmodel import Session, col, select
 
+from consentflow.db import Column, Writer
 from consentflow.errors import InvalidInput
 from consentflow.models import AuditEntry, AuditHead, utcnow
 
@@ -63,20 +64,34 @@ def _iso(ts: datetime) -> str:
     return ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def canonical(row: dict[str, Any]) -> str:
-    """The exact text an entry's hash covers: its fields as sorted, compact JSON."""
-    doc = {name: row[name] for name in _FIELDS}
-    doc["recorded_at"] = _iso(doc["recorded_at"])
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+def _detail_json(detail: dict[str, Any]) -> bytes:
+    # Stored as exactly this text, so the hash covers exactly what the database returns.
+    return orjson.dumps(detail, option=orjson.OPT_SORT_KEYS, default=str)
+
+
+def _digest(prev_hash: str, header: list[Any], detail_json: bytes) -> str:
+    return hashlib.sha256(
+        b"%s\n%s\n%s" % (prev_hash.encode(), orjson.dumps(header), detail_json)
+    ).hexdigest()
 
 
 def digest(prev_hash: str, row: dict[str, Any]) -> str:
-    return hashlib.sha256(f"{prev_hash}\n{canonical(row)}".encode()).hexdigest()
+    """The hash of an entry: SHA-256 over the previous hash, the entry's fields as a compact
+    JSON array (in ``_FIELDS`` order, time as ISO 8601 UTC), and its detail as compact JSON with
+    sorted keys, each on its own line."""
+    header = [_iso(row[n]) if n == "recorded_at" else row[n] for n in _FIELDS[:-1]]
+    return _digest(prev_hash, header, _detail_json(row["detail"]))
 
 
-def _normalise_detail(detail: dict[str, Any]) -> dict[str, Any]:
-    # Round-trip through JSON now so the hash covers exactly what the database will return.
-    return json.loads(json.dumps(detail, default=str))
+_COLUMNS = [
+    Column(name, pg_type)
+    for name, pg_type in (
+        ("seq", "bigint"), ("recorded_at", "timestamptz"), ("action", "text"),
+        ("subject_ref", "text"), ("purpose_key", "text"), ("actor_type", "text"),
+        ("actor", "text"), ("channel", "text"), ("run_id", "text"), ("detail", "json"),
+        ("prev_hash", "text"), ("hash", "text"),
+    )
+]  # fmt: skip
 
 
 def append(session: Session, entries: Iterable[Entry], *, now: datetime | None = None) -> int:
@@ -88,30 +103,33 @@ def append(session: Session, entries: Iterable[Entry], *, now: datetime | None =
     if not items:
         return 0
     recorded_at = now or utcnow()
+    iso = _iso(recorded_at)
     head = session.exec(
         select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1).with_for_update()
     ).one()
     seq, prev = head.seq, head.hash
-    rows: list[dict[str, Any]] = []
-    for item in items:
+    writer = Writer(session)
+    stored_at = writer.ts(recorded_at)
+    rows = []
+    for e in items:
         seq += 1
-        row = {
-            "seq": seq,
-            "recorded_at": recorded_at,
-            "action": item.action,
-            "subject_ref": item.subject_ref,
-            "purpose_key": item.purpose_key,
-            "actor_type": item.actor_type,
-            "actor": item.actor,
-            "channel": item.channel,
-            "run_id": item.run_id,
-            "detail": _normalise_detail(item.detail),
-            "prev_hash": prev,
-        }
-        prev = row["hash"] = digest(prev, row)
-        rows.append(row)
-    session.execute(insert(AuditEntry.__table__), rows)  # type: ignore[arg-type]
-    session.execute(update(AuditHead).where(col(AuditHead.id) == 1).values(seq=seq, hash=prev))
+        detail = _detail_json(e.detail)
+        header = [
+            seq,
+            iso,
+            e.action,
+            e.subject_ref,
+            e.purpose_key,
+            e.actor_type,
+            e.actor,
+            e.channel,
+            e.run_id,
+        ]
+        digest_ = _digest(prev, header, detail)
+        rows.append((seq, stored_at, *header[2:], detail.decode(), prev, digest_))
+        prev = digest_
+    writer.insert("audit_entry", _COLUMNS, rows)
+    writer.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (seq, prev))
     return seq
 
 

@@ -18,17 +18,17 @@ in a handful of statements per batch instead of one per consent.
 from __future__ import annotations
 
 import getpass
-import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import insert, update
+import orjson
 from sqlmodel import Session, col, select
 
 from consentflow import audit, purposes
+from consentflow.db import Column, Writer
 from consentflow.errors import NotFound, TransitionNotAllowed
 from consentflow.models import (
     WITHDRAWING_STATES,
@@ -37,8 +37,7 @@ from consentflow.models import (
     Channel,
     Consent,
     ConsentEvent,
-    ConsentRequest,
-    Delivery,
+    DeliveryState,
     Purpose,
     RequestKind,
     RequestStatus,
@@ -90,8 +89,7 @@ IMPORTABLE_STATES = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class Current:
+class Current(NamedTuple):
     """A consent as the rules see it (None fields: no consent yet)."""
 
     state: State | None = None
@@ -100,8 +98,7 @@ class Current:
     valid_until: datetime | None = None
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What ``plan`` decided: the consent's new fields and when the change took effect."""
 
     state: State
@@ -205,8 +202,7 @@ def agent_actor(name: str | None = None, reason: str | None = None) -> Actor:
     return Actor(ActorType.AGENT, Channel.SUPPORT, name=name or getpass.getuser(), reason=reason)
 
 
-@dataclass(frozen=True)
-class Change:
+class Change(NamedTuple):
     """One committed (or about to be committed) consent change, as reported to callers."""
 
     event_id: uuid.UUID
@@ -245,7 +241,7 @@ class Change:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class _Subject:
     id: int
     external_id: str
@@ -253,7 +249,7 @@ class _Subject:
     last_seq: int
 
 
-@dataclass
+@dataclass(slots=True)
 class _Item:
     subject: _Subject
     purpose: PurposeInfo
@@ -301,82 +297,103 @@ def _load_current(
     }
 
 
+_ID, _SEQ = Column("id", "bigint"), Column("last_seq", "bigint")
+_STATE_COLUMNS = [
+    Column("state", "text"),
+    Column("purpose_version", "int"),
+    Column("given_at", "timestamptz"),
+    Column("valid_until", "timestamptz"),
+    Column("updated_at", "timestamptz"),
+    Column("last_event_id", "uuid"),
+    Column("reminder_stage", "int"),
+]
+_NEW_CONSENT_COLUMNS = [
+    *_STATE_COLUMNS,
+    Column("subject_id", "bigint"),
+    Column("purpose_id", "bigint"),
+]
+_EVENT_COLUMNS = [
+    Column(name, pg_type)
+    for name, pg_type in (
+        ("id", "uuid"), ("subject_id", "bigint"), ("purpose_id", "bigint"), ("seq", "int"),
+        ("action", "text"), ("state", "text"), ("previous_state", "text"),
+        ("purpose_version", "int"), ("occurred_at", "timestamptz"),
+        ("recorded_at", "timestamptz"), ("valid_until", "timestamptz"), ("actor_type", "text"),
+        ("actor", "text"), ("channel", "text"), ("reason", "text"), ("evidence", "json"),
+        ("run_id", "text"),
+    )
+]  # fmt: skip
+
+
 def _write(session: Session, items: list[_Item], *, now: datetime, propagate: bool) -> list[Change]:
-    """Write state, history, outbox and audit for ``items`` whose subjects are locked."""
+    """Write state, history, outbox and audit for ``items`` whose subjects are locked.
+
+    Each step is one many-row statement for the whole batch (see ``db.Writer``).
+    """
     if not items:
         return []
+    w = Writer(session)
+    ts, uid, now_db = w.ts, w.uuid, w.ts(now)
+
     # 1. Sequence numbers, per subject, strictly increasing.
     for item in items:
         item.subject.last_seq += 1
         item.seq = item.subject.last_seq
     subjects = {item.subject.id: item.subject for item in items}
-    session.execute(
-        update(Subject.__table__)  # type: ignore[arg-type]
-        .where(Subject.__table__.c.id == _bind("b_id"))  # type: ignore[attr-defined]
-        .values(last_seq=_bind("b_seq")),
-        [{"b_id": s.id, "b_seq": s.last_seq} for s in subjects.values()],
-    )
+    w.update("subject", _ID, [_SEQ], [(s.id, s.last_seq) for s in subjects.values()])
 
     # 2. Current state and history.
-    state_cols = [
-        {
-            "state": i.outcome.state.value,
-            "purpose_version": i.outcome.purpose_version,
-            "given_at": i.outcome.given_at,
-            "valid_until": i.outcome.valid_until,
-            "updated_at": now,
-            "last_event_id": i.event_id,
-            "reminder_stage": None,
-        }
-        for i in items
-    ]
-    existing = [(i, cols) for i, cols in zip(items, state_cols, strict=True) if i.consent_id]
-    new = [(i, cols) for i, cols in zip(items, state_cols, strict=True) if not i.consent_id]
-    table = Consent.__table__
-    if existing:
-        session.execute(
-            update(table)  # type: ignore[arg-type]
-            .where(table.c.id == _bind("b_id"))  # type: ignore[attr-defined]
-            .values({name: _bind(f"b_{name}") for name in state_cols[0]}),
-            [{"b_id": i.consent_id, **{f"b_{k}": v for k, v in c.items()}} for i, c in existing],
+    existing, new = [], []
+    for i in items:
+        o = i.outcome
+        row = (
+            o.state.value,
+            o.purpose_version,
+            ts(o.given_at),
+            ts(o.valid_until),
+            now_db,
+            uid(i.event_id),
+            None,  # reminder_stage: the validity is new, or no longer counts
         )
-    if new:
-        session.execute(
-            insert(table),  # type: ignore[arg-type]
-            [{"subject_id": i.subject.id, "purpose_id": i.purpose.id, **c} for i, c in new],
-        )
-    session.execute(
-        insert(ConsentEvent.__table__),  # type: ignore[arg-type]
+        if i.consent_id:
+            existing.append((i.consent_id, *row))
+        else:
+            new.append((*row, i.subject.id, i.purpose.id))
+    w.update("consent", _ID, _STATE_COLUMNS, existing)
+    w.insert("consent", _NEW_CONSENT_COLUMNS, new)
+    w.insert(
+        "consent_event",
+        _EVENT_COLUMNS,
         [
-            {
-                "id": i.event_id,
-                "subject_id": i.subject.id,
-                "purpose_id": i.purpose.id,
-                "seq": i.seq,
-                "action": i.action.value,
-                "state": i.outcome.state.value,
-                "previous_state": i.previous.value if i.previous else None,
-                "purpose_version": i.outcome.purpose_version,
-                "occurred_at": i.outcome.occurred_at,
-                "recorded_at": now,
-                "valid_until": i.outcome.valid_until,
-                "actor_type": i.actor.type.value,
-                "actor": i.actor.name,
-                "channel": i.actor.channel.value,
-                "reason": i.actor.reason,
-                "evidence": i.actor.evidence,
-                "run_id": i.actor.run_id,
-            }
+            (
+                uid(i.event_id),
+                i.subject.id,
+                i.purpose.id,
+                i.seq,
+                i.action.value,
+                i.outcome.state.value,
+                i.previous.value if i.previous else None,
+                i.outcome.purpose_version,
+                ts(i.outcome.occurred_at),
+                now_db,
+                ts(i.outcome.valid_until),
+                i.actor.type.value,
+                i.actor.name,
+                i.actor.channel.value,
+                i.actor.reason,
+                orjson.dumps(i.actor.evidence).decode() if i.actor.evidence is not None else None,
+                i.actor.run_id,
+            )
             for i in items
         ],
     )
 
     # 3. Requests: opened by a request, answered by any answer from the subject.
-    _track_requests(session, items, now)
+    _track_requests(w, items, now_db)
 
     # 4. Outbox.
     if propagate:
-        _enqueue(session, [i for i in items if i.outcome.state in WITHDRAWING_STATES], now)
+        _enqueue(session, w, [i for i in items if i.outcome.state in WITHDRAWING_STATES], now)
 
     # 5. Audit, last.
     audit.append(
@@ -391,15 +408,13 @@ def _write(session: Session, items: list[_Item], *, now: datetime, propagate: bo
                 channel=i.actor.channel.value,
                 run_id=i.actor.run_id,
                 detail={
-                    "event_id": str(i.event_id),
+                    "event_id": i.event_id,
                     "seq": i.seq,
-                    "from": i.previous.value if i.previous else None,
-                    "to": i.outcome.state.value,
+                    "from": i.previous,
+                    "to": i.outcome.state,
                     "purpose_version": i.outcome.purpose_version,
-                    "occurred_at": i.outcome.occurred_at.isoformat(),
-                    "valid_until": i.outcome.valid_until.isoformat()
-                    if i.outcome.valid_until
-                    else None,
+                    "occurred_at": i.outcome.occurred_at,
+                    "valid_until": i.outcome.valid_until,
                     "reason": i.actor.reason,
                     "deliveries": i.deliveries,
                 },
@@ -428,66 +443,69 @@ def _write(session: Session, items: list[_Item], *, now: datetime, propagate: bo
     ]
 
 
-def _bind(name: str) -> Any:
-    from sqlalchemy import bindparam
-
-    return bindparam(name)
-
-
+_DELIVERY_COLUMNS = [
+    Column(name, pg_type)
+    for name, pg_type in (
+        ("system_id", "bigint"), ("event_id", "uuid"), ("webhook_id", "text"),
+        ("event_type", "text"), ("payload", "text"), ("state", "text"), ("attempts", "int"),
+        ("next_attempt_at", "timestamptz"), ("created_at", "timestamptz"),
+    )
+]  # fmt: skip
 _ANSWERS = frozenset({Action.GRANT, Action.REFUSE, Action.RENEW, Action.REVOKE})
 
 
-def _track_requests(session: Session, items: list[_Item], now: datetime) -> None:
-    opened = [i for i in items if i.action is Action.REQUEST]
-    if opened:
-        session.execute(
-            insert(ConsentRequest.__table__),  # type: ignore[arg-type]
-            [
-                {
-                    "subject_id": i.subject.id,
-                    "purpose_id": i.purpose.id,
-                    "purpose_version": i.outcome.purpose_version,
-                    "kind": RequestKind.COLLECTION.value,
-                    "status": RequestStatus.OPEN.value,
-                    "requested_at": now,
-                    "followups_sent": 0,
-                }
-                for i in opened
-            ],
-        )
-    answered = [i for i in items if i.action in _ANSWERS]
-    if answered:
-        table = ConsentRequest.__table__
-        session.execute(
-            update(table)  # type: ignore[arg-type]
-            .where(
-                table.c.subject_id == _bind("b_sid"),  # type: ignore[attr-defined]
-                table.c.purpose_id == _bind("b_pid"),  # type: ignore[attr-defined]
-                table.c.status == RequestStatus.OPEN.value,  # type: ignore[attr-defined]
+def _track_requests(w: Writer, items: list[_Item], now_db: Any) -> None:
+    w.executemany(
+        "INSERT INTO consent_request (subject_id, purpose_id, purpose_version, kind, status,"
+        " requested_at, followups_sent) VALUES (?,?,?,?,?,?,0)",
+        [
+            (
+                i.subject.id,
+                i.purpose.id,
+                i.outcome.purpose_version,
+                RequestKind.COLLECTION.value,
+                RequestStatus.OPEN.value,
+                now_db,
             )
-            .values(status=RequestStatus.ANSWERED.value, closed_at=now),
-            [{"b_sid": i.subject.id, "b_pid": i.purpose.id} for i in answered],
-        )
+            for i in items
+            if i.action is Action.REQUEST
+        ],
+    )
+    w.executemany(
+        "UPDATE consent_request SET status = ?, closed_at = ?"
+        " WHERE subject_id = ? AND purpose_id = ? AND status = ?",
+        [
+            (
+                RequestStatus.ANSWERED.value,
+                now_db,
+                i.subject.id,
+                i.purpose.id,
+                RequestStatus.OPEN.value,
+            )
+            for i in items
+            if i.action in _ANSWERS
+        ],
+    )
 
 
 def webhook_payload(change: _Item, recorded_at: datetime) -> dict[str, Any]:
     """The body downstream systems receive: identifiers and facts only, no email, no name."""
     return {
         "type": f"consent.{change.outcome.state.value}",
-        "timestamp": recorded_at.isoformat().replace("+00:00", "Z"),
+        "timestamp": recorded_at,
         "data": {
             "subject": change.subject.external_id,
             "purpose": change.purpose.key,
             "purpose_version": change.outcome.purpose_version,
             "state": change.outcome.state.value,
-            "effective_at": change.outcome.occurred_at.isoformat().replace("+00:00", "Z"),
-            "event_id": str(change.event_id),
+            "effective_at": change.outcome.occurred_at,
+            "event_id": change.event_id,
             "sequence": change.seq,
         },
     }
 
 
-def _enqueue(session: Session, items: list[_Item], now: datetime) -> None:
+def _enqueue(session: Session, w: Writer, items: list[_Item], now: datetime) -> None:
     """One pending delivery per withdrawing change and subscribed system with a webhook.
 
     Paused and disabled systems get their rows too: they are held, never skipped.
@@ -504,29 +522,34 @@ def _enqueue(session: Session, items: list[_Item], now: datetime) -> None:
     )
     for purpose_id, system_id in session.exec(stmt):
         subscribers.setdefault(purpose_id, []).append(system_id)
+    if not subscribers:
+        return
+    now_db = w.ts(now)
     rows = []
     for item in items:
         systems = subscribers.get(item.purpose.id, [])
         if not systems:
             continue
-        payload = json.dumps(webhook_payload(item, now), separators=(",", ":"), sort_keys=True)
+        payload = orjson.dumps(
+            webhook_payload(item, now), option=orjson.OPT_SORT_KEYS | orjson.OPT_UTC_Z
+        ).decode()
         item.deliveries = len(systems)
+        event_type = f"consent.{item.outcome.state.value}"
         rows.extend(
-            {
-                "system_id": system_id,
-                "event_id": item.event_id,
-                "webhook_id": f"msg_{uuid.uuid4().hex}",
-                "event_type": f"consent.{item.outcome.state.value}",
-                "payload": payload,
-                "state": "pending",
-                "attempts": 0,
-                "next_attempt_at": now,
-                "created_at": now,
-            }
+            (
+                system_id,
+                w.uuid(item.event_id),
+                f"msg_{uuid.uuid4().hex}",
+                event_type,
+                payload,
+                DeliveryState.PENDING.value,
+                0,
+                now_db,
+                now_db,
+            )
             for system_id in systems
         )
-    if rows:
-        session.execute(insert(Delivery.__table__), rows)  # type: ignore[arg-type]
+    w.insert("delivery", _DELIVERY_COLUMNS, rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -605,50 +628,72 @@ def invalidate(session: Session, external_id: str, purpose_key: str, actor: Acto
 # --------------------------------------------------------------------------------------------
 
 
+_CLAIM_COLUMNS = (
+    "c.id, c.subject_id, c.purpose_id, c.state, c.purpose_version, c.given_at, c.valid_until,"
+    " s.external_id, s.subject_ref, s.last_seq"
+)
+
+
+def _claim(
+    session: Session, w: Writer, where: str, params: list[Any], order: str, limit: int
+) -> list[Any]:
+    """Select up to ``limit`` consents matching ``where`` (on alias ``c``), with their subjects,
+    fresh and locked for this transaction.
+
+    SQLite: ``BEGIN IMMEDIATE`` already holds the database, so one read does it. PostgreSQL: lock
+    the candidate consents and then their subjects with ``SKIP LOCKED`` (so concurrent workers
+    take different items and never wait on each other), then read them again: only a statement
+    started after the locks were taken is sure to see every change committed before them.
+    """
+    read = (
+        f"SELECT {_CLAIM_COLUMNS} FROM consent c JOIN subject s ON s.id = c.subject_id"
+        f" WHERE {where}"
+    )
+    if not w.pg:
+        return w.fetch(f"{read} ORDER BY {order} LIMIT ?", [*params, limit])
+    locked = w.fetch(
+        "SELECT s.id FROM subject s WHERE s.id IN ("
+        f" SELECT c.subject_id FROM consent c WHERE {where} ORDER BY {order} LIMIT ?"
+        " FOR UPDATE SKIP LOCKED) ORDER BY s.id FOR UPDATE SKIP LOCKED",
+        [*params, limit],
+    )
+    if not locked:
+        return []
+    return w.fetch(
+        f"{read} AND c.subject_id = ANY(?) ORDER BY {order} LIMIT ?",
+        [*params, [r[0] for r in locked], limit],
+    )
+
+
 def _batch(
     session: Session,
     action: Action,
-    candidates: Sequence[tuple[int, int]],
+    rows: list[Any],
     actor: Actor,
+    w: Writer,
     *,
     now: datetime,
     as_of: datetime | None = None,
     infos: dict[int, PurposeInfo],
-    propagate: bool = True,
-    skip_locked: bool = True,
 ) -> list[Change]:
-    """Apply ``action`` to (subject_id, purpose_id) pairs; pairs the rules refuse are skipped.
-
-    Subjects another transaction holds are skipped too (PostgreSQL ``SKIP LOCKED``): a concurrent
-    worker is handling them, and the next batch will see what is left.
-    """
-    if not candidates:
-        return []
-    stmt = (
-        select(Subject.id, Subject.external_id, Subject.subject_ref, Subject.last_seq)
-        .where(col(Subject.id).in_(sorted({s for s, _ in candidates})))
-        .order_by(col(Subject.id))
-        .with_for_update(skip_locked=skip_locked)
-    )
-    locked = {
-        r.id: _Subject(r.id, r.external_id, r.subject_ref, r.last_seq) for r in session.exec(stmt)
-    }
-    current = _load_current(session, locked)
+    """Apply ``action`` to claimed rows (see ``_claim``); rows the rules refuse are skipped."""
+    subjects: dict[int, _Subject] = {}
     items = []
-    for subject_id, purpose_id in candidates:
-        if subject_id not in locked:
-            continue
-        consent_id, cur = current.get((subject_id, purpose_id), (None, Current()))
+    for cid, sid, pid, state, version, given_at, valid_until, ext, ref, last_seq in rows:
+        subject = subjects.get(sid)
+        if subject is None:
+            subject = subjects[sid] = _Subject(sid, ext, ref, last_seq)
+        cur = Current(State(state), version, w.from_ts(given_at), w.from_ts(valid_until))
         try:
-            outcome = plan(action, cur, infos[purpose_id], now=now, as_of=as_of)
+            outcome = plan(action, cur, infos[pid], now=now, as_of=as_of)
         except TransitionNotAllowed:
-            continue  # changed since it was selected: no longer due
-        items.append(
-            _Item(
-                locked[subject_id], infos[purpose_id], consent_id, cur.state, outcome, action, actor
-            )
-        )
-    return _write(session, items, now=now, propagate=propagate)
+            continue  # no longer due: changed after it was selected
+        items.append(_Item(subject, infos[pid], cid, cur.state, outcome, action, actor))
+    return _write(session, items, now=now, propagate=True)
+
+
+def _in(column: str, values: Sequence[Any]) -> str:
+    return f"{column} IN ({','.join('?' * len(values))})"
 
 
 def expire_due(
@@ -662,28 +707,19 @@ def expire_due(
     """Expire up to ``limit`` given consents whose validity ended by ``as_of``, in one batch.
 
     Call repeatedly (committing after each) until it returns nothing. Concurrent callers on
-    PostgreSQL share the work: each skips subjects another holds.
+    PostgreSQL share the work: each skips the consents and subjects another holds.
     """
     now = utcnow()
     as_of = as_of or now
     infos = {i.id: i for i in purposes.info(session, purposes_).values()}
-    stmt = (
-        select(Consent.subject_id, Consent.purpose_id)
-        .where(Consent.state == State.GIVEN.value, col(Consent.valid_until) <= as_of)
-        .order_by(col(Consent.valid_until), col(Consent.id))
-        .limit(limit)
-    )
+    w = Writer(session)
+    where, params = "c.state = ? AND c.valid_until <= ?", [State.GIVEN.value, w.ts(as_of)]
     if purposes_ is not None:
-        stmt = stmt.where(col(Consent.purpose_id).in_(list(infos)))
-    candidates = [(r.subject_id, r.purpose_id) for r in session.exec(stmt)]
+        where += " AND " + _in("c.purpose_id", list(infos))
+        params += list(infos)
+    rows = _claim(session, w, where, params, "c.valid_until, c.id", limit)
     return _batch(
-        session,
-        Action.EXPIRE,
-        candidates,
-        actor or system_actor(),
-        now=now,
-        as_of=as_of,
-        infos=infos,
+        session, Action.EXPIRE, rows, actor or system_actor(), w, now=now, as_of=as_of, infos=infos
     )
 
 
@@ -699,24 +735,21 @@ def invalidate_stale(
     material revision (optionally only for ``subject_ids``, e.g. those past a deadline)."""
     now = utcnow()
     info = purposes.get(session, purpose_key)
-    stmt = (
-        select(Consent.subject_id, Consent.purpose_id)
-        .where(
-            Consent.state == State.GIVEN.value,
-            Consent.purpose_id == info.id,
-            col(Consent.purpose_version) < info.material_version,
-        )
-        .order_by(col(Consent.id))
-        .limit(limit)
-    )
+    w = Writer(session)
+    where = "c.state = ? AND c.purpose_id = ? AND c.purpose_version < ?"
+    params: list[Any] = [State.GIVEN.value, info.id, info.material_version]
     if subject_ids is not None:
-        stmt = stmt.where(col(Consent.subject_id).in_(list(subject_ids)))
-    candidates = [(r.subject_id, r.purpose_id) for r in session.exec(stmt)]
+        if not subject_ids:
+            return []
+        where += " AND " + _in("c.subject_id", subject_ids)
+        params += list(subject_ids)
+    rows = _claim(session, w, where, params, "c.id", limit)
     return _batch(
         session,
         Action.INVALIDATE,
-        candidates,
+        rows,
         actor or system_actor(),
+        w,
         now=now,
         infos={info.id: info},
     )
