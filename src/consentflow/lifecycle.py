@@ -550,6 +550,10 @@ def _enqueue(session: Session, w: Writer, items: list[_Item], now: datetime) -> 
             for system_id in systems
         )
     w.insert("delivery", _DELIVERY_COLUMNS, rows)
+    # Tells ``delivery.events`` (after commit) that the outbox has new rows to wake workers for.
+    session.info["consentflow.outbox_rows"] = session.info.get("consentflow.outbox_rows", 0) + len(
+        rows
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,11 +23,13 @@ def new_secret() -> str:
 
 
 def check_webhook_url(url: str) -> str:
-    """Shape check only; where the URL may point (SSRF rules) is the delivery engine's job."""
+    """Shape check, then the SSRF rules (``delivery.ssrf``; checked again at every send)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidInput(f"bad webhook URL {url!r}: expected https://host/path")
-    return url
+    from consentflow.delivery import ssrf
+
+    return ssrf.check_registration(url)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,234 @@
+"""Webhook commands: ``consentflow deliveries ...`` and the endpoint controls on ``system``.
+
+Sending itself is the ``propagate`` flow (``consentflow run propagate``). Loading this module also
+installs the hook that emits a Prefect event after every commit that enqueued deliveries, so a
+``consent revoke`` wakes the propagate deployment when a Prefect server is configured.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+from datetime import timedelta
+from typing import Annotated
+
+import typer
+
+from consentflow import feed
+from consentflow.cli._common import JsonOpt, _fmt, app, emit, parse_time, session, system_app
+from consentflow.delivery import events, health, ops
+from consentflow.errors import InvalidInput
+
+events.install()
+
+deliveries_app = typer.Typer(
+    no_args_is_help=True, help="Webhook deliveries: list, replay, redeliver, health, feed."
+)
+app.add_typer(deliveries_app, name="deliveries")
+
+
+def _operator() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in some containers
+        return "operator"
+
+
+@deliveries_app.command("list")
+def deliveries_list(
+    state: Annotated[
+        str | None, typer.Option(help="pending, delivered, dead, or held (paused/disabled).")
+    ] = None,
+    system: Annotated[str | None, typer.Option(help="Only this system.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 100,
+    as_json: JsonOpt = False,
+) -> None:
+    """Deliveries by state and endpoint, newest first."""
+    with session() as s:
+        views = ops.list_deliveries(s, state=state, system=system, limit=limit)
+    data = [v.as_dict() for v in views]
+
+    def text() -> None:
+        if not views:
+            typer.echo("no deliveries")
+        for v in views:
+            state_ = "held" if v.held else v.state
+            when = _fmt(v.delivered_at) if v.state == "delivered" else _fmt(v.next_attempt_at)
+            if v.state == "dead":
+                when = "-"
+            last = v.last_error or (str(v.last_status) if v.last_status else "")
+            typer.echo(
+                f"{v.id:>7} {v.system:<20} {state_:<9} {v.attempts:>3}x {when:<20} "
+                f"{v.event_type:<22} {v.webhook_id}  {last[:60]}"
+            )
+
+    emit(data, as_json, text)
+
+
+@deliveries_app.command("show")
+def deliveries_show(delivery_id: int, as_json: JsonOpt = False) -> None:
+    """One delivery with every attempt (time, status, latency, error class, response excerpt)."""
+    with session() as s:
+        view = ops.list_one(s, delivery_id)
+        tries = ops.attempts(s, delivery_id)
+    data = view.as_dict() | {
+        "attempt_log": [
+            {
+                "attempt": a.attempt,
+                "started_at": a.started_at.isoformat(),
+                "status_code": a.status_code,
+                "latency_ms": a.latency_ms,
+                "error_class": a.error_class,
+                "response_excerpt": a.response_excerpt,
+            }
+            for a in tries
+        ]
+    }
+
+    def text() -> None:
+        typer.echo(
+            f"delivery {view.id} to {view.system}: {view.state}{' (held)' if view.held else ''}, "
+            f"{view.webhook_id}, {view.event_type}"
+        )
+        for a in tries:
+            outcome = a.status_code if a.status_code is not None else a.error_class
+            typer.echo(
+                f"  #{a.attempt:<3} {_fmt(a.started_at)}  {outcome!s:<14} {a.latency_ms or 0:>6} ms"
+            )
+
+    emit(data, as_json, text)
+
+
+@deliveries_app.command("replay")
+def deliveries_replay(delivery_id: int, as_json: JsonOpt = False) -> None:
+    """Send one delivery again (same webhook-id and body), with a fresh retry schedule."""
+    with session() as s:
+        view = ops.replay(s, delivery_id, actor=_operator())
+    events.emit(1)
+    held = " (held: its system is not active)" if view.held else ""
+    emit(
+        view.as_dict(),
+        as_json,
+        lambda: typer.echo(f"delivery {delivery_id} to {view.system} queued again{held}"),
+    )
+
+
+@deliveries_app.command("redeliver")
+def deliveries_redeliver(
+    since: Annotated[str, typer.Option(help="Failed at or after this instant (ISO 8601).")],
+    system: Annotated[str | None, typer.Option(help="Only this system.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Queue again every undelivered (dead or retrying) delivery that failed since a time."""
+    when = parse_time(since, "--since")
+    assert when is not None
+    with session() as s:
+        n = ops.redeliver_since(s, when, system=system, actor=_operator())
+    if n:
+        events.emit(n)
+    emit(
+        {"queued": n, "since": when.isoformat(), "system": system},
+        as_json,
+        lambda: typer.echo(f"{n} deliveries queued again"),
+    )
+
+
+@deliveries_app.command("health")
+def deliveries_health(as_json: JsonOpt = False) -> None:
+    """Per endpoint: status, pending and held, dead letters, oldest undelivered, last success."""
+    with session() as s:
+        rows = health.endpoint_health(s)
+
+    def text() -> None:
+        if not rows:
+            typer.echo("no systems with webhooks")
+        for h in rows:
+            age = (
+                f"{h.oldest_undelivered_age_s}s" if h.oldest_undelivered_age_s is not None else "-"
+            )
+            reason = f" ({h.status_reason})" if h.status_reason else ""
+            typer.echo(
+                f"{h.system:<20} {h.status:<9} pending {h.pending:>6} held {h.held:>6} "
+                f"dead {h.dead:>5} oldest {age:>9} last ok {_fmt(h.last_success_at)} "
+                f"failures/24h {h.failures_24h}{reason}"
+            )
+
+    emit([h.as_dict() for h in rows], as_json, text)
+
+
+@deliveries_app.command("feed")
+def deliveries_feed(
+    system: str,
+    cursor: Annotated[int, typer.Option(help="Resume after this cursor (0: from the start).")] = 0,
+    limit: Annotated[int, typer.Option(help="At most this many events.")] = 1000,
+) -> None:
+    """Withdrawals for a system's purposes since a cursor, as JSON Lines (for reconciliation)."""
+    with session() as s:
+        items = feed.withdrawals_since(s, system, cursor=cursor, limit=limit)
+    for item in items:
+        typer.echo(json.dumps(item.as_dict(), separators=(",", ":"), sort_keys=True))
+
+
+# ------------------------------------------------------------------- endpoint controls
+
+
+def _status_command(verb: str, doc: str):  # type: ignore[no-untyped-def]
+    def command(
+        name: str,
+        reason: Annotated[str | None, typer.Option(help="Why, recorded with the change.")] = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        with session() as s:
+            system, pending = ops.set_status(s, name, verb, reason=reason, actor=_operator())
+        if system.status == "active" and pending:
+            events.emit(pending)
+        data = {"name": name, "status": system.status, "reason": system.status_reason,
+                "pending": pending}  # fmt: skip
+        held = " held" if system.status != "active" else ""
+        emit(
+            data,
+            as_json,
+            lambda: typer.echo(
+                f"system {name} {system.status}; {pending} deliveries pending{held}"
+            ),
+        )
+
+    command.__doc__ = doc
+    return command
+
+
+system_app.command("pause")(
+    _status_command("pause", "Hold an endpoint's deliveries (nothing is discarded).")
+)
+system_app.command("resume")(
+    _status_command("resume", "Resume a paused endpoint; its held deliveries go out at once.")
+)
+system_app.command("disable")(
+    _status_command("disable", "Disable an endpoint; its deliveries are held until enabled.")
+)
+system_app.command("enable")(
+    _status_command("enable", "Re-enable an endpoint (e.g. after a 410); held deliveries go out.")
+)
+
+
+@system_app.command("rotate-secret")
+def system_rotate_secret(
+    name: str,
+    grace_hours: Annotated[
+        float, typer.Option(help="How long the old secret keeps signing alongside the new one.")
+    ] = 24,
+    as_json: JsonOpt = False,
+) -> None:
+    """A new webhook secret, printed once; the old one also signs during the grace period."""
+    if grace_hours < 0:
+        raise InvalidInput("--grace-hours must be 0 or more")
+    with session() as s:
+        secret = ops.rotate_secret(s, name, grace=timedelta(hours=grace_hours), actor=_operator())
+    data = {"name": name, "webhook_secret": secret, "grace_hours": grace_hours}
+
+    def text() -> None:
+        typer.echo(f"new webhook secret for {name} (shown once, keep it safe): {secret}")
+        if grace_hours:
+            typer.echo(f"the old secret also signs for the next {grace_hours:g} hours")
+
+    emit(data, as_json, text)

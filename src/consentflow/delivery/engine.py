@@ -1,0 +1,651 @@
+"""The delivery engine: drains the webhook outbox that the ledger writes.
+
+One run of ``deliver_due`` (one worker) works like this:
+
+1. **Lanes.** It finds the active systems that have due deliveries and starts one lane (an
+   asyncio task) per system; when a lane finishes, it looks again. Each lane claims its system's
+   due rows in batches, sends them with at most ``per_endpoint`` requests in flight, records the
+   results and claims again. Lanes share nothing but one ``httpx.AsyncClient``, so a slow or dead
+   endpoint only ever slows its own lane.
+2. **Claims.** A claim is one short transaction: select due rows (pending, ``next_attempt_at``
+   reached, no live lease, system active) ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (SQLite has a
+   single writer), set ``leased_until`` and commit. Other workers skip rows under a live lease;
+   if this worker dies, its rows become claimable again once the lease has passed. The lease is
+   long enough for a whole batch to time out.
+3. **Sending.** The stored body is sent byte for byte with the delivery's fixed ``webhook-id``, a
+   fresh timestamp and signature (``signing.py``), redirects not followed, a connect timeout of
+   5 s and a total timeout (``CONSENTFLOW_WEBHOOK_TIMEOUT``, default 15 s). ``GuardedBackend``
+   re-checks the SSRF rules on every connection.
+4. **Results.** One transaction per batch writes a ``delivery_attempt`` row per attempt and moves
+   each delivery on: 2xx delivered; 410 disables the system (its deliveries are held, never
+   dropped); anything else is retried on the persisted schedule (``schedule.py``) or, when the
+   schedule is exhausted, dead-lettered with an audit entry and an alert. An update only applies
+   while this worker still holds the row's lease (the lease timestamp is the fencing token), so a
+   worker that lost its lease cannot overwrite the result of the one that took over.
+
+Delivery is at-least-once: a worker killed after sending but before recording sends again after
+the lease. Receivers deduplicate on ``webhook-id``.
+
+Time is injectable: ``now`` fixes the clock used for claims, leases and the retry schedule (tests
+simulate days of outage without sleeping). The ``webhook-timestamp`` header always carries the
+real time, because receivers check it against their own clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpcore
+import httpx
+from sqlalchemy import and_, func, or_, update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from consentflow import audit, db
+from consentflow.delivery import alerts, signing, ssrf
+from consentflow.delivery.schedule import SLOW_DOWN_STATUSES, next_delay, parse_retry_after
+from consentflow.errors import InvalidInput
+from consentflow.models import (
+    ActorType,
+    Channel,
+    Delivery,
+    DeliveryAttempt,
+    DeliveryState,
+    System,
+    SystemStatus,
+    utcnow,
+)
+from consentflow.settings import get_settings
+
+log = logging.getLogger("consentflow.delivery")
+
+CONNECT_TIMEOUT = 5.0
+EXCERPT_BYTES = 1024
+EXCERPT_CHARS = 200
+USER_AGENT = "consentflow-webhooks/1"
+
+#: Outcomes counted per system in a run's report.
+DELIVERED, RETRIED, DEAD, DISABLED, HELD, SUPERSEDED, DUE = (
+    "delivered",
+    "retried",
+    "dead_lettered",
+    "disabled_410",
+    "held",
+    "lease_lost",
+    "due",
+)
+
+
+@dataclass(frozen=True)
+class Options:
+    """How one worker run behaves. Defaults suit the scheduled flow."""
+
+    batch_size: int = 50
+    per_endpoint: int = 4
+    #: Total timeout per request, seconds (None: ``CONSENTFLOW_WEBHOOK_TIMEOUT``).
+    timeout: float | None = None
+    #: Stop claiming new batches after this many seconds (None: until nothing is due).
+    max_seconds: float | None = None
+    #: Stop after claiming this many deliveries (None: no limit).
+    limit: int | None = None
+    #: Only these systems (names; None: all).
+    systems: Sequence[str] | None = None
+    #: How long a claim is held; None: long enough for a whole batch to time out.
+    lease: timedelta | None = None
+
+    def total_timeout(self) -> float:
+        return self.timeout if self.timeout is not None else get_settings().webhook_timeout
+
+    def lease_for(self) -> timedelta:
+        if self.lease is not None:
+            return self.lease
+        rounds = math.ceil(self.batch_size / self.per_endpoint)
+        return timedelta(seconds=rounds * (self.total_timeout() + 1) + 60)
+
+
+@dataclass
+class Claimed:
+    """A delivery this worker holds a lease on, with what is needed to send it."""
+
+    id: int
+    system_id: int
+    system: str
+    url: str
+    webhook_id: str
+    payload: str
+    attempts: int
+    lease_token: datetime
+    secrets: tuple[str, ...] = field(repr=False)
+
+
+@dataclass
+class Result:
+    """What one HTTP attempt gave."""
+
+    claimed: Claimed
+    started_at: datetime
+    finished_at: datetime
+    latency_ms: int
+    status: int | None = None
+    error_class: str | None = None
+    error: str | None = None
+    excerpt: str | None = None
+    retry_after: timedelta | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+    @property
+    def gone(self) -> bool:
+        return self.status == 410
+
+    @property
+    def slow_down(self) -> bool:
+        return self.status in SLOW_DOWN_STATUSES or self.error_class in _TIMEOUT_CLASSES
+
+    def describe(self) -> str:
+        if self.error_class:
+            return f"{self.error_class}: {self.error}" if self.error else self.error_class
+        if self.status is not None and 300 <= self.status < 400:
+            return f"HTTP {self.status} (redirects are not followed)"
+        return f"HTTP {self.status}"
+
+
+_TIMEOUT_CLASSES = frozenset(
+    {"Timeout", "ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout"}
+)
+
+
+@dataclass
+class Report:
+    """What a run did, per system and outcome, plus the deliveries held back."""
+
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    dead: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, system: str, outcome: str, n: int = 1) -> None:
+        if n:
+            self.counts[(system, outcome)] += n
+
+    def total(self, outcome: str | None = None) -> int:
+        return sum(n for (_, o), n in self.counts.items() if outcome is None or o == outcome)
+
+    def by_system(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for (system, outcome), n in sorted(self.counts.items()):
+            out.setdefault(system, {})[outcome] = n
+        return out
+
+    def table(self) -> list[dict[str, Any]]:
+        """One row per endpoint, for the run's artifact."""
+        cols = (DELIVERED, RETRIED, DEAD, DISABLED, HELD, SUPERSEDED, DUE)
+        return [
+            {"endpoint": system, **{c: counts.get(c, 0) for c in cols}}
+            for system, counts in self.by_system().items()
+        ]
+
+
+# ----------------------------------------------------------------------------------- database
+
+
+def _system_filter(stmt: Any, names: Sequence[str] | None) -> Any:
+    return stmt.where(col(System.name).in_(list(names))) if names is not None else stmt
+
+
+def _due(now: datetime) -> Any:
+    return and_(
+        col(Delivery.state) == DeliveryState.PENDING.value,
+        col(Delivery.next_attempt_at) <= now,
+        or_(col(Delivery.leased_until).is_(None), col(Delivery.leased_until) <= now),
+        col(System.status) == SystemStatus.ACTIVE.value,
+        col(System.webhook_url).is_not(None),
+        col(System.webhook_secret).is_not(None),
+    )
+
+
+def due_systems(
+    session: Session, now: datetime, names: Sequence[str] | None = None
+) -> dict[int, int]:
+    """Active systems with deliveries due at ``now``: system id -> number due."""
+    stmt = (
+        select(Delivery.system_id, func.count())
+        .join(System, col(System.id) == Delivery.system_id)
+        .where(_due(now))
+        .group_by(col(Delivery.system_id))
+    )
+    return {sid: n for sid, n in session.exec(_system_filter(stmt, names)).all()}
+
+
+def held_counts(session: Session, names: Sequence[str] | None = None) -> dict[str, int]:
+    """Pending deliveries that no worker may send: their system is paused, disabled or has no
+    webhook configured. Held, never discarded."""
+    stmt = (
+        select(System.name, func.count())
+        .join(Delivery, col(Delivery.system_id) == System.id)
+        .where(
+            col(Delivery.state) == DeliveryState.PENDING.value,
+            or_(
+                col(System.status) != SystemStatus.ACTIVE.value,
+                col(System.webhook_url).is_(None),
+                col(System.webhook_secret).is_(None),
+            ),
+        )
+        .group_by(col(System.name))
+    )
+    return {name: n for name, n in session.exec(_system_filter(stmt, names)).all()}
+
+
+def claim(
+    session: Session, system_id: int, *, now: datetime, limit: int, lease: timedelta
+) -> list[Claimed]:
+    """Lease up to ``limit`` due deliveries of one system (commit the session right after)."""
+    stmt = (
+        select(
+            Delivery.id,
+            Delivery.webhook_id,
+            Delivery.payload,
+            Delivery.attempts,
+            System.name,
+            System.webhook_url,
+            System.webhook_secret,
+            System.previous_secret,
+            System.previous_secret_until,
+        )
+        .join(System, col(System.id) == Delivery.system_id)
+        .where(col(Delivery.system_id) == system_id, _due(now))
+        .order_by(col(Delivery.next_attempt_at), col(Delivery.id))
+        .limit(limit)
+        .with_for_update(skip_locked=True, of=Delivery)  # type: ignore[arg-type]
+    )
+    rows = session.exec(stmt).all()
+    if not rows:
+        return []
+    token = now + lease
+    session.execute(
+        update(Delivery)
+        .where(col(Delivery.id).in_([r.id for r in rows]))
+        .values(leased_until=token)
+    )
+    out = []
+    for r in rows:
+        secrets = [r.webhook_secret]
+        if r.previous_secret and r.previous_secret_until and r.previous_secret_until > now:
+            secrets.append(r.previous_secret)
+        out.append(
+            Claimed(
+                id=r.id,
+                system_id=system_id,
+                system=r.name,
+                url=r.webhook_url,
+                webhook_id=r.webhook_id,
+                payload=r.payload,
+                attempts=r.attempts,
+                lease_token=token,
+                secrets=tuple(secrets),
+            )
+        )
+    return out
+
+
+def record(session: Session, results: Sequence[Result], *, run_id: str | None = None) -> list[str]:
+    """Write the attempts and move each delivery on; returns each result's outcome."""
+    outcomes: list[str] = []
+    attempt_rows: list[dict[str, Any]] = []
+    entries: list[audit.Entry] = []
+    last_success: dict[int, datetime] = {}
+    gone: dict[int, Result] = {}
+    for r in results:
+        c = r.claimed
+        attempt = c.attempts + 1
+        attempt_rows.append(
+            {
+                "delivery_id": c.id,
+                "attempt": attempt,
+                "started_at": r.started_at,
+                "status_code": r.status,
+                "latency_ms": r.latency_ms,
+                "error_class": r.error_class,
+                "response_excerpt": r.excerpt,
+            }
+        )
+        mine = and_(
+            col(Delivery.id) == c.id,
+            col(Delivery.state) == DeliveryState.PENDING.value,
+            col(Delivery.leased_until) == c.lease_token,
+        )
+        values: dict[str, Any] = {
+            "attempts": attempt,
+            "last_status": r.status,
+            "leased_until": None,
+        }
+        if r.ok:
+            outcome = DELIVERED
+            values.update(
+                state=DeliveryState.DELIVERED.value,
+                delivered_at=func.coalesce(col(Delivery.delivered_at), r.finished_at),
+                last_error=None,
+            )
+        elif r.gone:
+            outcome = DISABLED
+            values.update(last_error=r.describe()[:500], next_attempt_at=r.finished_at)
+        else:
+            delay = next_delay(attempt, slow_down=r.slow_down, retry_after=r.retry_after)
+            values["last_error"] = r.describe()[:500]
+            if delay is None:
+                outcome = DEAD
+                values["state"] = DeliveryState.DEAD.value
+            else:
+                outcome = RETRIED
+                values["next_attempt_at"] = r.finished_at + delay
+        changed = session.execute(update(Delivery).where(mine).values(**values)).rowcount
+        if not changed:
+            outcome = SUPERSEDED  # the lease ran out and another worker took the row over
+        elif outcome == DELIVERED:
+            prev = last_success.get(c.system_id)
+            last_success[c.system_id] = max(prev, r.finished_at) if prev else r.finished_at
+        elif outcome == DISABLED:
+            gone[c.system_id] = r
+        elif outcome == DEAD:
+            entries.append(
+                audit.Entry(
+                    action="delivery.dead_lettered",
+                    actor_type=ActorType.SYSTEM.value,
+                    actor=c.system,
+                    channel=Channel.SYSTEM.value,
+                    run_id=run_id,
+                    detail={
+                        "delivery_id": c.id,
+                        "webhook_id": c.webhook_id,
+                        "system": c.system,
+                        "attempts": attempt,
+                        "last_status": r.status,
+                        "last_error": r.describe()[:500],
+                    },
+                )
+            )
+        outcomes.append(outcome)
+    if attempt_rows:
+        session.execute(DeliveryAttempt.__table__.insert(), attempt_rows)  # type: ignore[attr-defined]
+    for system_id, at in last_success.items():
+        session.execute(
+            update(System)
+            .where(
+                col(System.id) == system_id,
+                or_(col(System.last_success_at).is_(None), col(System.last_success_at) < at),
+            )
+            .values(last_success_at=at)
+        )
+    for system_id, r in gone.items():
+        reason = f"410 Gone at {r.finished_at.strftime('%Y-%m-%dT%H:%M:%SZ')}: endpoint retired"
+        changed = session.execute(
+            update(System)
+            .where(col(System.id) == system_id, col(System.status) != SystemStatus.DISABLED.value)
+            .values(status=SystemStatus.DISABLED.value, status_reason=reason)
+        ).rowcount
+        if changed:
+            entries.append(
+                audit.Entry(
+                    action="system.disabled",
+                    actor_type=ActorType.SYSTEM.value,
+                    actor=r.claimed.system,
+                    channel=Channel.SYSTEM.value,
+                    run_id=run_id,
+                    detail={"system": r.claimed.system, "reason": reason},
+                )
+            )
+    audit.append(session, entries)
+    return outcomes
+
+
+# ------------------------------------------------------------------------------------ sending
+
+
+def make_client(timeout: float, policy: ssrf.Allowed | None = None) -> httpx.AsyncClient:
+    """The worker's one long-lived client: no redirects, no proxies from the environment,
+    the SSRF guard on every connection."""
+    transport = httpx.AsyncHTTPTransport(trust_env=False)
+    # httpx does not expose httpcore's network backend; the pool is rebuilt with the guard.
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=httpx.create_ssl_context(),
+        max_connections=None,
+        max_keepalive_connections=200,
+        keepalive_expiry=30.0,
+        network_backend=ssrf.GuardedBackend(policy),
+    )
+    return httpx.AsyncClient(
+        transport=transport,
+        follow_redirects=False,
+        trust_env=False,
+        timeout=httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout)),
+        headers={"user-agent": USER_AGENT},
+    )
+
+
+async def _excerpt(response: httpx.Response) -> str | None:
+    buf = b""
+    async for chunk in response.aiter_raw():
+        buf += chunk
+        if len(buf) >= EXCERPT_BYTES:
+            break
+    text = buf.decode("utf-8", errors="replace")[:EXCERPT_CHARS]
+    return text or None
+
+
+async def send(
+    client: httpx.AsyncClient,
+    c: Claimed,
+    *,
+    timeout: float,
+    clock: Callable[[], datetime],
+    policy: ssrf.Allowed | None = None,
+) -> Result:
+    """One attempt: POST the stored body, signed now. Never raises for network trouble."""
+    started = clock()
+    t0 = time.perf_counter()
+    body = c.payload.encode("utf-8")
+    status = None
+    error_class = error = excerpt = None
+    retry_after = None
+    try:
+        ssrf.check_scheme(c.url, policy)
+        headers = signing.headers(c.secrets, c.webhook_id, body)
+        async with asyncio.timeout(timeout):
+            async with client.stream("POST", c.url, content=body, headers=headers) as response:
+                status = response.status_code
+                retry_after = parse_retry_after(response.headers.get("retry-after"), utcnow())
+                excerpt = await _excerpt(response)
+    except ssrf.SSRFRefused as exc:
+        error_class, error = "SSRFRefused", str(exc)
+    except InvalidInput as exc:  # a malformed URL or secret: an operator must fix it
+        error_class, error = "Misconfigured", str(exc)
+    except TimeoutError:
+        error_class, error = "Timeout", f"no complete response within {timeout:g} s"
+    except httpx.HTTPError as exc:
+        error_class, error = type(exc).__name__, str(exc)
+    except OSError as exc:
+        error_class, error = type(exc).__name__, str(exc)
+    if error is not None:
+        error = error.replace(c.url, "<webhook url>")[:300]
+    result = Result(
+        claimed=c,
+        started_at=started,
+        finished_at=clock(),
+        latency_ms=round((time.perf_counter() - t0) * 1000),
+        status=status,
+        error_class=error_class,
+        error=error,
+        excerpt=excerpt,
+        retry_after=retry_after,
+    )
+    log.info(
+        "webhook %s to %s, attempt %d: %s in %d ms",
+        c.webhook_id,
+        c.system,
+        c.attempts + 1,
+        "ok" if result.ok else result.describe(),
+        result.latency_ms,
+    )
+    return result
+
+
+# --------------------------------------------------------------------------------------- runs
+
+
+@dataclass
+class _Run:
+    engine: Engine
+    options: Options
+    now: datetime | None
+    run_id: str | None
+    on_batch: Callable[[str, list[str]], None] | None
+    report: Report = field(default_factory=Report)
+    claimed: int = 0
+    deadline: float | None = None
+    gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4))
+
+    def clock(self) -> datetime:
+        return self.now or utcnow()
+
+    def stopping(self) -> bool:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return True
+        return self.options.limit is not None and self.claimed >= self.options.limit
+
+    async def db(self, fn: Callable[[Session], Any]) -> Any:
+        def work() -> Any:
+            with db.session_scope(self.engine) as session:
+                return fn(session)
+
+        async with self.gate:
+            return await asyncio.to_thread(work)
+
+
+async def _lane(run: _Run, client: httpx.AsyncClient, system_id: int) -> int:
+    """Claim, send, record, repeat for one system; returns how many deliveries it handled."""
+    opts = run.options
+    sem = asyncio.Semaphore(opts.per_endpoint)
+    timeout = opts.total_timeout()
+    lease = opts.lease_for()
+    handled = 0
+
+    async def bounded(c: Claimed) -> Result:
+        async with sem:
+            return await send(client, c, timeout=timeout, clock=run.clock)
+
+    while not run.stopping():
+        want = opts.batch_size
+        if opts.limit is not None:
+            want = min(want, opts.limit - run.claimed)
+        now = run.clock()
+        batch: list[Claimed] = await run.db(
+            lambda s, n=now, w=want: claim(s, system_id, now=n, limit=w, lease=lease)
+        )
+        if not batch:
+            break
+        run.claimed += len(batch)
+        results = await asyncio.gather(*(bounded(c) for c in batch))
+        outcomes: list[str] = await run.db(lambda s, rs=results: record(s, rs, run_id=run.run_id))
+        name = batch[0].system
+        for outcome in outcomes:
+            run.report.add(name, outcome)
+        dead = [
+            {
+                "system": r.claimed.system,
+                "webhook_id": r.claimed.webhook_id,
+                "id": r.claimed.id,
+                "error": r.describe(),
+            }
+            for r, o in zip(results, outcomes, strict=True)
+            if o == DEAD
+        ]
+        run.report.dead.extend(dead)
+        handled += len(batch)
+        if run.on_batch:
+            run.on_batch(name, outcomes)
+        if DISABLED in outcomes:
+            break  # the system is disabled now: the rest of its rows are held
+    return handled
+
+
+async def adeliver_due(
+    engine: Engine | None = None,
+    *,
+    options: Options | None = None,
+    now: datetime | None = None,
+    run_id: str | None = None,
+    on_batch: Callable[[str, list[str]], None] | None = None,
+) -> Report:
+    """Drain due deliveries until none is left (or the time or count limit); see the module doc."""
+    run = _Run(engine or db.get_engine(), options or Options(), now, run_id, on_batch)
+    if run.options.max_seconds is not None:
+        run.deadline = time.monotonic() + run.options.max_seconds
+    names = run.options.systems
+    lanes: dict[int, asyncio.Task[int]] = {}
+    idle: set[int] = set()  # systems whose last lane found nothing to claim
+    failure: BaseException | None = None
+    async with make_client(run.options.total_timeout()) as client:
+        while True:
+            if not run.stopping() and failure is None:
+                due = await run.db(lambda s: due_systems(s, run.clock(), names))
+                for system_id in due:
+                    if system_id not in lanes and system_id not in idle:
+                        lanes[system_id] = asyncio.create_task(_lane(run, client, system_id))
+            if not lanes:
+                break
+            done, _ = await asyncio.wait(lanes.values(), return_when=asyncio.FIRST_COMPLETED)
+            for system_id, task in list(lanes.items()):
+                if task in done:
+                    del lanes[system_id]
+                    exc = task.exception()
+                    if exc is not None:
+                        log.error("delivery lane for system %s failed: %r", system_id, exc)
+                        failure = failure or exc
+                    elif task.result() == 0:
+                        idle.add(system_id)
+    held = await run.db(lambda s: held_counts(s, names))
+    for name, n in held.items():
+        run.report.add(name, HELD, n)
+    if run.report.dead:  # one alert per run, after the dead letters are committed
+        await asyncio.to_thread(alerts.dead_lettered, run.report.dead, run_id=run.run_id)
+    if failure is not None:
+        raise failure
+    return run.report
+
+
+def deliver_due(
+    engine: Engine | None = None,
+    *,
+    options: Options | None = None,
+    now: datetime | None = None,
+    run_id: str | None = None,
+    on_batch: Callable[[str, list[str]], None] | None = None,
+) -> Report:
+    """Synchronous ``adeliver_due`` (runs its own event loop)."""
+    return asyncio.run(
+        adeliver_due(engine, options=options, now=now, run_id=run_id, on_batch=on_batch)
+    )
+
+
+def preview(
+    session: Session, *, now: datetime | None = None, names: Sequence[str] | None = None
+) -> Report:
+    """What a run would do now, without sending: due and held deliveries per system."""
+    now = now or utcnow()
+    report = Report()
+    due = due_systems(session, now, names)
+    if due:
+        rows = session.exec(select(System.id, System.name).where(col(System.id).in_(list(due))))
+        for sid, name in rows.all():
+            report.add(name, DUE, due[sid])
+    for name, n in held_counts(session, names).items():
+        report.add(name, HELD, n)
+    return report

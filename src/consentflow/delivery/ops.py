@@ -1,0 +1,341 @@
+"""What operators do with deliveries and endpoints: list, replay, redeliver, pause, rotate.
+
+Every change here is audited and none ever deletes a delivery. A replayed delivery keeps its
+``webhook-id`` (receivers deduplicate on it) and its body; it starts a fresh retry schedule
+(``attempts`` restarts at 0; the earlier attempts stay in ``delivery_attempt``) and keeps its
+first ``delivered_at``, which is when the system first learnt of the withdrawal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import exists, func, update
+from sqlmodel import Session, col, select
+
+from consentflow import audit, systems
+from consentflow.errors import ConsentflowError, InvalidInput, NotFound
+from consentflow.models import (
+    ActorType,
+    Channel,
+    Delivery,
+    DeliveryAttempt,
+    DeliveryState,
+    System,
+    SystemStatus,
+    utcnow,
+)
+
+
+@dataclass(frozen=True)
+class DeliveryView:
+    id: int
+    system: str
+    webhook_id: str
+    event_type: str
+    event_id: str
+    state: str
+    attempts: int
+    created_at: datetime
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+    last_status: int | None
+    last_error: str | None
+    held: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "system": self.system,
+            "webhook_id": self.webhook_id,
+            "type": self.event_type,
+            "event_id": self.event_id,
+            "state": self.state,
+            "held": self.held,
+            "attempts": self.attempts,
+            "created_at": self.created_at.isoformat(),
+            "next_attempt_at": self.next_attempt_at.isoformat()
+            if self.next_attempt_at and self.state == DeliveryState.PENDING.value
+            else None,
+            "delivered_at": self.delivered_at.isoformat() if self.delivered_at else None,
+            "last_status": self.last_status,
+            "last_error": self.last_error,
+        }
+
+
+def _state(value: str | None) -> str | None:
+    if value is None:
+        return None
+    allowed = [s.value for s in DeliveryState] + ["held"]
+    if value not in allowed:
+        raise InvalidInput(f"bad state {value!r}: choose one of {', '.join(allowed)}")
+    return value
+
+
+def list_deliveries(
+    session: Session,
+    *,
+    state: str | None = None,
+    system: str | None = None,
+    limit: int = 100,
+) -> list[DeliveryView]:
+    """Deliveries, newest first; ``state`` may also be ``held`` (pending, system not active)."""
+    state = _state(state)
+    if not 1 <= limit <= 100000:
+        raise InvalidInput("the limit must be between 1 and 100000")
+    stmt = select(Delivery, System.name, System.status).join(
+        System, col(System.id) == Delivery.system_id
+    )
+    if state == "held":
+        stmt = stmt.where(
+            col(Delivery.state) == DeliveryState.PENDING.value,
+            col(System.status) != SystemStatus.ACTIVE.value,
+        )
+    elif state is not None:
+        stmt = stmt.where(col(Delivery.state) == state)
+    if system is not None:
+        stmt = stmt.where(col(System.id) == systems.get(session, system).id)
+    stmt = stmt.order_by(col(Delivery.id).desc()).limit(limit)
+    return [
+        DeliveryView(
+            id=d.id or 0,
+            system=name,
+            webhook_id=d.webhook_id,
+            event_type=d.event_type,
+            event_id=str(d.event_id),
+            state=d.state,
+            attempts=d.attempts,
+            created_at=d.created_at,
+            next_attempt_at=d.next_attempt_at,
+            delivered_at=d.delivered_at,
+            last_status=d.last_status,
+            last_error=d.last_error,
+            held=d.state == DeliveryState.PENDING.value and status != SystemStatus.ACTIVE.value,
+        )
+        for d, name, status in session.exec(stmt).all()
+    ]
+
+
+def attempts(session: Session, delivery_id: int) -> list[DeliveryAttempt]:
+    """Every attempt of one delivery, in order."""
+    return list(
+        session.exec(
+            select(DeliveryAttempt)
+            .where(DeliveryAttempt.delivery_id == delivery_id)
+            .order_by(col(DeliveryAttempt.id))
+        ).all()
+    )
+
+
+def _audit(session: Session, action: str, actor: str | None, detail: dict[str, Any]) -> None:
+    audit.record(
+        session,
+        action,
+        actor_type=ActorType.AGENT.value,
+        actor=actor,
+        channel=Channel.SUPPORT.value,
+        detail=detail,
+    )
+
+
+_RESTART = {
+    "state": DeliveryState.PENDING.value,
+    "attempts": 0,
+    "leased_until": None,
+}
+
+
+def replay(
+    session: Session, delivery_id: int, *, actor: str | None = None, now: datetime | None = None
+) -> DeliveryView:
+    """Send one delivery again as soon as possible (any state), same webhook-id, fresh schedule."""
+    now = now or utcnow()
+    row = session.get(Delivery, delivery_id)
+    if row is None:
+        raise NotFound(f"unknown delivery {delivery_id}: see `consentflow deliveries list`")
+    before = row.state
+    session.execute(
+        update(Delivery)
+        .where(col(Delivery.id) == delivery_id)
+        .values(**_RESTART, next_attempt_at=now)
+    )
+    system = session.get(System, row.system_id)
+    assert system is not None
+    _audit(
+        session,
+        "delivery.replay",
+        actor,
+        {
+            "delivery_id": delivery_id,
+            "webhook_id": row.webhook_id,
+            "system": system.name,
+            "from": before,
+        },
+    )
+    session.refresh(row)
+    return list_one(session, delivery_id)
+
+
+def list_one(session: Session, delivery_id: int) -> DeliveryView:
+    stmt = (
+        select(Delivery, System.name, System.status)
+        .join(System, col(System.id) == Delivery.system_id)
+        .where(col(Delivery.id) == delivery_id)
+    )
+    found = session.exec(stmt).first()
+    if found is None:
+        raise NotFound(f"unknown delivery {delivery_id}: see `consentflow deliveries list`")
+    d, name, status = found
+    return DeliveryView(
+        d.id or 0, name, d.webhook_id, d.event_type, str(d.event_id), d.state, d.attempts,
+        d.created_at, d.next_attempt_at, d.delivered_at, d.last_status, d.last_error,
+        d.state == DeliveryState.PENDING.value and status != SystemStatus.ACTIVE.value,
+    )  # fmt: skip
+
+
+def redeliver_since(
+    session: Session,
+    since: datetime,
+    *,
+    system: str | None = None,
+    actor: str | None = None,
+    now: datetime | None = None,
+) -> int:
+    """Restart every undelivered delivery that failed at or after ``since``: dead-lettered ones
+    and those still waiting for a retry. Returns how many; they are due at once."""
+    now = now or utcnow()
+    failed_since = exists().where(
+        col(DeliveryAttempt.delivery_id) == Delivery.id,
+        col(DeliveryAttempt.started_at) >= since,
+        (col(DeliveryAttempt.status_code).is_(None))
+        | (col(DeliveryAttempt.status_code) < 200)
+        | (col(DeliveryAttempt.status_code) >= 300),
+    )
+    where = [
+        col(Delivery.state).in_([DeliveryState.DEAD.value, DeliveryState.PENDING.value]),
+        col(Delivery.attempts) > 0,
+        failed_since,
+    ]
+    detail: dict[str, Any] = {"since": since.isoformat()}
+    if system is not None:
+        where.append(col(Delivery.system_id) == systems.get(session, system).id)
+        detail["system"] = system
+    n = session.execute(
+        update(Delivery).where(*where).values(**_RESTART, next_attempt_at=now)
+    ).rowcount
+    detail["count"] = n
+    _audit(session, "delivery.redeliver", actor, detail)
+    return n
+
+
+# ------------------------------------------------------------------------------- endpoints
+
+
+_TRANSITIONS = {
+    "pause": ({SystemStatus.ACTIVE}, SystemStatus.PAUSED),
+    "resume": ({SystemStatus.PAUSED}, SystemStatus.ACTIVE),
+    "disable": ({SystemStatus.ACTIVE, SystemStatus.PAUSED}, SystemStatus.DISABLED),
+    "enable": ({SystemStatus.DISABLED, SystemStatus.PAUSED}, SystemStatus.ACTIVE),
+}
+
+
+_ACTIONS = {
+    "pause": "system.paused",
+    "resume": "system.resumed",
+    "disable": "system.disabled",
+    "enable": "system.enabled",
+}
+
+
+def set_status(
+    session: Session,
+    name: str,
+    verb: str,
+    *,
+    reason: str | None = None,
+    actor: str | None = None,
+    now: datetime | None = None,
+) -> tuple[System, int]:
+    """Pause, resume, disable or enable an endpoint. Pausing and disabling hold its deliveries
+    (nothing is discarded); resuming and enabling make every held delivery due at once, because
+    the operator says the endpoint works again. Returns the system and its pending count."""
+    allowed, target = _TRANSITIONS[verb]
+    now = now or utcnow()
+    system = systems.get(session, name)
+    current = SystemStatus(system.status)
+    if current == target:
+        raise ConsentflowError(f"system {name!r} is {current.value} already")
+    if current not in allowed:
+        hint = "enable it" if current == SystemStatus.DISABLED else f"it is {current.value}"
+        raise ConsentflowError(f"cannot {verb} system {name!r}: {hint}")
+    if reason is not None and len(reason) > 500:
+        raise InvalidInput("the reason must be at most 500 characters")
+    status_reason = None if target == SystemStatus.ACTIVE else (reason or f"{verb}d by operator")
+    session.execute(
+        update(System)
+        .where(col(System.id) == system.id)
+        .values(status=target.value, status_reason=status_reason)
+    )
+    pending_where = (
+        col(Delivery.system_id) == system.id,
+        col(Delivery.state) == DeliveryState.PENDING.value,
+    )
+    if target == SystemStatus.ACTIVE:
+        session.execute(
+            update(Delivery)
+            .where(*pending_where, col(Delivery.next_attempt_at) > now)
+            .values(next_attempt_at=now)
+        )
+    pending = session.exec(select(func.count()).where(*pending_where)).one()
+    _audit(
+        session,
+        _ACTIONS[verb],
+        actor,
+        {
+            "system": name,
+            "from": current.value,
+            "to": target.value,
+            "reason": reason,
+            "pending": pending,
+        },
+    )
+    session.refresh(system)
+    return system, pending
+
+
+def rotate_secret(
+    session: Session,
+    name: str,
+    *,
+    grace: timedelta = timedelta(hours=24),
+    actor: str | None = None,
+    now: datetime | None = None,
+) -> str:
+    """A new webhook secret for ``name``, returned once. For ``grace`` the old one keeps
+    signing alongside it (two signatures, new first), so the receiver can switch at leisure."""
+    now = now or utcnow()
+    if grace < timedelta(0) or grace > timedelta(days=30):
+        raise InvalidInput("the grace period must be between 0 and 720 hours")
+    system = systems.get(session, name)
+    if not system.webhook_secret:
+        raise ConsentflowError(f"system {name!r} has no webhook, so no secret to rotate")
+    secret = systems.new_secret()
+    keep_old = grace > timedelta(0)
+    session.execute(
+        update(System)
+        .where(col(System.id) == system.id)
+        .values(
+            webhook_secret=secret,
+            previous_secret=system.webhook_secret if keep_old else None,
+            previous_secret_until=now + grace if keep_old else None,
+        )
+    )
+    _audit(
+        session,
+        "system.secret_rotated",
+        actor,
+        {"system": name, "old_secret_valid_until": (now + grace).isoformat() if keep_old else None},
+    )
+    return secret

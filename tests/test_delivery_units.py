@@ -1,0 +1,175 @@
+"""Signing, the retry schedule and the SSRF guard as plain functions (no database)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import random
+import socket
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from standardwebhooks import Webhook
+
+from consentflow import settings
+from consentflow.delivery import schedule, signing, ssrf
+from consentflow.errors import InvalidInput
+
+# The published Standard Webhooks test vector.
+VECTOR_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+VECTOR_ID = "msg_p5jXN8AQM9LWM0D4loKWxJek"
+VECTOR_TS = 1614265330
+VECTOR_BODY = b'{"test": 2432232314}'
+VECTOR_SIG = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+
+
+def test_published_vector_reproduces():
+    assert signing.sign(VECTOR_SECRET, VECTOR_ID, VECTOR_TS, VECTOR_BODY) == VECTOR_SIG
+    # the prefix is optional, as in the reference implementation
+    assert signing.sign(VECTOR_SECRET[6:], VECTOR_ID, VECTOR_TS, VECTOR_BODY) == VECTOR_SIG
+
+
+def test_headers_verify_with_the_public_package():
+    body = b'{"type":"consent.withdrawn","data":{"x":"\xc3\xa9"}}'
+    h = signing.headers([VECTOR_SECRET], "msg_1", body)
+    assert Webhook(VECTOR_SECRET).verify(body, h)["type"] == "consent.withdrawn"
+
+
+def test_rotation_header_carries_new_then_old():
+    new, old = "whsec_" + "A" * 43 + "=", VECTOR_SECRET
+    h = signing.headers([new, old], VECTOR_ID, VECTOR_BODY, timestamp=VECTOR_TS)
+    first, second = h["webhook-signature"].split(" ")
+    assert first == signing.sign(new, VECTOR_ID, VECTOR_TS, VECTOR_BODY)
+    assert second == VECTOR_SIG
+
+
+def test_bad_secret_is_a_clear_error():
+    with pytest.raises(InvalidInput, match="whsec_"):
+        signing.sign("whsec_***", "msg", 1, b"{}")
+
+
+def test_schedule_default_is_the_standard_webhooks_example():
+    assert schedule.DEFAULT_SCHEDULE == (0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
+    assert sum(schedule.DEFAULT_SCHEDULE) / 3600 == pytest.approx(75.0, abs=1)
+
+
+def test_schedule_jitter_slow_down_retry_after_and_exhaustion():
+    rng = random.Random(1)
+    for attempts in range(1, schedule.MAX_ATTEMPTS):
+        base = schedule.DEFAULT_SCHEDULE[attempts]
+        d = schedule.next_delay(attempts, rng=rng).total_seconds()
+        assert 0.8 * base <= d <= 1.2 * base
+        slow = schedule.next_delay(attempts, slow_down=True, rng=rng).total_seconds()
+        assert slow >= 0.8 * max(min(2 * base, 86400), 60)
+    assert schedule.next_delay(schedule.MAX_ATTEMPTS) is None
+    ra = schedule.next_delay(1, retry_after=timedelta(minutes=10), rng=rng)
+    assert ra == timedelta(minutes=10)
+    # an absurd Retry-After is capped at a day
+    assert schedule.next_delay(1, retry_after=timedelta(days=30)) == timedelta(days=1)
+
+
+def test_retry_after_parsing():
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert schedule.parse_retry_after("120", now) == timedelta(seconds=120)
+    assert schedule.parse_retry_after("Thu, 01 Jan 2026 00:02:00 GMT", now) == timedelta(minutes=2)
+    assert schedule.parse_retry_after("soon", now) is None
+    assert schedule.parse_retry_after(None, now) is None
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "224.0.0.1",
+        "240.0.0.1",
+        "0.0.0.0",
+        "::1",
+        "fd12:3456::1",
+        "fe80::1",
+        "ff02::1",
+        "::ffff:10.0.0.1",
+    ],
+)
+def test_forbidden_addresses(address):
+    assert ssrf.forbidden_reason(ipaddress.ip_address(address)) is not None
+    with pytest.raises(ssrf.SSRFRefused, match="CONSENTFLOW_WEBHOOK_ALLOWED_HOSTS"):
+        ssrf.permitted("h", [ipaddress.ip_address(address)], ssrf.Allowed.parse(""))
+
+
+@pytest.mark.parametrize("address", ["8.8.8.8", "2606:4700:4700::1111", "93.184.216.34"])
+def test_public_addresses(address):
+    assert ssrf.forbidden_reason(ipaddress.ip_address(address)) is None
+
+
+def test_allow_list_hosts_and_networks():
+    policy = ssrf.Allowed.parse(" 127.0.0.1, 10.20.0.0/16 ,hooks.internal,[::1]")
+    assert policy.host_allowed("127.0.0.1")
+    assert policy.host_allowed("HOOKS.internal.")
+    assert policy.host_allowed("[::1]")
+    assert policy.host_allowed("10.20.3.4")
+    assert not policy.host_allowed("10.21.0.1")
+    ip = ipaddress.ip_address("10.20.9.9")
+    assert ssrf.permitted("svc.example", [ip], policy) == [ip]
+    # a name with a public and a private address may only reach the public one
+    public = ipaddress.ip_address("8.8.8.8")
+    mixed = [ipaddress.ip_address("10.0.0.1"), public]
+    assert ssrf.permitted("mixed.example", mixed, ssrf.Allowed.parse("")) == [public]
+
+
+@pytest.fixture
+def allow(monkeypatch):
+    def set_(value: str) -> None:
+        monkeypatch.setenv("CONSENTFLOW_WEBHOOK_ALLOWED_HOSTS", value)
+        settings.get_settings.cache_clear()
+
+    yield set_
+    settings.get_settings.cache_clear()
+
+
+def test_registration_rules(allow):
+    allow("")
+    for url, match in [
+        ("https://10.0.0.1/x", "private"),
+        ("https://169.254.169.254/latest/meta-data", "link-local"),
+        ("https://[::1]:8443/x", "loopback"),
+        ("https://100.64.0.9/x", "CGNAT"),
+        ("https://localhost/x", "loopback"),
+        ("http://hooks.example.com/x", "https"),
+    ]:
+        with pytest.raises(ssrf.SSRFRefused, match=match):
+            ssrf.check_registration(url)
+    with pytest.raises(InvalidInput, match="credentials"):
+        ssrf.check_registration("https://user:pw@hooks.example.com/x")
+    # a name that does not resolve yet is accepted (checked again at every send)
+    assert ssrf.check_registration("https://not-yet.invalid/hook")
+    assert ssrf.check_registration("https://8.8.8.8/hook")
+    allow("127.0.0.1")
+    assert ssrf.check_registration("http://127.0.0.1:9999/hook")
+
+
+def test_connect_time_guard_refuses_and_allows(allow):
+    allow("")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    try:
+        with pytest.raises(ssrf.SSRFRefused):
+            asyncio.run(ssrf.GuardedBackend().connect_tcp("localhost", port, timeout=2))
+        with pytest.raises(ssrf.SSRFRefused):
+            asyncio.run(ssrf.GuardedBackend().connect_tcp("127.0.0.1", port, timeout=2))
+
+        async def ok() -> None:
+            stream = await ssrf.GuardedBackend(ssrf.Allowed.parse("127.0.0.0/8")).connect_tcp(
+                "127.0.0.1", port, timeout=2
+            )
+            await stream.aclose()
+
+        asyncio.run(ok())
+    finally:
+        server.close()
