@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlmodel import Session, create_engine
 
-from consentflow.errors import ConsentflowError, InvalidInput
+from consentflow.errors import InvalidInput
 from consentflow.settings import get_settings
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -222,9 +222,7 @@ def upgrade(engine: Engine | None = None) -> str:
 def ensure_schema(engine: Engine) -> None:
     """Fail with a clear message if the database has not been created yet."""
     if not inspect(engine).has_table("audit_head"):
-        raise ConsentflowError(
-            "the database has no consentflow schema: run `consentflow db upgrade`"
-        )
+        raise InvalidInput("the database has no consentflow schema: run `consentflow db upgrade`")
 
 
 SCHEMA_ERRORS = (OperationalError, ProgrammingError)

@@ -207,12 +207,14 @@ class Consent(SQLModel, table=True):
 
     __table_args__ = (
         UniqueConstraint("subject_id", "purpose_id"),
+        # The sweep's "given and due" scan, and the dashboard's counts per purpose and state.
         Index("ix_consent_state_valid_until", "state", "valid_until"),
+        Index("ix_consent_purpose_id_state_valid_until", "purpose_id", "state", "valid_until"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
     subject_id: int = Field(foreign_key="subject.id")
-    purpose_id: int = Field(foreign_key="purpose.id", index=True)
+    purpose_id: int = Field(foreign_key="purpose.id")
     state: str = Field(max_length=16)
     purpose_version: int
     given_at: datetime | None = _ts(nullable=True)
@@ -231,6 +233,10 @@ class ConsentEvent(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("subject_id", "seq"),
         Index("ix_consent_event_purpose_id_recorded_at", "purpose_id", "recorded_at"),
+        # The dashboard's daily trend reads only this index.
+        Index(
+            "ix_consent_event_recorded_at_action_purpose_id", "recorded_at", "action", "purpose_id"
+        ),
     )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
@@ -245,7 +251,7 @@ class ConsentEvent(SQLModel, table=True):
     #: When the change took effect (for an expiry: the validity end).
     occurred_at: datetime = _ts()
     #: When the ledger recorded it.
-    recorded_at: datetime = _ts(index=True)
+    recorded_at: datetime = _ts()
     valid_until: datetime | None = _ts(nullable=True)
     actor_type: str = Field(max_length=16)
     #: Who acted, where it matters: the agent's name, the importing source, the flow run.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+import typer
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
 from consentflow.cli._common import app, fail
@@ -25,9 +26,23 @@ for _mod in pkgutil.iter_modules(__path__):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: expected failures become one line on stderr and an exit code."""
+    """Entry point: expected failures become one line on stderr and an exit code.
+
+    Click runs outside its standalone mode so that its own errors (a missing argument, an
+    unknown option) also come out as one plain line, like ours, rather than a decorated box.
+    """
     try:
-        app(args=argv, prog_name="consentflow")
+        code = app(args=argv, prog_name="consentflow", standalone_mode=False)
+    except typer.Abort:
+        fail("aborted", 1)
+    except typer.TyperException as exc:  # Click's own errors, as vendored by Typer
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            typer.echo(ctx.get_help())
+            raise SystemExit(2) from None
+        status = getattr(exc, "exit_code", 1)
+        where = f" (see `{ctx.command_path} --help`)" if ctx is not None and status == 2 else ""
+        fail(f"{exc.format_message()}{where}", status)  # type: ignore[attr-defined]
     except ConsentflowError as exc:
         fail(str(exc), exc.exit_code)
     except (OperationalError, ProgrammingError) as exc:
@@ -37,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"database error: {text}", 1)
     except DBAPIError as exc:
         fail(f"database error: {str(exc.orig).splitlines()[0] if exc.orig else exc}", 1)
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 __all__ = ["app", "main"]

@@ -150,7 +150,11 @@ def upgrade() -> None:
         ),
     )
     with op.batch_alter_table("consent", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_consent_purpose_id"), ["purpose_id"], unique=False)
+        batch_op.create_index(
+            "ix_consent_purpose_id_state_valid_until",
+            ["purpose_id", "state", "valid_until"],
+            unique=False,
+        )
         batch_op.create_index(
             "ix_consent_state_valid_until", ["state", "valid_until"], unique=False
         )
@@ -188,7 +192,9 @@ def upgrade() -> None:
             "ix_consent_event_purpose_id_recorded_at", ["purpose_id", "recorded_at"], unique=False
         )
         batch_op.create_index(
-            batch_op.f("ix_consent_event_recorded_at"), ["recorded_at"], unique=False
+            "ix_consent_event_recorded_at_action_purpose_id",
+            ["recorded_at", "action", "purpose_id"],
+            unique=False,
         )
 
     op.create_table(
@@ -359,13 +365,13 @@ def downgrade() -> None:
 
     op.drop_table("consent_request")
     with op.batch_alter_table("consent_event", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_consent_event_recorded_at"))
+        batch_op.drop_index("ix_consent_event_recorded_at_action_purpose_id")
         batch_op.drop_index("ix_consent_event_purpose_id_recorded_at")
 
     op.drop_table("consent_event")
     with op.batch_alter_table("consent", schema=None) as batch_op:
         batch_op.drop_index("ix_consent_state_valid_until")
-        batch_op.drop_index(batch_op.f("ix_consent_purpose_id"))
+        batch_op.drop_index("ix_consent_purpose_id_state_valid_until")
 
     op.drop_table("consent")
     op.drop_table("api_token")

@@ -1,0 +1,81 @@
+"""``consentflow serve`` (the web app) and ``consentflow token`` (API tokens)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from consentflow import db, tokens
+from consentflow.cli._common import JsonOpt, app, emit, session
+
+token_app = typer.Typer(no_args_is_help=True, help="API tokens for the web app and its API.")
+app.add_typer(token_app, name="token")
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+) -> None:
+    """Run the web app: the API, the email-link pages and the dashboard."""
+    import uvicorn
+
+    from consentflow.web.app import create_app
+
+    db.ensure_schema(db.get_engine())
+    typer.echo(f"consentflow serving on http://{host}:{port} (API under /api/v1)")
+    uvicorn.run(create_app(), host=host, port=port, proxy_headers=True, log_level="info")
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Argument(help="Who or what uses it, e.g. alice or crm-prod.")],
+    scope: Annotated[
+        str, typer.Option(help="admin, compliance, support or system.", show_default=False)
+    ],
+    system: Annotated[
+        str | None, typer.Option(help="For --scope system: the system it acts for.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a token; it is printed once, now, and only its hash is kept."""
+    with session() as s:
+        info, token = tokens.create(s, name, scope, system=system)
+    data = {**info.as_dict(), "token": token}
+
+    def text() -> None:
+        typer.echo(token)
+        typer.echo(
+            f"token {info.name!r} ({info.scope.value}"
+            + (f", system {info.system}" if info.system else "")
+            + "): store it now, it will not be shown again",
+            err=True,
+        )
+
+    emit(data, as_json, text)
+
+
+@token_app.command("list")
+def token_list(as_json: JsonOpt = False) -> None:
+    """Every token (never the tokens themselves): name, scope, system, last use, revocation."""
+    with session() as s:
+        rows = tokens.list_all(s)
+
+    def text() -> None:
+        for r in rows:
+            state = "revoked" if r["revoked_at"] else "active"
+            typer.echo(
+                f"{r['name']:<24} {r['scope']:<11} {r['system'] or '-':<16} {state:<8} "
+                f"last used {r['last_used_at'] or 'never'}"
+            )
+
+    emit(rows, as_json, text)
+
+
+@token_app.command("revoke")
+def token_revoke(name: str, as_json: JsonOpt = False) -> None:
+    """Revoke the active token NAME (its sign-in sessions end at once)."""
+    with session() as s:
+        n = tokens.revoke(s, name)
+    emit({"name": name, "revoked": n}, as_json, lambda: typer.echo(f"token {name!r} revoked"))

@@ -1,0 +1,168 @@
+"""API tokens: bearer credentials for the web app, each with one scope.
+
+A token is shown once, when it is created, and only its SHA-256 hash is stored, so a database dump
+does not reveal usable credentials. Scopes:
+
+- ``admin``: everything.
+- ``compliance``: read everything, export, verify the audit trail, the dashboard.
+- ``support``: read a subject's record and act on the subject's behalf (recorded as an agent with
+  the token's name and a required reason).
+- ``system``: one downstream system; may only call the access check and read the reconciliation
+  feed, and only for the purposes that system is registered for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from consentflow import audit, systems
+from consentflow.errors import Conflict, InvalidInput, NotFound
+from consentflow.models import ActorType, ApiToken, System, utcnow
+
+PREFIX = "cf_"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.@-]{0,99}$")
+#: ``last_used_at`` is refreshed at most this often, so checks do not write on every call.
+TOUCH_INTERVAL = timedelta(minutes=10)
+
+
+class Scope(StrEnum):
+    ADMIN = "admin"
+    COMPLIANCE = "compliance"
+    SUPPORT = "support"
+    SYSTEM = "system"
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """Who a verified token belongs to."""
+
+    id: int
+    name: str
+    scope: Scope
+    system_id: int | None = None
+    system: str | None = None
+    token_hash: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "scope": self.scope.value, "system": self.system}
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create(
+    session: Session, name: str, scope: str, *, system: str | None = None
+) -> tuple[TokenInfo, str]:
+    """A new token; returns its info and the token itself, which is never shown again."""
+    name = name.strip()
+    if not _NAME.match(name):
+        raise InvalidInput(
+            f"bad token name {name!r}: 1 to 100 letters, digits, spaces, '_', '.', '@', '-'"
+        )
+    try:
+        scope_ = Scope(scope)
+    except ValueError:
+        choices = ", ".join(Scope)
+        raise InvalidInput(f"unknown scope {scope!r}: use one of {choices}") from None
+    system_id = None
+    if scope_ is Scope.SYSTEM:
+        if not system:
+            raise InvalidInput("a system token needs --system NAME (the system it acts for)")
+        system_id = systems.get(session, system).id
+    elif system:
+        raise InvalidInput(f"--system applies to system tokens only, not to scope {scope_.value}")
+    active = session.exec(
+        select(ApiToken.id).where(ApiToken.name == name, col(ApiToken.revoked_at).is_(None))
+    ).first()
+    if active is not None:
+        raise Conflict(f"an active token named {name!r} exists already: revoke it or pick another")
+    token = PREFIX + secrets.token_urlsafe(32)
+    row = ApiToken(name=name, scope=scope_.value, system_id=system_id, token_hash=hash_token(token))
+    session.add(row)
+    session.flush()
+    assert row.id is not None
+    audit.record(
+        session,
+        "token.created",
+        actor_type=ActorType.AGENT.value,
+        actor=name,
+        detail={"scope": scope_.value, "system": system},
+    )
+    return TokenInfo(row.id, name, scope_, system_id, system, row.token_hash), token
+
+
+def lookup(session: Session, token_hash: str, *, now: datetime | None = None) -> TokenInfo | None:
+    """The active token with this hash, or None; refreshes ``last_used_at`` now and then."""
+    row = session.exec(
+        select(ApiToken, System.name)
+        .outerjoin(System, col(System.id) == ApiToken.system_id)
+        .where(ApiToken.token_hash == token_hash, col(ApiToken.revoked_at).is_(None))
+    ).first()
+    if row is None:
+        return None
+    token, system_name = row
+    now = now or utcnow()
+    if token.last_used_at is None or now - token.last_used_at > TOUCH_INTERVAL:
+        token.last_used_at = now
+        session.add(token)
+    assert token.id is not None
+    return TokenInfo(
+        token.id, token.name, Scope(token.scope), token.system_id, system_name, token.token_hash
+    )
+
+
+def verify(session: Session, token: str) -> TokenInfo | None:
+    """The active token matching ``token`` (as presented by a client), or None."""
+    if not token.startswith(PREFIX) or len(token) > 200:
+        return None
+    return lookup(session, hash_token(token))
+
+
+def revoke(session: Session, name: str) -> int:
+    """Revoke every active token named ``name``; returns how many."""
+    rows = session.exec(
+        select(ApiToken).where(ApiToken.name == name, col(ApiToken.revoked_at).is_(None))
+    ).all()
+    if not rows:
+        raise NotFound(f"no active token named {name!r}: see `consentflow token list`")
+    now = utcnow()
+    for row in rows:
+        row.revoked_at = now
+        session.add(row)
+    session.flush()
+    audit.record(
+        session,
+        "token.revoked",
+        actor_type=ActorType.AGENT.value,
+        actor=name,
+        detail={"count": len(rows)},
+    )
+    return len(rows)
+
+
+def list_all(session: Session) -> list[dict[str, Any]]:
+    rows = session.exec(
+        select(ApiToken, System.name)
+        .outerjoin(System, col(System.id) == ApiToken.system_id)
+        .order_by(col(ApiToken.name), col(ApiToken.id))
+    ).all()
+    return [
+        {
+            "name": t.name,
+            "scope": t.scope,
+            "system": system,
+            "created_at": t.created_at.isoformat(),
+            "last_used_at": t.last_used_at.isoformat() if t.last_used_at else None,
+            "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None,
+        }
+        for t, system in rows
+    ]

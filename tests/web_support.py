@@ -1,0 +1,108 @@
+"""Helpers for the web tests: seeded data, tokens, an in-process client, a real uvicorn server."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+from sqlalchemy.engine import Engine
+
+from consentflow import db, purposes, subjects, systems, tokens
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+
+@dataclass
+class Tokens:
+    admin: str
+    compliance: str
+    support: str
+    system: str  # for system "crm"
+    other_system: str  # for system "billing"
+
+    def by_scope(self, scope: str) -> str:
+        return {
+            "admin": self.admin,
+            "compliance": self.compliance,
+            "support": self.support,
+            "system": self.system,
+        }[scope]
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def seed(engine: Engine) -> Tokens:
+    """Two purposes, two subjects, two systems (crm: news; billing: invoices), one token each."""
+    with db.session_scope(engine) as s:
+        purposes.add(s, "news", title="Monthly newsletter", validity_days=365)
+        purposes.add(
+            s, "invoices", title="Invoices by email", validity_days=30, description="Your bills"
+        )
+        subjects.add(s, "alice", email="alice@example.com")
+        subjects.add(s, "bob")
+        systems.add(s, "crm", ["news"], webhook_url="https://crm.example.com/hooks")
+        systems.add(s, "billing", ["invoices"])
+    with db.session_scope(engine) as s:
+        made = {
+            "admin": tokens.create(s, "root", "admin")[1],
+            "compliance": tokens.create(s, "carol", "compliance")[1],
+            "support": tokens.create(s, "sam", "support")[1],
+            "system": tokens.create(s, "crm-token", "system", system="crm")[1],
+            "other_system": tokens.create(s, "billing-token", "system", system="billing")[1],
+        }
+    return Tokens(**made)
+
+
+def client() -> TestClient:
+    """The ASGI app in-process, on the database the ``engine`` fixture set as the default."""
+    from consentflow.web.app import create_app
+
+    return TestClient(create_app(), follow_redirects=False)
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def uvicorn_server(port: int | None = None, timeout: float = 20.0) -> Iterator[str]:
+    """A real uvicorn server on 127.0.0.1 in a thread; yields its base URL once it is healthy."""
+    import uvicorn
+
+    from consentflow.web.app import create_app
+
+    port = port or free_port()
+    config = uvicorn.Config(
+        create_app(), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                if httpx.get(f"{base}/api/v1/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("the uvicorn server did not become healthy")
+            time.sleep(0.05)
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
