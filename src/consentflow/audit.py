@@ -195,8 +195,12 @@ def verify(
             prev_hash, expected_seq, count = entry.hash, expected_seq + 1, count + 1
             last = entry.seq
             session.expunge(entry)
-    if head.seq != count or head.hash != prev_hash:
-        return bad(count + 1, f"the chain ends at {count} but its head says {head.seq} (deleted)")
+    if count > head.seq:
+        return bad(head.seq + 1, f"is past the chain's head at {head.seq} (inserted)")
+    if count < head.seq:
+        return bad(count + 1, f"is missing: the chain ends at {count}, its head at {head.seq}")
+    if head.hash != prev_hash:
+        return bad(count, "does not match the chain's head (modified or replaced)")
     if expect and expect[0] > count:
         return bad(expect[0], "the anchor recorded earlier is past the end of the chain")
     return Verification(True, count, head.seq, head.hash)

@@ -106,6 +106,10 @@ def parse_row(
     valid_until = _time(v["valid_until"], "valid_until")
     if given_at and given_at > now:
         raise InvalidInput(f"given_at {v['given_at']!r} is in the future")
+    if state is State.EXPIRED and not valid_until:
+        raise InvalidInput("an expired consent needs its valid_until (when it ended)")
+    if state is State.EXPIRED and valid_until and valid_until > now:
+        raise InvalidInput(f"valid_until {v['valid_until']!r} is in the future: not expired yet")
     if valid_until and state not in (State.GIVEN, State.EXPIRED):
         raise InvalidInput(f"valid_until only applies to given or expired consents, not {state}")
     if valid_until and given_at and valid_until <= given_at:
@@ -263,21 +267,20 @@ def _import_batch(
             for r in rows
             if r.purpose is not None and r.state is not None
         ]
-        changes = lifecycle.import_consents(s, wanted, actor, propagate=propagate)
-        audit.append(
-            s,
-            [
-                audit.Entry(
-                    action="subject.created",
-                    subject_ref=c["subject_ref"],
-                    actor_type=actor.type.value,
-                    actor=actor.name,
-                    channel=actor.channel.value,
-                    run_id=actor.run_id,
-                    detail={"has_email": c["email"] is not None, "locale": c["locale"]},
-                )
-                for c in created
-            ],
+        created_entries = [
+            audit.Entry(
+                action="subject.created",
+                subject_ref=c["subject_ref"],
+                actor_type=actor.type.value,
+                actor=actor.name,
+                channel=actor.channel.value,
+                run_id=actor.run_id,
+                detail={"has_email": c["email"] is not None, "locale": c["locale"]},
+            )
+            for c in created
+        ]
+        changes = lifecycle.import_consents(
+            s, wanted, actor, propagate=propagate, preface=created_entries
         )
     report.subjects_created += len(created)
     report.consents_created += len(changes)

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from itertools import chain
 from typing import Any, NamedTuple
 
 import orjson
@@ -133,7 +134,8 @@ def plan(
         # Renewing confirms the current notice and restarts its validity period.
         return Outcome(State.GIVEN, version, current.given_at, _validity(now, purpose), now)
     if action is Action.EXPIRE:
-        as_of = as_of or now
+        # Judged as of ``as_of`` but never ahead of time: a consent expires once it has ended.
+        as_of = min(as_of or now, now)
         if current.valid_until is None or current.valid_until > as_of:
             raise TransitionNotAllowed(
                 f"consent is valid until {_fmt(current.valid_until)}: not due at {_fmt(as_of)}"
@@ -155,15 +157,19 @@ def plan(
         return Outcome(State.INVALIDATED, current.purpose_version or version, None, None, now)
     if action is Action.IMPORT:
         assert imported is not None and imported.state is not None
-        given_at = imported.given_at or now
+        # Without a grant date, an expired record counts from its end (never after it).
+        fallback = imported.valid_until if imported.state is State.EXPIRED else None
+        given_at = imported.given_at or fallback or now
         imp_version = imported.purpose_version or version
         if imported.state in (State.GIVEN, State.EXPIRED):
             valid_until = imported.valid_until or _validity(given_at, purpose)
             return Outcome(imported.state, imp_version, given_at, valid_until, given_at)
         return Outcome(imported.state, imp_version, None, None, given_at)
-    # request, refuse, revoke: a plain change of state, effective now
     assert rule.to is not None
-    return Outcome(rule.to, current.purpose_version or version, None, None, now)
+    if action is Action.REVOKE:  # withdraws what was given, under the notice it was given on
+        return Outcome(rule.to, current.purpose_version or version, None, None, now)
+    # request, refuse: about the notice the subject is being asked about now
+    return Outcome(rule.to, version, None, None, now)
 
 
 def _validity(start: datetime, purpose: PurposeInfo) -> datetime:
@@ -325,12 +331,21 @@ _EVENT_COLUMNS = [
 ]  # fmt: skip
 
 
-def _write(session: Session, items: list[_Item], *, now: datetime, propagate: bool) -> list[Change]:
+def _write(
+    session: Session,
+    items: list[_Item],
+    *,
+    now: datetime,
+    propagate: bool,
+    preface: Sequence[audit.Entry] = (),
+) -> list[Change]:
     """Write state, history, outbox and audit for ``items`` whose subjects are locked.
 
-    Each step is one many-row statement for the whole batch (see ``db.Writer``).
+    Each step is one many-row statement for the whole batch (see ``db.Writer``). ``preface``
+    entries join the audit chain just before the items' own (e.g. the subjects an import created).
     """
     if not items:
+        audit.append(session, preface, now=now)
         return []
     w = Writer(session)
     ts, uid, now_db = w.ts, w.uuid, w.ts(now)
@@ -398,28 +413,31 @@ def _write(session: Session, items: list[_Item], *, now: datetime, propagate: bo
     # 5. Audit, last.
     audit.append(
         session,
-        (
-            audit.Entry(
-                action=f"consent.{i.action.value}",
-                subject_ref=i.subject.subject_ref,
-                purpose_key=i.purpose.key,
-                actor_type=i.actor.type.value,
-                actor=i.actor.name,
-                channel=i.actor.channel.value,
-                run_id=i.actor.run_id,
-                detail={
-                    "event_id": i.event_id,
-                    "seq": i.seq,
-                    "from": i.previous,
-                    "to": i.outcome.state,
-                    "purpose_version": i.outcome.purpose_version,
-                    "occurred_at": i.outcome.occurred_at,
-                    "valid_until": i.outcome.valid_until,
-                    "reason": i.actor.reason,
-                    "deliveries": i.deliveries,
-                },
-            )
-            for i in items
+        chain(
+            preface,
+            (
+                audit.Entry(
+                    action=f"consent.{i.action.value}",
+                    subject_ref=i.subject.subject_ref,
+                    purpose_key=i.purpose.key,
+                    actor_type=i.actor.type.value,
+                    actor=i.actor.name,
+                    channel=i.actor.channel.value,
+                    run_id=i.actor.run_id,
+                    detail={
+                        "event_id": i.event_id,
+                        "seq": i.seq,
+                        "from": i.previous,
+                        "to": i.outcome.state,
+                        "purpose_version": i.outcome.purpose_version,
+                        "occurred_at": i.outcome.occurred_at,
+                        "valid_until": i.outcome.valid_until,
+                        "reason": i.actor.reason,
+                        "deliveries": i.deliveries,
+                    },
+                )
+                for i in items
+            ),
         ),
         now=now,
     )
@@ -468,7 +486,7 @@ def _track_requests(w: Writer, items: list[_Item], now_db: Any) -> None:
                 now_db,
             )
             for i in items
-            if i.action is Action.REQUEST
+            if i.outcome.state is State.REQUESTED
         ],
     )
     w.executemany(
@@ -776,9 +794,12 @@ def import_consents(
     actor: Actor,
     *,
     propagate: bool = False,
+    preface: Sequence[audit.Entry] = (),
 ) -> list[Change]:
     """Write imported consents; a subject that already has a consent for the purpose is skipped,
-    which makes re-running an import a no-op. Imports fire no webhooks unless ``propagate``."""
+    which makes re-running an import a no-op. Imports fire no webhooks unless ``propagate``.
+    ``preface`` audit entries (the subjects the import created) are chained before the consents'.
+    """
     now = utcnow()
     infos = purposes.info(session, sorted({r.purpose_key for r in rows}))
     subjects = _lock_subjects(session, ids=[r.subject_id for r in rows])
@@ -793,7 +814,7 @@ def import_consents(
         outcome = plan(Action.IMPORT, Current(), info, now=now, imported=imported)
         items.append(_Item(subject, info, None, None, outcome, Action.IMPORT, actor))
         current[(subject.id, info.id)] = (0, Current(row.state))
-    return _write(session, items, now=now, propagate=propagate)
+    return _write(session, items, now=now, propagate=propagate, preface=preface)
 
 
 # --------------------------------------------------------------------------------------------

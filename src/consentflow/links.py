@@ -92,13 +92,13 @@ def verify(
     if not sep or not body or not sig:
         raise BadLink("this link is incomplete: copy the whole link from the email")
     expected = hmac.new(_key(instance_secret(session), action), body.encode(), hashlib.sha256)
+    # Compare the text, not decoded bytes: lenient base64 decoding would let altered text pass.
+    if not hmac.compare_digest(_b64(expected.digest()).encode(), sig.encode()):
+        raise BadLink("this link is not valid for this action, or it was altered")
     try:
-        genuine = hmac.compare_digest(expected.digest(), _unb64(sig))
         claims = json.loads(_unb64(body))
     except (binascii.Error, ValueError):
         raise BadLink("this link is damaged: copy the whole link from the email") from None
-    if not genuine:
-        raise BadLink("this link is not valid for this action, or it was altered")
     expires_at = datetime.fromtimestamp(claims["e"], tz=(now or utcnow()).tzinfo)
     if expires_at <= (now or utcnow()):
         raise BadLink("this link has expired: use the link in a newer email, or ask us for one")

@@ -1,0 +1,374 @@
+"""Bulk import from another consent platform: validation, all-or-nothing, idempotence, scale."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func
+from sqlalchemy import select as sa_select
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from consentflow import access, audit, db, importer, lifecycle, purposes, systems
+from consentflow.models import AuditEntry, Consent, ConsentEvent, Delivery, Subject, metadata
+
+HEADER = "external_id,email,locale,purpose,state,given_at,valid_until\n"
+GOOD = HEADER + (
+    "alice,alice@example.com,en,news,given,2026-01-01T00:00:00Z,\n"
+    "alice,alice@example.com,en,offers,withdrawn,2025-06-01T00:00:00Z,\n"
+    "bob,,fr,,,,\n"
+    "carol,carol@example.com,,news,expired,2024-01-01,2024-06-01\n"
+    "dave,,,news,refused,,\n"
+    "erin,,,offers,requested,2025-02-03T04:05:06+02:00,\n"
+)
+
+#: line number -> (row, a phrase the error must contain); None marks the good rows
+BAD_ROWS: dict[int, tuple[str, str | None]] = {
+    2: ("alice,alice@example.com,en,news,given,2026-01-01,", None),
+    3: ("bob,,,news,given,not-a-date,", "bad given_at 'not-a-date'"),
+    4: ("carol,,,nosuch,given,,", "unknown purpose 'nosuch'"),
+    5: ("dave,,,news,maybe,,", "bad state 'maybe'"),
+    6: ("alice,alice@example.com,en,news,withdrawn,,", "same subject and purpose (line 2)"),
+    7: ("alice,other@example.com,en,offers,given,,", "differs from line 2"),
+    8: (",x@example.com,,news,given,,", "external id"),
+    9: ("erin,,,,given,,", "need a purpose"),
+    10: ("frank,,,news,given,2025-05-01,2025-04-01", "valid_until must be after given_at"),
+    11: ("gina,gina@example.com,,offers,given,,", None),
+    12: ("hank,not-an-email,,,,,", "bad email"),
+    13: ("ivan,,,news,invalidated,,", "bad state 'invalidated'"),
+    14: ("judy,,,news,given,2099-01-01,", "in the future"),
+    15: ("kim,,,news,given,,2024-01-01,extra", "more fields"),
+}
+
+
+def counts(engine: Engine) -> dict[str, int]:
+    with Session(engine) as s:
+        return {
+            t.name: s.execute(sa_select(func.count()).select_from(t)).scalar_one()
+            for t in metadata.sorted_tables
+        }
+
+
+def write(tmp_path: Path, text: str, name: str = "consents.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def bad_file(tmp_path: Path) -> Path:
+    body = "".join(row + "\n" for _, (row, _) in sorted(BAD_ROWS.items()))
+    return write(tmp_path, HEADER + body, "bad.csv")
+
+
+def consents(engine: Engine) -> dict[tuple[str, str], Consent]:
+    from consentflow.models import Purpose
+
+    with Session(engine) as s:
+        rows = s.exec(
+            select(Subject.external_id, Purpose.key, Consent)
+            .join(Subject, col(Subject.id) == Consent.subject_id)
+            .join(Purpose, col(Purpose.id) == Consent.purpose_id)
+        ).all()
+    return {(e, k): c for e, k, c in rows}
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+
+
+@pytest.fixture
+def ledger(engine: Engine) -> Engine:
+    with db.session_scope(engine) as s:
+        purposes.add(s, "news", title="News", validity_days=365)
+        purposes.add(s, "offers", title="Offers", validity_days=30)
+        systems.add(s, "crm", ["news", "offers"], webhook_url="https://crm.example.com/hook")
+    return engine
+
+
+def assert_ledger_consistent(engine: Engine) -> None:
+    with Session(engine) as s:
+        for external_id in s.exec(select(Subject.external_id)).all():
+            history = lifecycle.history(s, external_id)
+            assert [e.seq for _, e in history] == list(range(1, len(history) + 1))
+            current = {v.purpose: v for v in lifecycle.current(s, external_id)}
+            assert current == lifecycle.replay(history)
+        assert audit.verify(s).ok
+
+
+# ------------------------------------------------------------------------------- good file
+
+
+def test_good_file_imports_subjects_and_consents(ledger: Engine, tmp_path: Path) -> None:
+    report = importer.import_file(ledger, write(tmp_path, GOOD))
+    assert report.errors == []
+    assert (report.rows, report.subjects_created, report.consents_created, report.unchanged) == (
+        6,
+        5,
+        5,
+        0,
+    )
+    got = consents(ledger)
+    assert {k: (c.state, c.purpose_version) for k, c in got.items()} == {
+        ("alice", "news"): ("given", 1),
+        ("alice", "offers"): ("withdrawn", 1),
+        ("carol", "news"): ("expired", 1),
+        ("dave", "news"): ("refused", 1),
+        ("erin", "offers"): ("requested", 1),
+    }
+    alice = got["alice", "news"]
+    assert alice.given_at == utc(2026, 1, 1)
+    assert alice.valid_until == utc(2026, 1, 1) + timedelta(days=365)  # from the notice
+    carol = got["carol", "news"]
+    assert (carol.given_at, carol.valid_until) == (utc(2024, 1, 1), utc(2024, 6, 1))
+    assert (got["alice", "offers"].given_at, got["alice", "offers"].valid_until) == (None, None)
+    with Session(ledger) as s:
+        people = {x.external_id: x for x in s.exec(select(Subject)).all()}
+        events = s.exec(select(ConsentEvent)).all()
+        entries = s.exec(select(AuditEntry).order_by(col(AuditEntry.seq))).all()
+        assert access.check(s, "alice", "news", "crm").allowed
+    assert (people["bob"].email, people["bob"].locale) == (None, "fr")
+    assert (people["alice"].email, people["alice"].locale) == ("alice@example.com", "en")
+    assert people["alice"].last_seq == 2
+    assert {(e.action, e.actor_type, e.channel, e.actor, e.run_id) for e in events} == {
+        ("import", "import", "import", "import:consents.csv", report.import_id)
+    }
+    withdrawn = next(e for e in events if e.state == "withdrawn")
+    assert withdrawn.occurred_at == utc(2025, 6, 1)
+    requested = next(e for e in events if e.state == "requested")
+    assert requested.occurred_at == utc(2025, 2, 3, 2, 5, 6)
+    actions = [e.action for e in entries]
+    assert actions.count("consent.import") == 5
+    assert actions.count("subject.created") == 5
+    assert actions[-1] == "import.run"
+    assert entries[-1].detail["consents_created"] == 5
+    assert entries[-1].detail["propagate"] is False
+    assert counts(ledger)["delivery"] == 0  # withdrawn and expired, but not propagated
+    assert_ledger_consistent(ledger)
+
+
+def test_import_audit_records_subject_before_its_consents(ledger: Engine, tmp_path: Path) -> None:
+    """As with single changes (``subject add`` then ``consent grant``), a subject's creation
+    must come before its consents in the chain; an auditor reads it in order."""
+    importer.import_file(ledger, write(tmp_path, GOOD))
+    with Session(ledger) as s:
+        entries = s.exec(select(AuditEntry).order_by(col(AuditEntry.seq))).all()
+    created = {e.subject_ref: e.seq for e in entries if e.action == "subject.created"}
+    for e in entries:
+        if e.action == "consent.import":
+            assert created[e.subject_ref] < e.seq, f"consent.import #{e.seq} precedes its subject"
+
+
+def test_propagate_enqueues_imported_withdrawals(ledger: Engine, tmp_path: Path) -> None:
+    report = importer.import_file(ledger, write(tmp_path, GOOD), propagate=True)
+    with Session(ledger) as s:
+        rows = s.exec(select(Delivery, ConsentEvent).join(ConsentEvent)).all()
+    assert sorted((d.event_type, e.state) for d, e in rows) == [
+        ("consent.expired", "expired"),
+        ("consent.withdrawn", "withdrawn"),
+    ]
+    for d, e in rows:
+        body = json.loads(d.payload)
+        assert body["data"]["event_id"] == str(e.id)
+        assert "@" not in d.payload
+    assert report.consents_created == 5
+
+
+def test_cli_import_with_and_without_propagate(cli: Any, ledger: Engine, tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    r = cli("subject", "import", str(path))
+    assert r.code == 0, r.err
+    assert r.out.strip() == (
+        "6 rows: 5 subjects created, 5 consents imported, 0 already present, 0 bad rows skipped"
+    )
+    assert counts(ledger)["delivery"] == 0
+    other = write(tmp_path, HEADER + "zed,,,offers,withdrawn,2025-01-01,\n", "more.csv")
+    r = cli("subject", "import", str(other), "--propagate", "--json")
+    assert r.code == 0, r.err
+    data = json.loads(r.out)
+    assert (data["subjects_created"], data["consents_created"], data["bad_rows"]) == (1, 1, [])
+    assert counts(ledger)["delivery"] == 1
+
+
+def test_small_batches_give_the_same_ledger(ledger: Engine, tmp_path: Path) -> None:
+    report = importer.import_file(ledger, write(tmp_path, GOOD), batch_size=1)
+    assert (report.subjects_created, report.consents_created) == (5, 5)
+    assert len(consents(ledger)) == 5
+    assert_ledger_consistent(ledger)
+
+
+def test_byte_order_mark_is_accepted(ledger: Engine, tmp_path: Path) -> None:
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + GOOD.encode())
+    assert importer.import_file(ledger, path).consents_created == 5
+
+
+# ------------------------------------------------------------------------------ idempotence
+
+
+def test_rerun_is_a_no_op(ledger: Engine, tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    importer.import_file(ledger, path, propagate=True)
+    before = counts(ledger)
+    state = {k: (c.state, c.last_event_id, c.updated_at) for k, c in consents(ledger).items()}
+    again = importer.import_file(ledger, path, propagate=True)
+    assert (again.subjects_created, again.consents_created, again.unchanged) == (0, 0, 5)
+    after = counts(ledger)
+    # the only new row is the audit entry recording the (empty) run
+    assert after == before | {"audit_entry": before["audit_entry"] + 1}
+    with Session(ledger) as s:
+        last = s.exec(select(AuditEntry).order_by(col(AuditEntry.seq).desc())).first()
+    assert last is not None and last.action == "import.run"
+    assert {k: (c.state, c.last_event_id, c.updated_at) for k, c in consents(ledger).items()} == (
+        state
+    )
+    assert_ledger_consistent(ledger)
+
+
+def test_rerun_leaves_later_changes_alone(ledger: Engine, tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    importer.import_file(ledger, path)
+    with db.session_scope(ledger) as s:
+        lifecycle.revoke(s, "alice", "news", lifecycle.Actor())
+    again = importer.import_file(ledger, path)
+    assert again.consents_created == 0
+    assert consents(ledger)["alice", "news"].state == "withdrawn"
+
+
+def test_interrupted_import_is_finished_by_running_it_again(ledger: Engine, tmp_path: Path) -> None:
+    lines = GOOD.splitlines(keepends=True)
+    # the first three rows made it in before the interruption
+    importer.import_file(ledger, write(tmp_path, "".join(lines[:4]), "consents.csv"))
+    report = importer.import_file(ledger, write(tmp_path, GOOD, "consents.csv"))
+    assert (report.subjects_created, report.consents_created, report.unchanged) == (3, 3, 2)
+    assert len(consents(ledger)) == 5
+    assert_ledger_consistent(ledger)
+
+
+# -------------------------------------------------------------------------------- bad files
+
+
+def test_bad_rows_import_nothing_and_are_all_listed(ledger: Engine, tmp_path: Path) -> None:
+    before = counts(ledger)
+    report = importer.import_file(ledger, bad_file(tmp_path))
+    found = {e.line: e.message for e in report.errors}
+    expected = {line: phrase for line, (_, phrase) in BAD_ROWS.items() if phrase}
+    assert set(found) == set(expected)
+    for line, phrase in expected.items():
+        assert phrase in found[line], (line, found[line])
+    assert report.rows == len(BAD_ROWS)
+    assert (report.subjects_created, report.consents_created) == (0, 0)
+    assert counts(ledger) == before
+
+
+def test_cli_bad_rows_exit_2_and_list_every_line(cli: Any, ledger: Engine, tmp_path: Path) -> None:
+    path = bad_file(tmp_path)
+    before = counts(ledger)
+    r = cli("subject", "import", str(path))
+    assert r.code == 2
+    assert "Traceback" not in r.err and r.out == ""
+    lines = r.err.strip().splitlines()
+    bad = sorted(line for line, (_, phrase) in BAD_ROWS.items() if phrase)
+    assert [x.split(":")[1] for x in lines[:-1]] == [str(n) for n in bad]
+    assert all(x.startswith(f"{path}:") for x in lines[:-1])
+    assert lines[-1].startswith(f"consentflow: {len(bad)} bad row(s), nothing imported")
+    assert counts(ledger) == before
+
+
+def test_cli_skip_bad_imports_the_good_rows(cli: Any, ledger: Engine, tmp_path: Path) -> None:
+    path = bad_file(tmp_path)
+    r = cli("subject", "import", str(path), "--skip-bad")
+    assert r.code == 0, r.err
+    bad = [line for line, (_, phrase) in BAD_ROWS.items() if phrase]
+    skipped = [x for x in r.err.splitlines() if ": skipped: " in x]
+    assert len(skipped) == len(bad)
+    assert f"0 already present, {len(bad)} bad rows skipped" in r.out
+    assert {k: c.state for k, c in consents(ledger).items()} == {
+        ("alice", "news"): "given",
+        ("gina", "offers"): "given",
+    }
+    with Session(ledger) as s:
+        assert set(s.exec(select(Subject.external_id)).all()) == {"alice", "gina"}
+    r = cli("subject", "import", str(path), "--skip-bad", "--json")
+    assert r.code == 0
+    data = json.loads(r.out)
+    assert sorted(b["line"] for b in data["bad_rows"]) == sorted(bad)
+    assert (data["consents_created"], data["unchanged"]) == (0, 2)
+    assert_ledger_consistent(ledger)
+
+
+@pytest.mark.parametrize(
+    ("content", "phrase"),
+    [
+        ("caf\xe9,\n".encode("latin-1"), "is not UTF-8 text"),
+        (HEADER.encode() + "z\xe9,,,,,,\n".encode("latin-1"), "is not UTF-8 text"),
+        (b"alice,alice@example.com,en,news,given,,\n", "the header must name external_id"),
+        (b"", "the header must name external_id"),
+        (b"external_id,colour\nalice,red\n", "unknown column(s) colour"),
+    ],
+    ids=["latin1-header", "latin1-row", "no-header", "empty", "unknown-column"],
+)
+def test_cli_unreadable_file_is_one_line(
+    cli: Any, ledger: Engine, tmp_path: Path, content: bytes, phrase: str
+) -> None:
+    path = tmp_path / "in.csv"
+    path.write_bytes(content)
+    before = counts(ledger)
+    r = cli("subject", "import", str(path))
+    assert r.code == 2
+    assert r.out == ""
+    assert len(r.err.strip().splitlines()) == 1
+    assert r.err.startswith("consentflow: ") and phrase in r.err
+    assert counts(ledger) == before
+
+
+def test_cli_missing_file(cli: Any, ledger: Engine, tmp_path: Path) -> None:
+    r = cli("subject", "import", str(tmp_path / "nope.csv"))
+    assert r.code == 2
+    assert r.err.strip() == f"consentflow: no such file: {tmp_path / 'nope.csv'}"
+
+
+# ----------------------------------------------------------------------------------- scale
+
+
+def test_twenty_thousand_rows(ledger: Engine, tmp_path: Path) -> None:
+    n_subjects = 10_000
+    path = tmp_path / "big.csv"
+    with path.open("w", encoding="utf-8") as fh:
+        fh.write(HEADER)
+        for i in range(n_subjects):
+            fh.write(
+                f"user{i:05d},user{i:05d}@example.com,en,news,given,2026-{i % 9 + 1:02d}-01,\n"
+            )
+            fh.write(f"user{i:05d},user{i:05d}@example.com,en,offers,withdrawn,2025-01-01,\n")
+    report = importer.import_file(ledger, path)
+    assert report.errors == []
+    assert (report.rows, report.subjects_created, report.consents_created) == (
+        20_000,
+        n_subjects,
+        20_000,
+    )
+    c = counts(ledger)
+    assert (c["subject"], c["consent"], c["consent_event"], c["delivery"]) == (
+        n_subjects,
+        20_000,
+        20_000,
+        0,
+    )
+    # 2 purposes + 1 system + the subjects + the consents + the run
+    assert c["audit_entry"] == 3 + n_subjects + 20_000 + 1
+    with Session(ledger) as s:
+        assert audit.verify(s).ok
+        by_state = dict(
+            s.exec(select(Consent.state, func.count()).group_by(col(Consent.state))).all()
+        )
+        seqs = set(s.exec(select(Subject.last_seq)).all())
+        assert access.check(s, "user09999", "news", "crm").allowed
+        assert access.check(s, "user00000", "offers", "crm").reason == "withdrawn"
+    assert by_state == {"given": n_subjects, "withdrawn": n_subjects}
+    assert seqs == {2}
+    again = importer.import_file(ledger, path)
+    assert (again.subjects_created, again.consents_created, again.unchanged) == (0, 0, 20_000)

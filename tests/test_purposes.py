@@ -1,0 +1,173 @@
+"""Purposes and their immutable, versioned notices."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from consentflow import db, lifecycle, purposes, subjects
+from consentflow.errors import Conflict, InvalidInput, NotFound
+from consentflow.lifecycle import Actor
+from consentflow.models import AuditEntry, PurposeVersion
+
+
+def version_rows(engine: Engine) -> list[dict[str, Any]]:
+    with Session(engine) as s:
+        rows = s.exec(
+            select(PurposeVersion).order_by(
+                col(PurposeVersion.purpose_id), col(PurposeVersion.version)
+            )
+        ).all()
+    return [r.model_dump() for r in rows]
+
+
+def audit_actions(engine: Engine) -> list[tuple[str, str | None, dict[str, Any]]]:
+    with Session(engine) as s:
+        rows = s.exec(select(AuditEntry).order_by(col(AuditEntry.seq))).all()
+    return [(r.action, r.purpose_key, r.detail) for r in rows]
+
+
+def test_add_records_version_one(engine: Engine) -> None:
+    with db.session_scope(engine) as s:
+        v = purposes.add(
+            s,
+            "news",
+            title="  News  ",
+            validity_days=30,
+            description="Monthly news.",
+            lawful_basis="consent",
+            data_categories=["email"],
+        )
+    assert (v.version, v.title, v.material, v.validity_days) == (1, "News", False, 30)
+    with Session(engine) as s:
+        info = purposes.get(s, "news")
+    assert (info.current_version, info.material_version, info.validity_days) == (1, 1, 30)
+    ((action, key, detail),) = audit_actions(engine)
+    assert (action, key) == ("purpose.created", "news")
+    assert detail == {
+        "version": 1,
+        "title": "News",
+        "lawful_basis": "consent",
+        "data_categories": ["email"],
+        "validity_days": 30,
+        "material": False,
+    }
+
+
+def test_revisions_never_rewrite_earlier_versions(engine: Engine) -> None:
+    with db.session_scope(engine) as s:
+        purposes.add(s, "news", title="News", validity_days=30, data_categories=["email"])
+        purposes.add(s, "offers", title="Offers", validity_days=90)
+    v1 = version_rows(engine)
+    with db.session_scope(engine) as s:
+        v2 = purposes.revise(s, "news", material=False, description="typo fixed")
+    with db.session_scope(engine) as s:
+        v3 = purposes.revise(
+            s, "news", material=True, data_categories=["email", "location"], validity_days=60
+        )
+    assert (v2.version, v2.material, v2.description, v2.validity_days) == (
+        2,
+        False,
+        "typo fixed",
+        30,
+    )
+    assert (v3.version, v3.material, v3.data_categories, v3.validity_days) == (
+        3,
+        True,
+        ["email", "location"],
+        60,
+    )
+    assert v3.title == "News" and v3.description == "typo fixed"  # carried over
+    rows = version_rows(engine)
+    assert [r for r in rows if r["version"] == 1] == v1  # untouched
+    with Session(engine) as s:
+        info = purposes.get(s, "news")
+        listed = [(k, v.version) for k, v in purposes.versions(s, "news")]
+        current = [(k, v.version) for k, v in purposes.list_current(s)]
+    assert (info.current_version, info.material_version, info.validity_days) == (3, 3, 60)
+    assert listed == [("news", 1), ("news", 2), ("news", 3)]
+    assert current == [("news", 3), ("offers", 1)]
+    revised = [d for a, _, d in audit_actions(engine) if a == "purpose.revised"]
+    assert [d["changed"] for d in revised] == [
+        ["description"],
+        ["data_categories", "validity_days"],
+    ]
+
+
+def test_material_version_is_the_latest_material_revision(engine: Engine) -> None:
+    with db.session_scope(engine) as s:
+        purposes.add(s, "news", title="News", validity_days=30)
+        purposes.revise(s, "news", material=True, title="News 2")
+        purposes.revise(s, "news", material=False, title="News 3")
+    with Session(engine) as s:
+        info = purposes.get(s, "news")
+    assert (info.current_version, info.material_version) == (3, 2)
+
+
+def test_consents_stay_pinned_to_the_version_they_were_given_under(engine: Engine) -> None:
+    with db.session_scope(engine) as s:
+        purposes.add(s, "news", title="News", validity_days=30)
+        subjects.add(s, "alice")
+        subjects.add(s, "bob")
+        lifecycle.grant(s, "alice", "news", Actor())
+    with db.session_scope(engine) as s:
+        purposes.revise(s, "news", material=False, title="News!")
+        lifecycle.grant(s, "bob", "news", Actor())
+    with Session(engine) as s:
+        alice = lifecycle.current(s, "alice")[0]
+        bob = lifecycle.current(s, "bob")[0]
+    assert (alice.purpose_version, bob.purpose_version) == (1, 2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "phrase"),
+    [
+        ({"key": "Bad Key"}, InvalidInput, "bad purpose key"),
+        ({"key": "-dash"}, InvalidInput, "bad purpose key"),
+        ({"key": "x" * 65}, InvalidInput, "bad purpose key"),
+        ({"title": "   "}, InvalidInput, "title"),
+        ({"validity_days": 0}, InvalidInput, "between 1 and 36500"),
+        ({"validity_days": 36501}, InvalidInput, "between 1 and 36500"),
+        ({"lawful_basis": "whim"}, InvalidInput, "unknown lawful basis"),
+        ({"key": "news"}, Conflict, "exists already"),
+    ],
+)
+def test_add_rejects(engine: Engine, kwargs: dict[str, Any], error: type, phrase: str) -> None:
+    with db.session_scope(engine) as s:
+        purposes.add(s, "news", title="News", validity_days=30)
+    args: dict[str, Any] = {"key": "other", "title": "Other", "validity_days": 30} | kwargs
+    before = version_rows(engine)
+    with pytest.raises(error, match=phrase), db.session_scope(engine) as s:
+        purposes.add(s, args.pop("key"), **args)
+    assert version_rows(engine) == before
+
+
+@pytest.mark.parametrize("days", [1, 36500])
+def test_validity_bounds_are_inclusive(engine: Engine, days: int) -> None:
+    with db.session_scope(engine) as s:
+        assert purposes.add(s, "p", title="P", validity_days=days).validity_days == days
+
+
+def test_revise_rejects(engine: Engine) -> None:
+    with db.session_scope(engine) as s:
+        purposes.add(s, "news", title="News", validity_days=30, lawful_basis="contract")
+    before = version_rows(engine)
+    cases: list[tuple[str, dict[str, Any], type, str]] = [
+        ("news", {}, InvalidInput, "nothing to revise"),
+        ("news", {"title": "News", "validity_days": 30}, InvalidInput, "nothing to revise"),
+        ("news", {"lawful_basis": "contract"}, InvalidInput, "nothing to revise"),
+        ("news", {"validity_days": 0}, InvalidInput, "between 1 and 36500"),
+        ("news", {"lawful_basis": "whim"}, InvalidInput, "lawful basis"),
+        ("nope", {"title": "X"}, NotFound, "unknown purpose 'nope'"),
+    ]
+    for key, fields, error, phrase in cases:
+        with pytest.raises(error, match=phrase), db.session_scope(engine) as s:
+            purposes.revise(s, key, material=True, **fields)
+    assert version_rows(engine) == before
+    with Session(engine) as s, pytest.raises(NotFound, match="unknown purpose 'nope'"):
+        purposes.versions(s, "nope")
+    with Session(engine) as s, pytest.raises(NotFound, match="unknown purpose 'nope'"):
+        purposes.info(s, ["news", "nope"])
