@@ -17,7 +17,7 @@ def start(flow: str, parameters: dict[str, object], dry_run: bool) -> RunSummary
         parameters=parameters,
         dry_run=dry_run,
         run_id=str(run_id) if run_id else None,
-        deployment=deployment.name,
+        deployment=f"{flow_run.flow_name}/{deployment.name}" if deployment.name else None,
     )
 
 

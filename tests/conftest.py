@@ -133,6 +133,20 @@ def pg_engine(
     _reset_caches()
 
 
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One temporary Prefect server for the whole session (~7 s to start), heartbeat off so a
+    sync flow run does not end on a whole second."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with (
+        temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+        prefect_test_harness(server_startup_timeout=90),
+    ):
+        yield
+
+
 @dataclass
 class CliResult:
     code: int

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import json
 
-import flow_support
 import pytest
 from sqlmodel import select
 from support_webhooks import Receiver, ledger, revoke, verify
 
 from consentflow import db, settings
 from consentflow.models import AuditEntry, Delivery
-
-# The session's one Prefect harness, shared with the other flow tests (see flow_support).
-prefect_harness = flow_support.prefect_harness
 
 
 @pytest.fixture(autouse=True)

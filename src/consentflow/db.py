@@ -163,7 +163,7 @@ class Writer:
             marks = ",".join("?" * len(columns))
             self.cursor.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
             return
-        arrays = ", ".join(f"%s::{c.pg_type}[]" for c in columns)
+        arrays = ", ".join(f"%b::{c.pg_type}[]" for c in columns)
         self.cursor.execute(
             f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays})",
             [list(col) for col in zip(*rows, strict=True)],
@@ -183,7 +183,7 @@ class Writer:
             )
             return
         cols = [key, *columns]
-        arrays = ", ".join(f"%s::{c.pg_type}[]" for c in cols)
+        arrays = ", ".join(f"%b::{c.pg_type}[]" for c in cols)
         sets = ", ".join(f"{c.name} = v.{c.name}" for c in columns)
         names = ", ".join(c.name for c in cols)
         self.cursor.execute(

@@ -1,0 +1,132 @@
+"""collection-followups: open collection requests unanswered after N days get a follow-up email,
+up to a maximum; after the last one (and N more days) the request lapses.
+
+A lapsed request is closed and audited, and counted for compliance; the consent stays
+``requested`` (nobody answered, so nothing was given or refused). Emails are claimed before
+sending, exactly like reminders (see ``consentflow.sweeps``).
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from datetime import datetime
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, Field
+
+from consentflow import mail, sweeps
+from consentflow.models import utcnow
+from consentflow.runs import RunSummary
+from consentflow.settings import get_settings
+from flows.common import finish, start
+
+FLOW = "collection-followups"
+
+
+class Params(BaseModel):
+    """Parameters of a follow-up run (a form in the Prefect UI)."""
+
+    as_of: datetime | None = Field(
+        default=None, description="Judge which requests are due as of then (default: now)."
+    )
+    dry_run: bool = Field(default=False, description="Report what would happen; change nothing.")
+    batch_size: int = Field(default=500, ge=1, le=10_000, description="Requests per batch.")
+    limit: int | None = Field(default=None, ge=1, description="Stop after this many requests.")
+    purposes: list[str] | None = Field(
+        default=None, description="Only these purposes (keys); default: all."
+    )
+    after_days: int | None = Field(
+        default=None,
+        ge=0,
+        description="Days without an answer before each follow-up and before lapsing "
+        "(default: CONSENTFLOW_FOLLOWUP_AFTER_DAYS, 7).",
+    )
+    max_followups: int | None = Field(
+        default=None,
+        ge=0,
+        description="Follow-ups at most (default: CONSENTFLOW_FOLLOWUP_MAX, 2).",
+    )
+
+
+@task(
+    name="release-stale-claims",
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=sweeps.retry_transient,
+    cache_policy=NO_CACHE,
+)
+def release_stale_claims(run_id: str | None, dry_run: bool) -> sweeps.Batch:
+    kinds = [mail.Kind.COLLECTION_FOLLOWUP]
+    return sweeps.release_stale_claims(kinds, run_id=run_id, dry_run=dry_run)
+
+
+@task(
+    name="followup-batch",
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    retry_condition_fn=sweeps.retry_transient,
+    cache_policy=NO_CACHE,
+)
+def followup_batch(
+    mailer: mail.Mailer | None,
+    as_of: datetime,
+    after_days: int,
+    max_followups: int,
+    size: int,
+    cursor: int,
+    purposes: list[str] | None,
+    run_id: str | None,
+    dry_run: bool,
+) -> sweeps.Batch:
+    return sweeps.followup_batch(
+        mailer,
+        as_of=as_of,
+        after_days=after_days,
+        max_followups=max_followups,
+        size=size,
+        cursor=cursor,
+        purposes_=purposes,
+        run_id=run_id,
+        dry_run=dry_run,
+    )
+
+
+@flow(name=FLOW)
+def collection_followups(params: Params = Params()) -> RunSummary:
+    """Follow up or lapse the collection requests due as of ``as_of``, in batches."""
+    settings = get_settings()
+    as_of = params.as_of or utcnow()
+    after_days = settings.followup_after_days if params.after_days is None else params.after_days
+    max_followups = settings.followup_max if params.max_followups is None else params.max_followups
+    parameters = {
+        **params.model_dump(mode="json"),
+        "as_of": as_of.isoformat(),
+        "after_days": after_days,
+        "max_followups": max_followups,
+    }
+    summary = start(FLOW, parameters, params.dry_run)
+    try:
+        with ExitStack() as stack:
+            mailer = None if params.dry_run else stack.enter_context(mail.Mailer())
+            summary.counts.update(release_stale_claims(summary.run_id, params.dry_run).counts)
+            for batch in sweeps.drain(
+                lambda size, cursor: followup_batch(
+                    mailer,
+                    as_of,
+                    after_days,
+                    max_followups,
+                    size,
+                    cursor,
+                    params.purposes,
+                    summary.run_id,
+                    params.dry_run,
+                ),
+                batch_size=params.batch_size,
+                limit=params.limit,
+            ):
+                summary.counts.update(batch.counts)
+    except BaseException:
+        finish(summary, "failed")
+        raise
+    return finish(summary)

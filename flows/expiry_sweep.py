@@ -1,0 +1,83 @@
+"""expiry-sweep: given consents whose validity ended (as of an instant, default now) expire.
+
+Each expiry is recorded as effective at the validity end and recorded at the sweep's time, and
+enqueues webhook deliveries to the systems subscribed to its purpose (the ledger's outbox). One
+task per batch; each batch commits on its own, so a crash loses at most the batch in flight and
+a re-run finishes the rest. Concurrent sweeps on PostgreSQL share the work (``SKIP LOCKED``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, Field
+
+from consentflow import sweeps
+from consentflow.models import utcnow
+from consentflow.runs import RunSummary
+from flows.common import finish, start
+
+FLOW = "expiry-sweep"
+
+
+class Params(BaseModel):
+    """Parameters of an expiry sweep (a form in the Prefect UI)."""
+
+    as_of: datetime | None = Field(
+        default=None, description="Expire consents whose validity ended by then (default: now)."
+    )
+    dry_run: bool = Field(default=False, description="Report what would expire; change nothing.")
+    batch_size: int = Field(default=5000, ge=1, le=50_000, description="Consents per batch.")
+    limit: int | None = Field(default=None, ge=1, description="Stop after this many consents.")
+    purposes: list[str] | None = Field(
+        default=None, description="Only these purposes (keys); default: all."
+    )
+
+
+@task(
+    name="expire-batch",
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=sweeps.retry_transient,
+    cache_policy=NO_CACHE,
+)
+def expire_batch(
+    as_of: datetime, size: int, purposes: list[str] | None, run_id: str | None
+) -> sweeps.Batch:
+    return sweeps.expire_batch(as_of=as_of, size=size, purposes_=purposes, run_id=run_id)
+
+
+@task(
+    name="preview-expiry",
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=sweeps.retry_transient,
+    cache_policy=NO_CACHE,
+)
+def preview_expiry(as_of: datetime, limit: int | None, purposes: list[str] | None) -> sweeps.Batch:
+    return sweeps.preview_expiry(as_of=as_of, limit=limit, purposes_=purposes)
+
+
+@flow(name=FLOW)
+def expiry_sweep(params: Params = Params()) -> RunSummary:
+    """Expire every consent whose validity ended by ``as_of``, in batches."""
+    as_of = params.as_of or utcnow()
+    summary = start(
+        FLOW, {**params.model_dump(mode="json"), "as_of": as_of.isoformat()}, params.dry_run
+    )
+    try:
+        if params.dry_run:
+            summary.counts.update(preview_expiry(as_of, params.limit, params.purposes).counts)
+        else:
+            for batch in sweeps.drain(
+                lambda size, _cursor: expire_batch(as_of, size, params.purposes, summary.run_id),
+                batch_size=params.batch_size,
+                limit=params.limit,
+            ):
+                summary.counts.update(batch.counts)
+    except BaseException:
+        finish(summary, "failed")
+        raise
+    return finish(summary)

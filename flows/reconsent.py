@@ -1,0 +1,160 @@
+"""reconsent: after a material revision of a purpose, ask everyone whose consent rests on an
+older version to confirm, with a deadline; at the deadline, invalidate what was not confirmed.
+
+Three steps, each in batches: (1) retry the emails an earlier run could not send; (2) open one
+re-consent request per such consent (never a second while one is open, never twice for the same
+material version) and email it with a grant link; (3) at the deadline, invalidate the consents
+still on the old version (through the ledger, so downstream systems hear of it like a
+withdrawal) and lapse the request. Renewing or granting on the new version answers the request.
+Editorial revisions ask nobody.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from datetime import datetime
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, Field
+
+from consentflow import mail, sweeps
+from consentflow.models import utcnow
+from consentflow.runs import RunSummary
+from consentflow.settings import get_settings
+from flows.common import finish, start
+
+FLOW = "reconsent"
+
+_RETRY = {
+    "retries": 2,
+    "retry_delay_seconds": [10, 60],
+    "retry_condition_fn": sweeps.retry_transient,
+    "cache_policy": NO_CACHE,
+}
+
+
+class Params(BaseModel):
+    """Parameters of a re-consent run (a form in the Prefect UI)."""
+
+    as_of: datetime | None = Field(
+        default=None, description="Judge deadlines as of then (default: now)."
+    )
+    dry_run: bool = Field(default=False, description="Report what would happen; change nothing.")
+    batch_size: int = Field(default=500, ge=1, le=10_000, description="Items per batch.")
+    limit: int | None = Field(
+        default=None, ge=1, description="Stop each step after this many items."
+    )
+    purposes: list[str] | None = Field(
+        default=None, description="Only these purposes (keys); default: all."
+    )
+    deadline_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="Days to confirm (default: CONSENTFLOW_RECONSENT_DEADLINE_DAYS, 30).",
+    )
+
+
+@task(name="release-stale-claims", **_RETRY)
+def release_stale_claims(run_id: str | None, dry_run: bool) -> sweeps.Batch:
+    kinds = [mail.Kind.RECONSENT_REQUEST]
+    return sweeps.release_stale_claims(kinds, run_id=run_id, dry_run=dry_run)
+
+
+@task(name="open-requests-batch", **_RETRY)
+def open_batch(
+    mailer: mail.Mailer | None,
+    as_of: datetime,
+    deadline_days: int,
+    size: int,
+    cursor: int,
+    purposes: list[str] | None,
+    run_id: str | None,
+    dry_run: bool,
+) -> sweeps.Batch:
+    return sweeps.reconsent_open_batch(
+        mailer,
+        as_of=as_of,
+        deadline_days=deadline_days,
+        size=size,
+        cursor=cursor,
+        purposes_=purposes,
+        run_id=run_id,
+        dry_run=dry_run,
+    )
+
+
+@task(name="resend-requests-batch", **_RETRY)
+def email_batch(
+    mailer: mail.Mailer | None,
+    as_of: datetime,
+    size: int,
+    cursor: int,
+    purposes: list[str] | None,
+    run_id: str | None,
+    dry_run: bool,
+) -> sweeps.Batch:
+    return sweeps.reconsent_email_batch(
+        mailer,
+        as_of=as_of,
+        size=size,
+        cursor=cursor,
+        purposes_=purposes,
+        run_id=run_id,
+        dry_run=dry_run,
+    )
+
+
+@task(name="deadline-batch", **_RETRY)
+def deadline_batch(
+    as_of: datetime,
+    size: int,
+    cursor: int,
+    purposes: list[str] | None,
+    run_id: str | None,
+    dry_run: bool,
+) -> sweeps.Batch:
+    return sweeps.reconsent_deadline_batch(
+        as_of=as_of,
+        size=size,
+        cursor=cursor,
+        purposes_=purposes,
+        run_id=run_id,
+        dry_run=dry_run,
+    )
+
+
+@flow(name=FLOW)
+def reconsent(params: Params = Params()) -> RunSummary:
+    """Ask for re-consent after material revisions, and enforce the deadlines that passed."""
+    as_of = params.as_of or utcnow()
+    deadline_days = params.deadline_days or get_settings().reconsent_deadline_days
+    parameters = {
+        **params.model_dump(mode="json"),
+        "as_of": as_of.isoformat(),
+        "deadline_days": deadline_days,
+    }
+    summary = start(FLOW, parameters, params.dry_run)
+    run_id, dry_run, keys = summary.run_id, params.dry_run, params.purposes
+    try:
+        with ExitStack() as stack:
+            mailer = None if dry_run else stack.enter_context(mail.Mailer())
+            summary.counts.update(release_stale_claims(run_id, dry_run).counts)
+            steps = (
+                # Retry earlier runs' unsent emails first, so that one deferred in this run
+                # waits for the next run (a greylisting server wants a pause).
+                lambda size, cursor: email_batch(
+                    mailer, as_of, size, cursor, keys, run_id, dry_run
+                ),
+                lambda size, cursor: open_batch(
+                    mailer, as_of, deadline_days, size, cursor, keys, run_id, dry_run
+                ),
+                lambda size, cursor: deadline_batch(as_of, size, cursor, keys, run_id, dry_run),
+            )
+            for step in steps:
+                for batch in sweeps.drain(step, batch_size=params.batch_size, limit=params.limit):
+                    summary.counts.update(batch.counts)
+    except BaseException:
+        finish(summary, "failed")
+        raise
+    return finish(summary)

@@ -1,0 +1,118 @@
+"""renewal-reminders: staged reminders before a consent's validity ends (default 30, 7, 1 days).
+
+Each stage is sent at most once per validity period; when a missed run leaves several stages due
+at once, only the nearest is sent. The email carries a renew link and a revoke link (also the
+RFC 8058 one-click unsubscribe). Renewing restarts the validity and resets the stages. Emails are
+claimed before sending, so concurrent or repeated runs never send one twice; a 4xx or timeout
+leaves the item due for the next run, a 5xx suppresses the address (see ``consentflow.sweeps``).
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from datetime import datetime
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, Field
+
+from consentflow import mail, sweeps
+from consentflow.models import utcnow
+from consentflow.runs import RunSummary
+from flows.common import finish, start
+
+FLOW = "renewal-reminders"
+
+
+class Params(BaseModel):
+    """Parameters of a reminder run (a form in the Prefect UI)."""
+
+    as_of: datetime | None = Field(
+        default=None, description="Judge which reminders are due as of then (default: now)."
+    )
+    dry_run: bool = Field(default=False, description="Report what would be sent; send nothing.")
+    batch_size: int = Field(default=500, ge=1, le=10_000, description="Consents per batch.")
+    limit: int | None = Field(default=None, ge=1, description="Stop after this many consents.")
+    purposes: list[str] | None = Field(
+        default=None, description="Only these purposes (keys); default: all."
+    )
+    stages: list[int] | None = Field(
+        default=None,
+        description="Days before the validity ends (default: CONSENTFLOW_REMINDER_STAGES, 30,7,1).",
+    )
+
+
+@task(
+    name="release-stale-claims",
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=sweeps.retry_transient,
+    cache_policy=NO_CACHE,
+)
+def release_stale_claims(run_id: str | None, dry_run: bool) -> sweeps.Batch:
+    return sweeps.release_stale_claims([mail.Kind.RENEWAL_REMINDER], run_id=run_id, dry_run=dry_run)
+
+
+@task(
+    name="remind-batch",
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    retry_condition_fn=sweeps.retry_transient,
+    cache_policy=NO_CACHE,
+)
+def remind_batch(
+    mailer: mail.Mailer | None,
+    as_of: datetime,
+    stages: tuple[int, ...],
+    size: int,
+    cursor: int,
+    purposes: list[str] | None,
+    run_id: str | None,
+    dry_run: bool,
+) -> sweeps.Batch:
+    return sweeps.remind_batch(
+        mailer,
+        as_of=as_of,
+        stages=stages,
+        size=size,
+        cursor=cursor,
+        purposes_=purposes,
+        run_id=run_id,
+        dry_run=dry_run,
+    )
+
+
+@flow(name=FLOW)
+def renewal_reminders(params: Params = Params()) -> RunSummary:
+    """Send the renewal reminders due as of ``as_of``, in batches over pooled SMTP connections."""
+    as_of = params.as_of or utcnow()
+    stages = sweeps.parse_stages(params.stages)
+    parameters = {
+        **params.model_dump(mode="json"),
+        "as_of": as_of.isoformat(),
+        "stages": sorted(stages, reverse=True),
+    }
+    summary = start(FLOW, parameters, params.dry_run)
+    try:
+        with ExitStack() as stack:
+            mailer = None if params.dry_run else stack.enter_context(mail.Mailer())
+            summary.counts.update(release_stale_claims(summary.run_id, params.dry_run).counts)
+            for batch in sweeps.drain(
+                lambda size, cursor: remind_batch(
+                    mailer,
+                    as_of,
+                    stages,
+                    size,
+                    cursor,
+                    params.purposes,
+                    summary.run_id,
+                    params.dry_run,
+                ),
+                batch_size=params.batch_size,
+                limit=params.limit,
+            ):
+                summary.counts.update(batch.counts)
+    except BaseException:
+        finish(summary, "failed")
+        raise
+    return finish(summary)

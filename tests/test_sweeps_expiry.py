@@ -1,0 +1,135 @@
+"""The expiry sweep as plain batch functions, on both databases."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from flow_support import audit_entries, count, give, row_counts, seed_subjects, verify_audit
+from sqlalchemy import func
+from sqlmodel import select
+
+from consentflow import db, lifecycle, purposes, sweeps, systems
+from consentflow.models import Consent, ConsentEvent, Delivery, State, utcnow
+
+DAY = timedelta(days=1)
+
+
+@pytest.fixture
+def population(engine):  # type: ignore[no-untyped-def]
+    """news: 7 consents ended at various times, 3 still valid; ads: 2 ended; crm subscribes to
+    news with a webhook."""
+    now = utcnow()
+    with db.session_scope(engine) as s:
+        purposes.add(s, "news", title="News", validity_days=365)
+        purposes.add(s, "ads", title="Ads", validity_days=90)
+        systems.add(s, "crm", ["news"], webhook_url="https://crm.example.com/hooks")
+    ids = seed_subjects(engine, 10)
+    give(engine, ids, "news", [now - (i + 1) * DAY for i in range(7)] + [now + DAY] * 3)
+    give(engine, ids[:2], "ads", now - DAY / 2)
+    return engine, now
+
+
+def sweep(engine, as_of, size: int = 3, limit: int | None = None, **kw):  # type: ignore[no-untyped-def]
+    total: sweeps.Counts = sweeps.Counter()
+    for batch in sweeps.drain(
+        lambda size, _cursor: sweeps.expire_batch(as_of=as_of, size=size, engine=engine, **kw),
+        batch_size=size,
+        limit=limit,
+    ):
+        total.update(batch.counts)
+    return total
+
+
+def test_expiry_records_when_it_took_effect_and_when_it_was_recorded(population) -> None:  # type: ignore[no-untyped-def]
+    engine, now = population
+    before = utcnow()
+    counts = sweep(engine, now, run_id="run-7")
+    assert counts == {
+        ("news", "expired"): 7,
+        ("news", "webhooks_enqueued"): 7,
+        ("ads", "expired"): 2,
+    }
+    with db.session_scope(engine) as s:
+        events = s.exec(select(ConsentEvent).where(ConsentEvent.action == "expire")).all()
+        assert len(events) == 9
+        for e in events:
+            assert e.occurred_at == e.valid_until and e.occurred_at is not None
+            assert e.occurred_at <= now <= before <= e.recorded_at
+            assert e.run_id == "run-7" and e.actor_type == "system"
+        assert s.exec(select(func.count()).select_from(Delivery)).one() == 7
+    entries = audit_entries(engine, "consent.expire")
+    assert len(entries) == 9 and {e.run_id for e in entries} == {"run-7"}
+    assert sweep(engine, now) == {}  # idempotent
+    assert count(engine, Consent, Consent.state == State.GIVEN.value) == 3
+    verify_audit(engine)
+
+
+def test_as_of_limit_and_purposes(population) -> None:  # type: ignore[no-untyped-def]
+    engine, now = population
+    assert sweep(engine, now - 5 * DAY) == {  # only those ended 5 or more days ago
+        ("news", "expired"): 3,
+        ("news", "webhooks_enqueued"): 3,
+    }
+    assert sweep(engine, now, purposes_=["ads"]) == {("ads", "expired"): 2}
+    assert sweep(engine, now, size=3, limit=2) == {
+        ("news", "expired"): 2,
+        ("news", "webhooks_enqueued"): 2,
+    }
+    assert count(engine, Consent, Consent.state == State.EXPIRED.value) == 7
+
+
+def test_preview_is_exact_and_writes_nothing(population) -> None:  # type: ignore[no-untyped-def]
+    engine, now = population
+    before = row_counts(engine)
+    previews = [
+        sweeps.preview_expiry(as_of=now, engine=engine).counts,
+        sweeps.preview_expiry(as_of=now, limit=4, engine=engine).counts,
+        sweeps.preview_expiry(as_of=now, purposes_=["ads"], engine=engine).counts,
+    ]
+    assert row_counts(engine) == before
+    assert previews[0] == {
+        ("news", "expired"): 7,
+        ("news", "webhooks_enqueued"): 7,
+        ("ads", "expired"): 2,
+    }
+    # The same order as the sweep: the four whose validity ended first.
+    assert previews[1] == sweep(engine, now, limit=4)
+    assert previews[2] == sweep(engine, now, purposes_=["ads"])
+
+
+def test_crash_mid_sweep_then_rerun_expires_each_once(population, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    engine, now = population
+    real = lifecycle.expire_due
+    calls = []
+
+    def flaky(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("worker killed in batch 3")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lifecycle, "expire_due", flaky)
+    with pytest.raises(RuntimeError, match="batch 3"):
+        sweep(engine, now, size=2)
+    assert count(engine, Consent, Consent.state == State.EXPIRED.value) == 4  # 2 batches kept
+    monkeypatch.setattr(lifecycle, "expire_due", real)
+    assert sum(sweep(engine, now, size=2).values()) == 5 + 3  # the rest, webhooks included
+    with db.session_scope(engine) as s:
+        per_consent = s.exec(
+            select(ConsentEvent.subject_id, ConsentEvent.purpose_id, func.count())
+            .where(ConsentEvent.action == "expire")
+            .group_by(ConsentEvent.subject_id, ConsentEvent.purpose_id)
+        ).all()
+    assert len(per_consent) == 9 and {n for *_, n in per_consent} == {1}
+    assert count(engine, Delivery) == 7
+    verify_audit(engine)
+
+
+def test_transient_errors_are_retried_others_are_not() -> None:
+    from sqlalchemy.exc import OperationalError
+
+    assert sweeps.transient(OperationalError("SELECT 1", {}, Exception("deadlock detected")))
+    assert sweeps.transient(TimeoutError())
+    assert not sweeps.transient(RuntimeError("bug"))
+    assert not sweeps.transient(lifecycle.TransitionNotAllowed("no"))
