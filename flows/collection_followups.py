@@ -13,29 +13,21 @@ from datetime import datetime
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from consentflow import mail, sweeps
 from consentflow.models import utcnow
 from consentflow.runs import RunSummary
 from consentflow.settings import get_settings
-from flows.common import finish, start
+from flows.common import LifecycleParams, finish, start
 
 FLOW = "collection-followups"
 
 
-class Params(BaseModel):
+class Params(LifecycleParams):
     """Parameters of a follow-up run (a form in the Prefect UI)."""
 
-    as_of: datetime | None = Field(
-        default=None, description="Judge which requests are due as of then (default: now)."
-    )
-    dry_run: bool = Field(default=False, description="Report what would happen; change nothing.")
     batch_size: int = Field(default=500, ge=1, le=10_000, description="Requests per batch.")
-    limit: int | None = Field(default=None, ge=1, description="Stop after this many requests.")
-    purposes: list[str] | None = Field(
-        default=None, description="Only these purposes (keys); default: all."
-    )
     after_days: int | None = Field(
         default=None,
         ge=0,

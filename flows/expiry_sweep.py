@@ -12,28 +12,20 @@ from datetime import datetime
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from consentflow import sweeps
 from consentflow.models import utcnow
 from consentflow.runs import RunSummary
-from flows.common import finish, start
+from flows.common import LifecycleParams, finish, start
 
 FLOW = "expiry-sweep"
 
 
-class Params(BaseModel):
+class Params(LifecycleParams):
     """Parameters of an expiry sweep (a form in the Prefect UI)."""
 
-    as_of: datetime | None = Field(
-        default=None, description="Expire consents whose validity ended by then (default: now)."
-    )
-    dry_run: bool = Field(default=False, description="Report what would expire; change nothing.")
     batch_size: int = Field(default=5000, ge=1, le=50_000, description="Consents per batch.")
-    limit: int | None = Field(default=None, ge=1, description="Stop after this many consents.")
-    purposes: list[str] | None = Field(
-        default=None, description="Only these purposes (keys); default: all."
-    )
 
 
 @task(

@@ -16,13 +16,13 @@ from datetime import datetime
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from consentflow import mail, sweeps
 from consentflow.models import utcnow
 from consentflow.runs import RunSummary
 from consentflow.settings import get_settings
-from flows.common import finish, start
+from flows.common import LifecycleParams, finish, start
 
 FLOW = "reconsent"
 
@@ -34,20 +34,10 @@ _RETRY = {
 }
 
 
-class Params(BaseModel):
+class Params(LifecycleParams):
     """Parameters of a re-consent run (a form in the Prefect UI)."""
 
-    as_of: datetime | None = Field(
-        default=None, description="Judge deadlines as of then (default: now)."
-    )
-    dry_run: bool = Field(default=False, description="Report what would happen; change nothing.")
     batch_size: int = Field(default=500, ge=1, le=10_000, description="Items per batch.")
-    limit: int | None = Field(
-        default=None, ge=1, description="Stop each step after this many items."
-    )
-    purposes: list[str] | None = Field(
-        default=None, description="Only these purposes (keys); default: all."
-    )
     deadline_days: int | None = Field(
         default=None,
         ge=1,

@@ -14,28 +14,20 @@ from datetime import datetime
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from consentflow import mail, sweeps
 from consentflow.models import utcnow
 from consentflow.runs import RunSummary
-from flows.common import finish, start
+from flows.common import LifecycleParams, finish, start
 
 FLOW = "renewal-reminders"
 
 
-class Params(BaseModel):
+class Params(LifecycleParams):
     """Parameters of a reminder run (a form in the Prefect UI)."""
 
-    as_of: datetime | None = Field(
-        default=None, description="Judge which reminders are due as of then (default: now)."
-    )
-    dry_run: bool = Field(default=False, description="Report what would be sent; send nothing.")
     batch_size: int = Field(default=500, ge=1, le=10_000, description="Consents per batch.")
-    limit: int | None = Field(default=None, ge=1, description="Stop after this many consents.")
-    purposes: list[str] | None = Field(
-        default=None, description="Only these purposes (keys); default: all."
-    )
     stages: list[int] | None = Field(
         default=None,
         description="Days before the validity ends (default: CONSENTFLOW_REMINDER_STAGES, 30,7,1).",

@@ -20,7 +20,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from smtp_support import SmtpSink
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
-from sqlmodel import select
+from sqlmodel import col, select
 
 import flows.collection_followups as followups_flow
 import flows.expiry_sweep as expiry_flow
@@ -170,7 +170,14 @@ def test_email_flows_end_to_end(world, smtp_sink: SmtpSink) -> None:  # type: ig
     assert follow.counts == {("news", "sent"): 2}
     recon = reconsent_flow.reconsent(reconsent_flow.Params(batch_size=3))
     assert recon.counts == {("profiling", "requested"): 4, ("profiling", "sent"): 4}
-    late = reconsent_flow.reconsent(reconsent_flow.Params(as_of=utcnow() + 31 * DAY))
+    # A month passes: the deadlines are behind us (a flow may not act ahead of time).
+    with db.session_scope(world) as s:
+        s.execute(
+            update(ConsentRequest)
+            .where(col(ConsentRequest.kind) == "reconsent")
+            .values(deadline=utcnow() - DAY)
+        )
+    late = reconsent_flow.reconsent(reconsent_flow.Params())
     assert late.counts == {
         ("profiling", "invalidated"): 4,
         ("profiling", "lapsed"): 4,
@@ -195,6 +202,17 @@ def test_smtp_down_fails_the_run_cleanly(world, monkeypatch) -> None:  # type: i
     assert audit_entries(world, "email.sent") == []
     with db.session_scope(world) as s:
         assert set(s.exec(select(Consent.reminder_stage)).all()) == {None}
+
+
+def test_only_a_dry_run_may_look_ahead(world, cli) -> None:  # type: ignore[no-untyped-def]
+    ahead = (utcnow() + 31 * DAY).isoformat()
+    before = row_counts(world)
+    refused = cli("run", "reconsent", "--as-of", ahead)
+    assert refused.code == 2 and "only a dry run may look ahead" in refused.err
+    assert len(refused.err.strip().splitlines()) == 1 and "Traceback" not in refused.err
+    assert row_counts(world) == before
+    preview = cli("run", "expiry-sweep", "--dry-run", "--as-of", ahead, "--json")
+    assert preview.code == 0, preview.err
 
 
 def test_cli_run_expiry_sweep_json(world, cli) -> None:  # type: ignore[no-untyped-def]
