@@ -44,9 +44,13 @@ def fail(message: str, code: int) -> NoReturn:
     raise SystemExit(code)
 
 
+def _json_default(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
 def emit(data: Any, as_json: bool, text: Callable[[], None]) -> None:
     if as_json:
-        typer.echo(json.dumps(data, indent=2, default=str))
+        typer.echo(json.dumps(data, indent=2, default=_json_default))
     else:
         text()
 

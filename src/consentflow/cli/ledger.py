@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -53,20 +53,6 @@ def _csv_list(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def _version_dict(key: str, v: Any) -> dict[str, Any]:
-    return {
-        "key": key,
-        "version": v.version,
-        "title": v.title,
-        "description": v.description,
-        "lawful_basis": v.lawful_basis,
-        "data_categories": v.data_categories,
-        "validity_days": v.validity_days,
-        "material": v.material,
-        "created_at": v.created_at.isoformat(),
-    }
-
-
 @purpose_app.command("add")
 def purpose_add(
     key: str,
@@ -88,7 +74,7 @@ def purpose_add(
             lawful_basis=lawful_basis,
             data_categories=_csv_list(data_categories),
         )
-    emit(_version_dict(key, v), as_json, lambda: typer.echo(f"purpose {key} v1 added"))
+    emit(purposes.version_dict(key, v), as_json, lambda: typer.echo(f"purpose {key} v1 added"))
 
 
 @purpose_app.command("revise")
@@ -117,7 +103,11 @@ def purpose_revise(
             validity_days=validity_days,
         )
     kind = "material" if material else "editorial"
-    emit(_version_dict(key, v), as_json, lambda: typer.echo(f"purpose {key} v{v.version} ({kind})"))
+    emit(
+        purposes.version_dict(key, v),
+        as_json,
+        lambda: typer.echo(f"purpose {key} v{v.version} ({kind})"),
+    )
 
 
 @purpose_app.command("list")
@@ -130,7 +120,7 @@ def purpose_list(
     """Purposes with their current notice version."""
     with session() as s:
         rows = purposes.versions(s) if versions else purposes.list_current(s)
-    data = [_version_dict(k, v) for k, v in rows]
+    data = [purposes.version_dict(k, v) for k, v in rows]
 
     def text() -> None:
         for d in data:

@@ -139,20 +139,6 @@ def me(caller: Annotated[TokenInfo, Depends(ANY)]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- purposes
 
 
-def _version_dict(key: str, v: Any) -> dict[str, Any]:
-    return {
-        "key": key,
-        "version": v.version,
-        "title": v.title,
-        "description": v.description,
-        "lawful_basis": v.lawful_basis,
-        "data_categories": list(v.data_categories),
-        "validity_days": v.validity_days,
-        "material": v.material,
-        "created_at": v.created_at,
-    }
-
-
 def _purpose_dicts(session: DbSession, key: str | None = None) -> list[dict[str, Any]]:
     current = purposes.list_current(session)
     if key is not None:
@@ -173,7 +159,7 @@ def _purpose_dicts(session: DbSession, key: str | None = None) -> list[dict[str,
             "key": k,
             "current_version": v.version,
             "material_version": infos[k].material_version,
-            "notice": _version_dict(k, v),
+            "notice": purposes.version_dict(k, v),
             "systems": names.get(k, []),
         }
         for k, v in current
@@ -194,7 +180,7 @@ def get_purpose(
 ) -> dict[str, Any]:
     """One purpose with every version of its notice, oldest first."""
     (found,) = _purpose_dicts(session, key)
-    found["versions"] = [_version_dict(k, v) for k, v in purposes.versions(session, key)]
+    found["versions"] = [purposes.version_dict(k, v) for k, v in purposes.versions(session, key)]
     return found
 
 
