@@ -1,33 +1,21 @@
 """``consentflow run FLOW``: start a lifecycle flow from the terminal, recorded like any other run.
 
-Flows are found by convention, so adding a flow needs no change here: ``consentflow run
-expiry-sweep`` imports ``flows.expiry_sweep``, builds its ``Params`` model from the options, and
-calls its flow function ``expiry_sweep(params)``, which returns a ``consentflow.runs.RunSummary``.
+Flows are found by convention (``flows.load``), so adding a flow needs no change here:
+``consentflow run expiry-sweep`` builds ``flows.expiry_sweep.Params`` from the options and calls
+``expiry_sweep(params)``, which returns a ``consentflow.runs.RunSummary``.
 With ``PREFECT_API_URL`` set the run is reported to that server; otherwise Prefect runs embedded.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
-import pkgutil
 from typing import Annotated, Any
 
 import typer
 
 from consentflow.cli._common import app, emit, parse_time
 from consentflow.errors import InvalidInput
-
-
-def available_flows() -> list[str]:
-    import flows
-
-    return sorted(
-        m.name.replace("_", "-")
-        for m in pkgutil.iter_modules(flows.__path__)
-        if not m.name.startswith("_") and m.name != "common"
-    )
 
 
 def _hermetic_prefect() -> None:
@@ -86,12 +74,10 @@ def run_flow(
     ] = False,
 ) -> None:
     """Run a lifecycle flow now (expiry-sweep, renewal-reminders, ...), audited like any run."""
-    names = available_flows()
-    if flow not in names:
-        raise InvalidInput(f"unknown flow {flow!r}: choose one of {', '.join(names) or 'none'}")
     _hermetic_prefect()
-    module = importlib.import_module(f"flows.{flow.replace('-', '_')}")
-    flow_fn = getattr(module, flow.replace("-", "_"))
+    import flows
+
+    flow_fn, params_model = flows.load(flow)
     options = {
         "dry_run": dry_run or None,
         "as_of": parse_time(as_of, "--as-of"),
@@ -99,7 +85,7 @@ def run_flow(
         "limit": limit,
         "purposes": [p.strip() for p in purposes.split(",") if p.strip()] if purposes else None,
     }
-    params = build_params(module.Params, options, param or [])
+    params = build_params(params_model, options, param or [])
     summary = flow_fn(params)
 
     def text() -> None:

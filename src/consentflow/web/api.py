@@ -70,6 +70,7 @@ from consentflow.web.schemas import (
     ReplayOut,
     RequestsOut,
     RevisionIn,
+    RunAccepted,
     SubjectIn,
     SubjectOut,
     SystemOut,
@@ -603,6 +604,59 @@ def replay_dead(
         session, delivery_ops.dead_ids(session, name, limit), actor=caller.name
     )
     return {"replayed": len(ids), "ids": ids}
+
+
+# -------------------------------------------------------------------------------------- runs
+
+FlowPath = Annotated[
+    str,
+    Path(pattern=r"^[a-z][a-z-]{0,63}$", description="A flow, e.g. expiry-sweep", examples=["x"]),
+]
+
+
+@router.post(
+    "/runs/{flow}",
+    status_code=202,
+    response_model=RunAccepted,
+    responses=NOT_FOUND,
+    tags=["runs"],
+)
+def start_run(
+    flow: FlowPath,
+    caller: Annotated[TokenInfo, Depends(COMPLIANCE)],
+    parameters: Annotated[
+        dict[str, Any],
+        Body(
+            description="The flow's parameters, as in the Prefect UI form (e.g. "
+            '{"dry_run": true, "as_of": "2026-12-31T23:59:59Z"}).',
+        ),
+    ],
+) -> dict[str, Any]:
+    """Start a lifecycle flow now (compliance's ad-hoc sweep), in the background.
+
+    The parameters are validated first (422 naming the field); the run then goes on after the
+    answer, reported to the Prefect server when ``PREFECT_API_URL`` is set, and leaves its
+    audit entries like any run (the latest runs are on the dashboard).
+    """
+    import threading
+
+    from pydantic import ValidationError
+
+    import flows
+
+    flow_fn, model = flows.load(flow)
+    try:
+        params = model(**parameters)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "parameters"
+        raise InvalidInput(f"{where}: {err['msg']}") from None
+    threading.Thread(target=flow_fn, args=(params,), name=f"run-{flow}", daemon=True).start()
+    return {
+        "flow": flow,
+        "parameters": params.model_dump(mode="json"),
+        "accepted_at": datetime.now(UTC),
+    }
 
 
 # ------------------------------------------------------------------------------------- audit

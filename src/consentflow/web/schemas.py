@@ -334,6 +334,16 @@ class ReplayOut(BaseModel):
     ids: list[int]
 
 
+# ---------------------------------------------------------------------------------------- runs
+
+
+class RunAccepted(BaseModel):
+    flow: str
+    parameters: dict[str, Any]
+    accepted_at: datetime
+    status: Literal["accepted"] = "accepted"
+
+
 # --------------------------------------------------------------------------------------- audit
 
 
