@@ -8,18 +8,16 @@ sending, exactly like reminders (see ``consentflow.sweeps``).
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from datetime import datetime
 
 from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
 from consentflow import mail, sweeps
 from consentflow.models import utcnow
 from consentflow.runs import RunSummary
 from consentflow.settings import get_settings
-from flows.common import LifecycleParams, finish, start
+from flows.common import BATCH_TASK, LifecycleParams, mailing, recorded_run
 
 FLOW = "collection-followups"
 
@@ -41,25 +39,7 @@ class Params(LifecycleParams):
     )
 
 
-@task(
-    name="release-stale-claims",
-    retries=2,
-    retry_delay_seconds=[5, 30],
-    retry_condition_fn=sweeps.retry_transient,
-    cache_policy=NO_CACHE,
-)
-def release_stale_claims(run_id: str | None, dry_run: bool) -> sweeps.Batch:
-    kinds = [mail.Kind.COLLECTION_FOLLOWUP]
-    return sweeps.release_stale_claims(kinds, run_id=run_id, dry_run=dry_run)
-
-
-@task(
-    name="followup-batch",
-    retries=2,
-    retry_delay_seconds=[10, 60],
-    retry_condition_fn=sweeps.retry_transient,
-    cache_policy=NO_CACHE,
-)
+@task(name="followup-batch", retry_delay_seconds=[10, 60], **BATCH_TASK)
 def followup_batch(
     mailer: mail.Mailer | None,
     as_of: datetime,
@@ -97,28 +77,24 @@ def collection_followups(params: Params = Params()) -> RunSummary:
         "after_days": after_days,
         "max_followups": max_followups,
     }
-    summary = start(FLOW, parameters, params.dry_run)
-    try:
-        with ExitStack() as stack:
-            mailer = None if params.dry_run else stack.enter_context(mail.Mailer())
-            summary.counts.update(release_stale_claims(summary.run_id, params.dry_run).counts)
-            for batch in sweeps.drain(
-                lambda size, cursor: followup_batch(
-                    mailer,
-                    as_of,
-                    after_days,
-                    max_followups,
-                    size,
-                    cursor,
-                    params.purposes,
-                    summary.run_id,
-                    params.dry_run,
-                ),
-                batch_size=params.batch_size,
-                limit=params.limit,
-            ):
-                summary.counts.update(batch.counts)
-    except BaseException:
-        finish(summary, "failed")
-        raise
-    return finish(summary)
+    with (
+        recorded_run(FLOW, parameters, params.dry_run) as summary,
+        mailing(summary, mail.Kind.COLLECTION_FOLLOWUP) as mailer,
+    ):
+        for batch in sweeps.drain(
+            lambda size, cursor: followup_batch(
+                mailer,
+                as_of,
+                after_days,
+                max_followups,
+                size,
+                cursor,
+                params.purposes,
+                summary.run_id,
+                params.dry_run,
+            ),
+            batch_size=params.batch_size,
+            limit=params.limit,
+        ):
+            summary.counts.update(batch.counts)
+    return summary

@@ -1,16 +1,31 @@
-"""The Prefect side shared by every flow: the run's identity and its summary artifact."""
+"""The Prefect side shared by every flow: the run's identity and its summary artifact, the options
+of the batch tasks, and an email flow's mailer."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
+from typing import Any
 
+from prefect import task
 from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from consentflow import db
+from consentflow import db, mail, sweeps
 from consentflow.models import utcnow
 from consentflow.runs import RunSummary, record_run
+
+#: What every batch task passes to ``@task`` besides its name and ``retry_delay_seconds``: two
+#: retries, only after a transient failure (the database or the mail server hiccupped), and no
+#: result caching, since each call does new work.
+BATCH_TASK: dict[str, Any] = {
+    "retries": 2,
+    "retry_condition_fn": sweeps.retry_transient,
+    "cache_policy": NO_CACHE,
+}
 
 
 class LifecycleParams(BaseModel):
@@ -57,6 +72,19 @@ def start(flow: str, parameters: dict[str, object], dry_run: bool) -> RunSummary
     )
 
 
+@contextmanager
+def recorded_run(flow: str, parameters: dict[str, object], dry_run: bool) -> Iterator[RunSummary]:
+    """``start`` a run's summary for the block to fill, and ``finish`` it when the block ends:
+    ``completed``, or ``failed`` (then re-raised) if anything in it raised."""
+    summary = start(flow, parameters, dry_run)
+    try:
+        yield summary
+    except BaseException:
+        finish(summary, "failed")
+        raise
+    finish(summary)
+
+
 def finish(summary: RunSummary, outcome: str = "completed") -> RunSummary:
     """Audit the run and publish its table of counts in the Prefect UI."""
     with db.session_scope() as session:
@@ -70,3 +98,19 @@ def finish(summary: RunSummary, outcome: str = "completed") -> RunSummary:
         ),
     )
     return summary
+
+
+@task(name="release-stale-claims", retry_delay_seconds=[5, 30], **BATCH_TASK)
+def release_stale_claims(kinds: list[mail.Kind], run_id: str | None, dry_run: bool) -> sweeps.Batch:
+    return sweeps.release_stale_claims(kinds, run_id=run_id, dry_run=dry_run)
+
+
+@contextmanager
+def mailing(summary: RunSummary, kind: mail.Kind) -> Iterator[mail.Mailer | None]:
+    """An email flow's mailer: one pool of SMTP connections for the whole run, closed when the
+    block ends (None in a dry run, which sends nothing). First, the claims on ``kind`` emails
+    that a crashed run left behind are released (see ``sweeps.release_stale_claims``)."""
+    with ExitStack() as stack:
+        mailer = None if summary.dry_run else stack.enter_context(mail.Mailer())
+        summary.counts.update(release_stale_claims([kind], summary.run_id, summary.dry_run).counts)
+        yield mailer

@@ -11,13 +11,12 @@ from __future__ import annotations
 from datetime import datetime
 
 from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
 from consentflow import sweeps
 from consentflow.models import utcnow
 from consentflow.runs import RunSummary
-from flows.common import LifecycleParams, finish, start
+from flows.common import BATCH_TASK, LifecycleParams, recorded_run
 
 FLOW = "expiry-sweep"
 
@@ -28,26 +27,14 @@ class Params(LifecycleParams):
     batch_size: int = Field(default=5000, ge=1, le=50_000, description="Consents per batch.")
 
 
-@task(
-    name="expire-batch",
-    retries=2,
-    retry_delay_seconds=[5, 30],
-    retry_condition_fn=sweeps.retry_transient,
-    cache_policy=NO_CACHE,
-)
+@task(name="expire-batch", retry_delay_seconds=[5, 30], **BATCH_TASK)
 def expire_batch(
     as_of: datetime, size: int, purposes: list[str] | None, run_id: str | None
 ) -> sweeps.Batch:
     return sweeps.expire_batch(as_of=as_of, size=size, purposes_=purposes, run_id=run_id)
 
 
-@task(
-    name="preview-expiry",
-    retries=2,
-    retry_delay_seconds=[5, 30],
-    retry_condition_fn=sweeps.retry_transient,
-    cache_policy=NO_CACHE,
-)
+@task(name="preview-expiry", retry_delay_seconds=[5, 30], **BATCH_TASK)
 def preview_expiry(as_of: datetime, limit: int | None, purposes: list[str] | None) -> sweeps.Batch:
     return sweeps.preview_expiry(as_of=as_of, limit=limit, purposes_=purposes)
 
@@ -56,10 +43,8 @@ def preview_expiry(as_of: datetime, limit: int | None, purposes: list[str] | Non
 def expiry_sweep(params: Params = Params()) -> RunSummary:
     """Expire every consent whose validity ended by ``as_of``, in batches."""
     as_of = params.as_of or utcnow()
-    summary = start(
-        FLOW, {**params.model_dump(mode="json"), "as_of": as_of.isoformat()}, params.dry_run
-    )
-    try:
+    parameters = {**params.model_dump(mode="json"), "as_of": as_of.isoformat()}
+    with recorded_run(FLOW, parameters, params.dry_run) as summary:
         if params.dry_run:
             summary.counts.update(preview_expiry(as_of, params.limit, params.purposes).counts)
         else:
@@ -69,7 +54,4 @@ def expiry_sweep(params: Params = Params()) -> RunSummary:
                 limit=params.limit,
             ):
                 summary.counts.update(batch.counts)
-    except BaseException:
-        finish(summary, "failed")
-        raise
-    return finish(summary)
+    return summary

@@ -11,27 +11,21 @@ Editorial revisions ask nobody.
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from datetime import datetime
 
 from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
 from consentflow import mail, sweeps
 from consentflow.models import utcnow
 from consentflow.runs import RunSummary
 from consentflow.settings import get_settings
-from flows.common import LifecycleParams, finish, start
+from flows.common import BATCH_TASK, LifecycleParams, mailing, recorded_run
 
 FLOW = "reconsent"
 
-_RETRY = {
-    "retries": 2,
-    "retry_delay_seconds": [10, 60],
-    "retry_condition_fn": sweeps.retry_transient,
-    "cache_policy": NO_CACHE,
-}
+# Every task of this flow, stale-claim release included, retries after 10 and 60 seconds.
+RETRY_DELAYS = [10, 60]
 
 
 class Params(LifecycleParams):
@@ -45,13 +39,7 @@ class Params(LifecycleParams):
     )
 
 
-@task(name="release-stale-claims", **_RETRY)
-def release_stale_claims(run_id: str | None, dry_run: bool) -> sweeps.Batch:
-    kinds = [mail.Kind.RECONSENT_REQUEST]
-    return sweeps.release_stale_claims(kinds, run_id=run_id, dry_run=dry_run)
-
-
-@task(name="open-requests-batch", **_RETRY)
+@task(name="open-requests-batch", retry_delay_seconds=RETRY_DELAYS, **BATCH_TASK)
 def open_batch(
     mailer: mail.Mailer | None,
     as_of: datetime,
@@ -74,7 +62,7 @@ def open_batch(
     )
 
 
-@task(name="resend-requests-batch", **_RETRY)
+@task(name="resend-requests-batch", retry_delay_seconds=RETRY_DELAYS, **BATCH_TASK)
 def email_batch(
     mailer: mail.Mailer | None,
     as_of: datetime,
@@ -95,7 +83,7 @@ def email_batch(
     )
 
 
-@task(name="deadline-batch", **_RETRY)
+@task(name="deadline-batch", retry_delay_seconds=RETRY_DELAYS, **BATCH_TASK)
 def deadline_batch(
     as_of: datetime,
     size: int,
@@ -124,27 +112,22 @@ def reconsent(params: Params = Params()) -> RunSummary:
         "as_of": as_of.isoformat(),
         "deadline_days": deadline_days,
     }
-    summary = start(FLOW, parameters, params.dry_run)
-    run_id, dry_run, keys = summary.run_id, params.dry_run, params.purposes
-    try:
-        with ExitStack() as stack:
-            mailer = None if dry_run else stack.enter_context(mail.Mailer())
-            summary.counts.update(release_stale_claims(run_id, dry_run).counts)
-            steps = (
-                # Retry earlier runs' unsent emails first, so that one deferred in this run
-                # waits for the next run (a greylisting server wants a pause).
-                lambda size, cursor: email_batch(
-                    mailer, as_of, size, cursor, keys, run_id, dry_run
-                ),
-                lambda size, cursor: open_batch(
-                    mailer, as_of, deadline_days, size, cursor, keys, run_id, dry_run
-                ),
-                lambda size, cursor: deadline_batch(as_of, size, cursor, keys, run_id, dry_run),
-            )
-            for step in steps:
-                for batch in sweeps.drain(step, batch_size=params.batch_size, limit=params.limit):
-                    summary.counts.update(batch.counts)
-    except BaseException:
-        finish(summary, "failed")
-        raise
-    return finish(summary)
+    dry_run, keys = params.dry_run, params.purposes
+    with (
+        recorded_run(FLOW, parameters, dry_run) as summary,
+        mailing(summary, mail.Kind.RECONSENT_REQUEST) as mailer,
+    ):
+        run_id = summary.run_id
+        steps = (
+            # Retry earlier runs' unsent emails first, so that one deferred in this run waits
+            # for the next run (a greylisting server wants a pause).
+            lambda size, cursor: email_batch(mailer, as_of, size, cursor, keys, run_id, dry_run),
+            lambda size, cursor: open_batch(
+                mailer, as_of, deadline_days, size, cursor, keys, run_id, dry_run
+            ),
+            lambda size, cursor: deadline_batch(as_of, size, cursor, keys, run_id, dry_run),
+        )
+        for step in steps:
+            for batch in sweeps.drain(step, batch_size=params.batch_size, limit=params.limit):
+                summary.counts.update(batch.counts)
+    return summary

@@ -9,17 +9,15 @@ leaves the item due for the next run, a 5xx suppresses the address (see ``consen
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from datetime import datetime
 
 from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
 from consentflow import mail, sweeps
 from consentflow.models import utcnow
 from consentflow.runs import RunSummary
-from flows.common import LifecycleParams, finish, start
+from flows.common import BATCH_TASK, LifecycleParams, mailing, recorded_run
 
 FLOW = "renewal-reminders"
 
@@ -34,24 +32,7 @@ class Params(LifecycleParams):
     )
 
 
-@task(
-    name="release-stale-claims",
-    retries=2,
-    retry_delay_seconds=[5, 30],
-    retry_condition_fn=sweeps.retry_transient,
-    cache_policy=NO_CACHE,
-)
-def release_stale_claims(run_id: str | None, dry_run: bool) -> sweeps.Batch:
-    return sweeps.release_stale_claims([mail.Kind.RENEWAL_REMINDER], run_id=run_id, dry_run=dry_run)
-
-
-@task(
-    name="remind-batch",
-    retries=2,
-    retry_delay_seconds=[10, 60],
-    retry_condition_fn=sweeps.retry_transient,
-    cache_policy=NO_CACHE,
-)
+@task(name="remind-batch", retry_delay_seconds=[10, 60], **BATCH_TASK)
 def remind_batch(
     mailer: mail.Mailer | None,
     as_of: datetime,
@@ -84,27 +65,23 @@ def renewal_reminders(params: Params = Params()) -> RunSummary:
         "as_of": as_of.isoformat(),
         "stages": sorted(stages, reverse=True),
     }
-    summary = start(FLOW, parameters, params.dry_run)
-    try:
-        with ExitStack() as stack:
-            mailer = None if params.dry_run else stack.enter_context(mail.Mailer())
-            summary.counts.update(release_stale_claims(summary.run_id, params.dry_run).counts)
-            for batch in sweeps.drain(
-                lambda size, cursor: remind_batch(
-                    mailer,
-                    as_of,
-                    stages,
-                    size,
-                    cursor,
-                    params.purposes,
-                    summary.run_id,
-                    params.dry_run,
-                ),
-                batch_size=params.batch_size,
-                limit=params.limit,
-            ):
-                summary.counts.update(batch.counts)
-    except BaseException:
-        finish(summary, "failed")
-        raise
-    return finish(summary)
+    with (
+        recorded_run(FLOW, parameters, params.dry_run) as summary,
+        mailing(summary, mail.Kind.RENEWAL_REMINDER) as mailer,
+    ):
+        for batch in sweeps.drain(
+            lambda size, cursor: remind_batch(
+                mailer,
+                as_of,
+                stages,
+                size,
+                cursor,
+                params.purposes,
+                summary.run_id,
+                params.dry_run,
+            ),
+            batch_size=params.batch_size,
+            limit=params.limit,
+        ):
+            summary.counts.update(batch.counts)
+    return summary

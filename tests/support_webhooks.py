@@ -3,20 +3,25 @@
 ``Receiver`` is a threaded ``http.server`` on 127.0.0.1 with a free port. Each path answers as
 told (status, headers, body), may hang until released (to provoke client timeouts), or may call
 a hook before answering. Every request is captured with its headers and exact body bytes.
+
+A test module takes the fixtures by naming them at its top (as with ``smtp_support``):
+``allow_loopback = support_webhooks.allow_loopback`` (autouse: every test in the module may
+deliver to 127.0.0.1) and ``receiver = support_webhooks.receiver``.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import pytest
 from standardwebhooks import Webhook
 
-from consentflow import db, lifecycle, purposes, subjects, systems
+from consentflow import db, lifecycle, purposes, settings, subjects, systems
 from consentflow.lifecycle import Actor, ImportRow
 from consentflow.models import State
 
@@ -105,6 +110,23 @@ class Receiver:
         self.release.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def allow_loopback(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Let webhooks go to the loopback receiver (the SSRF guard refuses 127.0.0.1 otherwise)."""
+    monkeypatch.setenv("CONSENTFLOW_WEBHOOK_ALLOWED_HOSTS", "127.0.0.1")
+    settings.get_settings.cache_clear()
+    yield
+    settings.get_settings.cache_clear()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A running ``Receiver``, closed after the test."""
+    r = Receiver()
+    yield r
+    r.close()
 
 
 def verify(cap: Captured, secret: str) -> dict[str, Any]:

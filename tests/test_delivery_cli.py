@@ -7,28 +7,17 @@ import json
 from datetime import timedelta
 
 import pytest
-from support_webhooks import Receiver, verify
+import support_webhooks
+from support_webhooks import verify
 
-from consentflow import db, lifecycle, settings
+from consentflow import db, lifecycle
 from consentflow.delivery import engine as eng
 from consentflow.delivery import events
 from consentflow.lifecycle import Actor
 from consentflow.models import utcnow
 
-
-@pytest.fixture(autouse=True)
-def allow_loopback(monkeypatch):
-    monkeypatch.setenv("CONSENTFLOW_WEBHOOK_ALLOWED_HOSTS", "127.0.0.1")
-    settings.get_settings.cache_clear()
-    yield
-    settings.get_settings.cache_clear()
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
+allow_loopback = support_webhooks.allow_loopback
+receiver = support_webhooks.receiver
 
 
 def setup(cli, receiver, path="/hook") -> str:

@@ -10,8 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import smtp_support
+import support_webhooks
 from sqlmodel import col, func, select
-from support_webhooks import Receiver, ledger, revoke, verify
+from support_webhooks import ledger, revoke, verify
 
 from consentflow import audit, db, lifecycle, settings
 from consentflow.delivery import alerts, ops, signing
@@ -23,19 +24,8 @@ FAST = eng.Options(timeout=5.0)
 smtp_sink = smtp_support.smtp_sink
 
 
-@pytest.fixture(autouse=True)
-def allow_loopback(monkeypatch):
-    monkeypatch.setenv("CONSENTFLOW_WEBHOOK_ALLOWED_HOSTS", "127.0.0.1")
-    settings.get_settings.cache_clear()
-    yield
-    settings.get_settings.cache_clear()
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
+allow_loopback = support_webhooks.allow_loopback
+receiver = support_webhooks.receiver
 
 
 def deliveries(engine) -> list[Delivery]:

@@ -4,27 +4,15 @@ from __future__ import annotations
 
 import json
 
-import pytest
+import support_webhooks
 from sqlmodel import select
-from support_webhooks import Receiver, ledger, revoke, verify
+from support_webhooks import ledger, revoke, verify
 
-from consentflow import db, settings
+from consentflow import db
 from consentflow.models import AuditEntry, Delivery
 
-
-@pytest.fixture(autouse=True)
-def allow_loopback(monkeypatch):
-    monkeypatch.setenv("CONSENTFLOW_WEBHOOK_ALLOWED_HOSTS", "127.0.0.1")
-    settings.get_settings.cache_clear()
-    yield
-    settings.get_settings.cache_clear()
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
+allow_loopback = support_webhooks.allow_loopback
+receiver = support_webhooks.receiver
 
 
 def test_propagate_flow_delivers_and_writes_its_audit_entry(prefect_harness, engine, receiver):

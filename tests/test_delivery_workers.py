@@ -10,10 +10,11 @@ import threading
 from datetime import timedelta
 
 import pytest
+import support_webhooks
 from sqlmodel import func, select
-from support_webhooks import Receiver, bulk_withdrawals, ledger, revoke, verify
+from support_webhooks import bulk_withdrawals, ledger, revoke, verify
 
-from consentflow import db, settings
+from consentflow import db
 from consentflow.delivery import engine as eng
 from consentflow.models import Delivery, utcnow
 
@@ -32,19 +33,8 @@ print(json.dumps({"delivered": report.total("delivered"), "lost": report.total("
 """
 
 
-@pytest.fixture(autouse=True)
-def allow_loopback(monkeypatch):
-    monkeypatch.setenv("CONSENTFLOW_WEBHOOK_ALLOWED_HOSTS", "127.0.0.1")
-    settings.get_settings.cache_clear()
-    yield
-    settings.get_settings.cache_clear()
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
+allow_loopback = support_webhooks.allow_loopback
+receiver = support_webhooks.receiver
 
 
 def start_worker(url: str, batch: int = 25, per_endpoint: int = 8) -> subprocess.Popen[str]:

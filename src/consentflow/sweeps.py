@@ -14,14 +14,15 @@ Emails (renewal reminders, collection follow-ups, re-consent requests) are claim
 are sent, so that two concurrent runs never email the same item and a re-run does not resend:
 
 1. *claim* (one transaction): lock the due items' subjects (``FOR UPDATE SKIP LOCKED``; on SQLite
-   the whole database is held), re-check that each is still due, insert an ``email_message`` row
-   with status ``claimed`` and a fresh Message-ID, and advance the item (``Consent.reminder_stage``
-   or ``ConsentRequest.followups_sent``/``last_sent_at``) so it is no longer due; commit.
-2. *send* over the mailer's pooled connections, outside any transaction.
-3. *record* (one transaction): each message becomes ``sent``, ``bounced`` (5xx: the address is
-   suppressed, and every later claim skips it) or ``deferred`` (4xx, timeout, lost connection,
-   server down: the item's advance is undone from the message log, so it is due for the next
-   run); one audit entry per message, carrying the run id.
+   the whole database is held), re-check that each is still due (``_due_rows``), insert an
+   ``email_message`` row with status ``claimed`` and a fresh Message-ID, and advance the item
+   (``Consent.reminder_stage`` or ``ConsentRequest.followups_sent``/``last_sent_at``) so it is no
+   longer due (``_write_claims``); commit.
+2. *send* over the mailer's pooled connections, outside any transaction (``_deliver``).
+3. *record* (one transaction, ``record_results``): each message becomes ``sent``, ``bounced``
+   (5xx: the address is suppressed, and every later claim skips it) or ``deferred`` (4xx,
+   timeout, lost connection, server down: the item's advance is undone from the message log, so
+   it is due for the next run); one audit entry per message, carrying the run id.
 
 At-least-once window: if the process dies after the server accepted a message and before step 3
 commits, the message stays ``claimed``. After ``CONSENTFLOW_MAIL_CLAIM_LEASE_MINUTES`` a later
@@ -150,30 +151,73 @@ def _lock_subjects(session: Session, ids: Sequence[int], *, skip_locked: bool = 
     return set(session.exec(stmt).all())
 
 
-def _page(
-    session: Session, stmt: Any, key: Any, size: int, batch: Batch, dry_run: bool
-) -> tuple[list[int], set[int]]:
-    """The next page of due items (``stmt`` selects their id and subject id, ``key`` orders
-    them), recorded in ``batch``; and the subjects locked for this transaction (none are locked
-    in a dry run). Pages follow the key, so each run walks the due items once and an item
-    skipped here (locked by another run, or not mailable) does not hold up the rest."""
-    candidates = session.exec(stmt.order_by(key).limit(size)).all()
+def _due_rows(
+    session: Session,
+    batch: Batch,
+    model: Any,
+    due: Any,
+    columns: Sequence[Any],
+    *,
+    cursor: int,
+    size: int,
+    dry_run: bool,
+    purpose_ids: list[int] | None = None,
+    title_version: Any = None,
+) -> Sequence[Any]:
+    """The next page of due items, re-read under their subjects' locks.
+
+    ``model`` is ``Consent`` or ``ConsentRequest``; its rows matching ``due`` after ``cursor`` (of
+    ``purpose_ids`` only, if given) are paged by id and the page is recorded in ``batch``. Their
+    subjects are then locked (none are in a dry run) and the page re-read: the items still due
+    whose subjects this transaction holds, in id order, as ``columns`` with the subject's
+    ``subject_ref`` and the purpose's ``key``. For an email, ``title_version`` is the purpose
+    version whose title it shows; the rows then also carry ``email``, ``locale`` and ``title``.
+
+    Pages follow the id, so each run walks the due items once and an item skipped here (locked
+    by another run, or not mailable) does not hold up the rest.
+    """
+    stmt = select(model.id, model.subject_id).where(due, col(model.id) > cursor)
+    if purpose_ids is not None:
+        stmt = stmt.where(col(model.purpose_id).in_(purpose_ids))
+    candidates = session.exec(stmt.order_by(col(model.id)).limit(size)).all()
     if not candidates:
-        return [], set()
+        return []
     batch.seen, batch.cursor = len(candidates), candidates[-1][0]
     batch.more = len(candidates) == size
     subject_ids = [c[1] for c in candidates]
     locked = set(subject_ids) if dry_run else _lock_subjects(session, subject_ids)
-    return [c[0] for c in candidates], locked
+    extra = [Subject.subject_ref, Purpose.key]
+    if title_version is not None:
+        extra += [Subject.email, Subject.locale, PurposeVersion.title]
+    rows = (
+        select(*columns, *extra)
+        .join(Subject, col(Subject.id) == model.subject_id)
+        .join(Purpose, col(Purpose.id) == model.purpose_id)
+    )
+    if title_version is not None:
+        rows = rows.join(
+            PurposeVersion,
+            (col(PurposeVersion.purpose_id) == model.purpose_id)
+            & (col(PurposeVersion.version) == title_version),
+        )
+    return session.exec(
+        rows.where(
+            col(model.id).in_([c[0] for c in candidates]),
+            col(model.subject_id).in_(sorted(locked)),
+            due,
+        ).order_by(col(model.id))
+    ).all()
 
 
-def _suppression(session: Session, rows: Sequence[Any]) -> tuple[bytes | None, set[str]]:
-    """The instance secret and the suppressed hashes among ``rows``' addresses."""
+def _suppression(session: Session, rows: Sequence[Any]) -> Callable[[str], bool]:
+    """Whether an address (one of ``rows``' ``email``) is on the suppression list: one query
+    for the whole page."""
     addresses = [r.email for r in rows if r.email]
     if not addresses:
-        return None, set()
+        return lambda address: False
     secret = instance_secret(session)
-    return secret, _suppressed(session, secret, addresses)
+    hashes = _suppressed(session, secret, addresses)
+    return lambda address: mail.address_hash(secret, address) in hashes
 
 
 def _purpose_ids(session: Session, keys: list[str] | None) -> dict[int, PurposeInfo]:
@@ -318,6 +362,50 @@ def _link(session: Session, action: LinkAction, subject_id: int, purpose_id: int
     return links.url(links.issue(session, action, subject_id, purpose_id))
 
 
+def _new_claim(kind: Kind, r: Any, **fields: Any) -> Claim:
+    """A claim on the item in ``r`` (a row of ``_due_rows``), under a fresh Message-ID."""
+    return Claim(
+        kind=kind,
+        subject_id=r.subject_id,
+        subject_ref=r.subject_ref,
+        purpose_id=r.purpose_id,
+        purpose_key=r.key,
+        address=r.email,
+        locale=r.locale,
+        message_id=mail.new_message_id(),
+        **fields,
+    )
+
+
+def _mailable(session: Session, batch: Batch, rows: Sequence[Any], dry_run: bool) -> list[Any]:
+    """The rows (of ``_due_rows``) an email can go to now, in order; the others are counted
+    (``no_email``, ``suppressed``). A dry run counts those it would send as sent and returns
+    none, since nothing is claimed."""
+    suppressed = _suppression(session, rows)
+    mailable = []
+    for r in rows:
+        if not r.email:
+            batch.add(r.key, "no_email")
+        elif suppressed(r.email):
+            batch.add(r.key, "suppressed")
+        elif dry_run:
+            batch.add(r.key, SendStatus.SENT.value)
+        else:
+            mailable.append(r)
+    return mailable
+
+
+def _write_claims(
+    session: Session, claims: list[Claim], *, run_id: str | None, now: datetime
+) -> None:
+    """Step 1's writes, in the caller's transaction (which commits before anything is sent): a
+    ``claimed`` message per claim, and each item advanced so that it is no longer due."""
+    if not claims:
+        return
+    _insert_claims(session, claims, run_id=run_id, now=now)
+    _advance_claims(session, claims, now)
+
+
 def _insert_claims(
     session: Session, claims: list[Claim], *, run_id: str | None, now: datetime
 ) -> None:
@@ -344,9 +432,18 @@ def _insert_claims(
 
 
 def _deliver(
-    mailer: mail.Mailer, claims: list[Claim], *, run_id: str | None, engine: Engine | None
-) -> Counts:
-    """Send claimed messages and record each outcome; raise if the server was unavailable."""
+    mailer: mail.Mailer | None,
+    claims: list[Claim],
+    batch: Batch,
+    *,
+    run_id: str | None,
+    engine: Engine | None,
+) -> Batch:
+    """Steps 2 and 3, once the claims are committed: send them, record each outcome and count it
+    in ``batch``; raise if the server was unavailable."""
+    if not claims:
+        return batch
+    assert mailer is not None, "a real run needs a mailer"
     report: mail.SendReport | None = None
     failure: BaseException | None = None
     try:
@@ -372,7 +469,8 @@ def _deliver(
         raise failure
     if report is not None and report.unavailable:
         raise MailUnavailable(report.unavailable)
-    return counts
+    batch.counts.update(counts)
+    return batch
 
 
 def _exc_text(exc: BaseException | None) -> str:
@@ -455,6 +553,35 @@ def _suppress(session: Session, items: list[tuple[str, SendResult]], now: dateti
         )
         .on_conflict_do_nothing(index_elements=["address_hash"])
     )
+
+
+def _advance_claims(session: Session, claims: list[Claim], now: datetime) -> None:
+    """Advance each claimed item so that it is no longer due (``_undo_claims`` reverses it)."""
+    reminders = [c for c in claims if c.kind is Kind.RENEWAL_REMINDER]
+    if reminders:
+        ct: Any = Consent.__table__
+        session.execute(
+            update(ct)
+            .where(ct.c.subject_id == bindparam("b_sid"), ct.c.purpose_id == bindparam("b_pid"))
+            .values(reminder_stage=bindparam("b_stage")),
+            [{"b_sid": c.subject_id, "b_pid": c.purpose_id, "b_stage": c.stage} for c in reminders],
+        )
+    rt: Any = ConsentRequest.__table__
+    followups = [c for c in claims if c.kind is Kind.COLLECTION_FOLLOWUP]
+    if followups:
+        session.execute(
+            update(rt)
+            .where(rt.c.id == bindparam("b_rid"))
+            .values(followups_sent=bindparam("b_n"), last_sent_at=now),
+            [{"b_rid": c.request_id, "b_n": c.stage} for c in followups],
+        )
+    reconsents = [c for c in claims if c.kind is Kind.RECONSENT_REQUEST]
+    if reconsents:
+        session.execute(
+            update(rt)
+            .where(rt.c.id.in_([c.request_id for c in reconsents]))
+            .values(last_sent_at=now)
+        )
 
 
 def _undo_claims(
@@ -620,23 +747,6 @@ def release_stale_claims(
             return batch
 
 
-def _classify(
-    batch: Batch,
-    key: str,
-    address: str | None,
-    suppressed: set[str],
-    secret: bytes | None,
-) -> bool:
-    """Whether an email can go to ``address``; counts why not."""
-    if not address:
-        batch.add(key, "no_email")
-        return False
-    if secret is not None and mail.address_hash(secret, address) in suppressed:
-        batch.add(key, "suppressed")
-        return False
-    return True
-
-
 def _date(ts: datetime) -> str:
     return ts.strftime("%Y-%m-%d")
 
@@ -695,92 +805,48 @@ def remind_batch(
     """Send the due renewal reminders among the next ``size`` consents after ``cursor``."""
     now = utcnow()
     batch = Batch()
-    claims: list[Claim] = []
     with _session(engine, dry_run) as s:
         infos = _purpose_ids(s, purposes_)
         due, nearest = _reminder_due(as_of, stages)
-        stmt = select(Consent.id, Consent.subject_id).where(due, col(Consent.id) > cursor)
-        if purposes_ is not None:
-            stmt = stmt.where(col(Consent.purpose_id).in_(list(infos)))
-        ids, locked = _page(s, stmt, col(Consent.id), size, batch, dry_run)
-        if not ids:
-            return batch
-        rows = s.exec(
-            select(
+        rows = _due_rows(
+            s,
+            batch,
+            Consent,
+            due,
+            [
                 Consent.id,
                 Consent.subject_id,
                 Consent.purpose_id,
                 Consent.valid_until,
                 nearest.label("stage"),
-                Subject.email,
-                Subject.locale,
-                Subject.subject_ref,
-                Purpose.key,
-                PurposeVersion.title,
-            )
-            .join(Subject, col(Subject.id) == Consent.subject_id)
-            .join(Purpose, col(Purpose.id) == Consent.purpose_id)
-            .join(
-                PurposeVersion,
-                (col(PurposeVersion.purpose_id) == Consent.purpose_id)
-                & (col(PurposeVersion.version) == Consent.purpose_version),
-            )
-            .where(
-                col(Consent.id).in_(ids),
-                col(Consent.subject_id).in_(sorted(locked)),
-                due,
-            )
-            .order_by(col(Consent.id))
-        ).all()
-        secret, suppressed = _suppression(s, rows)
-        for r in rows:
-            if not _classify(batch, r.key, r.email, suppressed, secret):
-                continue
-            if dry_run:
-                batch.add(r.key, SendStatus.SENT.value)
-                continue
-            revoke_url = _link(s, LinkAction.REVOKE, r.subject_id, r.purpose_id)
-            claims.append(
-                Claim(
-                    kind=Kind.RENEWAL_REMINDER,
-                    subject_id=r.subject_id,
-                    subject_ref=r.subject_ref,
-                    purpose_id=r.purpose_id,
-                    purpose_key=r.key,
-                    address=r.email,
-                    locale=r.locale,
-                    stage=r.stage,
-                    message_id=mail.new_message_id(),
-                    unsubscribe_url=revoke_url,
-                    context={
-                        "purpose_title": r.title,
-                        "valid_until": _date(r.valid_until),
-                        "days_left": max(1, math.ceil((r.valid_until - as_of) / timedelta(days=1))),
-                        "renew_url": _link(s, LinkAction.RENEW, r.subject_id, r.purpose_id),
-                        "revoke_url": revoke_url,
-                        "preferences_url": _link(s, LinkAction.PREFERENCES, r.subject_id, None),
-                    },
-                )
-            )
-        if claims:
-            _insert_claims(s, claims, run_id=run_id, now=now)
-            table = Consent.__table__
-            s.execute(
-                update(table)  # type: ignore[arg-type]
-                .where(
-                    table.c.subject_id == bindparam("b_sid"),  # type: ignore[attr-defined]
-                    table.c.purpose_id == bindparam("b_pid"),  # type: ignore[attr-defined]
-                )
-                .values(reminder_stage=bindparam("b_stage")),
-                [
-                    {"b_sid": c.subject_id, "b_pid": c.purpose_id, "b_stage": c.stage}
-                    for c in claims
-                ],
-            )
-    if claims:
-        assert mailer is not None, "a real run needs a mailer"
-        batch.counts.update(_deliver(mailer, claims, run_id=run_id, engine=engine))
-    return batch
+            ],
+            cursor=cursor,
+            size=size,
+            dry_run=dry_run,
+            purpose_ids=None if purposes_ is None else list(infos),
+            title_version=Consent.purpose_version,
+        )
+        claims = [_reminder_claim(s, r, as_of) for r in _mailable(s, batch, rows, dry_run)]
+        _write_claims(s, claims, run_id=run_id, now=now)
+    return _deliver(mailer, claims, batch, run_id=run_id, engine=engine)
+
+
+def _reminder_claim(session: Session, r: Any, as_of: datetime) -> Claim:
+    revoke_url = _link(session, LinkAction.REVOKE, r.subject_id, r.purpose_id)
+    return _new_claim(
+        Kind.RENEWAL_REMINDER,
+        r,
+        stage=r.stage,
+        unsubscribe_url=revoke_url,
+        context={
+            "purpose_title": r.title,
+            "valid_until": _date(r.valid_until),
+            "days_left": max(1, math.ceil((r.valid_until - as_of) / timedelta(days=1))),
+            "renew_url": _link(session, LinkAction.RENEW, r.subject_id, r.purpose_id),
+            "revoke_url": revoke_url,
+            "preferences_url": _link(session, LinkAction.PREFERENCES, r.subject_id, None),
+        },
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -821,40 +887,19 @@ def followup_batch(
     )
     with _session(engine, dry_run) as s:
         infos = _purpose_ids(s, purposes_)
-        stmt = select(cr.id, cr.subject_id).where(due, col(cr.id) > cursor)
-        if purposes_ is not None:
-            stmt = stmt.where(col(cr.purpose_id).in_(list(infos)))
-        ids, locked = _page(s, stmt, col(cr.id), size, batch, dry_run)
-        if not ids:
-            return batch
-        rows = s.exec(
-            select(
-                cr.id,
-                cr.subject_id,
-                cr.purpose_id,
-                cr.requested_at,
-                cr.followups_sent,
-                Subject.email,
-                Subject.locale,
-                Subject.subject_ref,
-                Purpose.key,
-                PurposeVersion.title,
-            )
-            .join(Subject, col(Subject.id) == cr.subject_id)
-            .join(Purpose, col(Purpose.id) == cr.purpose_id)
-            .join(
-                PurposeVersion,
-                (col(PurposeVersion.purpose_id) == cr.purpose_id)
-                & (col(PurposeVersion.version) == cr.purpose_version),
-            )
-            .where(
-                col(cr.id).in_(ids),
-                col(cr.subject_id).in_(sorted(locked)),
-                due,
-            )
-            .order_by(col(cr.id))
-        ).all()
-        secret, suppressed = _suppression(s, rows)
+        rows = _due_rows(
+            s,
+            batch,
+            cr,
+            due,
+            [cr.id, cr.subject_id, cr.purpose_id, cr.requested_at, cr.followups_sent],
+            cursor=cursor,
+            size=size,
+            dry_run=dry_run,
+            purpose_ids=None if purposes_ is None else list(infos),
+            title_version=cr.purpose_version,
+        )
+        suppressed = _suppression(s, rows)
         for r in rows:
             if r.followups_sent >= max_followups:
                 lapses.append((r, f"no answer after {r.followups_sent} follow-up(s)"))
@@ -862,51 +907,49 @@ def followup_batch(
             if not r.email:
                 lapses.append((r, "no email address to follow up"))
                 continue
-            if secret and mail.address_hash(secret, r.email) in suppressed:
+            if suppressed(r.email):
                 lapses.append((r, "email address suppressed"))
                 continue
             if dry_run:
                 batch.add(r.key, SendStatus.SENT.value)
                 continue
-            number = r.followups_sent + 1
-            claims.append(
-                Claim(
-                    kind=Kind.COLLECTION_FOLLOWUP,
-                    subject_id=r.subject_id,
-                    subject_ref=r.subject_ref,
-                    purpose_id=r.purpose_id,
-                    purpose_key=r.key,
-                    address=r.email,
-                    locale=r.locale,
-                    stage=number,
-                    request_id=r.id,
-                    message_id=mail.new_message_id(),
-                    context={
-                        "purpose_title": r.title,
-                        "requested_on": _date(r.requested_at),
-                        "grant_url": _link(s, LinkAction.GRANT, r.subject_id, r.purpose_id),
-                        "preferences_url": _link(s, LinkAction.PREFERENCES, r.subject_id, None),
-                        "last": number >= max_followups,
-                    },
-                )
-            )
+            claims.append(_followup_claim(s, r, max_followups))
         for r, _ in lapses:
             batch.add(r.key, "lapsed")
         if not dry_run:
-            if claims:
-                _insert_claims(s, claims, run_id=run_id, now=now)
-                table = cr.__table__
-                s.execute(
-                    update(table)  # type: ignore[arg-type]
-                    .where(table.c.id == bindparam("b_rid"))  # type: ignore[attr-defined]
-                    .values(followups_sent=bindparam("b_n"), last_sent_at=now),
-                    [{"b_rid": c.request_id, "b_n": c.stage} for c in claims],
-                )
+            _write_claims(s, claims, run_id=run_id, now=now)
             _lapse(s, lapses, now, run_id)
-    if claims:
-        assert mailer is not None, "a real run needs a mailer"
-        batch.counts.update(_deliver(mailer, claims, run_id=run_id, engine=engine))
-    return batch
+    return _deliver(mailer, claims, batch, run_id=run_id, engine=engine)
+
+
+def _followup_claim(session: Session, r: Any, max_followups: int) -> Claim:
+    number = r.followups_sent + 1
+    return _new_claim(
+        Kind.COLLECTION_FOLLOWUP,
+        r,
+        stage=number,
+        request_id=r.id,
+        context={
+            "purpose_title": r.title,
+            "requested_on": _date(r.requested_at),
+            "grant_url": _link(session, LinkAction.GRANT, r.subject_id, r.purpose_id),
+            "preferences_url": _link(session, LinkAction.PREFERENCES, r.subject_id, None),
+            "last": number >= max_followups,
+        },
+    )
+
+
+def _close_lapsed(session: Session, request_ids: list[int], now: datetime) -> None:
+    """Close the requests among ``request_ids`` that are still open as lapsed."""
+    table = ConsentRequest.__table__
+    session.execute(
+        update(table)  # type: ignore[arg-type]
+        .where(
+            table.c.id.in_(request_ids),  # type: ignore[attr-defined]
+            table.c.status == RequestStatus.OPEN.value,  # type: ignore[attr-defined]
+        )
+        .values(status=RequestStatus.LAPSED.value, closed_at=now)
+    )
 
 
 def _lapse(
@@ -918,15 +961,7 @@ def _lapse(
     """Close collection requests as lapsed, one audit entry each (written last)."""
     if not items:
         return
-    table = ConsentRequest.__table__
-    session.execute(
-        update(table)  # type: ignore[arg-type]
-        .where(
-            table.c.id.in_([r.id for r, _ in items]),  # type: ignore[attr-defined]
-            table.c.status == RequestStatus.OPEN.value,  # type: ignore[attr-defined]
-        )
-        .values(status=RequestStatus.LAPSED.value, closed_at=now)
-    )
+    _close_lapsed(session, [r.id for r, _ in items], now)
     _audit(
         session,
         [
@@ -992,7 +1027,6 @@ def reconsent_open_batch(
     now = utcnow()
     deadline = max(now, as_of) + timedelta(days=deadline_days)
     batch = Batch()
-    claims: list[Claim] = []
     with _session(engine, dry_run) as s:
         infos = _purpose_ids(s, purposes_)
         stale = _stale_condition(infos)
@@ -1014,51 +1048,28 @@ def reconsent_open_batch(
             .exists()
         )
         due = and_(stale, ~asked)
-        ids, locked = _page(
+        rows = _due_rows(
             s,
-            select(Consent.id, Consent.subject_id).where(due, col(Consent.id) > cursor),
-            col(Consent.id),
-            size,
             batch,
-            dry_run,
-        )
-        if not ids:
-            return batch
-        rows = s.exec(
-            select(
+            Consent,
+            due,
+            [
                 Consent.subject_id,
                 Consent.purpose_id,
                 Consent.purpose_version,
-                Subject.email,
-                Subject.locale,
-                Subject.subject_ref,
-                Purpose.key,
                 Purpose.current_version,
-                PurposeVersion.title,
-            )
-            .join(Subject, col(Subject.id) == Consent.subject_id)
-            .join(Purpose, col(Purpose.id) == Consent.purpose_id)
-            .join(
-                PurposeVersion,
-                (col(PurposeVersion.purpose_id) == Consent.purpose_id)
-                & (col(PurposeVersion.version) == Purpose.current_version),
-            )
-            .where(
-                col(Consent.id).in_(ids),
-                col(Consent.subject_id).in_(sorted(locked)),
-                due,
-            )
-            .order_by(col(Consent.id))
-        ).all()
+            ],
+            cursor=cursor,
+            size=size,
+            dry_run=dry_run,
+            title_version=Purpose.current_version,
+        )
         for r in rows:
             batch.add(r.key, "requested")
         if not rows:
             return batch
-        secret, suppressed = _suppression(s, rows)
-        mailable = [r for r in rows if _classify(batch, r.key, r.email, suppressed, secret)]
+        mailable = _mailable(s, batch, rows, dry_run)
         if dry_run:
-            for r in mailable:
-                batch.add(r.key, SendStatus.SENT.value)
             return batch
         table = cr.__table__
         opened = s.execute(
@@ -1083,17 +1094,11 @@ def reconsent_open_batch(
         request_ids = {
             (r.subject_id, r.purpose_id): o.id for r, o in zip(rows, opened, strict=True)
         }
-        for r in mailable:
-            claims.append(
-                _reconsent_claim(s, r, request_ids[(r.subject_id, r.purpose_id)], deadline)
-            )
-        if claims:
-            _insert_claims(s, claims, run_id=run_id, now=now)
-            s.execute(
-                update(table)  # type: ignore[arg-type]
-                .where(table.c.id.in_([c.request_id for c in claims]))  # type: ignore[attr-defined]
-                .values(last_sent_at=now)
-            )
+        claims = [
+            _reconsent_claim(s, r, request_ids[(r.subject_id, r.purpose_id)], deadline)
+            for r in mailable
+        ]
+        _write_claims(s, claims, run_id=run_id, now=now)
         _audit(
             s,
             [
@@ -1113,24 +1118,15 @@ def reconsent_open_batch(
             ],
             run_id,
         )
-    if claims:
-        assert mailer is not None, "a real run needs a mailer"
-        batch.counts.update(_deliver(mailer, claims, run_id=run_id, engine=engine))
-    return batch
+    return _deliver(mailer, claims, batch, run_id=run_id, engine=engine)
 
 
 def _reconsent_claim(session: Session, r: Any, request_id: int, deadline: datetime) -> Claim:
     revoke_url = _link(session, LinkAction.REVOKE, r.subject_id, r.purpose_id)
-    return Claim(
-        kind=Kind.RECONSENT_REQUEST,
-        subject_id=r.subject_id,
-        subject_ref=r.subject_ref,
-        purpose_id=r.purpose_id,
-        purpose_key=r.key,
-        address=r.email,
-        locale=r.locale,
+    return _new_claim(
+        Kind.RECONSENT_REQUEST,
+        r,
         request_id=request_id,
-        message_id=mail.new_message_id(),
         unsubscribe_url=revoke_url,
         context={
             "purpose_title": r.title,
@@ -1156,7 +1152,6 @@ def reconsent_email_batch(
     """Send re-consent emails that an earlier attempt could not (4xx, timeout, server down),
     for open requests whose deadline has not passed."""
     batch = Batch()
-    claims: list[Claim] = []
     cr = ConsentRequest
     due = and_(
         cr.kind == RequestKind.RECONSENT.value,
@@ -1167,58 +1162,23 @@ def reconsent_email_batch(
     now = utcnow()
     with _session(engine, dry_run) as s:
         infos = _purpose_ids(s, purposes_)
-        stmt = select(cr.id, cr.subject_id).where(due, col(cr.id) > cursor)
-        if purposes_ is not None:
-            stmt = stmt.where(col(cr.purpose_id).in_(list(infos)))
-        ids, locked = _page(s, stmt, col(cr.id), size, batch, dry_run)
-        if not ids:
-            return batch
-        rows = s.exec(
-            select(
-                cr.id,
-                cr.subject_id,
-                cr.purpose_id,
-                cr.deadline,
-                Subject.email,
-                Subject.locale,
-                Subject.subject_ref,
-                Purpose.key,
-                PurposeVersion.title,
-            )
-            .join(Subject, col(Subject.id) == cr.subject_id)
-            .join(Purpose, col(Purpose.id) == cr.purpose_id)
-            .join(
-                PurposeVersion,
-                (col(PurposeVersion.purpose_id) == cr.purpose_id)
-                & (col(PurposeVersion.version) == cr.purpose_version),
-            )
-            .where(
-                col(cr.id).in_(ids),
-                col(cr.subject_id).in_(sorted(locked)),
-                due,
-            )
-            .order_by(col(cr.id))
-        ).all()
-        secret, suppressed = _suppression(s, rows)
-        for r in rows:
-            if not _classify(batch, r.key, r.email, suppressed, secret):
-                continue
-            if dry_run:
-                batch.add(r.key, SendStatus.SENT.value)
-                continue
-            claims.append(_reconsent_claim(s, r, r.id, r.deadline))
-        if claims:
-            _insert_claims(s, claims, run_id=run_id, now=now)
-            table = cr.__table__
-            s.execute(
-                update(table)  # type: ignore[arg-type]
-                .where(table.c.id.in_([c.request_id for c in claims]))  # type: ignore[attr-defined]
-                .values(last_sent_at=now)
-            )
-    if claims:
-        assert mailer is not None, "a real run needs a mailer"
-        batch.counts.update(_deliver(mailer, claims, run_id=run_id, engine=engine))
-    return batch
+        rows = _due_rows(
+            s,
+            batch,
+            cr,
+            due,
+            [cr.id, cr.subject_id, cr.purpose_id, cr.deadline],
+            cursor=cursor,
+            size=size,
+            dry_run=dry_run,
+            purpose_ids=None if purposes_ is None else list(infos),
+            title_version=cr.purpose_version,
+        )
+        claims = [
+            _reconsent_claim(s, r, r.id, r.deadline) for r in _mailable(s, batch, rows, dry_run)
+        ]
+        _write_claims(s, claims, run_id=run_id, now=now)
+    return _deliver(mailer, claims, batch, run_id=run_id, engine=engine)
 
 
 def reconsent_deadline_batch(
@@ -1245,32 +1205,17 @@ def reconsent_deadline_batch(
     )
     with _session(engine, dry_run) as s:
         infos = _purpose_ids(s, purposes_)
-        stmt = select(cr.id, cr.subject_id).where(due, col(cr.id) > cursor)
-        if purposes_ is not None:
-            stmt = stmt.where(col(cr.purpose_id).in_(list(infos)))
-        ids, locked = _page(s, stmt, col(cr.id), size, batch, dry_run)
-        if not ids:
-            return batch
-        rows = s.exec(
-            select(
-                cr.id,
-                cr.kind,
-                cr.subject_id,
-                cr.purpose_id,
-                cr.requested_at,
-                cr.followups_sent,
-                Subject.subject_ref,
-                Purpose.key,
-            )
-            .join(Subject, col(Subject.id) == cr.subject_id)
-            .join(Purpose, col(Purpose.id) == cr.purpose_id)
-            .where(
-                col(cr.id).in_(ids),
-                col(cr.subject_id).in_(sorted(locked)),
-                due,
-            )
-            .order_by(col(cr.id))
-        ).all()
+        rows = _due_rows(
+            s,
+            batch,
+            cr,
+            due,
+            [cr.id, cr.kind, cr.subject_id, cr.purpose_id, cr.requested_at, cr.followups_sent],
+            cursor=cursor,
+            size=size,
+            dry_run=dry_run,
+            purpose_ids=None if purposes_ is None else list(infos),
+        )
         if not rows:
             return batch
         by_purpose: dict[int, list[int]] = {}
@@ -1295,15 +1240,7 @@ def reconsent_deadline_batch(
                 batch.add(key, "invalidated", n)
                 batch.add(key, "webhooks_enqueued", n * hooks.get(purpose_id, 0))
             return batch
-        table = cr.__table__
-        s.execute(
-            update(table)  # type: ignore[arg-type]
-            .where(
-                table.c.id.in_([r.id for r in rows]),  # type: ignore[attr-defined]
-                table.c.status == RequestStatus.OPEN.value,  # type: ignore[attr-defined]
-            )
-            .values(status=RequestStatus.LAPSED.value, closed_at=now)
-        )
+        _close_lapsed(s, [r.id for r in rows], now)
         invalidated: dict[tuple[int, str], str] = {}
         for purpose_id, sids in by_purpose.items():
             changes = lifecycle.invalidate_stale(
