@@ -12,7 +12,7 @@ import importlib
 import pkgutil
 from typing import Any
 
-from consentflow.errors import NotFound
+from consentflow.errors import InvalidInput, NotFound
 
 
 def names() -> list[str]:
@@ -22,6 +22,34 @@ def names() -> list[str]:
         for m in pkgutil.iter_modules(__path__)
         if not m.name.startswith("_") and m.name != "common"
     )
+
+
+def prepare(name: str, values: dict[str, Any]) -> tuple[Any, Any]:
+    """The flow function and its validated parameters, or ``InvalidInput`` naming the problem.
+
+    Checks what the model alone cannot: that the purposes and systems named exist, so a typo is
+    refused before a run starts (and before it leaves a failed run in the audit trail).
+    """
+    from pydantic import ValidationError
+
+    from consentflow import db, purposes, systems
+
+    flow_fn, model = load(name)
+    try:
+        params = model(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        message = str(err["msg"]).removeprefix("Value error, ")
+        where = ".".join(str(p) for p in err["loc"])
+        raise InvalidInput(f"{where}: {message}" if where else message) from None
+    keys, names = getattr(params, "purposes", None), getattr(params, "systems", None)
+    if keys or names:
+        with db.session_scope() as session:
+            if keys:
+                purposes.info(session, keys)
+            for system in names or []:
+                systems.get(session, system)
+    return flow_fn, params
 
 
 def load(name: str) -> tuple[Any, type[Any]]:

@@ -67,7 +67,13 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _sqlite_on_begin(conn: Any) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # Read-only units of work (see ``session_scope``) need no write lock: WAL lets them read
+    # alongside the one writer instead of queueing behind it.
+    readonly = conn.get_execution_options().get(_READONLY)
+    conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+
+_READONLY = "consentflow_readonly"
 
 
 @lru_cache(maxsize=8)
@@ -81,9 +87,16 @@ def get_engine(url: str | None = None) -> Engine:
 
 
 @contextmanager
-def session_scope(engine: Engine | None = None) -> Iterator[Session]:
-    """One unit of work: commits if the block succeeds, rolls back everything if it raises."""
-    with Session(engine or get_engine(), expire_on_commit=False) as session:
+def session_scope(engine: Engine | None = None, *, readonly: bool = False) -> Iterator[Session]:
+    """One unit of work: commits if the block succeeds, rolls back everything if it raises.
+
+    ``readonly`` is for units that only read (access checks, dashboards): on SQLite they do not
+    take the write lock. Writing in one is a mistake that SQLite may refuse as "locked".
+    """
+    bind = engine or get_engine()
+    if readonly:
+        bind = bind.execution_options(**{_READONLY: True})
+    with Session(bind, expire_on_commit=False) as session:
         try:
             yield session
             session.commit()

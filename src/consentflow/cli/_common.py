@@ -69,11 +69,11 @@ def parse_time(value: str | None, option: str) -> datetime | None:
 
 
 @contextmanager
-def session() -> Iterator[Session]:
+def session(*, readonly: bool = False) -> Iterator[Session]:
     """One transaction for the whole command, on a database that has a schema."""
     engine = db.get_engine()
     db.ensure_schema(engine)
-    with db.session_scope(engine) as s:
+    with db.session_scope(engine, readonly=readonly) as s:
         yield s
 
 

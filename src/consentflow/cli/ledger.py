@@ -118,7 +118,7 @@ def purpose_list(
     as_json: JsonOpt = False,
 ) -> None:
     """Purposes with their current notice version."""
-    with session() as s:
+    with session(readonly=True) as s:
         rows = purposes.versions(s) if versions else purposes.list_current(s)
     data = [purposes.version_dict(k, v) for k, v in rows]
 
@@ -277,7 +277,7 @@ def consent_show(
 ) -> None:
     """A subject's consents, now or as of a past instant."""
     when = parse_time(at, "--at")
-    with session() as s:
+    with session(readonly=True) as s:
         views = lifecycle.as_of(s, external_id, when) if when else lifecycle.current(s, external_id)
     data = {
         "subject": external_id,
@@ -300,7 +300,7 @@ def consent_show(
 @consent_app.command("history")
 def consent_history(external_id: str, as_json: JsonOpt = False) -> None:
     """Every consent event of a subject, in order."""
-    with session() as s:
+    with session(readonly=True) as s:
         events = lifecycle.history(s, external_id)
     data = [
         {
@@ -343,7 +343,7 @@ def check_command(
     as_json: JsonOpt = False,
 ) -> None:
     """May SYSTEM use this subject's data for PURPOSE? Exit 0 if allowed, 1 if not."""
-    with session() as s:
+    with session(readonly=True) as s:
         decision = access.check(s, external_id, purpose, system)
     verdict = "allowed" if decision.allowed else "not allowed"
     valid = f" (valid until {_fmt(decision.valid_until)})" if decision.valid_until else ""
@@ -377,7 +377,7 @@ def system_add(
 @system_app.command("list")
 def system_list(as_json: JsonOpt = False) -> None:
     """Registered systems with their purposes (secrets are never shown again)."""
-    with session() as s:
+    with session(readonly=True) as s:
         views = systems.list_all(s)
 
     def text() -> None:
@@ -406,7 +406,7 @@ def audit_verify(
         if not seq.isdigit() or len(digest) != 64:
             raise InvalidInput(f"bad --expect {expect!r}: use SEQ:HASH as printed by verify")
         anchor = (int(seq), digest)
-    with session() as s:
+    with session(readonly=True) as s:
         result = audit.verify(s, expect=anchor)
     data = {
         "ok": result.ok,
@@ -440,7 +440,7 @@ def audit_export(
 ) -> None:
     """Write audit entries as JSON Lines, with their hashes."""
     start, end = parse_time(since, "--since"), parse_time(until, "--until")
-    with session() as s:
+    with session(readonly=True) as s:
         ref = None
         if subject is not None:
             found = subjects.get(s, subject)

@@ -34,24 +34,22 @@ def _param_value(raw: str) -> Any:
         return raw
 
 
-def build_params(model: Any, options: dict[str, Any], extra: list[str]) -> Any:
-    """The flow's parameter model from CLI options; a bad value names its field in one line."""
-    from pydantic import ValidationError
-
-    fields = model.model_fields
-    values = {k: v for k, v in options.items() if v is not None and k in fields}
+def build_values(fields: Any, options: dict[str, Any], extra: list[str]) -> dict[str, Any]:
+    """The flow's parameters from the CLI options; an option the flow does not take is refused."""
+    values: dict[str, Any] = {}
+    for key, value in options.items():
+        if value is None:
+            continue
+        if key not in fields:
+            raise InvalidInput(f"this flow takes no --{key.replace('_', '-')}")
+        values[key] = value
     for item in extra:
         key, sep, raw = item.partition("=")
         if not sep or key not in fields:
             known = ", ".join(sorted(fields))
             raise InvalidInput(f"bad --param {item!r}: use KEY=VALUE with KEY one of {known}")
         values[key] = _param_value(raw)
-    try:
-        return model(**values)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "parameters"
-        raise InvalidInput(f"bad parameter {where}: {err['msg']}") from None
+    return values
 
 
 @app.command("run")
@@ -77,7 +75,7 @@ def run_flow(
     _hermetic_prefect()
     import flows
 
-    flow_fn, params_model = flows.load(flow)
+    _, params_model = flows.load(flow)
     options = {
         "dry_run": dry_run or None,
         "as_of": parse_time(as_of, "--as-of"),
@@ -85,7 +83,8 @@ def run_flow(
         "limit": limit,
         "purposes": [p.strip() for p in purposes.split(",") if p.strip()] if purposes else None,
     }
-    params = build_params(params_model, options, param or [])
+    values = build_values(params_model.model_fields, options, param or [])
+    flow_fn, params = flows.prepare(flow, values)
     summary = flow_fn(params)
 
     def text() -> None:

@@ -640,17 +640,9 @@ def start_run(
     """
     import threading
 
-    from pydantic import ValidationError
-
     import flows
 
-    flow_fn, model = flows.load(flow)
-    try:
-        params = model(**parameters)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "parameters"
-        raise InvalidInput(f"{where}: {err['msg']}") from None
+    flow_fn, params = flows.prepare(flow, parameters)
     threading.Thread(target=flow_fn, args=(params,), name=f"run-{flow}", daemon=True).start()
     return {
         "flow": flow,
