@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from sqlmodel import Session, col, select
 from consentflow import audit, db, importer, lifecycle, purposes, subjects, systems
 from consentflow.errors import InvalidInput
 from consentflow.lifecycle import Actor
-from consentflow.models import Action, AuditEntry, AuditHead, Subject
+from consentflow.models import Action, AuditEntry, AuditHead, Consent, ConsentEvent, Subject
 
 T = AuditEntry.__table__
 H = AuditHead.__table__
@@ -216,6 +217,8 @@ def test_cli_verify_prints_the_head_and_accepts_it_as_anchor(chain: Engine, cli:
         "head": f"10:{last.hash}",
         "first_bad": None,
         "problem": None,
+        "history_ok": True,
+        "history_problem": None,
     }
     assert cli("audit", "verify", "--expect", data["head"]).code == 0
     assert cli("audit", "verify", "--expect", f"3:{entries(chain)[2].hash}").code == 0
@@ -268,7 +271,9 @@ def test_cli_anchor_detects_cut_off_tail(chain: Engine, cli: Any) -> None:
         delete(T).where(T.c.seq == 10),
         update(H).where(H.c.id == 1).values(seq=9, hash=ninth.hash),
     )
-    assert cli("audit", "verify").code == 0
+    assert verify(chain).ok  # the chain alone cannot tell a cut-off tail from a short one ...
+    r = cli("audit", "verify")  # ... but the cut-off entry was a consent change: the history can
+    assert r.code == 1 and "have no audit entry" in r.err
     r = cli("audit", "verify", "--expect", head)
     assert r.code == 1
     assert r.err.strip().splitlines() == [r.err.strip()]
@@ -400,3 +405,56 @@ def test_audit_never_holds_emails(chain: Engine, cli: Any, tmp_path: Path) -> No
     assert all(
         "alice" not in json.dumps(x["detail"]) for x in lines if x["subject_ref"] is not None
     )
+
+
+# ------------------------------------------------------------- the history against the chain
+
+
+def history_check(engine: Engine) -> tuple[bool, str | None]:
+    with Session(engine) as s:
+        return lifecycle.verify_history(s)
+
+
+def test_untouched_history_matches_the_chain(chain: Engine) -> None:
+    assert history_check(chain) == (True, None)
+
+
+@pytest.mark.parametrize(
+    ("tamper", "word"),
+    [
+        (lambda: update(ConsentEvent).values(state="given"), "modified"),
+        (
+            lambda: update(ConsentEvent).values(occurred_at=datetime(2020, 1, 1, tzinfo=UTC)),
+            "modified",
+        ),
+        (lambda: delete(ConsentEvent), "deleted"),
+    ],
+    ids=["state", "occurred_at", "delete"],
+)
+def test_an_edited_history_is_caught_even_with_the_chain_intact(
+    chain: Engine, cli: Any, tamper: Any, word: str
+) -> None:
+    with Session(chain) as s:
+        last = s.exec(select(ConsentEvent).order_by(col(ConsentEvent.recorded_at).desc())).first()
+    assert last is not None
+    statement = tamper().where(col(ConsentEvent.id) == last.id)
+    if word == "deleted":  # the current state points at its last event: detach it first
+        run_sql(chain, update(Consent).values(last_event_id=uuid.uuid4()))
+    run_sql(chain, statement)
+    assert verify(chain).ok  # the chain itself is untouched ...
+    ok, problem = history_check(chain)
+    assert not ok and word in (problem or "")  # ... but the history no longer matches it
+    r = cli("audit", "verify")
+    assert r.code == 1 and "consent history does not match" in r.err
+    assert len(r.err.strip().splitlines()) == 1
+
+
+def test_an_event_added_behind_the_ledgers_back_is_caught(chain: Engine) -> None:
+    with Session(chain) as s:
+        event = s.exec(select(ConsentEvent)).first()
+    assert event is not None
+    forged = {c: getattr(event, c) for c in ConsentEvent.model_fields}
+    forged.update(id=uuid.uuid4(), seq=999)
+    run_sql(chain, insert(ConsentEvent).values(**forged))
+    ok, problem = history_check(chain)
+    assert not ok and "inserted" in (problem or "")

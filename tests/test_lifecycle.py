@@ -169,16 +169,17 @@ def test_rules_table_is_the_documented_one() -> None:
     assert set(RULES) == set(Action)
 
 
-def reach(engine: Engine, state: str | None) -> None:
-    """Bring alice's news consent into ``state``; afterwards, whenever it is given, it is both
-    due (validity ended 10 days ago) and stale (a material revision superseded its version)."""
+def reach(engine: Engine, state: str | None, *, ended: bool = False) -> None:
+    """Bring alice's news consent into ``state``; afterwards, whenever it is given, it is stale
+    (a material revision superseded its version), and due (validity ended 10 days ago) if
+    ``ended``, else still valid for 25 days."""
     t0 = utcnow() - 40 * DAY
     revised = False
     with db.session_scope(engine) as s:
         if state == "requested":
             act(s, Action.REQUEST, now=t0)
         elif state == "given":
-            act(s, Action.GRANT, now=t0)
+            act(s, Action.GRANT, now=t0 if ended else utcnow() - 5 * DAY)
         elif state == "refused":
             act(s, Action.REFUSE, now=t0)
         elif state == "withdrawn":
@@ -220,7 +221,7 @@ def apply(s: Session, action: Action) -> Change:
 def test_every_action_from_every_state(
     ledger: Engine, action: Action, from_state: str | None
 ) -> None:
-    reach(ledger, from_state)
+    reach(ledger, from_state, ended=action is Action.EXPIRE)
     allowed, to = README_TABLE[action]
     before = counts(ledger)
     if from_state in allowed:
@@ -533,7 +534,8 @@ def subscribed(ledger: Engine) -> Engine:
 
 
 def withdraw(engine: Engine, how: str) -> Change:
-    t0 = utcnow() - 40 * DAY
+    # Only an expiry needs the validity to have ended; the others withdraw a consent in force.
+    t0 = utcnow() - (40 if how == "expire" else 5) * DAY
     with db.session_scope(engine) as s:
         act(s, Action.GRANT, now=t0)
     if how == "invalidate":
@@ -933,3 +935,31 @@ def test_as_of_between_events(ledger: Engine) -> None:
     assert state_at(g2.valid_until - tick) == [("news", "given", g2.event_id)]
     with Session(ledger) as s:
         assert lifecycle.as_of(s, "alice", utcnow()) == lifecycle.current(s, "alice")
+
+
+@pytest.mark.parametrize("action", [Action.RENEW, Action.REVOKE, Action.INVALIDATE], ids=str)
+def test_an_ended_consent_cannot_be_renewed_or_withdrawn(ledger: Engine, action: Action) -> None:
+    """Given, but its validity ended before any sweep recorded it: it is expired in fact."""
+    reach(ledger, "given", ended=True)
+    before = counts(ledger)
+    with pytest.raises(TransitionNotAllowed) as exc, db.session_scope(ledger) as s:
+        apply(s, action)
+    assert "validity ended" in str(exc.value)
+    assert counts(ledger) == before
+
+
+@pytest.mark.parametrize(("action", "to"), [(Action.GRANT, "given"), (Action.REFUSE, "refused")])
+def test_an_ended_consent_is_recorded_expired_before_it_changes(
+    ledger: Engine, action: Action, to: str
+) -> None:
+    reach(ledger, "given", ended=True)
+    valid_until = consent_row(ledger).valid_until
+    with db.session_scope(ledger) as s:
+        change = apply(s, action)
+    assert change.previous_state is State.EXPIRED and change.state == to
+    with db.session_scope(ledger) as s:
+        events = [e for _, e in lifecycle.history(s, "alice")][-2:]
+    assert [(e.action, e.state) for e in events] == [("expire", "expired"), (action.value, to)]
+    assert events[0].occurred_at == valid_until  # effective at the validity end
+    assert [e.seq for e in events] == [events[0].seq, events[0].seq + 1]
+    assert consent_row(ledger).state == to

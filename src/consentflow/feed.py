@@ -11,14 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import and_, or_
 from sqlmodel import Session, col, select
 
 from consentflow import systems
 from consentflow.errors import InvalidInput
-from consentflow.models import AuditEntry, Purpose, Subject, SystemPurpose
+from consentflow.models import WITHDRAWING_STATES, AuditEntry, Purpose, Subject, SystemPurpose
 
 #: Audit actions that withdraw permission (see ``lifecycle.WITHDRAWING_STATES``).
 WITHDRAWAL_ACTIONS = ("consent.revoke", "consent.expire", "consent.invalidate")
+_WITHDRAWN_STATES = sorted(s.value for s in WITHDRAWING_STATES)
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,15 @@ def withdrawals_since(
         .join(Subject, col(Subject.subject_ref) == AuditEntry.subject_ref)
         .where(
             col(AuditEntry.seq) > cursor,
-            col(AuditEntry.action).in_(WITHDRAWAL_ACTIONS),
+            or_(
+                col(AuditEntry.action).in_(WITHDRAWAL_ACTIONS),
+                # A withdrawal brought in from another platform is one the system must honour
+                # too, whether or not the import sent webhooks for it.
+                and_(
+                    AuditEntry.action == "consent.import",
+                    AuditEntry.__table__.c.detail["to"].as_string().in_(_WITHDRAWN_STATES),
+                ),
+            ),
             col(AuditEntry.purpose_key).in_(keys),
         )
         .order_by(col(AuditEntry.seq))

@@ -74,9 +74,9 @@ def _time(value: str, name: str) -> datetime | None:
         return None
     try:
         ts = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidInput(f"bad {name} {value!r}: use ISO 8601") from None
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+        return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise InvalidInput(f"bad {name} {value!r}: use ISO 8601, e.g. 2026-01-31") from None
 
 
 def parse_row(
@@ -114,6 +114,8 @@ def parse_row(
         raise InvalidInput(f"valid_until only applies to given or expired consents, not {state}")
     if valid_until and given_at and valid_until <= given_at:
         raise InvalidInput("valid_until must be after given_at")
+    if state is State.GIVEN and valid_until and valid_until <= now:
+        state = State.EXPIRED  # it ended before it arrived here: bring it in as what it is
     return Row(
         line=line,
         external_id=check_external_id(v["external_id"]),
@@ -129,21 +131,28 @@ def parse_row(
 def _reader(path: Path) -> Iterator[tuple[int, dict[str, str | None]]]:
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            header = reader.fieldnames or []
-            if "external_id" not in header:
-                raise InvalidInput(f"{path}: the header must name external_id (and {COLUMNS[1:]})")
-            unknown = [h for h in header if h not in COLUMNS]
-            if unknown:
-                raise InvalidInput(f"{path}: unknown column(s) {', '.join(unknown)}")
-            for raw in reader:
-                yield reader.line_num, raw
+            reader = csv.DictReader(fh, strict=True)
+            try:
+                header = reader.fieldnames or []
+                if "external_id" not in header:
+                    raise InvalidInput(
+                        f"{path}: the header must name external_id (and {', '.join(COLUMNS[1:])})"
+                    )
+                unknown = [h for h in header if h not in COLUMNS]
+                if unknown:
+                    raise InvalidInput(f"{path}: unknown column(s) {', '.join(unknown)}")
+                for raw in reader:
+                    yield reader.line_num, raw
+            except csv.Error as exc:
+                raise InvalidInput(f"{path}:{reader.line_num}: malformed CSV: {exc}") from None
     except FileNotFoundError:
         raise InvalidInput(f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise InvalidInput(f"{path} is a directory: give a CSV file") from None
+    except PermissionError:
+        raise InvalidInput(f"cannot read {path}: permission denied") from None
     except UnicodeDecodeError:
         raise InvalidInput(f"{path} is not UTF-8 text") from None
-    except csv.Error as exc:
-        raise InvalidInput(f"{path}: malformed CSV: {exc}") from None
 
 
 def validate(path: Path, known_purposes: set[str], now: datetime) -> tuple[int, list[RowError]]:

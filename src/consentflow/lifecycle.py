@@ -21,11 +21,12 @@ import getpass
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from itertools import chain
 from typing import Any, NamedTuple
 
 import orjson
+from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from consentflow import audit, purposes
@@ -35,6 +36,7 @@ from consentflow.models import (
     WITHDRAWING_STATES,
     Action,
     ActorType,
+    AuditEntry,
     Channel,
     Consent,
     ConsentEvent,
@@ -359,7 +361,10 @@ def _write(
 
     # 2. Current state and history.
     existing, new = [], []
-    for i in items:
+    # A consent changed twice in one batch (an ended consent expired, then given again) gets
+    # one state write: the last.
+    last = {(i.subject.id, i.purpose.id): i for i in items}
+    for i in last.values():
         o = i.outcome
         row = (
             o.state.value,
@@ -599,13 +604,52 @@ def _single(
         (subject.id, purpose.id), (None, Current())
     )
     try:
-        outcome = plan(action, current, purpose, now=now, as_of=as_of)
+        items = _items_for(action, subject, purpose, consent_id, current, actor, now, as_of)
     except TransitionNotAllowed as exc:
         raise TransitionNotAllowed(
             f"cannot {action.value} consent of {external_id!r} for {purpose_key!r}: {exc}"
         ) from None
-    item = _Item(subject, purpose, consent_id, current.state, outcome, action, actor)
-    return _write(session, [item], now=now, propagate=True)[0]
+    return _write(session, items, now=now, propagate=True)[-1]
+
+
+def _items_for(
+    action: Action,
+    subject: _Subject,
+    purpose: PurposeInfo,
+    consent_id: int | None,
+    current: Current,
+    actor: Actor,
+    now: datetime,
+    as_of: datetime | None = None,
+) -> list[_Item]:
+    """What one requested change writes, judged by ``plan``.
+
+    A given consent whose validity has ended is expired in fact, even if no sweep has recorded
+    it yet (``access.check`` already says so). Its expiry is written first, effective at the
+    validity end as the sweep would write it, and the action is judged from ``expired``: an
+    ended consent cannot be renewed or revoked, only given again.
+    """
+    items = []
+    ended = current.state is State.GIVEN and current.valid_until and current.valid_until <= now
+    if ended and action is not Action.EXPIRE:
+        lapse = plan(Action.EXPIRE, current, purpose, now=now)
+        items.append(
+            _Item(
+                subject, purpose, consent_id, current.state, lapse, Action.EXPIRE,
+                system_actor(actor.run_id),
+            )
+        )  # fmt: skip
+        current = Current(State.EXPIRED, lapse.purpose_version, lapse.given_at, lapse.valid_until)
+        try:
+            outcome = plan(action, current, purpose, now=now, as_of=as_of)
+        except TransitionNotAllowed as exc:
+            raise TransitionNotAllowed(
+                f"its validity ended {_fmt(lapse.valid_until)}; {exc}"
+            ) from None
+    else:
+        outcome = plan(action, current, purpose, now=now, as_of=as_of)
+    items.append(_Item(subject, purpose, consent_id, current.state, outcome, action, actor))
+    return items
 
 
 def request(session: Session, external_id: str, purpose_key: str, actor: Actor) -> Change:
@@ -707,10 +751,9 @@ def _batch(
             subject = subjects[sid] = _Subject(sid, ext, ref, last_seq)
         cur = Current(State(state), version, w.from_ts(given_at), w.from_ts(valid_until))
         try:
-            outcome = plan(action, cur, infos[pid], now=now, as_of=as_of)
+            items += _items_for(action, subject, infos[pid], cid, cur, actor, now, as_of)
         except TransitionNotAllowed:
             continue  # no longer due: changed after it was selected
-        items.append(_Item(subject, infos[pid], cid, cur.state, outcome, action, actor))
     return _write(session, items, now=now, propagate=True)
 
 
@@ -926,3 +969,88 @@ def as_of(session: Session, external_id: str, at: datetime) -> list[ConsentView]
         else v
         for _, v in sorted(views.items())
     ]
+
+
+# --------------------------------------------------------------------------------------------
+# The history against the audit trail
+# --------------------------------------------------------------------------------------------
+
+
+def verify_history(session: Session, *, chunk: int = 5000) -> tuple[bool, str | None]:
+    """Check that the history says what the (hash-chained) audit trail says it said.
+
+    The audit chain proves its own entries untouched (``audit.verify``); every consent event
+    has one entry there (``consent.<action>``) carrying its id, sequence number, states,
+    version and times. Comparing the two in chain order finds an event edited, deleted or
+    added behind the ledger's back. Returns (ok, the first problem).
+    """
+    detail_cols = ("seq", "from", "to", "purpose_version", "occurred_at", "valid_until")
+    last, seen = 0, 0
+    while True:
+        entries = session.exec(
+            select(AuditEntry)
+            .where(col(AuditEntry.seq) > last, col(AuditEntry.action).startswith("consent."))
+            .order_by(col(AuditEntry.seq))
+            .limit(chunk)
+        ).all()
+        if not entries:
+            break
+        last = entries[-1].seq
+        ids = [uuid.UUID(e.detail["event_id"]) for e in entries]
+        rows = {
+            r.id: r
+            for r in session.exec(
+                select(
+                    ConsentEvent.id,
+                    ConsentEvent.seq,
+                    ConsentEvent.previous_state,
+                    ConsentEvent.state,
+                    ConsentEvent.purpose_version,
+                    ConsentEvent.occurred_at,
+                    ConsentEvent.valid_until,
+                    ConsentEvent.action,
+                    Subject.subject_ref,
+                    Purpose.key,
+                )
+                .join(Subject, col(Subject.id) == ConsentEvent.subject_id)
+                .join(Purpose, col(Purpose.id) == ConsentEvent.purpose_id)
+                .where(col(ConsentEvent.id).in_(ids))
+            )
+        }
+        for entry, event_id in zip(entries, ids, strict=True):
+            row = rows.get(event_id)
+            if row is None:
+                return False, f"event {event_id} (audit entry {entry.seq}) is missing (deleted)"
+            d = entry.detail
+            recorded = {
+                "seq": row.seq,
+                "from": row.previous_state,
+                "to": row.state,
+                "purpose_version": row.purpose_version,
+                "occurred_at": _iso(row.occurred_at),
+                "valid_until": _iso(row.valid_until),
+            }
+            audited = {k: d.get(k) for k in detail_cols}
+            audited["occurred_at"] = _iso(_parse(d.get("occurred_at")))
+            audited["valid_until"] = _iso(_parse(d.get("valid_until")))
+            same = (
+                recorded == audited
+                and entry.action == f"consent.{row.action}"
+                and entry.subject_ref == row.subject_ref
+                and entry.purpose_key == row.key
+            )
+            if not same:
+                return False, f"event {event_id} differs from audit entry {entry.seq} (modified)"
+        seen += len(entries)
+    total = session.exec(select(func.count()).select_from(ConsentEvent)).one()
+    if total != seen:
+        return False, f"{total - seen} event(s) have no audit entry (inserted)"
+    return True, None
+
+
+def _parse(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat() if value else None

@@ -61,11 +61,11 @@ def parse_time(value: str | None, option: str) -> datetime | None:
         return None
     try:
         ts = datetime.fromisoformat(value)
-    except ValueError:
+        return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    except (ValueError, OverflowError):
         raise InvalidInput(
             f"bad {option} {value!r}: use ISO 8601, e.g. 2026-01-31 or 2026-01-31T12:00:00Z"
         ) from None
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
 @contextmanager

@@ -399,7 +399,7 @@ def audit_verify(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check the whole hash chain; exit 1 and name the first bad entry if it is broken."""
+    """Check the hash chain, and the consent history against it; exit 1 naming the first fault."""
     anchor = None
     if expect is not None:
         seq, _, digest = expect.partition(":")
@@ -408,25 +408,31 @@ def audit_verify(
         anchor = (int(seq), digest)
     with session(readonly=True) as s:
         result = audit.verify(s, expect=anchor)
+        history_ok, history_problem = lifecycle.verify_history(s) if result.ok else (False, None)
     data = {
-        "ok": result.ok,
+        "ok": result.ok and history_ok,
         "entries": result.entries,
         "head": f"{result.head_seq}:{result.head_hash}",
         "first_bad": result.first_bad,
         "problem": result.problem,
+        "history_ok": history_ok,
+        "history_problem": history_problem,
     }
-    if result.ok:
+    if data["ok"]:
         emit(
             data,
             as_json,
             lambda: typer.echo(
-                f"audit trail intact: {result.entries} entries, head {data['head']}"
+                f"audit trail intact: {result.entries} entries, head {data['head']}; "
+                "the consent history matches it"
             ),
         )
         return
     if as_json:
         typer.echo(json.dumps(data, indent=2))
-    fail(f"audit trail broken at entry {result.first_bad}: {result.problem}", 1)
+    if not result.ok:
+        fail(f"audit trail broken at entry {result.first_bad}: {result.problem}", 1)
+    fail(f"consent history does not match the audit trail: {history_problem}", 1)
 
 
 @audit_app.command("export")
@@ -450,6 +456,10 @@ def audit_export(
         if output is None:
             n = audit.export(s, sys.stdout, subject_ref=ref, since=start, until=end)
         else:
-            with output.open("w", encoding="utf-8") as fh:
+            try:
+                fh = output.open("w", encoding="utf-8")
+            except OSError as exc:
+                raise InvalidInput(f"cannot write {output}: {exc.strerror}") from None
+            with fh:
                 n = audit.export(s, fh, subject_ref=ref, since=start, until=end)
             typer.echo(f"{n} entries written to {output}", err=True)
