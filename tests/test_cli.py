@@ -435,3 +435,27 @@ def test_no_schema_is_a_usage_error_exit_2(cli: Any, empty_url: str) -> None:
     as ``consentflow.cli.main`` already does for the very same message."""
     codes = {" ".join(args): cli(*args).code for args in NO_SCHEMA_COMMANDS}
     assert codes == {name: 2 for name in codes}
+
+
+def test_registrations_from_the_cli_record_who_made_them(cli: Any, database_url: str) -> None:
+    import getpass
+
+    from sqlmodel import Session, select
+
+    from consentflow import db
+    from consentflow.models import AuditEntry
+
+    assert cli("purpose", "add", "news", "--title", "News", "--validity-days", "30").code == 0
+    assert cli("purpose", "revise", "news", "--title", "News!").code == 0
+    assert cli("subject", "add", "alice").code == 0
+    with Session(db.get_engine(database_url)) as s:
+        rows = s.exec(select(AuditEntry).order_by(AuditEntry.seq)).all()
+    assert [(e.action, e.actor_type, e.actor, e.channel) for e in rows] == [
+        (action, "agent", getpass.getuser(), "support")
+        for action in ("purpose.created", "purpose.revised", "subject.created")
+    ]
+
+
+def test_db_upgrade_speaks_json(cli: Any) -> None:
+    r = cli("db", "upgrade", "--json")
+    assert r.code == 0 and json.loads(r.out) == {"revision": "0001"}

@@ -17,7 +17,6 @@ in a handful of statements per batch instead of one per consent.
 
 from __future__ import annotations
 
-import getpass
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -30,14 +29,17 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from consentflow import audit, purposes
+
+# Re-exported: callers build actors with the changes they ask for.
+from consentflow.actors import Actor as Actor
+from consentflow.actors import agent_actor as agent_actor
+from consentflow.actors import system_actor as system_actor
 from consentflow.db import Column, Writer
 from consentflow.errors import NotFound, TransitionNotAllowed
 from consentflow.models import (
     WITHDRAWING_STATES,
     Action,
-    ActorType,
     AuditEntry,
-    Channel,
     Consent,
     ConsentEvent,
     DeliveryState,
@@ -185,29 +187,6 @@ def _fmt(ts: datetime | None) -> str:
 # --------------------------------------------------------------------------------------------
 # Who acts, and what a change reports
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Actor:
-    """Who expressed a change and how it reached us (ISO 27560 'by' and collection method)."""
-
-    type: ActorType = ActorType.SUBJECT
-    channel: Channel = Channel.API
-    name: str | None = None
-    reason: str | None = None
-    run_id: str | None = None
-    #: Optional proof such as IP address or user agent; store only what you need.
-    evidence: dict[str, Any] | None = None
-
-
-def system_actor(run_id: str | None = None, name: str = "consentflow") -> Actor:
-    """consentflow itself acting (expiry, invalidation), optionally inside a flow run."""
-    return Actor(ActorType.SYSTEM, Channel.SYSTEM, name=name, run_id=run_id)
-
-
-def agent_actor(name: str | None = None, reason: str | None = None) -> Actor:
-    """A support agent acting on a subject's behalf (default name: the OS user)."""
-    return Actor(ActorType.AGENT, Channel.SUPPORT, name=name or getpass.getuser(), reason=reason)
 
 
 class Change(NamedTuple):

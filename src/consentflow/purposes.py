@@ -10,6 +10,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from consentflow import audit
+from consentflow.actors import Actor, audit_fields
 from consentflow.errors import Conflict, InvalidInput, NotFound
 from consentflow.models import LawfulBasis, Purpose, PurposeVersion
 
@@ -48,8 +49,9 @@ def add(
     description: str = "",
     lawful_basis: str = LawfulBasis.CONSENT,
     data_categories: list[str] | None = None,
+    actor: Actor | None = None,
 ) -> PurposeVersion:
-    """Register a purpose with its first notice version."""
+    """Register a purpose with its first notice version (``actor``: who, for the audit trail)."""
     if not _KEY.match(key):
         raise InvalidInput(
             f"bad purpose key {key!r}: use lowercase letters, digits, '_', '-', '.' (max 64)"
@@ -73,7 +75,13 @@ def add(
     )
     session.add(version)
     session.flush()
-    audit.record(session, "purpose.created", purpose_key=key, detail=_version_detail(version))
+    audit.record(
+        session,
+        "purpose.created",
+        purpose_key=key,
+        detail=_version_detail(version),
+        **audit_fields(actor),
+    )
     return version
 
 
@@ -87,6 +95,7 @@ def revise(
     lawful_basis: str | None = None,
     data_categories: list[str] | None = None,
     validity_days: int | None = None,
+    actor: Actor | None = None,
 ) -> PurposeVersion:
     """Publish a new notice version; earlier versions stay exactly as subjects saw them.
 
@@ -127,6 +136,7 @@ def revise(
         "purpose.revised",
         purpose_key=key,
         detail={**_version_detail(new), "changed": sorted(changes)},
+        **audit_fields(actor),
     )
     return new
 

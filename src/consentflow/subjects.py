@@ -7,6 +7,7 @@ import re
 from sqlmodel import Session, select
 
 from consentflow import audit
+from consentflow.actors import Actor, audit_fields
 from consentflow.errors import Conflict, InvalidInput
 from consentflow.keys import instance_secret, subject_ref
 from consentflow.models import Subject
@@ -39,9 +40,16 @@ def check_locale(locale: str | None) -> str:
 
 
 def add(
-    session: Session, external_id: str, *, email: str | None = None, locale: str | None = None
+    session: Session,
+    external_id: str,
+    *,
+    email: str | None = None,
+    locale: str | None = None,
+    actor: Actor | None = None,
 ) -> Subject:
-    """Register a subject. Only what reminders need is stored: an optional email and a locale."""
+    """Register a subject. Only what reminders need is stored: an optional email and a locale.
+
+    ``actor`` (who registered it) is recorded in the audit entry."""
     external_id = check_external_id(external_id)
     email, locale = check_email(email), check_locale(locale)
     if session.exec(select(Subject.id).where(Subject.external_id == external_id)).first():
@@ -59,6 +67,7 @@ def add(
         "subject.created",
         subject_ref=subject.subject_ref,
         detail={"has_email": email is not None, "locale": locale},
+        **audit_fields(actor),
     )
     return subject
 

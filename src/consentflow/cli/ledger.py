@@ -38,10 +38,10 @@ def _fmt(ts: datetime | None) -> str:
 
 
 @db_app.command("upgrade")
-def db_upgrade() -> None:
+def db_upgrade(as_json: JsonOpt = False) -> None:
     """Create the schema, or upgrade it to this version of consentflow."""
     revision = db.upgrade()
-    typer.echo(f"database at revision {revision}")
+    emit({"revision": revision}, as_json, lambda: typer.echo(f"database at revision {revision}"))
 
 
 # ----------------------------------------------------------------------------------- purpose
@@ -73,6 +73,7 @@ def purpose_add(
             description=description,
             lawful_basis=lawful_basis,
             data_categories=_csv_list(data_categories),
+            actor=lifecycle.agent_actor(),
         )
     emit(purposes.version_dict(key, v), as_json, lambda: typer.echo(f"purpose {key} v1 added"))
 
@@ -101,6 +102,7 @@ def purpose_revise(
             lawful_basis=lawful_basis,
             data_categories=_csv_list(data_categories),
             validity_days=validity_days,
+            actor=lifecycle.agent_actor(),
         )
     kind = "material" if material else "editorial"
     emit(
@@ -145,7 +147,9 @@ def subject_add(
 ) -> None:
     """Register a subject under your own identifier for them."""
     with session() as s:
-        subj = subjects.add(s, external_id, email=email, locale=locale)
+        subj = subjects.add(
+            s, external_id, email=email, locale=locale, actor=lifecycle.agent_actor()
+        )
     data = {"external_id": subj.external_id, "subject_ref": subj.subject_ref, "locale": subj.locale}
     emit(data, as_json, lambda: typer.echo(f"subject {subj.external_id} added"))
 
@@ -443,6 +447,9 @@ def audit_export(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="File (default stdout).")
     ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Accepted for symmetry: the output is JSON Lines.")
+    ] = False,
 ) -> None:
     """Write audit entries as JSON Lines, with their hashes."""
     start, end = parse_time(since, "--since"), parse_time(until, "--until")
