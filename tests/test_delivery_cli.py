@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 from datetime import timedelta
 
 import pytest
 import support_webhooks
-from support_webhooks import verify
+from support_webhooks import outbox_events, verify
 
 from consentflow import db, lifecycle
 from consentflow.delivery import engine as eng
@@ -96,6 +95,46 @@ def test_deliveries_list_show_replay_health_feed(cli, receiver, engine):
     assert cli("deliveries", "feed", "nope").code == 2
 
 
+def test_when_did_each_system_learn_of_alices_withdrawal(cli, receiver, engine):
+    setup(cli, receiver)
+    r = cli("system", "add", "ads", "--purposes", "news", "--webhook-url", receiver.url("/ads"))
+    assert r.code == 0, r.err
+    receiver.set("/ads", status=503)
+    assert cli("consent", "revoke", "alice", "news").code == 0
+    assert cli("consent", "revoke", "bob", "news").code == 0
+    eng.deliver_due(engine, options=eng.Options(timeout=5))
+
+    rows = json.loads(cli("deliveries", "list", "--subject", "alice", "--json").out)
+    assert sorted(r["system"] for r in rows) == ["ads", "crm"]
+    assert {r["purpose"] for r in rows} == {"news"} and len({r["event_id"] for r in rows}) == 1
+    by_system = {r["system"]: r for r in rows}
+    assert by_system["crm"]["state"] == "delivered" and by_system["crm"]["attempts"] == 1
+    assert by_system["crm"]["delivered_at"] is not None
+    assert by_system["ads"]["delivered_at"] is None and by_system["ads"]["attempts"] == 1
+    assert by_system["ads"]["last_status"] == 503
+    [crm_req] = [r for r in receiver.at("/hook") if b'"subject":"alice"' in r.body]
+    assert crm_req.headers["webhook-id"] == by_system["crm"]["webhook_id"]
+
+    # the same rows by event id; combined with --system; text shows delivered at and tries
+    event_id = rows[0]["event_id"]
+    assert json.loads(cli("deliveries", "list", "--event", event_id, "--json").out) == rows
+    only = json.loads(
+        cli("deliveries", "list", "--event", event_id, "--system", "crm", "--json").out
+    )
+    assert [r["system"] for r in only] == ["crm"]
+    text = cli("deliveries", "list", "--subject", "alice").out
+    assert "delivered at" in text and "tries" in text
+    assert by_system["crm"]["delivered_at"][:10] in text
+    assert "bob" not in text and len(text.strip().splitlines()) == 3  # header and two rows
+
+    assert len(json.loads(cli("deliveries", "list", "--subject", "bob", "--json").out)) == 2
+    assert cli("deliveries", "list", "--subject", "nobody").code == 2
+    bad = cli("deliveries", "list", "--event", "not-a-uuid")
+    assert bad.code == 2 and "UUID" in bad.err
+    none = "00000000-0000-0000-0000-000000000000"
+    assert json.loads(cli("deliveries", "list", "--event", none, "--json").out) == []
+
+
 def test_system_pause_resume_disable_enable_rotate(cli, receiver, engine):
     old = setup(cli, receiver)
     r = cli("system", "pause", "crm", "--reason", "CRM migration")
@@ -125,33 +164,34 @@ def test_system_pause_resume_disable_enable_rotate(cli, receiver, engine):
     verify(req, old)
 
 
-def test_commit_hook_emits_once_per_commit_and_never_on_rollback(engine, monkeypatch):
-    emitted: list[int] = []
+def test_commit_hook_emits_one_prefect_event_per_commit_and_none_on_rollback(
+    prefect_harness, engine, monkeypatch
+):
     events.install()
-    monkeypatch.setattr(events, "_emit", emitted.append)
-    with pytest.raises(RuntimeError), db.session_scope(engine) as s:
-        events.note(s, 3)
-        raise RuntimeError("rolled back")
-    with db.session_scope(engine) as s:
-        pass  # a later commit of the same kind of session emits nothing
-    assert emitted == []
-    with db.session_scope(engine) as s:
-        events.note(s, 1)
-        events.note(s, 1)
-        assert emitted == []  # not before the commit
-    assert emitted == [2]  # one event per transaction
+
+    def commits() -> None:
+        with pytest.raises(RuntimeError), db.session_scope(engine) as s:
+            events.note(s, 3)
+            raise RuntimeError("rolled back")
+        with db.session_scope(engine) as s:
+            pass  # a later commit of the same kind of session emits nothing
+        with db.session_scope(engine) as s:
+            events.note(s, 1)
+            events.note(s, 1)
+
+    seen = outbox_events(commits, monkeypatch)
+    assert [e.deliveries for e in seen] == [2]  # one event per transaction, none for the rollback
+    # what the deployment trigger in prefect.yaml matches on
+    assert seen[0].name == "consentflow.consent.withdrawn"
+    assert seen[0].resource["prefect.resource.id"] == "consentflow.outbox"
 
 
-_LEDGER_NOTES = events.OUTBOX_KEY in inspect.getsource(lifecycle)
-
-
-@pytest.mark.skipif(not _LEDGER_NOTES, reason="lifecycle._enqueue does not note outbox rows yet")
-def test_a_committed_revocation_emits_and_a_rolled_back_one_does_not(engine, monkeypatch):
+def test_a_committed_revocation_wakes_propagation_and_a_rolled_back_one_does_not(
+    prefect_harness, engine, monkeypatch
+):
     from consentflow import purposes, subjects, systems
 
-    emitted: list[int] = []
     events.install()
-    monkeypatch.setattr(events, "_emit", emitted.append)
     with db.session_scope(engine) as s:
         purposes.add(s, "news", title="News", validity_days=30)
         systems.add(s, "a", ["news"], webhook_url="http://127.0.0.1:9/a")
@@ -159,13 +199,27 @@ def test_a_committed_revocation_emits_and_a_rolled_back_one_does_not(engine, mon
         subjects.add(s, "alice")
     with db.session_scope(engine) as s:
         lifecycle.grant(s, "alice", "news", Actor())
-    with pytest.raises(RuntimeError), db.session_scope(engine) as s:
-        lifecycle.revoke(s, "alice", "news", Actor())
-        raise RuntimeError("rolled back")
-    assert emitted == []
-    with db.session_scope(engine) as s:
-        lifecycle.revoke(s, "alice", "news", Actor())
-    assert emitted == [2]
+
+    def revocations() -> None:
+        with pytest.raises(RuntimeError), db.session_scope(engine) as s:
+            lifecycle.revoke(s, "alice", "news", Actor())
+            raise RuntimeError("rolled back")
+        with db.session_scope(engine) as s:
+            lifecycle.revoke(s, "alice", "news", Actor())
+
+    seen = outbox_events(revocations, monkeypatch)
+    assert [e.deliveries for e in seen] == [2]  # one event for both systems' deliveries
+
+
+def test_cli_revoke_and_replay_wake_propagation(prefect_harness, cli, receiver, monkeypatch):
+    setup(cli, receiver)
+
+    def commands() -> None:
+        assert cli("consent", "revoke", "alice", "news").code == 0
+        assert cli("consent", "renew", "bob", "news").code == 0  # no delivery: no event
+        assert cli("deliveries", "replay", "1").code == 0
+
+    assert [e.deliveries for e in outbox_events(commands, monkeypatch)] == [1, 1]
 
 
 def test_emit_is_a_no_op_without_a_prefect_server(monkeypatch):

@@ -5,17 +5,19 @@ Time is simulated through ``now``; nothing sleeps to wait for something else.
 
 from __future__ import annotations
 
+import logging
 import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import smtp_support
 import support_webhooks
+from sqlalchemy import update
 from sqlmodel import col, func, select
 from support_webhooks import ledger, revoke, verify
 
-from consentflow import audit, db, lifecycle, settings
-from consentflow.delivery import alerts, ops, signing
+from consentflow import audit, db, lifecycle, models, settings, systems
+from consentflow.delivery import alerts, ops, secretbox, signing
 from consentflow.delivery import engine as eng
 from consentflow.lifecycle import Actor
 from consentflow.models import AuditEntry, Delivery, DeliveryAttempt, System, utcnow
@@ -206,18 +208,25 @@ def test_receiver_down_for_days_then_back_gets_everything(engine, receiver):
     assert len(receiver.at("/up")) == 5  # the healthy endpoint was never held up
 
 
-def test_exhausted_schedule_dead_letters_alerts_and_redeliver(engine, receiver, monkeypatch):
+def test_exhausted_schedule_dead_letters_alerts_and_redeliver(
+    engine, receiver, smtp_sink, monkeypatch
+):
+    monkeypatch.setenv("CONSENTFLOW_COMPLIANCE_EMAIL", "compliance@example.org")
+    settings.get_settings.cache_clear()
     ledger(engine, receiver, {"crm": "/hook"})
     receiver.set("/hook", status=500)
-    alerted = []
-    monkeypatch.setattr(alerts, "dead_lettered", lambda dead, run_id=None: alerted.extend(dead))
     revoke(engine)
     start = utcnow()
     drain_simulated(engine, start=start)
     [d] = deliveries(engine)
     assert d.state == "dead" and d.attempts == 10
     assert len(attempts_of(engine, d.id)) == 10
-    assert [a["webhook_id"] for a in alerted] == [d.webhook_id]
+    # one alert, from the run that dead-lettered it, naming the delivery (never the person)
+    [mail] = smtp_sink.to("compliance@example.org")
+    assert mail.message["subject"] == ("consentflow: 1 webhook deliveries dead-lettered (crm)")
+    body = mail.part("plain")
+    assert f"crm: delivery {d.id} ({d.webhook_id}): HTTP 500" in body
+    assert "subject-0" not in body
     with db.session_scope(engine) as s:
         entry = s.exec(
             select(AuditEntry).where(AuditEntry.action == "delivery.dead_lettered")
@@ -385,6 +394,95 @@ def test_secret_rotation_sends_two_signatures_both_verifying(engine, receiver):
     verify(last, new)
     with pytest.raises(Exception, match="signature"):
         verify(last, old)
+
+
+def use_secret_key(monkeypatch, value: str) -> None:
+    monkeypatch.setenv("CONSENTFLOW_SECRET_KEY", value)
+    settings.get_settings.cache_clear()
+
+
+def dump(engine) -> str:
+    """Every row of every table as text: what a database dump would show."""
+    with db.session_scope(engine) as s:
+        return "\n".join(
+            repr(tuple(row)) for t in models.metadata.sorted_tables for row in s.execute(t.select())
+        )
+
+
+def test_secrets_are_stored_encrypted_and_a_dump_does_not_reveal_them(
+    engine, receiver, monkeypatch
+):
+    use_secret_key(monkeypatch, "kept-outside-the-database")
+    old = ledger(engine, receiver, {"crm": "/hook"})["crm"]
+    with db.session_scope(engine) as s:
+        new = ops.rotate_secret(s, "crm", grace=timedelta(hours=1), actor="test")
+    row = system(engine, "crm")
+    for stored in (row.webhook_secret, row.previous_secret):
+        assert stored.startswith(secretbox.PREFIX) and len(stored) <= 200  # fits the column
+    with db.session_scope(engine) as s:
+        assert secretbox.open_secret(s, row.webhook_secret) == new
+        assert secretbox.open_secret(s, row.previous_secret) == old
+    text = dump(engine)
+    for secret in (old, new):
+        assert secret not in text and secret.removeprefix("whsec_") not in text
+    # signing decrypts them: both signatures verify during the grace period
+    revoke(engine)
+    eng.deliver_due(engine, options=FAST)
+    [req] = receiver.at("/hook")
+    verify(req, new)
+    verify(req, old)
+
+
+def test_a_secret_stored_in_plain_text_is_still_used_and_rotation_encrypts_it(engine, receiver):
+    plain = systems.new_secret()
+    ledger(engine, receiver, {"crm": "/hook"}, subjects_n=2)
+    with db.session_scope(engine) as s:  # as written before secrets were encrypted
+        s.execute(update(System).where(col(System.name) == "crm").values(webhook_secret=plain))
+    revoke(engine, 1)
+    eng.deliver_due(engine, options=FAST)
+    verify(receiver.at("/hook")[0], plain)
+    with db.session_scope(engine) as s:
+        new = ops.rotate_secret(s, "crm", grace=timedelta(hours=1), actor="test")
+    row = system(engine, "crm")
+    assert row.previous_secret.startswith(secretbox.PREFIX) and plain not in dump(engine)
+    revoke(engine, 1, start=1)
+    eng.deliver_due(engine, options=FAST)
+    verify(receiver.at("/hook")[1], new)
+    verify(receiver.at("/hook")[1], plain)
+
+
+def test_an_unreadable_secret_fails_as_misconfigured_until_rotated(engine, receiver, monkeypatch):
+    use_secret_key(monkeypatch, "the-first-key")
+    ledger(engine, receiver, {"crm": "/hook"})
+    revoke(engine)
+    use_secret_key(monkeypatch, "a-different-key")  # the key changed: stored secrets unreadable
+    now = utcnow()
+    eng.deliver_due(engine, options=FAST, now=now)
+    [d] = deliveries(engine)
+    [a] = attempts_of(engine, d.id)
+    assert receiver.requests == [] and d.state == "pending"
+    assert a.error_class == "Misconfigured" and "rotate" in (d.last_error or "")
+    # rotating gives a secret readable with the current key; the unreadable old one cannot sign
+    with db.session_scope(engine) as s:
+        new = ops.rotate_secret(s, "crm", grace=timedelta(hours=24), actor="test", now=now)
+    eng.deliver_due(engine, options=FAST, now=now + timedelta(minutes=5))
+    [req] = receiver.at("/hook")
+    assert len(req.headers["webhook-signature"].split()) == 1
+    verify(req, new)
+    assert deliveries(engine)[0].state == "delivered"
+
+
+def test_attempt_log_lines_name_no_secret_and_no_person(engine, receiver, caplog):
+    secret = ledger(engine, receiver, {"crm": "/hook"}, subjects_n=2)["crm"]
+    receiver.set("/hook", status=503)
+    revoke(engine, 2)
+    with caplog.at_level(logging.INFO, logger="consentflow.delivery"):
+        eng.deliver_due(engine, options=FAST)
+    lines = [r for r in caplog.records if r.name == "consentflow.delivery"]
+    assert len(lines) == 2 and {r.levelno for r in lines} == {logging.WARNING}
+    assert all("attempt 1: HTTP 503" in r.getMessage() for r in lines)
+    assert {d.webhook_id for d in deliveries(engine)} <= set(caplog.text.split())
+    assert secret.removeprefix("whsec_") not in caplog.text and "subject-" not in caplog.text
 
 
 def test_ssrf_checked_again_at_send(engine, receiver, monkeypatch):

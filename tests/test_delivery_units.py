@@ -93,6 +93,7 @@ def test_retry_after_parsing():
         "fe80::1",
         "ff02::1",
         "::ffff:10.0.0.1",
+        "64:ff9b:1::808:808",  # local-use NAT64: whatever it carries
     ],
 )
 def test_forbidden_addresses(address):
@@ -104,6 +105,68 @@ def test_forbidden_addresses(address):
 @pytest.mark.parametrize("address", ["8.8.8.8", "2606:4700:4700::1111", "93.184.216.34"])
 def test_public_addresses(address):
     assert ssrf.forbidden_reason(ipaddress.ip_address(address)) is None
+
+
+# IPv4 addresses that webhooks may not reach, and what each is.
+FORBIDDEN_V4 = {
+    "127.0.0.1": "loopback",
+    "10.0.0.1": "private",
+    "192.168.1.1": "private",
+    "169.254.169.254": "link-local",
+    "100.64.0.1": "CGNAT",
+    "0.0.0.0": "unspecified",
+    "224.0.0.1": "multicast",
+    "240.0.0.1": "reserved",
+}
+
+
+def six_to_four(v4: str) -> ipaddress.IPv6Address:
+    """The 6to4 address (2002:V4HI:V4LO::1) that carries ``v4``."""
+    return ipaddress.IPv6Address((0x2002 << 112) | (int(ipaddress.IPv4Address(v4)) << 80) | 1)
+
+
+def nat64(v4: str) -> ipaddress.IPv6Address:
+    """The NAT64 well-known-prefix address (64:ff9b::V4) that carries ``v4``."""
+    return ipaddress.IPv6Address(
+        int(ipaddress.IPv6Address("64:ff9b::")) | int(ipaddress.IPv4Address(v4))
+    )
+
+
+EMBEDDINGS = {"6to4": six_to_four, "NAT64": nat64}
+
+
+@pytest.mark.parametrize("how", list(EMBEDDINGS))
+@pytest.mark.parametrize("v4", list(FORBIDDEN_V4))
+def test_6to4_and_nat64_carrying_a_forbidden_ipv4_are_refused(how, v4):
+    ip = EMBEDDINGS[how](v4)
+    assert ssrf.embedded_ipv4(ip) == (how, ipaddress.IPv4Address(v4))
+    reason = ssrf.forbidden_reason(ip)
+    assert reason is not None and FORBIDDEN_V4[v4] in reason and v4 in reason
+    with pytest.raises(ssrf.SSRFRefused, match=FORBIDDEN_V4[v4]):
+        ssrf.permitted("h.example", [ip], ssrf.Allowed.parse(""))
+
+
+def test_6to4_and_nat64_carrying_a_public_ipv4_are_public():
+    # a DNS64 network answers 64:ff9b::808:808 for a public IPv4-only host: it must work
+    assert str(six_to_four("8.8.8.8")) == "2002:808:808::1"
+    assert str(nat64("8.8.8.8")) == "64:ff9b::808:808"
+    for ip in (six_to_four("8.8.8.8"), nat64("93.184.216.34")):
+        assert ssrf.forbidden_reason(ip) is None
+
+
+def test_6to4_and_nat64_literals_refused_at_registration_and_connect(allow):
+    allow("")
+    for url, match in [
+        ("https://[2002:a9fe:a9fe::]/latest/meta-data", "link-local"),
+        ("https://[64:ff9b::a9fe:a9fe]/latest/meta-data", "link-local"),
+        ("https://[2002:a00:1::1]/x", "private"),
+        ("https://[64:ff9b::7f00:1]:8443/x", "loopback"),
+    ]:
+        with pytest.raises(ssrf.SSRFRefused, match=match):
+            ssrf.check_registration(url)
+    for host in ("2002:7f00:1::1", "64:ff9b::7f00:1"):
+        with pytest.raises(ssrf.SSRFRefused, match="loopback"):
+            asyncio.run(ssrf.GuardedBackend().connect_tcp(host, 9, timeout=2))
 
 
 def test_allow_list_hosts_and_networks():

@@ -323,7 +323,7 @@ class Delivery(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     system_id: int = Field(foreign_key="system.id")
-    event_id: uuid.UUID = Field(foreign_key="consent_event.id")
+    event_id: uuid.UUID = Field(foreign_key="consent_event.id", index=True)
     webhook_id: str = Field(unique=True, max_length=64)
     event_type: str = Field(max_length=40)
     payload: str

@@ -19,8 +19,9 @@ class Settings(BaseSettings):
 
     #: SQLAlchemy URL. ``postgresql://`` URLs are served by psycopg 3.
     database_url: str = "sqlite:///consentflow.db"
-    #: Key for pseudonymous subject references and signed links. When unset, a random key is
-    #: generated once and stored in the database, so references stay stable across runs.
+    #: Key for pseudonymous subject references, signed links and the encryption of webhook
+    #: secrets at rest. When unset, a random key is generated once and stored in the database, so
+    #: references stay stable across runs (but a database dump then holds the key too).
     secret_key: str | None = None
     #: Base URL of the web app, used to build links in emails.
     public_url: str = "http://127.0.0.1:8000"

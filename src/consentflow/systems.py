@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from sqlmodel import Session, col, select
 
 from consentflow import audit, purposes
+from consentflow.actors import Actor, audit_fields
 from consentflow.errors import Conflict, InvalidInput, NotFound
 from consentflow.models import Purpose, System, SystemPurpose
 
@@ -49,7 +50,12 @@ class SystemView:
 
 
 def add(
-    session: Session, name: str, purpose_keys: list[str], *, webhook_url: str | None = None
+    session: Session,
+    name: str,
+    purpose_keys: list[str],
+    *,
+    webhook_url: str | None = None,
+    actor: Actor | None = None,
 ) -> tuple[System, str | None]:
     """Register a system for ``purpose_keys``; returns it and its webhook secret (shown once)."""
     if not _NAME.match(name):
@@ -62,7 +68,12 @@ def add(
     if session.exec(select(System.id).where(System.name == name)).first():
         raise Conflict(f"system {name!r} exists already")
     secret = new_secret() if webhook_url else None
-    system = System(name=name, webhook_url=webhook_url, webhook_secret=secret)
+    stored = None
+    if secret:
+        from consentflow.delivery import secretbox
+
+        stored = secretbox.seal(session, secret)  # encrypted at rest; shown in plain only now
+    system = System(name=name, webhook_url=webhook_url, webhook_secret=stored)
     session.add(system)
     session.flush()
     assert system.id is not None
@@ -72,8 +83,8 @@ def add(
     audit.record(
         session,
         "system.created",
-        actor=name,
-        detail={"purposes": sorted(infos), "webhook": webhook_url is not None},
+        detail={"system": name, "purposes": sorted(infos), "webhook": webhook_url is not None},
+        **audit_fields(actor),
     )
     return system, secret
 

@@ -40,26 +40,44 @@ def deliveries_list(
         str | None, typer.Option(help="pending, delivered, dead, or held (paused/disabled).")
     ] = None,
     system: Annotated[str | None, typer.Option(help="Only this system.")] = None,
+    subject: Annotated[
+        str | None,
+        typer.Option(metavar="EXTERNAL_ID", help="Only deliveries about this subject's changes."),
+    ] = None,
+    event: Annotated[
+        str | None, typer.Option(metavar="EVENT_ID", help="Only deliveries of this consent event.")
+    ] = None,
     limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 100,
     as_json: JsonOpt = False,
 ) -> None:
-    """Deliveries by state and endpoint, newest first."""
+    """Deliveries by state, endpoint, subject or event, newest first.
+
+    Each line: id, system, state, attempts, when it was delivered (first success; "-" if never),
+    the next attempt if pending, purpose, event type, webhook-id, last error. "When did each
+    system learn of alice's withdrawal?": deliveries list --subject alice.
+    """
     with session() as s:
-        views = ops.list_deliveries(s, state=state, system=system, limit=limit)
+        views = ops.list_deliveries(
+            s, state=state, system=system, subject=subject, event=event, limit=limit
+        )
     data = [v.as_dict() for v in views]
 
     def text() -> None:
         if not views:
             typer.echo("no deliveries")
+            return
+        typer.echo(
+            f"{'id':>7} {'system':<20} {'state':<9} {'tries':>5} {'delivered at':<20} "
+            f"{'next attempt':<20} {'purpose':<16} {'type':<22} webhook-id  last error"
+        )
         for v in views:
             state_ = "held" if v.held else v.state
-            when = _fmt(v.delivered_at) if v.state == "delivered" else _fmt(v.next_attempt_at)
-            if v.state == "dead":
-                when = "-"
+            nxt = _fmt(v.next_attempt_at) if v.state == "pending" else "-"
             last = v.last_error or (str(v.last_status) if v.last_status else "")
             typer.echo(
-                f"{v.id:>7} {v.system:<20} {state_:<9} {v.attempts:>3}x {when:<20} "
-                f"{v.event_type:<22} {v.webhook_id}  {last[:60]}"
+                f"{v.id:>7} {v.system:<20} {state_:<9} {v.attempts:>5} "
+                f"{_fmt(v.delivered_at):<20} {nxt:<20} {v.purpose:<16} {v.event_type:<22} "
+                f"{v.webhook_id}  {last[:60]}"
             )
 
     emit(data, as_json, text)
@@ -88,7 +106,8 @@ def deliveries_show(delivery_id: int, as_json: JsonOpt = False) -> None:
     def text() -> None:
         typer.echo(
             f"delivery {view.id} to {view.system}: {view.state}{' (held)' if view.held else ''}, "
-            f"{view.webhook_id}, {view.event_type}"
+            f"{view.webhook_id}, {view.event_type} ({view.purpose}), "
+            f"delivered at {_fmt(view.delivered_at)}"
         )
         for a in tries:
             outcome = a.status_code if a.status_code is not None else a.error_class

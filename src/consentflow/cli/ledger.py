@@ -367,7 +367,13 @@ def system_add(
 ) -> None:
     """Register a downstream system; its webhook secret is printed once, now."""
     with session() as s:
-        system, secret = systems.add(s, name, _csv_list(purposes_) or [], webhook_url=webhook_url)
+        system, secret = systems.add(
+            s,
+            name,
+            _csv_list(purposes_) or [],
+            webhook_url=webhook_url,
+            actor=lifecycle.agent_actor(),
+        )
     data = {"name": system.name, "webhook_url": system.webhook_url, "webhook_secret": secret}
 
     def text() -> None:

@@ -3,19 +3,18 @@
 Every dead letter already has its own audit entry (``delivery.dead_lettered``, written in the
 same transaction as the state change), so the alert is a notification, not the record. It goes by
 email to ``CONSENTFLOW_COMPLIANCE_EMAIL`` (``consentflow.mail.send_alert``), one per run; when no
-address is configured or sending fails, it is logged as an error so that it shows in the flow
-run's logs. The alert names systems, webhook ids and delivery ids only: never a person.
+address is configured or sending fails, it is logged as an error, through the run's logger inside
+a Prefect run (``runlog``) so that it shows in the flow run's logs. The alert names systems,
+webhook ids and delivery ids only: never a person.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
+from consentflow.delivery import runlog
 from consentflow.settings import get_settings
-
-log = logging.getLogger("consentflow.delivery")
 
 
 def render(dead: Sequence[dict[str, Any]], run_id: str | None) -> tuple[str, str]:
@@ -36,10 +35,16 @@ def render(dead: Sequence[dict[str, Any]], run_id: str | None) -> tuple[str, str
     return subject, "\n".join(lines) + "\n"
 
 
-def dead_lettered(dead: Sequence[dict[str, Any]], *, run_id: str | None = None) -> bool:
+def dead_lettered(
+    dead: Sequence[dict[str, Any]],
+    *,
+    run_id: str | None = None,
+    logger: runlog.Logger | None = None,
+) -> bool:
     """Send (or log) the alert; True if an email was handed to the mail module."""
     if not dead:
         return False
+    log = logger or runlog.logger()
     subject, text = render(dead, run_id)
     to = get_settings().compliance_email
     if to:

@@ -13,9 +13,10 @@ One run of ``deliver_due`` (one worker) works like this:
    if this worker dies, its rows become claimable again once the lease has passed. The lease is
    long enough for a whole batch to time out.
 3. **Sending.** The stored body is sent byte for byte with the delivery's fixed ``webhook-id``, a
-   fresh timestamp and signature (``signing.py``), redirects not followed, a connect timeout of
-   5 s and a total timeout (``CONSENTFLOW_WEBHOOK_TIMEOUT``, default 15 s). ``GuardedBackend``
-   re-checks the SSRF rules on every connection.
+   fresh timestamp and signature (``signing.py``, with the system's secrets decrypted at claim
+   time: ``secretbox.py``), redirects not followed, a connect timeout of 5 s and a total timeout
+   (``CONSENTFLOW_WEBHOOK_TIMEOUT``, default 15 s). ``GuardedBackend`` re-checks the SSRF rules on
+   every connection. Each attempt is logged (in the Prefect run's logs inside a run: ``runlog``).
 4. **Results.** One transaction per batch writes a ``delivery_attempt`` row per attempt and moves
    each delivery on: 2xx delivered; 410 disables the system (its deliveries are held, never
    dropped); anything else is retried on the persisted schedule (``schedule.py``) or, when the
@@ -50,7 +51,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from consentflow import audit, db
-from consentflow.delivery import alerts, signing, ssrf
+from consentflow.delivery import alerts, runlog, secretbox, signing, ssrf
 from consentflow.delivery.schedule import SLOW_DOWN_STATUSES, next_delay, parse_retry_after
 from consentflow.errors import InvalidInput
 from consentflow.models import (
@@ -64,8 +65,6 @@ from consentflow.models import (
     utcnow,
 )
 from consentflow.settings import get_settings
-
-log = logging.getLogger("consentflow.delivery")
 
 CONNECT_TIMEOUT = 5.0
 EXCERPT_BYTES = 1024
@@ -123,7 +122,10 @@ class Claimed:
     payload: str
     attempts: int
     lease_token: datetime
+    #: Plain secrets to sign with, new first (decrypted from ``System``; see ``secretbox``).
     secrets: tuple[str, ...] = field(repr=False)
+    #: Why it cannot be signed (its secret is unreadable): the attempt fails as misconfigured.
+    secret_error: str | None = None
 
 
 @dataclass
@@ -275,11 +277,24 @@ def claim(
         .where(col(Delivery.id).in_([r.id for r in rows]))
         .values(leased_until=token)
     )
+    first = rows[0]  # every row is of the one system: decrypt its secrets once
+    box = secretbox.Box.of(session)
+    secrets: list[str] = []
+    problem = None
+    try:
+        secrets.append(box.open(first.webhook_secret))
+    except secretbox.SecretUnreadable as exc:
+        problem = str(exc)
+    if first.previous_secret and first.previous_secret_until and first.previous_secret_until > now:
+        try:
+            secrets.append(box.open(first.previous_secret))
+        except secretbox.SecretUnreadable:  # the new secret still signs; the old one cannot
+            runlog.logger().warning(
+                "the previous webhook secret of %s is unreadable: signing with the new one only",
+                first.name,
+            )
     out = []
     for r in rows:
-        secrets = [r.webhook_secret]
-        if r.previous_secret and r.previous_secret_until and r.previous_secret_until > now:
-            secrets.append(r.previous_secret)
         out.append(
             Claimed(
                 id=r.id,
@@ -290,7 +305,8 @@ def claim(
                 payload=r.payload,
                 attempts=r.attempts,
                 lease_token=token,
-                secrets=tuple(secrets),
+                secrets=tuple(secrets) if problem is None else (),
+                secret_error=problem,
             )
         )
     return out
@@ -447,8 +463,13 @@ async def send(
     timeout: float,
     clock: Callable[[], datetime],
     policy: ssrf.Allowed | None = None,
+    logger: runlog.Logger | None = None,
 ) -> Result:
-    """One attempt: POST the stored body, signed now. Never raises for network trouble."""
+    """One attempt: POST the stored body, signed now. Never raises for network trouble.
+
+    Each attempt is logged (``logger``, default: the Prefect run's logger inside a run): a
+    success at INFO, a failure at WARNING, with the system, webhook id, attempt and outcome.
+    """
     started = clock()
     t0 = time.perf_counter()
     body = c.payload.encode("utf-8")
@@ -457,6 +478,8 @@ async def send(
     retry_after = None
     try:
         ssrf.check_scheme(c.url, policy)
+        if c.secret_error:
+            raise InvalidInput(c.secret_error)
         headers = signing.headers(c.secrets, c.webhook_id, body)
         async with asyncio.timeout(timeout):
             async with client.stream("POST", c.url, content=body, headers=headers) as response:
@@ -486,7 +509,8 @@ async def send(
         excerpt=excerpt,
         retry_after=retry_after,
     )
-    log.info(
+    (logger or runlog.logger()).log(
+        logging.INFO if result.ok else logging.WARNING,
         "webhook %s to %s, attempt %d: %s in %d ms",
         c.webhook_id,
         c.system,
@@ -507,6 +531,7 @@ class _Run:
     now: datetime | None
     run_id: str | None
     on_batch: Callable[[str, list[str]], None] | None
+    logger: runlog.Logger = field(default_factory=runlog.logger)
     report: Report = field(default_factory=Report)
     claimed: int = 0
     deadline: float | None = None
@@ -539,7 +564,7 @@ async def _lane(run: _Run, client: httpx.AsyncClient, system_id: int) -> int:
 
     async def bounded(c: Claimed) -> Result:
         async with sem:
-            return await send(client, c, timeout=timeout, clock=run.clock)
+            return await send(client, c, timeout=timeout, clock=run.clock, logger=run.logger)
 
     while not run.stopping():
         want = opts.batch_size
@@ -607,7 +632,7 @@ async def adeliver_due(
                     del lanes[system_id]
                     exc = task.exception()
                     if exc is not None:
-                        log.error("delivery lane for system %s failed: %r", system_id, exc)
+                        run.logger.error("delivery lane for system %s failed: %r", system_id, exc)
                         failure = failure or exc
                     elif task.result() == 0:
                         idle.add(system_id)
@@ -615,7 +640,9 @@ async def adeliver_due(
     for name, n in held.items():
         run.report.add(name, HELD, n)
     if run.report.dead:  # one alert per run, after the dead letters are committed
-        await asyncio.to_thread(alerts.dead_lettered, run.report.dead, run_id=run.run_id)
+        await asyncio.to_thread(
+            alerts.dead_lettered, run.report.dead, run_id=run.run_id, logger=run.logger
+        )
     if failure is not None:
         raise failure
     return run.report

@@ -12,7 +12,9 @@ Events go out only when ``PREFECT_API_URL`` is set: without a server there is no
 and emitting would start a temporary Prefect server inside a one-line CLI command. The event
 carries no personal data: just how many deliveries were enqueued.
 
-The CLI installs the hook when it starts; the web app should call ``install()`` at start-up.
+The CLI installs the hook when it starts, every flow run when it starts (``flows.common.start``:
+expiries and invalidations made on a Prefect worker wake propagation too); the web app should call
+``install()`` at start-up.
 """
 
 from __future__ import annotations
@@ -55,10 +57,6 @@ def emit(rows: int, *, drain: bool = False) -> bool:
         return False
 
 
-#: Replaced in tests to observe emissions.
-_emit = emit
-
-
 def note(session: Session, rows: int) -> None:
     """Record that this transaction enqueued ``rows`` deliveries (what the ledger does)."""
     session.info[OUTBOX_KEY] = session.info.get(OUTBOX_KEY, 0) + rows
@@ -68,7 +66,7 @@ def _after_commit(session: Session) -> None:
     rows = session.info.pop(OUTBOX_KEY, 0)
     if rows:
         try:
-            _emit(rows)
+            emit(rows)
         except Exception as exc:  # never let a notification disturb a committed change
             log.warning("could not emit %s: %s", EVENT, exc)
 

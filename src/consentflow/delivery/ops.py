@@ -8,6 +8,7 @@ first ``delivered_at``, which is when the system first learnt of the withdrawal.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -15,14 +16,17 @@ from typing import Any
 from sqlalchemy import exists, func, update
 from sqlmodel import Session, col, select
 
-from consentflow import audit, systems
+from consentflow import audit, subjects, systems
+from consentflow.delivery import secretbox
 from consentflow.errors import ConsentflowError, InvalidInput, NotFound
 from consentflow.models import (
     ActorType,
     Channel,
+    ConsentEvent,
     Delivery,
     DeliveryAttempt,
     DeliveryState,
+    Purpose,
     System,
     SystemStatus,
     utcnow,
@@ -44,6 +48,8 @@ class DeliveryView:
     last_status: int | None
     last_error: str | None
     held: bool
+    #: The purpose the withdrawal concerns (its consent event's).
+    purpose: str
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +58,7 @@ class DeliveryView:
             "webhook_id": self.webhook_id,
             "type": self.event_type,
             "event_id": self.event_id,
+            "purpose": self.purpose,
             "state": self.state,
             "held": self.held,
             "attempts": self.attempts,
@@ -74,20 +81,62 @@ def _state(value: str | None) -> str | None:
     return value
 
 
+def _views() -> Any:
+    """Deliveries with their system's name and status and their event's purpose key."""
+    return (
+        select(Delivery, System.name, System.status, Purpose.key)
+        .join(System, col(System.id) == Delivery.system_id)
+        .join(ConsentEvent, col(ConsentEvent.id) == Delivery.event_id)
+        .join(Purpose, col(Purpose.id) == ConsentEvent.purpose_id)
+    )
+
+
+def _view(d: Delivery, name: str, status: str, purpose: str) -> DeliveryView:
+    return DeliveryView(
+        id=d.id or 0,
+        system=name,
+        webhook_id=d.webhook_id,
+        event_type=d.event_type,
+        event_id=str(d.event_id),
+        state=d.state,
+        attempts=d.attempts,
+        created_at=d.created_at,
+        next_attempt_at=d.next_attempt_at,
+        delivered_at=d.delivered_at,
+        last_status=d.last_status,
+        last_error=d.last_error,
+        held=d.state == DeliveryState.PENDING.value and status != SystemStatus.ACTIVE.value,
+        purpose=purpose,
+    )
+
+
+def _event_id(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidInput(
+            f"bad event id {value!r}: expected a UUID (the event_id of a delivery or webhook)"
+        ) from None
+
+
 def list_deliveries(
     session: Session,
     *,
     state: str | None = None,
     system: str | None = None,
+    subject: str | None = None,
+    event: str | None = None,
     limit: int = 100,
 ) -> list[DeliveryView]:
-    """Deliveries, newest first; ``state`` may also be ``held`` (pending, system not active)."""
+    """Deliveries, newest first; ``state`` may also be ``held`` (pending, system not active).
+
+    ``subject`` (an external id) keeps the deliveries about that person's consent events and
+    ``event`` those of one consent event: with ``delivered_at``, when each system learnt of it.
+    """
     state = _state(state)
     if not 1 <= limit <= 100000:
         raise InvalidInput("the limit must be between 1 and 100000")
-    stmt = select(Delivery, System.name, System.status).join(
-        System, col(System.id) == Delivery.system_id
-    )
+    stmt = _views()
     if state == "held":
         stmt = stmt.where(
             col(Delivery.state) == DeliveryState.PENDING.value,
@@ -97,25 +146,15 @@ def list_deliveries(
         stmt = stmt.where(col(Delivery.state) == state)
     if system is not None:
         stmt = stmt.where(col(System.id) == systems.get(session, system).id)
+    if subject is not None:
+        person = subjects.get(session, subject)
+        if person is None:
+            raise NotFound(f"unknown subject {subject!r}")
+        stmt = stmt.where(col(ConsentEvent.subject_id) == person.id)
+    if event is not None:
+        stmt = stmt.where(col(Delivery.event_id) == _event_id(event))
     stmt = stmt.order_by(col(Delivery.id).desc()).limit(limit)
-    return [
-        DeliveryView(
-            id=d.id or 0,
-            system=name,
-            webhook_id=d.webhook_id,
-            event_type=d.event_type,
-            event_id=str(d.event_id),
-            state=d.state,
-            attempts=d.attempts,
-            created_at=d.created_at,
-            next_attempt_at=d.next_attempt_at,
-            delivered_at=d.delivered_at,
-            last_status=d.last_status,
-            last_error=d.last_error,
-            held=d.state == DeliveryState.PENDING.value and status != SystemStatus.ACTIVE.value,
-        )
-        for d, name, status in session.exec(stmt).all()
-    ]
+    return [_view(*row) for row in session.exec(stmt).all()]
 
 
 def attempts(session: Session, delivery_id: int) -> list[DeliveryAttempt]:
@@ -179,20 +218,10 @@ def replay(
 
 
 def list_one(session: Session, delivery_id: int) -> DeliveryView:
-    stmt = (
-        select(Delivery, System.name, System.status)
-        .join(System, col(System.id) == Delivery.system_id)
-        .where(col(Delivery.id) == delivery_id)
-    )
-    found = session.exec(stmt).first()
+    found = session.exec(_views().where(col(Delivery.id) == delivery_id)).first()
     if found is None:
         raise NotFound(f"unknown delivery {delivery_id}: see `consentflow deliveries list`")
-    d, name, status = found
-    return DeliveryView(
-        d.id or 0, name, d.webhook_id, d.event_type, str(d.event_id), d.state, d.attempts,
-        d.created_at, d.next_attempt_at, d.delivered_at, d.last_status, d.last_error,
-        d.state == DeliveryState.PENDING.value and status != SystemStatus.ACTIVE.value,
-    )  # fmt: skip
+    return _view(*found)
 
 
 def redeliver_since(
@@ -313,8 +342,9 @@ def rotate_secret(
     actor: str | None = None,
     now: datetime | None = None,
 ) -> str:
-    """A new webhook secret for ``name``, returned once. For ``grace`` the old one keeps
-    signing alongside it (two signatures, new first), so the receiver can switch at leisure."""
+    """A new webhook secret for ``name``, returned once (stored encrypted, ``secretbox``). For
+    ``grace`` the old one keeps signing alongside it (two signatures, new first), so the receiver
+    can switch at leisure."""
     now = now or utcnow()
     if grace < timedelta(0) or grace > timedelta(days=30):
         raise InvalidInput("the grace period must be between 0 and 720 hours")
@@ -323,12 +353,16 @@ def rotate_secret(
         raise ConsentflowError(f"system {name!r} has no webhook, so no secret to rotate")
     secret = systems.new_secret()
     keep_old = grace > timedelta(0)
+    box = secretbox.Box.of(session)
+    old = system.webhook_secret
+    if keep_old and not secretbox.is_sealed(old):
+        old = box.seal(old)  # a plain value from before encryption: store it encrypted now
     session.execute(
         update(System)
         .where(col(System.id) == system.id)
         .values(
-            webhook_secret=secret,
-            previous_secret=system.webhook_secret if keep_old else None,
+            webhook_secret=box.seal(secret),
+            previous_secret=old if keep_old else None,
             previous_secret_until=now + grace if keep_old else None,
         )
     )

@@ -3,10 +3,13 @@
 A webhook URL is refused when its host is, or resolves to, an address that is not publicly
 routable: loopback, private (RFC 1918), link-local (cloud metadata at 169.254.169.254), CGNAT
 (100.64.0.0/10), multicast, reserved, unspecified, IPv6 unique-local and link-local, and IPv4
-addresses smuggled inside IPv6 (``::ffff:10.0.0.1``). ``https`` is required. Both rules yield to
-``CONSENTFLOW_WEBHOOK_ALLOWED_HOSTS``: comma-separated host names, addresses or networks (e.g.
-``127.0.0.1`` for tests and local development, ``10.20.0.0/16,hooks.internal`` for an internal
-receiver); those may also use plain ``http``.
+addresses smuggled inside IPv6: IPv4-mapped (``::ffff:10.0.0.1``), 6to4 (``2002::/16``, e.g.
+``2002:a00:1::`` for 10.0.0.1) and NAT64 (``64:ff9b::/96``, e.g. ``64:ff9b::a9fe:a9fe`` for
+169.254.169.254) are judged by the IPv4 address they carry, so a DNS64 network still reaches
+public hosts; the local-use NAT64 prefix ``64:ff9b:1::/48`` is refused. ``https`` is required.
+Both rules yield to ``CONSENTFLOW_WEBHOOK_ALLOWED_HOSTS``: comma-separated host names, addresses
+or networks (e.g. ``127.0.0.1`` for tests and local development, ``10.20.0.0/16,hooks.internal``
+for an internal receiver); those may also use plain ``http``.
 
 DNS can change between registration and delivery (and between one delivery and the next), so the
 check is made where it counts: ``GuardedBackend`` resolves the name itself when the HTTP client
@@ -34,6 +37,10 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
+_ULA = ipaddress.ip_network("fc00::/7")
+_6TO4 = ipaddress.ip_network("2002::/16")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215 local use
 
 
 class SSRFRefused(InvalidInput):
@@ -82,20 +89,41 @@ def _literal(host: str) -> IPAddress | None:
         return None
 
 
+def embedded_ipv4(ip: IPAddress) -> tuple[str, ipaddress.IPv4Address] | None:
+    """The IPv4 address an IPv6 address carries, and how: IPv4-mapped, 6to4 or NAT64."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return None
+    if ip.ipv4_mapped is not None:
+        return "IPv4-mapped", ip.ipv4_mapped
+    if ip in _6TO4 and ip.sixtofour is not None:
+        return "6to4", ip.sixtofour
+    if ip in _NAT64:
+        return "NAT64", ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def forbidden_reason(ip: IPAddress) -> str | None:
-    """Why webhooks may not go to ``ip`` (None: a public address)."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return forbidden_reason(ip.ipv4_mapped)
+    """Why webhooks may not go to ``ip`` (None: a public address).
+
+    An IPv6 address carrying an IPv4 address (IPv4-mapped, 6to4, NAT64) is judged by that IPv4
+    address: ``2002:a00:1::`` reaches 10.0.0.1 through a 6to4 relay, ``64:ff9b::7f00:1`` reaches
+    127.0.0.1 through a NAT64 gateway.
+    """
+    embedded = embedded_ipv4(ip)
+    if embedded is not None:
+        how, inner = embedded
+        reason = forbidden_reason(inner)
+        if reason is None or how == "IPv4-mapped":
+            return reason
+        return f"{reason} IPv4 {inner} inside a {how}"
     checks = (
         (ip.is_loopback, "loopback"),
         (ip.is_unspecified, "unspecified"),
         (ip.is_link_local, "link-local"),
         (ip.is_multicast, "multicast"),
         (isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT, "shared (CGNAT)"),
-        (
-            isinstance(ip, ipaddress.IPv6Address) and ip in ipaddress.ip_network("fc00::/7"),
-            "unique-local",
-        ),
+        (isinstance(ip, ipaddress.IPv6Address) and ip in _ULA, "unique-local"),
+        (isinstance(ip, ipaddress.IPv6Address) and ip in _NAT64_LOCAL, "local-use NAT64"),
         (ip.is_reserved, "reserved"),
         (ip.is_private, "private"),
         (not ip.is_global, "non-public"),

@@ -283,6 +283,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("webhook_id", name=op.f("uq_delivery_webhook_id")),
     )
     with op.batch_alter_table("delivery", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_delivery_event_id"), ["event_id"], unique=False)
         batch_op.create_index(
             "ix_delivery_state_next_attempt_at", ["state", "next_attempt_at"], unique=False
         )
@@ -355,6 +356,7 @@ def downgrade() -> None:
     op.drop_table("email_message")
     with op.batch_alter_table("delivery", schema=None) as batch_op:
         batch_op.drop_index("ix_delivery_state_next_attempt_at")
+        batch_op.drop_index(batch_op.f("ix_delivery_event_id"))
 
     op.drop_table("delivery")
     op.drop_table("system_purpose")
