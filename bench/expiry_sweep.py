@@ -14,14 +14,23 @@ and purposes), copies it, and then expires the D due consents twice, once on eac
     writes are one statement per table per batch (``unnest`` arrays); on SQLite prepared
     statements over the batch.
 
-Both copies are checked to hold the same number of expired consents, events and audit entries
-afterwards. It prints both rates and their ratio (the target is >= 0.5). No webhooks are
-subscribed, so neither side writes outbox rows.
+(c) the flow: one real run of the ``expiry-sweep`` Prefect flow on a third copy, as
+    ``consentflow run expiry-sweep`` starts it (embedded Prefect with the CLI's hermetic
+    settings, Prefect's defaults otherwise): the same batches, each a Prefect task run, plus the
+    run's own audit entry and summary artifact. Timed from the call to its return; the embedded
+    server is started by a trivial flow run first, since a deployment's worker does not pay
+    for that per run.
+
+The copies are checked to hold the same number of expired consents, events and audit entries
+afterwards (the flow's copy one audit entry more: the run's). It prints each rate, and the
+ratios (a)/(b) and (c)/(b) against the same baseline (the target for (a) is >= 0.5). No webhooks
+are subscribed, so no side writes outbox rows.
 
     python bench/expiry_sweep.py                                   # SQLite file in a temp dir
     python bench/expiry_sweep.py --consents 200000 --due 50000     # a quicker run
     python bench/expiry_sweep.py --url postgresql://postgres@127.0.0.1:5432/postgres
     python bench/expiry_sweep.py --profile                         # where the sweep spends time
+    python bench/expiry_sweep.py --no-flow                         # (a) and (b) only
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import hashlib
+import os
 import pstats
 import shutil
 import tempfile
@@ -42,7 +52,7 @@ import orjson
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 
-from consentflow import db, purposes, sweeps
+from consentflow import db, purposes, settings, sweeps
 from consentflow.models import utcnow
 
 PURPOSES = ["news", "offers", "profiling", "partners"]
@@ -158,6 +168,34 @@ def run_sweep(engine: Engine, as_of: datetime, batch: int) -> int:
     ):
         done += result.seen
     return done
+
+
+def start_prefect() -> None:
+    """Embedded Prefect with the CLI's settings (before Prefect is imported), then one trivial
+    flow run so that the embedded server is up before anything is timed."""
+    from consentflow.cli.run import _hermetic_prefect, _quiet_prefect_logs
+
+    _hermetic_prefect()
+    from prefect import flow
+
+    _quiet_prefect_logs()
+
+    @flow(name="bench-warm-up")
+    def warm_up() -> int:
+        return 1
+
+    warm_up()
+
+
+def run_flow(url: str, as_of: datetime, batch: int) -> int:
+    """(c): one run of the expiry-sweep flow on the database at ``url``; how many expired."""
+    from flows import expiry_sweep
+
+    os.environ["CONSENTFLOW_DATABASE_URL"] = url  # the flow's tasks use the default engine
+    settings.get_settings.cache_clear()
+    summary = expiry_sweep.expiry_sweep(expiry_sweep.Params(as_of=as_of, batch_size=batch))
+    assert summary.outcome == "completed", summary.outcome
+    return summary.total("expired")
 
 
 def _iso(ts: datetime) -> str:
@@ -310,6 +348,7 @@ def main() -> None:
     ap.add_argument("--due", type=int, default=250_000)
     ap.add_argument("--batch-size", type=int, default=5000)
     ap.add_argument("--profile", action="store_true", help="profile the sweep (slower)")
+    ap.add_argument("--no-flow", action="store_true", help="skip (c), the Prefect flow run")
     args = ap.parse_args()
     if args.consents % 7919 == 0:
         ap.error("--consents must not be a multiple of 7919")
@@ -324,7 +363,7 @@ def main() -> None:
             isolation_level="AUTOCOMMIT",
         )
         with admin.connect() as conn:
-            for name in ("consentflow_bench_src", "consentflow_bench_a", "consentflow_bench_b"):
+            for name in ("consentflow_bench_src", *(f"consentflow_bench_{x}" for x in "abc")):
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
             conn.execute(text('CREATE DATABASE "consentflow_bench_src"'))
         made.append("consentflow_bench_src")
@@ -344,6 +383,9 @@ def main() -> None:
         url_a = copy_database(base, engine, "consentflow_bench_a")
         url_b = copy_database(base, engine, "consentflow_bench_b")
         made += ["consentflow_bench_a", "consentflow_bench_b"]
+        if not args.no_flow:
+            url_c = copy_database(base, engine, "consentflow_bench_c")
+            made.append("consentflow_bench_c")
 
         eng_b = db.make_engine(url_b)
         started = time.perf_counter()
@@ -371,6 +413,26 @@ def main() -> None:
             pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
         eng_a.dispose()
         eng_b.dispose()
+
+        if not args.no_flow:
+            started = time.perf_counter()
+            start_prefect()
+            warm = time.perf_counter() - started
+            started = time.perf_counter()
+            n_c = run_flow(url_c, as_of, args.batch_size)
+            t_c = time.perf_counter() - started
+            eng_c = db.make_engine(url_c)
+            expired, events, entries = totals(eng_c)
+            eng_c.dispose()
+            assert n_c == args.due, n_c
+            assert (expired, events, entries - 1) == check_b, ((expired, events, entries), check_b)
+            rate_c = n_c / t_c
+            tasks = -(-args.due // args.batch_size) + 1  # the last, empty batch ends the loop
+            print(
+                f"(c) expiry-sweep flow run (Prefect, {tasks} tasks): {n_c:,} in {t_c:.2f} s "
+                f"= {rate_c:,.0f}/s  (embedded server started beforehand, in {warm:.1f} s)"
+            )
+            print(f"ratio (c)/(b): {rate_c / rate_b:.2f}   (c)/(a): {rate_c / rate_a:.2f}")
     finally:
         if admin is not None:
             with admin.connect() as conn:

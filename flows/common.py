@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +16,7 @@ from prefect.runtime import deployment, flow_run
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from consentflow import db, mail, sweeps
+from consentflow.delivery import events
 from consentflow.models import utcnow
 from consentflow.runs import RunSummary, record_run
 
@@ -60,8 +62,23 @@ class LifecycleParams(BaseModel):
         return self
 
 
+#: Who asked for the flow run about to start in this context (``RunSummary.requested_by``).
+REQUESTED_BY: ContextVar[str | None] = ContextVar("consentflow_requested_by", default=None)
+
+
+@contextmanager
+def requested_by(who: str | None) -> Iterator[None]:
+    """Run a flow inside this block to record who asked for it, e.g. ``api:carol``."""
+    reset = REQUESTED_BY.set(who)
+    try:
+        yield
+    finally:
+        REQUESTED_BY.reset(reset)
+
+
 def start(flow: str, parameters: dict[str, object], dry_run: bool) -> RunSummary:
     """A summary stamped with this flow run's id and deployment (None outside a deployment)."""
+    events.install()  # commits that enqueue webhooks (expiries, invalidations) wake propagate
     run_id = flow_run.id
     return RunSummary(
         flow=flow,
@@ -69,6 +86,7 @@ def start(flow: str, parameters: dict[str, object], dry_run: bool) -> RunSummary
         dry_run=dry_run,
         run_id=str(run_id) if run_id else None,
         deployment=f"{flow_run.flow_name}/{deployment.name}" if deployment.name else None,
+        requested_by=REQUESTED_BY.get(),
     )
 
 

@@ -7,6 +7,7 @@ session creates a database of its own and drops it at the end, so runs never see
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -17,6 +18,7 @@ from pathlib import Path
 
 # Hermetic Prefect for any test that runs a flow: a private home, no server, no telemetry.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="consentflow-prefect-")
+atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ.pop("PREFECT_API_URL", None)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"

@@ -26,7 +26,7 @@ import flows.collection_followups as followups_flow
 import flows.expiry_sweep as expiry_flow
 import flows.reconsent as reconsent_flow
 import flows.renewal_reminders as reminders_flow
-from consentflow import db, lifecycle, purposes, sweeps, systems
+from consentflow import db, lifecycle, purposes, sweeps, systems, tokens
 from consentflow.lifecycle import Actor
 from consentflow.models import Consent, ConsentEvent, ConsentRequest, State, utcnow
 
@@ -204,6 +204,25 @@ def test_smtp_down_fails_the_run_cleanly(world, monkeypatch) -> None:  # type: i
         assert set(s.exec(select(Consent.reminder_stage)).all()) == {None}
 
 
+def test_cli_run_that_fails_ends_in_one_line(world, cli, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    smtp_support.use_smtp(monkeypatch, smtp_support.free_port())
+    monkeypatch.setattr(
+        reminders_flow, "remind_batch", reminders_flow.remind_batch.with_options(retries=0)
+    )
+    r = cli("run", "renewal-reminders", "--json")
+    assert r.code == 1
+    [line] = r.err.strip().splitlines()
+    [run] = audit_entries(world, "flow.run")
+    assert line.startswith("consentflow: renewal-reminders failed: cannot connect to the SMTP")
+    assert line.endswith(f"; run {run.run_id} recorded as failed in the audit trail")
+    report = json.loads(r.out)  # the summary as recorded, outcome failed
+    assert report["run_id"] == run.run_id and report["outcome"] == "failed"
+    assert report == run.detail
+    text = cli("run", "renewal-reminders")
+    assert text.code == 1 and "renewal-reminders: failed, run " in text.out
+    assert "nothing to do" in text.out and text.err.count("\n") == 1
+
+
 def test_only_a_dry_run_may_look_ahead(world, cli) -> None:  # type: ignore[no-untyped-def]
     ahead = (utcnow() + 31 * DAY).isoformat()
     before = row_counts(world)
@@ -235,28 +254,126 @@ def test_cli_run_expiry_sweep_json(world, cli) -> None:  # type: ignore[no-untyp
     assert bad.code == 2 and "stages" in bad.err
 
 
-def test_demo_runs_on_a_fresh_machine(tmp_path: Path) -> None:
-    """`consentflow demo` as a new user runs it: its own process, a new Prefect home, no
-    configuration, no server."""
+def _fresh_machine(tmp_path: Path) -> dict[str, str]:
+    """The environment of a new user's shell: no consentflow or Prefect settings, a home of its
+    own whose default Prefect profile points at a server that is not there (it must be ignored:
+    only PREFECT_API_URL or an explicitly chosen home or profile may send runs elsewhere), and a
+    temporary directory of its own (to see that the throw-away Prefect home is removed)."""
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("CONSENTFLOW_", "PREFECT_")) and k != "DO_NOT_TRACK"
     }
-    env["HOME"] = str(tmp_path)
-    env["PREFECT_HOME"] = str(tmp_path / ".prefect")
+    home = tmp_path / "home"
+    (home / ".prefect").mkdir(parents=True)
+    (home / ".prefect" / "profiles.toml").write_text(
+        'active = "elsewhere"\n[profiles.elsewhere]\nPREFECT_API_URL = "http://127.0.0.1:9/api"\n'
+    )
+    (tmp_path / "tmp").mkdir()
+    env.update(HOME=str(home), TMPDIR=str(tmp_path / "tmp"))
+    return env
+
+
+def _left_behind(tmp_path: Path) -> list[str]:
+    """What a CLI process left in its home's Prefect directory and its temporary directory."""
+    prefect_home = sorted(p.name for p in (tmp_path / "home" / ".prefect").iterdir())
+    return [n for n in prefect_home if n != "profiles.toml"] + sorted(
+        p.name for p in (tmp_path / "tmp").iterdir()
+    )
+
+
+def test_a_failed_cli_run_shows_no_traceback(tmp_path: Path) -> None:
+    """`consentflow run` as a user runs it, in its own process, when the SMTP server is down:
+    one warning line (the default public URL is http), then one line saying the run failed and
+    where it is recorded; the summary on stdout; no traceback from Prefect or from us."""
+    url = f"sqlite:///{tmp_path / 'consentflow.db'}"
+    engine = db.make_engine(url)
+    db.upgrade(engine)
+    with db.session_scope(engine) as s:
+        purposes.add(s, "news", title="News", validity_days=365)
+    give(engine, seed_subjects(engine, 2), "news", utcnow() + 5 * DAY)
+    env = _fresh_machine(tmp_path)
+    env.update(
+        CONSENTFLOW_DATABASE_URL=url,
+        CONSENTFLOW_SMTP_HOST="127.0.0.1",
+        CONSENTFLOW_SMTP_PORT=str(smtp_support.free_port()),
+    )
+    # The CLI's own entry point, with the batch task's retries off: against a server that is
+    # down they would wait 10 + 60 s before failing the same way.
+    script = (
+        "import sys\n"
+        "from consentflow.cli.run import _hermetic_prefect\n"
+        "_hermetic_prefect()\n"
+        "import flows.renewal_reminders as f\n"
+        "f.remind_batch = f.remind_batch.with_options(retries=0)\n"
+        "from consentflow.cli import main\n"
+        "main(sys.argv[1:])\n"
+    )
     result = subprocess.run(
-        [sys.executable, "-m", "consentflow.cli", "demo", "--directory", str(tmp_path / "d")],
+        [sys.executable, "-c", script, "run", "renewal-reminders", "--json"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
         timeout=180,
     )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "ERROR" not in result.stderr, result.stderr
+    warning, failure = result.stderr.strip().splitlines()
+    assert warning.startswith("consentflow: warning: one-click unsubscribe left out")
+    report = json.loads(result.stdout)
+    assert report["outcome"] == "failed" and report["flow"] == "renewal-reminders"
+    assert failure.startswith("consentflow: renewal-reminders failed: cannot connect to the SMTP")
+    assert failure.endswith(f"; run {report['run_id']} recorded as failed in the audit trail")
+    [run] = audit_entries(engine, "flow.run")
+    assert run.run_id == report["run_id"] and run.detail["outcome"] == "failed"
+    assert _left_behind(tmp_path) == []
+    engine.dispose()
+
+
+def test_demo_runs_on_a_fresh_machine(tmp_path: Path) -> None:
+    """`consentflow demo` as a new user runs it: its own process, no configuration, no server
+    (a default Prefect profile pointing at one is ignored), nothing left in its Prefect home."""
+    result = subprocess.run(
+        [sys.executable, "-m", "consentflow.cli", "demo", "--directory", str(tmp_path / "d")],
+        cwd=tmp_path,
+        env=_fresh_machine(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr == ""
     out = result.stdout
     for flow in ("expiry-sweep", "renewal-reminders", "collection-followups", "reconsent"):
         assert f"\n{flow}: " in out
     assert "audit trail intact" in out and "expiry-sweep again: 0 expired" in out
-    assert (tmp_path / "d" / "consentflow-demo.db").exists()
-    assert not (tmp_path / "consentflow.db").exists()
+    path = tmp_path / "d" / "consentflow-demo.db"
+    assert path.exists() and not (tmp_path / "consentflow.db").exists()
+    assert _left_behind(tmp_path) == []
+
+    # Propagation: 8 expiries, 3 withdrawals and 5 invalidations reach crm; ads (profiling
+    # only) answers 503, so its 5 are retried later, and the health table says so.
+    propagate = out.split("\npropagate: ", 1)[1].split("\n\n", 1)[0]
+    assert "crm          delivered               16" in propagate
+    assert "ads          retried                  5" in propagate
+    assert "webhooks received on 127.0.0.1:" in out and ": crm 16 (answered 200), ads 5 " in out
+    assert "  signature verified with standardwebhooks: msg_" in out  # a test extra: installed
+    health = out.split("delivery health per endpoint:\n", 1)[1].split("\n\n", 1)[0]
+    ads, crm = health.splitlines()
+    assert ads.split()[:2] == ["ads", "NOT"] and "pending 5 (retrying 5)" in ads
+    assert "failures in 24 h 5" in ads
+    assert crm.split()[:2] == ["crm", "ok"] and "delivered 16, pending 0" in crm
+
+    # The emails: the default public URL is http, so no one-click header, and a note says why.
+    assert "0 with RFC 8058 one-click" in out
+    assert "note: one-click unsubscribe left out: CONSENTFLOW_PUBLIC_URL (http://" in out
+
+    # The way into the web app: a compliance token for this database, and its path.
+    assert f"CONSENTFLOW_DATABASE_URL=sqlite:///{path} consentflow serve" in out
+    token = out.rsplit("for the demo database only: ", 1)[1].strip()
+    engine = db.make_engine(f"sqlite:///{path}")
+    with db.session_scope(engine) as s:
+        info = tokens.verify(s, token)
+    engine.dispose()
+    assert info is not None and info.scope.value == "compliance"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import logging
 import threading
 
 import pytest
@@ -12,7 +13,7 @@ import smtp_support
 from aiosmtpd.controller import Controller
 from smtp_support import SmtpSink, free_port
 
-from consentflow import mail
+from consentflow import mail, settings
 from consentflow.mail import Mailer, SendStatus, SmtpConfig
 
 smtp_sink = smtp_support.smtp_sink
@@ -85,6 +86,42 @@ def test_message_structure_and_one_click_headers() -> None:
     assert all(len(line) <= 998 for line in out.data.split(b"\r\n"))
     assert "ann@example.com" not in repr(out)
     assert "List-Unsubscribe" not in email.message_from_bytes(_message("b@example.com").data)
+
+
+def test_one_click_only_over_https(smtp_sink: SmtpSink, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    """RFC 8058 one-click needs https: over plain http the POST header is left out (the
+    List-Unsubscribe link stays), and each mailer (one per flow run) says so once."""
+    https_out = _message("a@example.com", unsubscribe="https://consent.example.org/l/t1")
+    assert not https_out.one_click_omitted
+    http_url = "http://127.0.0.1:8000/l/t2"
+    http_out = _message("b@example.com", unsubscribe=http_url)
+    parsed = email.message_from_bytes(http_out.data, policy=email.policy.default)
+    assert parsed["List-Unsubscribe"] == f"<{http_url}>"
+    assert parsed["List-Unsubscribe-Post"] is None and http_out.one_click_omitted
+    assert not _message("c@example.com").one_click_omitted  # no link, nothing left out
+
+    monkeypatch.setenv("CONSENTFLOW_PUBLIC_URL", "http://127.0.0.1:8000")
+    settings.get_settings.cache_clear()
+    caplog.set_level(logging.WARNING, logger="consentflow.mail")
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "consentflow.mail"]
+
+    with Mailer(_config(smtp_sink.port)) as mailer:
+        mailer.send([https_out])
+        assert warnings() == []
+        mailer.send([_message(f"h{i}@example.com", unsubscribe=http_url) for i in range(3)])
+        mailer.send([_message("h9@example.com", unsubscribe=http_url)])
+    [warning] = warnings()
+    assert "http://127.0.0.1:8000" in warning and "RFC 8058" in warning
+    assert "/l/" not in warning and "@example.com" not in warning  # no token, no address
+    with Mailer(_config(smtp_sink.port)) as mailer:  # the next run says it again
+        mailer.send([http_out])
+    assert len(warnings()) == 2
+    got = {r.recipients[0]: r.message for r in smtp_sink.received}
+    assert got["a@example.com"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert got["b@example.com"]["List-Unsubscribe-Post"] is None
+    assert got["b@example.com"]["List-Unsubscribe"] == f"<{http_url}>"
 
 
 def test_message_ids_are_unique() -> None:

@@ -13,7 +13,7 @@ from web_support import bearer, client, seed, uvicorn_server
 
 from consentflow import db, lifecycle
 from consentflow.lifecycle import Actor
-from consentflow.models import ApiToken, ConsentEvent, Delivery, DeliveryState
+from consentflow.models import ApiToken, AuditEntry, ConsentEvent, Delivery, DeliveryState
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def test_grant_and_revoke_record_channel_and_actor(api, engine):
     r = c.post(
         "/api/v1/subjects/alice/consents/news/grant",
         headers=bearer(t.admin),
-        json={"channel": "web", "actor_type": "subject"},
+        json={"channel": "support", "actor_type": "agent", "actor": "Dana (call centre)"},
     )
     assert r.status_code == 200, r.text
     body = r.json()
@@ -53,10 +53,84 @@ def test_grant_and_revoke_record_channel_and_actor(api, engine):
     assert r.status_code == 200 and r.json()["deliveries"] == 1  # crm subscribes to news
     with db.session_scope(engine) as s:
         events = s.exec(select(ConsentEvent).order_by(ConsentEvent.seq)).all()
-        assert [(e.action, e.channel, e.actor_type) for e in events] == [
-            ("grant", "web", "subject"),
-            ("revoke", "api", "subject"),
+        assert [(e.action, e.channel, e.actor_type, e.actor) for e in events] == [
+            ("grant", "support", "agent", "Dana (call centre) via api:root"),
+            ("revoke", "api", "subject", "api:root"),
         ]
+
+
+def _audit(engine, action):
+    with db.session_scope(engine) as s:
+        return s.exec(
+            select(AuditEntry).where(AuditEntry.action == action).order_by(AuditEntry.seq)
+        ).all()
+
+
+def test_every_api_change_names_its_token_in_the_event_and_the_audit_trail(api, engine):
+    """An admin token cannot pass itself off as the person: the token is on the record."""
+    c, t = api
+    r = c.post(
+        "/api/v1/subjects/alice/consents/news/grant",
+        headers=bearer(t.admin),
+        json={"channel": "api", "actor_type": "subject"},
+    )
+    assert r.status_code == 200, r.text
+    r = c.post(
+        "/api/v1/subjects/alice/consents/news/revoke",
+        headers=bearer(t.support),
+        json={"reason": "asked by phone, ticket 7"},
+    )
+    assert r.status_code == 200, r.text
+    with db.session_scope(engine) as s:
+        events = s.exec(select(ConsentEvent).order_by(ConsentEvent.seq)).all()
+    assert [(e.actor_type, e.actor, e.channel, e.evidence) for e in events] == [
+        ("subject", "api:root", "api", {"via_token": "root"}),
+        ("agent", "sam", "support", {"via_token": "sam"}),
+    ]
+    # The hash-chained audit entries carry the token too (their actor).
+    grant, revoke = _audit(engine, "consent.grant") + _audit(engine, "consent.revoke")
+    assert (grant.actor, grant.channel) == ("api:root", "api")
+    assert (revoke.actor, revoke.channel) == ("sam", "support")
+    history = c.get("/api/v1/subjects/alice/history", headers=bearer(t.compliance)).json()
+    assert [e["actor"] for e in history["events"]] == ["api:root", "sam"]
+
+
+@pytest.mark.parametrize("channel", ["email_link", "web"])
+def test_page_channels_are_refused_through_the_api(api, engine, channel):
+    """Only the signed-link and preference pages record a person's own click."""
+    c, t = api
+    for token in (t.admin, t.support):
+        r = c.post(
+            "/api/v1/subjects/alice/consents/news/grant",
+            headers=bearer(token),
+            json={"channel": channel, "actor_type": "subject", "reason": "r"},
+        )
+        assert r.status_code == 422, r.text
+        detail = r.json()["detail"]
+        assert detail == (
+            f"body channel: '{channel}' is recorded only by the signed-link and preference "
+            "pages; use 'api' or 'support'"
+        )
+        assert r.json()["errors"][0]["field"] == "channel"
+    with db.session_scope(engine) as s:
+        assert s.exec(select(ConsentEvent)).all() == []
+
+
+def test_422_messages_show_plain_values_not_enum_reprs(api):
+    c, t = api
+    h = bearer(t.admin)
+    r = c.post("/api/v1/subjects/alice/consents/news/grant", headers=h, json={"channel": "fax"})
+    assert r.status_code == 422
+    assert r.json()["detail"] == "body channel: Input should be 'api' or 'support'"
+    r = c.post(
+        "/api/v1/subjects/alice/consents/news/grant", headers=h, json={"actor_type": "system"}
+    )
+    assert r.json()["detail"] == "body actor_type: Input should be 'subject' or 'agent'"
+    schema = c.get("/openapi.json").json()["components"]["schemas"]["ChangeIn"]["properties"]
+    assert schema["channel"]["enum"] == ["api", "support"]
+    # The ledger records ``ACTOR via api:TOKEN`` in 200 characters: a longer name is refused.
+    r = c.post("/api/v1/subjects/alice/consents/news/grant", headers=h, json={"actor": "x" * 91})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "actor"
 
 
 def test_support_acts_as_named_agent_and_must_give_a_reason(api, engine):
@@ -66,17 +140,23 @@ def test_support_acts_as_named_agent_and_must_give_a_reason(api, engine):
     r = c.post(
         "/api/v1/subjects/alice/consents/news/grant",
         headers=bearer(t.support),
-        json={"reason": "asked by phone, ticket 42", "actor_type": "subject", "channel": "web"},
+        json={
+            "reason": "asked by phone, ticket 42",
+            "actor_type": "subject",
+            "channel": "api",
+            "actor": "alice",
+        },
     )
     assert r.status_code == 200, r.text
     with db.session_scope(engine) as s:
         e = s.exec(select(ConsentEvent)).one()
         # Whatever the body says, a support token is recorded as itself.
-        assert (e.actor_type, e.actor, e.channel, e.reason) == (
+        assert (e.actor_type, e.actor, e.channel, e.reason, e.evidence) == (
             "agent",
             "sam",
             "support",
             "asked by phone, ticket 42",
+            {"via_token": "sam"},
         )
 
 
@@ -242,7 +322,8 @@ def test_purposes_and_versions(api):
 def test_receipt_has_the_27560_shape(api):
     c, t = api
     h = bearer(t.admin)
-    c.post("/api/v1/subjects/alice/consents/news/grant", headers=h, json={"channel": "web"})
+    r = c.post("/api/v1/subjects/alice/consents/news/grant", headers=h, json={"channel": "support"})
+    assert r.status_code == 200, r.text
     c.post("/api/v1/subjects/alice/consents/news/revoke", headers=h)
     r = c.get("/api/v1/subjects/alice/receipt", headers=bearer(t.compliance))
     assert r.status_code == 200
@@ -258,7 +339,7 @@ def test_receipt_has_the_27560_shape(api):
     assert [
         (e["event_type"], e["event_state"], e["collection_method"]) for e in block["events"]
     ] == [
-        ("grant", "given", "web"),
+        ("grant", "given", "support"),
         ("revoke", "withdrawn", "api"),
     ]
     assert all(e["event_by"] == "data-subject" for e in block["events"])

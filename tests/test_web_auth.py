@@ -23,6 +23,7 @@ PUBLIC = {
     ("POST", "/login"),
     ("POST", "/logout"),
     ("GET", "/l/{token}"),
+    ("HEAD", "/l/{token}"),
     ("POST", "/l/{token}"),
 }
 PATH_VALUES = {

@@ -20,6 +20,7 @@ from consentflow.models import (
     Subject,
     utcnow,
 )
+from consentflow.runs import RunSummary, record_run
 from consentflow.web import dashboard
 
 
@@ -187,14 +188,56 @@ def test_delivery_health_and_runs(data, engine, monkeypatch):
     col = {c: i for i, c in enumerate(health.columns)}
     assert crm[col["pending"]] == 15 and crm[col["dead"]] == 0 and crm[col["status"]] == "active"
     assert crm[col["oldest undelivered"]] != "-"
+    col = {c: i for i, c in enumerate(runs.columns)}
     dry, real = runs.rows
-    assert dry[1] == "reconsent" and dry[3] == "yes"
-    assert real[1] == "expiry-sweep" and real[4] == "expired: 3"
-    assert isinstance(real[5], dashboard.Link)
-    assert real[5].href == (
+    assert dry[col["flow"]] == "reconsent" and dry[col["dry run"]] == "yes"
+    assert real[col["flow"]] == "expiry-sweep" and real[col["totals"]] == "expired: 3"
+    assert isinstance(real[col["run"]], dashboard.Link)
+    assert real[col["run"]].href == (
         "http://prefect.example:4200/runs/flow-run/1b2c3d4e-0000-4000-8000-000000000001"
     )
     settings.get_settings.cache_clear()
+
+
+def _record_run(engine, flow, counts=(), *, outcome="completed", dry_run=False, by=None):
+    summary = RunSummary(flow=flow, parameters={}, dry_run=dry_run, requested_by=by)
+    for purpose, what, n in counts:
+        summary.add(purpose, what, n)
+    with db.session_scope(engine) as s:
+        record_run(s, summary, outcome)
+
+
+def test_runs_show_each_flow_and_skip_idle_propagate_runs(engine):
+    """A frequent propagate schedule pushes no other flow off the dashboard."""
+    seed(engine)
+    _record_run(engine, "expiry-sweep", [("news", "expired", 3)])
+    _record_run(engine, "reconsent", dry_run=True, by="api:carol")
+    _record_run(engine, "propagate", [("-", "delivered", 2)])
+    _record_run(engine, "propagate", outcome="failed")
+    for i in range(40):  # nothing to deliver, or only what a paused system holds back
+        _record_run(engine, "propagate", [("-", "held", 5)] if i % 2 else [])
+    with db.session_scope(engine, readonly=True) as s:
+        latest, recent = dashboard.runs(s), dashboard.recent_runs(s)
+    col = {c: i for i, c in enumerate(latest.columns)}
+
+    def flows(table):
+        return [(r[col["flow"]], r[col["outcome"]], r[col["totals"]]) for r in table.rows]
+
+    # The latest run of each flow, newest first: propagate's shows it is alive.
+    assert flows(latest) == [
+        ("propagate", "completed", "held: 5"),
+        ("reconsent", "completed", "-"),
+        ("expiry-sweep", "completed", "expired: 3"),
+    ]
+    # The latest runs overall, without the 40 idle propagate runs.
+    assert flows(recent) == [
+        ("propagate", "failed", "-"),
+        ("propagate", "completed", "delivered: 2"),
+        ("reconsent", "completed", "-"),
+        ("expiry-sweep", "completed", "expired: 3"),
+    ]
+    by = {r[col["flow"]]: r[col["requested by"]] for r in latest.rows}
+    assert by == {"propagate": "-", "reconsent": "api:carol", "expiry-sweep": "-"}
 
 
 def test_a_fixed_number_of_queries_whatever_the_data(engine):
@@ -233,7 +276,8 @@ def test_page_and_csv_exports(data, engine):
             "Expiring in the next 30 days",
             "Delivery health per downstream system",
             "Withdrawal anomalies",
-            "Latest flow runs",
+            "Latest run of each flow",
+            "Recent flow runs",
         ):
             assert section in page.text
         assert "<svg" in page.text and "<polyline" in page.text

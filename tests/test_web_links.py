@@ -8,13 +8,13 @@ import re
 from datetime import timedelta
 
 import pytest
-from sqlmodel import func, select
+from sqlmodel import func, select, update
 from web_support import client, seed
 
 from consentflow import db, lifecycle, links, purposes
 from consentflow.lifecycle import Actor
 from consentflow.links import LinkAction
-from consentflow.models import AuditHead, ConsentEvent, Purpose, Subject, utcnow
+from consentflow.models import AuditHead, Consent, ConsentEvent, Purpose, Subject, utcnow
 
 
 @pytest.fixture
@@ -243,3 +243,81 @@ def test_pages_escape_what_they_show(web, engine):
     page = web.get(f"/l/{token}")
     assert "<script>alert(1)</script>" not in page.text
     assert "&lt;script&gt;" in page.text
+
+
+@pytest.mark.parametrize("action", [LinkAction.REVOKE, LinkAction.RENEW, LinkAction.PREFERENCES])
+def test_head_answers_like_get_without_a_body_and_changes_nothing(web, engine, action):
+    """Mail scanners check links with HEAD: same status and headers as GET, no body."""
+    token = _token(engine, action, purpose=None if action is LinkAction.PREFERENCES else "news")
+    before = _footprint(engine)
+    get = web.get(f"/l/{token}")
+    head = web.head(f"/l/{token}")
+    assert head.status_code == get.status_code == 200
+    assert head.content == b""
+    assert head.headers["content-type"] == get.headers["content-type"]
+    assert head.headers["content-length"] == get.headers["content-length"]
+    assert head.headers["cache-control"] == "no-store"
+    bad = web.head("/l/not-a-token")
+    assert bad.status_code == 400 and bad.content == b""
+    assert _footprint(engine) == before and _state(engine) == "given"
+
+
+def _preferences_link(html):
+    found = re.search(r'href="(/l/[^"]+)"', html)
+    assert found, "no link to the preference page"
+    return found.group(1)
+
+
+@pytest.mark.parametrize("how", ["withdrawn", "lapsed"])
+def test_renew_link_for_a_consent_no_longer_in_force_says_so(web, engine, how):
+    """No 'Renew your consent?' button that would only answer 409: the page says the consent
+    is not in force and offers the preference page, where it can be given again."""
+    token = _token(engine, LinkAction.RENEW)
+    with db.session_scope(engine) as s:
+        if how == "withdrawn":
+            lifecycle.revoke(s, "alice", "news", Actor())
+        else:  # its validity ended; no sweep has recorded the expiry yet
+            s.execute(update(Consent).values(valid_until=utcnow() - timedelta(days=1)))
+    before = _footprint(engine)
+    page = web.get(f"/l/{token}")
+    assert page.status_code == 200
+    assert "Renew your consent?" not in page.text and 'id="confirm"' not in page.text
+    assert "This consent is no longer active" in page.text
+    prefs = web.get(_preferences_link(page.text))
+    assert prefs.status_code == 200 and "Your choices" in prefs.text
+    assert _footprint(engine) == before
+    # From there it can be given again: recorded like any preference-page change.
+    r = web.post(
+        _preferences_link(page.text),
+        data={"csrf_token": _csrf(prefs.text), "op": "grant", "purpose": "news"},
+    )
+    assert r.status_code == 303 and _state(engine) == "given"
+    with db.session_scope(engine) as s:
+        last = s.exec(select(ConsentEvent).order_by(ConsentEvent.seq.desc())).first()
+    assert (last.action, last.channel, last.actor_type) == ("grant", "web", "subject")
+
+
+def test_renew_refused_after_the_page_was_shown_offers_the_preference_page(web, engine):
+    token = _token(engine, LinkAction.RENEW)
+    page = web.get(f"/l/{token}")
+    assert "Renew your consent?" in page.text
+    with db.session_scope(engine) as s:  # withdrawn elsewhere while the page was open
+        lifecycle.revoke(s, "alice", "news", Actor())
+    before = _footprint(engine)
+    r = web.post(f"/l/{token}", data={"csrf_token": _csrf(page.text)})
+    assert r.status_code == 409 and "Nothing was changed" in r.text
+    assert web.get(_preferences_link(r.text)).status_code == 200
+    assert _footprint(engine) == before
+
+
+def test_preference_link_offered_expires_with_the_renew_link(web, engine):
+    now = utcnow()
+    token = _token(engine, LinkAction.RENEW, ttl=timedelta(days=2))
+    with db.session_scope(engine) as s:
+        lifecycle.revoke(s, "alice", "news", Actor())
+    prefs = _preferences_link(web.get(f"/l/{token}").text).removeprefix("/l/")
+    with db.session_scope(engine) as s:
+        link = links.verify(s, prefs, LinkAction.PREFERENCES)
+    assert link.purpose_id is None
+    assert now + timedelta(days=2) - timedelta(minutes=1) < link.expires_at
+    assert link.expires_at <= now + timedelta(days=2, minutes=1)

@@ -42,6 +42,9 @@ def test_only_compliance_and_admin_may_start_runs(tokens) -> None:  # type: igno
         ("expiry-sweep", {"batch_size": 0}, 422, "batch_size"),
         ("expiry-sweep", {"as_of": "not a time"}, 422, "as_of"),
         ("reconsent", {"as_of": "2999-01-01T00:00:00Z"}, 422, "only a dry run may look ahead"),
+        # Checking names needs the database: the request's own unit of work (read-only) must
+        # not hold SQLite's write lock meanwhile.
+        ("expiry-sweep", {"purposes": ["no-such-purpose"]}, 404, "no-such-purpose"),
     ],
 )
 def test_bad_runs_are_refused_and_start_nothing(  # type: ignore[no-untyped-def]
@@ -64,9 +67,30 @@ def test_compliance_starts_a_dry_run_sweep(prefect_harness, engine, tokens) -> N
     )
     assert answer.status_code == 202, answer.text
     assert answer.json()["parameters"]["dry_run"] is True
+    assert answer.json()["requested_by"] == "api:carol"
     _join_runs()
     [entry] = audit_entries(engine, "flow.dry_run")
     assert entry.detail["flow"] == "expiry-sweep"
     assert entry.detail["outcome"] == "completed"
     assert entry.detail["parameters"]["dry_run"] is True
+    assert entry.detail["requested_by"] == "api:carol"  # who asked, in the run's audit entry
     assert entry.run_id
+
+
+def test_who_asked_is_recorded_only_for_the_run_it_asked_for(prefect_harness, engine, tokens):  # type: ignore[no-untyped-def]
+    """The requester is set for the API's run only: a run started afterwards in the same
+    process (a schedule, the CLI) records none."""
+    import flows
+
+    answer = client().post(
+        "/api/v1/runs/reconsent", json={"dry_run": True}, headers=bearer(tokens.admin)
+    )
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["requested_by"] == "api:root"
+    _join_runs()
+    flow_fn, params = flows.prepare("reconsent", {"dry_run": True})
+    assert flow_fn(params).requested_by is None
+    assert [e.detail["requested_by"] for e in audit_entries(engine, "flow.dry_run")] == [
+        "api:root",
+        None,
+    ]

@@ -1,14 +1,19 @@
-"""Helpers for the web tests: seeded data, tokens, an in-process client, a real uvicorn server."""
+"""Helpers for the web tests: seeded data, tokens, an in-process client, real uvicorn servers
+(in a thread, or ``consentflow serve`` in a subprocess)."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 from sqlalchemy.engine import Engine
@@ -106,3 +111,48 @@ def uvicorn_server(port: int | None = None, timeout: float = 20.0) -> Iterator[s
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@dataclass
+class Served:
+    """``consentflow serve`` running in a subprocess: its base URL, and its output once done."""
+
+    base: str
+    proc: subprocess.Popen[bytes]
+    stdout: str = ""
+    stderr: str = ""
+
+
+@contextlib.contextmanager
+def serve_process(database_url: str, timeout: float = 60.0, **env: str) -> Iterator[Served]:
+    """``consentflow serve`` as an operator runs it, on the test database, ready when uvicorn
+    says so on stderr. Its stdout (the access log) and stderr are in the ``Served`` after the
+    block, once the server has shut down."""
+    port = free_port()
+    exe = Path(sys.executable).with_name("consentflow")
+    proc = subprocess.Popen(
+        [str(exe), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, "CONSENTFLOW_DATABASE_URL": database_url, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    watchdog = threading.Timer(timeout, proc.kill)  # a server that never starts: stop waiting
+    watchdog.start()
+    served = Served(f"http://127.0.0.1:{port}", proc)
+    startup: list[bytes] = []
+    try:
+        assert proc.stderr is not None
+        for line in iter(proc.stderr.readline, b""):
+            startup.append(line)
+            if b"Application startup complete" in line:
+                break
+        else:
+            raise RuntimeError("consentflow serve did not start:\n" + b"".join(startup).decode())
+        watchdog.cancel()
+        yield served
+    finally:
+        watchdog.cancel()
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+        served.stdout = out.decode()
+        served.stderr = b"".join(startup).decode() + err.decode()

@@ -28,6 +28,7 @@ import email.header
 import email.policy
 import hashlib
 import hmac
+import logging
 import re
 import threading
 from collections.abc import Sequence
@@ -38,12 +39,15 @@ from email.utils import formataddr, formatdate, make_msgid, parseaddr
 from enum import StrEnum
 from functools import lru_cache
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiosmtplib
 import jinja2
 import markupsafe
 
 from consentflow.settings import get_settings
+
+log = logging.getLogger("consentflow.mail")
 
 # --------------------------------------------------------------------------------------------
 # Rendering
@@ -156,6 +160,8 @@ class Outgoing:
     sender: str
     recipient: str = field(repr=False)
     data: bytes = field(repr=False)
+    #: It has a withdrawal link but no ``List-Unsubscribe-Post``: the link is not https.
+    one_click_omitted: bool = False
 
 
 def compose(
@@ -168,10 +174,11 @@ def compose(
 ) -> Outgoing:
     """A multipart/alternative message (text, then HTML).
 
-    ``unsubscribe_url``: the one-click withdrawal link; adds the RFC 8058 headers
-    ``List-Unsubscribe: <URL>`` and ``List-Unsubscribe-Post: List-Unsubscribe=One-Click``.
-    (RFC 8058 also wants the URL to be https and the headers covered by a DKIM signature: the
-    former is ``CONSENTFLOW_PUBLIC_URL``'s job in production, the latter the sending MTA's.)
+    ``unsubscribe_url``: the withdrawal link; adds ``List-Unsubscribe: <URL>`` and, when the URL
+    is https, ``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` (RFC 8058 one-click, which
+    requires https; ``Outgoing.one_click_omitted`` marks a message that had to go without it,
+    and ``Mailer`` logs that once). The DKIM signature RFC 8058 also asks for is the sending
+    MTA's job.
     """
     sender = sender or get_settings().mail_from
     name, address = parseaddr(sender)
@@ -183,12 +190,16 @@ def compose(
     msg["Message-ID"] = _header(message_id)
     msg["Auto-Submitted"] = "auto-generated"
     msg["Content-Language"] = _header(rendered.locale)
+    one_click_omitted = False
     if unsubscribe_url:
         msg["List-Unsubscribe"] = _header(f"<{unsubscribe_url}>")
-        msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        if unsubscribe_url.lower().startswith("https://"):
+            msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        else:
+            one_click_omitted = True
     msg.attach(_part(rendered.text, "plain"))
     msg.attach(_part(rendered.html, "html"))
-    return Outgoing(message_id, address, to, msg.as_bytes(policy=_POLICY))
+    return Outgoing(message_id, address, to, msg.as_bytes(policy=_POLICY), one_click_omitted)
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,6 +300,7 @@ class Mailer:
         self._conns: list[aiosmtplib.SMTP | None] = [None] * self.config.pool_size
         #: How many connections were opened over the mailer's life (tests check reuse).
         self.connections_opened = 0
+        self._warned_one_click = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -326,6 +338,13 @@ class Mailer:
         """Send ``messages`` over the pool; never raises for SMTP trouble (see ``SendReport``)."""
         if not messages:
             return SendReport([])
+        if not self._warned_one_click and any(m.one_click_omitted for m in messages):
+            self._warned_one_click = True  # once per mailer, that is once per flow run
+            log.warning(
+                "one-click unsubscribe left out: CONSENTFLOW_PUBLIC_URL (%s) is not https, and "
+                "RFC 8058 requires https for List-Unsubscribe-Post; emails keep List-Unsubscribe",
+                _origin(get_settings().public_url),
+            )
         return self._run(self._send_all(list(messages)))
 
     async def _connection(self, slot: int) -> aiosmtplib.SMTP:
@@ -424,6 +443,11 @@ class Mailer:
             except (aiosmtplib.SMTPException, *_TRANSPORT):
                 conn.close()
             self._conns[slot] = None
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.netloc else url[:100]
 
 
 def _describe(exc: BaseException) -> str:

@@ -2,8 +2,9 @@
 
 Compliance must be able to answer "which run did this, and what else did it do": each item a run
 changes carries the run id in its own audit entry (through ``lifecycle.Actor.run_id``), and the run
-itself is recorded here with its parameters, counts and outcome. This module knows nothing of
-Prefect; ``flows/common.py`` fills in the run id and publishes the summary as an artifact.
+itself is recorded here with its parameters, counts, outcome and, for an ad-hoc run, who asked for
+it. This module knows nothing of Prefect; ``flows/common.py`` fills in the run id and the
+requester and publishes the summary as an artifact.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ class RunSummary:
     dry_run: bool = False
     run_id: str | None = None
     deployment: str | None = None
+    #: Who asked for an ad-hoc run (``api:TOKEN`` through the web API); None for scheduled,
+    #: triggered and CLI runs.
+    requested_by: str | None = None
     started_at: datetime = field(default_factory=utcnow)
     finished_at: datetime | None = None
     outcome: str = "running"
@@ -51,6 +55,7 @@ class RunSummary:
             "flow": self.flow,
             "run_id": self.run_id,
             "deployment": self.deployment,
+            "requested_by": self.requested_by,
             "dry_run": self.dry_run,
             "outcome": self.outcome,
             "parameters": self.parameters,

@@ -1,13 +1,18 @@
 """``consentflow demo``: the lifecycle flows on a synthetic population, with nothing to set up.
 
-A new SQLite database in a temporary directory, a local SMTP sink on loopback that keeps every
-email in memory, and an embedded Prefect (no server): the four lifecycle flows run exactly as a
-deployment would run them, then the audit chain is verified. Nothing outside the temporary
-directory (and Prefect's home) is touched, and the environment is restored afterwards.
+A new SQLite database in a temporary directory, a local SMTP sink and a webhook receiver on
+loopback that keep what they get in memory, and an embedded Prefect (no server; a throw-away
+Prefect home unless one is chosen explicitly, see ``cli.run._hermetic_prefect``): the four
+lifecycle flows run exactly as a deployment would run them, then ``propagate`` delivers the
+withdrawals they produced to two downstream systems (one healthy, one answering 503), one
+request's signature is checked with the public ``standardwebhooks`` package (when installed), and
+the audit chain is verified. It ends with how to open the result in the web app. Nothing outside
+the temporary directory is touched, and consentflow's environment is restored afterwards.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import tempfile
@@ -15,6 +20,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,9 +28,10 @@ import typer
 from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
-from consentflow import audit, db, lifecycle, purposes, settings, subjects, systems
+from consentflow import audit, db, lifecycle, purposes, settings, subjects, systems, tokens
 from consentflow.cli._common import app
-from consentflow.cli.run import _hermetic_prefect
+from consentflow.cli.run import _hermetic_prefect, _quiet_prefect_logs, summary_rows
+from consentflow.delivery.health import endpoint_health
 from consentflow.errors import ConsentflowError
 from consentflow.lifecycle import Actor, ImportRow
 from consentflow.models import (
@@ -80,6 +87,78 @@ class _Sink:
         self.controller.stop()
 
 
+class _Receiver:
+    """Two downstream systems' webhook endpoints on 127.0.0.1 (a threaded ``http.server``):
+    ``/hooks/crm`` answers 200, ``/hooks/ads`` 503 (it is down). Keeps every request."""
+
+    def __init__(self) -> None:
+        self.status = {"/hooks/crm": 200, "/hooks/ads": 503}
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                with receiver.lock:
+                    receiver.requests.append((self.path, headers, body))
+                self.send_response(receiver.status.get(self.path, 404))
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def at(self, path: str) -> list[tuple[str, dict[str, str], bytes]]:
+        with self.lock:
+            return [r for r in self.requests if r[0] == path]
+
+    def __enter__(self) -> _Receiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class _Notes(logging.Handler):
+    """Collects consentflow's warnings during the demo, to print each once, in its place."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message not in self.messages:
+            self.messages.append(message)
+
+
+@contextmanager
+def _notes(logger_name: str) -> Iterator[_Notes]:
+    logger = logging.getLogger(logger_name)
+    notes, propagate = _Notes(), logger.propagate
+    logger.addHandler(notes)
+    logger.propagate = False
+    try:
+        yield notes
+    finally:
+        logger.removeHandler(notes)
+        logger.propagate = propagate
+
+
 @contextmanager
 def _environment(values: dict[str, str | None]) -> Iterator[None]:
     """Set (or, for None, unset) environment variables, and put everything back afterwards."""
@@ -106,20 +185,20 @@ def _environment(values: dict[str, str | None]) -> Iterator[None]:
 # --------------------------------------------------------------------------------------------
 
 
-def _seed(engine: Any, now: datetime) -> dict[str, int]:
-    """Subjects, purposes and consents in every state; returns what it made, for the printout."""
+def _seed(engine: Any, now: datetime, receiver: _Receiver) -> dict[str, str]:
+    """Subjects, purposes and consents in every state, and two downstream systems with webhooks
+    to ``receiver``; returns each system's webhook secret."""
     importer = Actor(ActorType.IMPORT, Channel.IMPORT, name="demo-seed")
     people = [f"demo-{i:03d}" for i in range(1, 61)]
+    secrets: dict[str, str] = {}
     with db.session_scope(engine) as s:
         purposes.add(s, "newsletter", title="Monthly newsletter", validity_days=365)
         purposes.add(s, "analytics", title="Product analytics", validity_days=180)
         purposes.add(s, "profiling", title="Personalised offers", validity_days=365)
-        systems.add(
-            s,
-            "crm",
-            ["newsletter", "profiling"],
-            webhook_url="https://crm.example.com/hooks/consent",
-        )
+        for name, keys in (("crm", ["newsletter", "profiling"]), ("ads", ["profiling"])):
+            _, secret = systems.add(s, name, keys, webhook_url=receiver.url(f"/hooks/{name}"))
+            assert secret is not None
+            secrets[name] = secret
         ids = {}
         for i, name in enumerate(people):
             email = None if i % 20 == 19 else f"{name}@example.com"
@@ -170,7 +249,7 @@ def _seed(engine: Any, now: datetime) -> dict[str, int]:
 
     with db.session_scope(engine) as s:
         _backdate(s, ids, people, now)
-    return {"subjects": len(people), "purposes": 3, "systems": 1}
+    return secrets
 
 
 def _backdate(s: Session, ids: dict[str, int], people: list[str], now: datetime) -> None:
@@ -217,11 +296,11 @@ def _backdate(s: Session, ids: dict[str, int], people: list[str], now: datetime)
 def _print_summary(summary: Any, what: str) -> None:
     typer.echo(f"\n{summary.flow}: {what}")
     typer.echo(f"  run {summary.run_id}, {summary.outcome}")
-    rows = summary.rows()
+    rows = summary_rows(summary.as_dict())
     if not rows:
         typer.echo("  nothing to do")
-    for row in rows:
-        typer.echo(f"  {row['purpose']:<12} {row['outcome']:<20} {row['count']:>5}")
+    for name, outcome, n in rows:
+        typer.echo(f"  {name:<12} {outcome:<20} {n:>5}")
 
 
 @app.command("demo")
@@ -233,7 +312,8 @@ def demo(
         ),
     ] = None,
 ) -> None:
-    """Run the lifecycle flows on a synthetic population (SQLite, embedded Prefect, SMTP sink)."""
+    """Run the lifecycle flows and webhook propagation on a synthetic population (SQLite,
+    embedded Prefect, local SMTP sink and webhook receiver)."""
     workdir = Path(directory or tempfile.mkdtemp(prefix="consentflow-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "consentflow-demo.db"
@@ -243,6 +323,7 @@ def demo(
     _hermetic_prefect()
     with (
         _Sink() as sink,
+        _Receiver() as receiver,
         _environment(
             {
                 "CONSENTFLOW_DATABASE_URL": url,
@@ -252,37 +333,56 @@ def demo(
                 "CONSENTFLOW_SMTP_USERNAME": None,
                 "CONSENTFLOW_SMTP_PASSWORD": None,
                 "CONSENTFLOW_MAIL_FROM": "consentflow demo <consent@example.org>",
+                # The links in the emails point at `consentflow serve`'s default address.
+                "CONSENTFLOW_PUBLIC_URL": None,
+                # Webhooks may go to the loopback receiver (refused by default: SSRF rules).
+                "CONSENTFLOW_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
             }
         ),
     ):
         engine = db.get_engine(url)
         try:
-            _run(engine, url, path, sink)
+            _run(engine, url, path, sink, receiver)
         finally:
             engine.dispose()
 
 
-def _run(engine: Any, url: str, path: Path, sink: _Sink) -> None:
+def _run(engine: Any, url: str, path: Path, sink: _Sink, receiver: _Receiver) -> None:
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
+    _quiet_prefect_logs()
     # Heartbeats detect crashed runs on workers; an embedded demo needs none (each sync run
     # would otherwise end on a whole second).
-    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        _flows(engine, url, path, sink)
+    with (
+        temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+        _notes("consentflow.mail") as notes,
+    ):
+        _flows(engine, url, path, sink, receiver, notes)
 
 
-def _flows(engine: Any, url: str, path: Path, sink: _Sink) -> None:
-    from flows import collection_followups, expiry_sweep, reconsent, renewal_reminders
+def _flows(
+    engine: Any, url: str, path: Path, sink: _Sink, receiver: _Receiver, notes: _Notes
+) -> None:
+    from flows import (
+        collection_followups,
+        expiry_sweep,
+        propagate,
+        reconsent,
+        renewal_reminders,
+    )
 
     now = utcnow()
     db.upgrade(engine)
-    made = _seed(engine, now)
+    secrets = _seed(engine, now, receiver)
     typer.echo(f"consentflow demo: database {path}")
     typer.echo(
-        f"seeded {made['subjects']} subjects, {made['purposes']} purposes (two revised "
-        "materially, one editorially), consents in every state, 6 open requests due for "
-        "follow-up or lapse, a re-consent campaign past its deadline, and a downstream "
-        "system (crm) with a webhook"
+        "seeded 60 subjects, 3 purposes (two revised materially, one editorially), consents "
+        "in every state, 6 open requests due for follow-up or lapse, a re-consent campaign "
+        "past its deadline"
+    )
+    typer.echo(
+        f"downstream systems: crm (newsletter, profiling) and ads (profiling), webhooks to a "
+        f"receiver on 127.0.0.1:{receiver.port} where ads answers 503"
     )
     typer.echo(f"local SMTP sink on 127.0.0.1:{sink.port}; Prefect runs embedded")
 
@@ -303,32 +403,24 @@ def _flows(engine: Any, url: str, path: Path, sink: _Sink) -> None:
             reconsent.Params(),
             "re-consent after material revisions; invalidation at the deadline",
         ),
+        (
+            propagate.propagate,
+            propagate.Params(max_seconds=60),
+            "webhooks for the withdrawals, expiries and invalidations above",
+        ),
     ]
     for flow_fn, params, what in runs:
         _print_summary(flow_fn(params), what)
 
-    with db.session_scope(engine) as s:
-        sent = s.exec(
-            select(EmailMessage.kind, EmailMessage.status, func.count())
-            .group_by(col(EmailMessage.kind), col(EmailMessage.status))
-            .order_by(col(EmailMessage.kind), col(EmailMessage.status))
-        ).all()
-    one_click = sum(1 for m in sink.messages if "List-Unsubscribe-Post" in m)
-    typer.echo(
-        f"\nemails received by the sink: {len(sink.messages)} (text and HTML each; "
-        f"{one_click} with RFC 8058 one-click withdrawal headers)"
-    )
-    for kind, status, n in sent:
-        typer.echo(f"  {kind:<22} {status:<10} {n:>5}")
-    if sink.messages:
-        sample = sink.messages[0]
-        typer.echo(f"  e.g. to {sample.get('To')}: {sample.get('Subject')}")
+    _show_webhooks(engine, receiver, secrets)
+    _show_emails(engine, sink, notes)
 
     again = expiry_sweep.expiry_sweep(expiry_sweep.Params())
     typer.echo(f"\nexpiry-sweep again: {again.total('expired')} expired (idempotent)")
 
     with db.session_scope(engine) as s:
         result = audit.verify(s)
+        _, token = tokens.create(s, "demo-compliance", "compliance")
     if not result.ok:
         raise ConsentflowError(f"audit trail broken at entry {result.first_bad}: {result.problem}")
     typer.echo(
@@ -338,6 +430,66 @@ def _flows(engine: Any, url: str, path: Path, sink: _Sink) -> None:
         "\nExplore it:\n"
         f"  export CONSENTFLOW_DATABASE_URL={url}\n"
         "  consentflow consent history demo-001\n"
+        "  consentflow deliveries health\n"
         "  consentflow audit export --subject demo-041 | head\n"
-        "  consentflow audit verify"
+        "  consentflow audit verify\n"
+        "\nIn the web app (dashboard, API, the links in the emails):\n"
+        f"  CONSENTFLOW_DATABASE_URL={url} consentflow serve\n"
+        "  then open http://127.0.0.1:8000/login and sign in with this compliance token, made\n"
+        f"  for the demo database only: {token}"
     )
+
+
+def _show_webhooks(engine: Any, receiver: _Receiver, secrets: dict[str, str]) -> None:
+    crm, ads = receiver.at("/hooks/crm"), receiver.at("/hooks/ads")
+    typer.echo(
+        f"\nwebhooks received on 127.0.0.1:{receiver.port}: crm {len(crm)} (answered 200), "
+        f"ads {len(ads)} (answered 503: retried later, never dropped)"
+    )
+    if crm:
+        _, headers, body = crm[0]
+        try:
+            from standardwebhooks import Webhook
+        except ImportError:  # a test extra: pip install standardwebhooks to see this line
+            pass
+        else:
+            event = Webhook(secrets["crm"]).verify(body, headers)
+            data = event["data"]
+            typer.echo(
+                f"  signature verified with standardwebhooks: {headers['webhook-id']}, "
+                f"{event['type']} of {data['purpose']} for {data['subject']}"
+            )
+    with db.session_scope(engine, readonly=True) as s:
+        health = endpoint_health(s)
+    typer.echo("delivery health per endpoint:")
+    for h in health:
+        oldest = (
+            f"{h.oldest_undelivered_age_s} s" if h.oldest_undelivered_age_s is not None else "-"
+        )
+        typer.echo(
+            f"  {h.system:<5} {'ok' if h.ok else 'NOT OK':<7} {h.status}, delivered {h.delivered}, "
+            f"pending {h.pending} (retrying {h.retrying}), dead {h.dead}, "
+            f"failures in 24 h {h.failures_24h}, oldest undelivered {oldest}"
+        )
+
+
+def _show_emails(engine: Any, sink: _Sink, notes: _Notes) -> None:
+    with db.session_scope(engine, readonly=True) as s:
+        sent = s.exec(
+            select(EmailMessage.kind, EmailMessage.status, func.count())
+            .group_by(col(EmailMessage.kind), col(EmailMessage.status))
+            .order_by(col(EmailMessage.kind), col(EmailMessage.status))
+        ).all()
+    links = sum(1 for m in sink.messages if "List-Unsubscribe" in m)
+    one_click = sum(1 for m in sink.messages if "List-Unsubscribe-Post" in m)
+    typer.echo(
+        f"\nemails received by the sink: {len(sink.messages)} (text and HTML each; "
+        f"{links} with a List-Unsubscribe withdrawal link, {one_click} with RFC 8058 one-click)"
+    )
+    for kind, status, n in sent:
+        typer.echo(f"  {kind:<22} {status:<10} {n:>5}")
+    if sink.messages:
+        sample = sink.messages[0]
+        typer.echo(f"  e.g. to {sample.get('To')}: {sample.get('Subject')}")
+    for message in notes.messages:
+        typer.echo(f"  note: {message}")

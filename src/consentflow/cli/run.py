@@ -3,28 +3,100 @@
 Flows are found by convention (``flows.load``), so adding a flow needs no change here:
 ``consentflow run expiry-sweep`` builds ``flows.expiry_sweep.Params`` from the options and calls
 ``expiry_sweep(params)``, which returns a ``consentflow.runs.RunSummary``.
-With ``PREFECT_API_URL`` set the run is reported to that server; otherwise Prefect runs embedded.
+
+Which Prefect: the server named by ``PREFECT_API_URL``, or the profile chosen explicitly with
+``PREFECT_PROFILE``, ``PREFECT_HOME`` or ``PREFECT_PROFILES_PATH``; otherwise an embedded Prefect
+in a throw-away ``PREFECT_HOME``, so that a default profile pointing at some server (``prefect
+config set PREFECT_API_URL=...`` writes one into ``~/.prefect/profiles.toml``) never captures a
+run started here (see ``_hermetic_prefect``).
+
+A run that fails ends in one line on stderr and exit status 1 (its summary, outcome ``failed``,
+is still printed on stdout); Prefect's own log records, which carry the tracebacks, stay off the
+terminal unless ``PREFECT_LOGGING_LEVEL`` is set.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
+import logging
 import os
+import shutil
+import sys
+import tempfile
 from typing import Annotated, Any
 
 import typer
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlmodel import col, select
 
+from consentflow import db
 from consentflow.cli._common import app, emit, parse_time
-from consentflow.errors import InvalidInput
+from consentflow.errors import ConsentflowError, InvalidInput
+from consentflow.models import AuditEntry
+
+#: Any of these in the environment is an explicit choice of Prefect home, profile or server.
+EXPLICIT_PREFECT = ("PREFECT_API_URL", "PREFECT_HOME", "PREFECT_PROFILES_PATH", "PREFECT_PROFILE")
 
 
 def _hermetic_prefect() -> None:
-    """Quiet, local defaults for an embedded run (each can still be overridden by the caller)."""
-    if not os.environ.get("PREFECT_API_URL"):
-        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        os.environ.setdefault("DO_NOT_TRACK", "1")
-        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    """Prefect settings for a run started from the CLI, as environment defaults (each can be
+    overridden by setting it). Call before Prefect is imported.
+
+    * Without ``PREFECT_API_URL``: no telemetry, no log shipping to the embedded API (nobody reads
+      it), and, unless a Prefect home or profile is chosen explicitly (``EXPLICIT_PREFECT``), a
+      temporary ``PREFECT_HOME``, removed at exit: Prefect reads its profiles from
+      ``$PREFECT_HOME/profiles.toml`` (after ``PREFECT_PROFILES_PATH``, and a ``profiles_path``
+      in ``./.env``, ``./prefect.toml`` or ``./pyproject.toml``), so the default profile in
+      ``~/.prefect`` is never consulted.
+    * Unless ``PREFECT_LOGGING_LEVEL`` is set: other libraries' log records (the root logger),
+      and the embedded server's, which runs in a subprocess writing to our stderr, only at
+      CRITICAL; ``_quiet_prefect_logs`` does the rest once Prefect is imported.
+    """
+    if "prefect" in sys.modules:
+        return  # too late: Prefect read its settings on import (the test suite sets its own)
+    env = os.environ
+    if not env.get("PREFECT_API_URL"):
+        env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        env.setdefault("DO_NOT_TRACK", "1")
+        env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+        env.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
+        if not any(env.get(key) for key in EXPLICIT_PREFECT):
+            home = tempfile.mkdtemp(prefix="consentflow-prefect-")
+            # Registered before Prefect starts its embedded server, so it runs after the
+            # server's own atexit hook has stopped it (atexit runs last-in, first-out).
+            atexit.register(shutil.rmtree, home, ignore_errors=True)
+            env["PREFECT_HOME"] = home
+    if not env.get("PREFECT_LOGGING_LEVEL"):
+        env.setdefault("PREFECT_LOGGING_ROOT_LEVEL", "CRITICAL")
+        if not env.get("PREFECT_API_URL"):
+            env.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
+
+
+class _OneLine(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"consentflow: {record.levelname.lower()}: {record.getMessage()}"
+
+
+def _quiet_prefect_logs() -> None:
+    """Keep Prefect's log records off the terminal (a failed task logs its traceback at ERROR,
+    then the flow does again); they still reach the Prefect API when a server is used.
+    consentflow's own warnings (``consentflow.*`` loggers) still show, one line each like our
+    errors. Does nothing when ``PREFECT_LOGGING_LEVEL`` is set: then Prefect logs as configured.
+    Call once Prefect is imported (importing it configures logging)."""
+    if os.environ.get("PREFECT_LOGGING_LEVEL"):
+        return
+    prefect_log = logging.getLogger("prefect")
+    prefect_log.propagate = False
+    if not any(isinstance(h, logging.NullHandler) for h in prefect_log.handlers):
+        prefect_log.addHandler(logging.NullHandler())  # no "last resort" printing either
+    ours = logging.getLogger("consentflow")
+    if not any(isinstance(h.formatter, _OneLine) for h in ours.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(_OneLine())
+        ours.addHandler(handler)
+        ours.setLevel(logging.WARNING)
+        ours.propagate = False
 
 
 def _param_value(raw: str) -> Any:
@@ -76,6 +148,7 @@ def run_flow(
     import flows
 
     _, params_model = flows.load(flow)
+    _quiet_prefect_logs()
     options = {
         "dry_run": dry_run or None,
         "as_of": parse_time(as_of, "--as-of"),
@@ -84,15 +157,80 @@ def run_flow(
         "purposes": [p.strip() for p in purposes.split(",") if p.strip()] if purposes else None,
     }
     values = build_values(params_model.model_fields, options, param or [])
+    db.ensure_schema(db.get_engine())  # before a run starts, not as its failure
     flow_fn, params = flows.prepare(flow, values)
-    summary = flow_fn(params)
+    try:
+        state = flow_fn(params, return_state=True)
+    except Exception as exc:  # Prefect itself failed (say, its embedded server did not start)
+        raise ConsentflowError(f"{flow} failed: {failure_reason(exc)}") from None
+    if state.is_completed():
+        summary = state.result().as_dict()
+        emit(summary, as_json, lambda: _print(flow, summary))
+        return
+    run_id = str(state.state_details.flow_run_id or "") or None
+    summary = recorded_summary(run_id)
+    if summary is not None:
+        emit(summary, as_json, lambda: _print(flow, summary))
+    exc = state.result(raise_on_failure=False)
+    reason = failure_reason(exc) if isinstance(exc, BaseException) else state.message or state.name
+    if summary is not None:
+        where = f"; run {run_id} recorded as {summary['outcome']} in the audit trail"
+    elif run_id:
+        where = f"; run {run_id} left no entry in the audit trail"
+    else:
+        where = ""
+    raise ConsentflowError(f"{flow} failed: {reason}{where}")
 
-    def text() -> None:
-        label = " (dry run)" if summary.dry_run else ""
-        typer.echo(f"{flow}{label}: {summary.outcome}, run {summary.run_id}")
-        for row in summary.rows():
-            typer.echo(f"  {row['purpose']:<24} {row['outcome']:<20} {row['count']:>8}")
-        if not summary.rows():
-            typer.echo("  nothing to do")
 
-    emit(summary.as_dict(), as_json, text)
+def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str, int]]:
+    """(purpose, outcome, count) rows of a run's summary; for ``propagate``, which counts per
+    endpoint rather than per purpose, (endpoint, outcome, count)."""
+    if summary.get("endpoints"):
+        return [
+            (row["endpoint"], outcome, n)
+            for row in summary["endpoints"]
+            for outcome, n in row.items()
+            if outcome != "endpoint" and n
+        ]
+    return [(row["purpose"], row["outcome"], row["count"]) for row in summary["counts"]]
+
+
+def _print(flow: str, summary: dict[str, Any]) -> None:
+    label = " (dry run)" if summary["dry_run"] else ""
+    typer.echo(f"{flow}{label}: {summary['outcome']}, run {summary['run_id']}")
+    rows = summary_rows(summary)
+    for name, outcome, n in rows:
+        typer.echo(f"  {name:<24} {outcome:<20} {n:>8}")
+    if not rows:
+        typer.echo("  nothing to do")
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line about why a run failed: our own errors say it themselves; others are named."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        text = f"database error: {exc.orig}"
+    elif type(exc).__module__.startswith("consentflow"):
+        text = str(exc)
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    lines = text.strip().splitlines()
+    return lines[0][:500] if lines else type(exc).__name__
+
+
+def recorded_summary(run_id: str | None) -> dict[str, Any] | None:
+    """The summary a run recorded in the audit trail (``flow.run`` or ``flow.dry_run``), if any."""
+    if run_id is None:
+        return None
+    try:
+        with db.session_scope(readonly=True) as session:
+            entry = session.exec(
+                select(AuditEntry)
+                .where(
+                    AuditEntry.run_id == run_id,
+                    col(AuditEntry.action).in_(("flow.run", "flow.dry_run")),
+                )
+                .order_by(col(AuditEntry.seq).desc())
+            ).first()
+            return dict(entry.detail) if entry is not None else None
+    except SQLAlchemyError:  # the database that failed the run may fail this too
+        return None

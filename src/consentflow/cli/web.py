@@ -18,14 +18,30 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
 ) -> None:
-    """Run the web app: the API, the email-link pages and the dashboard."""
+    """Run the web app: the API, the email-link pages and the dashboard.
+
+    The access log never records link tokens, subject ids or query strings (see
+    ``consentflow.web.logs``).
+    """
+    # Prefect sets up logging when it is first used (``prefect.main``), with a configuration
+    # that resets uvicorn's loggers: do it before uvicorn sets up its own, or the first flow run
+    # started through the API would silence the access log.
+    import prefect.main  # noqa: F401
     import uvicorn
 
+    from consentflow.web import logs
     from consentflow.web.app import create_app
 
     db.ensure_schema(db.get_engine())
     typer.echo(f"consentflow serving on http://{host}:{port} (API under /api/v1)")
-    uvicorn.run(create_app(), host=host, port=port, proxy_headers=True, log_level="info")
+    uvicorn.run(
+        create_app(),
+        host=host,
+        port=port,
+        proxy_headers=True,
+        log_level="info",
+        log_config=logs.log_config(),
+    )
 
 
 @token_app.command("create")

@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlmodel import col, select
 
 from consentflow import access, audit, feed, lifecycle, purposes, subjects, systems
-from consentflow.errors import InvalidInput, NotFound
+from consentflow.errors import Conflict, InvalidInput, NotFound
 from consentflow.lifecycle import Actor
 from consentflow.models import (
     ActorType,
@@ -46,6 +46,7 @@ from consentflow.web.auth import (
     READ,
     AuthError,
     DbSession,
+    ReadSession,
 )
 from consentflow.web.schemas import (
     _PRINTABLE,
@@ -59,6 +60,7 @@ from consentflow.web.schemas import (
     DecisionOut,
     DeliveriesOut,
     DeliveryDetail,
+    Error,
     FeedOut,
     Health,
     HealthRow,
@@ -125,14 +127,14 @@ def _utc(value: str | None, field: str) -> datetime | None:
 
 
 @router.get("/health", response_model=Health, tags=["meta"])
-def health(session: DbSession) -> dict[str, str]:
+def health(session: ReadSession) -> dict[str, str]:
     """Liveness and database reachability; needs no token."""
     session.execute(text("SELECT 1"))
     return {"status": "ok", "database": "ok"}
 
 
 @router.get("/me", response_model=Me, tags=["meta"])
-def me(caller: Annotated[TokenInfo, Depends(ANY)]) -> dict[str, Any]:
+def me(caller: Annotated[TokenInfo, Depends(ANY.reading)]) -> dict[str, Any]:
     """The token's name, scope and system."""
     return caller.as_dict()
 
@@ -169,7 +171,7 @@ def _purpose_dicts(session: DbSession, key: str | None = None) -> list[dict[str,
 
 @router.get("/purposes", response_model=list[PurposeOut], tags=["purposes"])
 def list_purposes(
-    session: DbSession, _: Annotated[TokenInfo, Depends(READ)]
+    session: ReadSession, _: Annotated[TokenInfo, Depends(READ.reading)]
 ) -> list[dict[str, Any]]:
     """Every purpose with its current notice and the systems registered for it."""
     return _purpose_dicts(session)
@@ -177,7 +179,7 @@ def list_purposes(
 
 @router.get("/purposes/{key}", response_model=PurposeDetail, responses=NOT_FOUND, tags=["purposes"])
 def get_purpose(
-    key: PurposePath, session: DbSession, _: Annotated[TokenInfo, Depends(READ)]
+    key: PurposePath, session: ReadSession, _: Annotated[TokenInfo, Depends(READ.reading)]
 ) -> dict[str, Any]:
     """One purpose with every version of its notice, oldest first."""
     (found,) = _purpose_dicts(session, key)
@@ -237,7 +239,7 @@ def revise_purpose(
 
 @router.get("/systems", response_model=list[SystemOut], tags=["systems"])
 def list_systems(
-    session: DbSession, _: Annotated[TokenInfo, Depends(COMPLIANCE)]
+    session: ReadSession, _: Annotated[TokenInfo, Depends(COMPLIANCE.reading)]
 ) -> list[dict[str, Any]]:
     """Downstream systems and the purposes each may process."""
     return [s.as_dict() for s in systems.list_all(session)]
@@ -264,10 +266,13 @@ def _subject_out(session: DbSession, external_id: str) -> dict[str, Any]:
     "/subjects", response_model=SubjectOut, status_code=201, responses=CONFLICT, tags=["subjects"]
 )
 def add_subject(
-    body: SubjectIn, session: DbSession, _: Annotated[TokenInfo, Depends(ACT)]
+    body: SubjectIn, session: DbSession, caller: Annotated[TokenInfo, Depends(ACT)]
 ) -> dict[str, Any]:
     """Register a person (only an optional email and a locale are kept)."""
-    subject = subjects.add(session, body.external_id, email=body.email, locale=body.locale)
+    who = Actor(ActorType.AGENT, Channel.API, name=api_actor(caller))
+    subject = subjects.add(
+        session, body.external_id, email=body.email, locale=body.locale, actor=who
+    )
     return _subject_out(session, subject.external_id)
 
 
@@ -275,7 +280,7 @@ def add_subject(
     "/subjects/{subject}", response_model=SubjectOut, responses=NOT_FOUND, tags=["subjects"]
 )
 def get_subject(
-    subject: SubjectPath, session: DbSession, _: Annotated[TokenInfo, Depends(READ)]
+    subject: SubjectPath, session: ReadSession, _: Annotated[TokenInfo, Depends(READ.reading)]
 ) -> dict[str, Any]:
     """A subject and its consents now."""
     return _subject_out(session, subject)
@@ -289,8 +294,8 @@ def get_subject(
 )
 def subject_consents(
     subject: SubjectPath,
-    session: DbSession,
-    _: Annotated[TokenInfo, Depends(READ)],
+    session: ReadSession,
+    _: Annotated[TokenInfo, Depends(READ.reading)],
     at: When = None,
 ) -> dict[str, Any]:
     """The subject's consents now, or as they stood at a past instant (``at``)."""
@@ -306,7 +311,7 @@ def subject_consents(
     tags=["subjects"],
 )
 def subject_history(
-    subject: SubjectPath, session: DbSession, _: Annotated[TokenInfo, Depends(READ)]
+    subject: SubjectPath, session: ReadSession, _: Annotated[TokenInfo, Depends(READ.reading)]
 ) -> dict[str, Any]:
     """Every consent event of the subject, in sequence order."""
     events = [
@@ -339,10 +344,23 @@ def subject_history(
     tags=["subjects"],
 )
 def subject_receipt(
-    subject: SubjectPath, session: DbSession, _: Annotated[TokenInfo, Depends(READ)]
+    subject: SubjectPath, session: ReadSession, _: Annotated[TokenInfo, Depends(READ.reading)]
 ) -> dict[str, Any]:
     """The subject's consent record as an ISO/IEC TS 27560 receipt (JSON)."""
     return receipt.build(session, subject)
+
+
+def api_actor(caller: TokenInfo, named: str | None = None) -> str:
+    """Who the ledger records for a change made through the API: always the calling token,
+    ``api:TOKEN``, after the actor the caller names (``ACTOR via api:TOKEN``) if any. The
+    ``actor`` column is what the hash-chained audit entry carries, so the token is there too."""
+    via = f"api:{caller.name}"
+    return f"{named} via {via}" if named else via
+
+
+def provenance(caller: TokenInfo) -> dict[str, Any]:
+    """The evidence every change through the API carries: the token that made it."""
+    return {"via_token": caller.name}
 
 
 _CHANGES = {
@@ -370,25 +388,38 @@ def change_consent(
 ) -> dict[str, Any]:
     """Record a consent change: request, grant, refuse, revoke or renew.
 
-    Support tokens act as an agent named after the token, through the support channel, and must
-    give a ``reason``; both are recorded in the history and the audit trail.
+    Every change names the calling token (see ``provenance``): in ``actor`` (``api:TOKEN``,
+    or ``ACTOR via api:TOKEN`` when the body names an actor) and as ``{"via_token": TOKEN}``
+    in the event's evidence. Support tokens act as an agent named after the token, through the
+    support channel, and must give a ``reason``. The channels ``email_link`` and ``web`` are
+    refused (422): only the signed-link and preference pages record those.
     """
     body = body or ChangeIn()
     if caller.scope is Scope.SUPPORT:
         if not body.reason:
             raise InvalidInput("reason: required when a support agent acts for a subject")
-        actor = Actor(ActorType.AGENT, Channel.SUPPORT, name=caller.name, reason=body.reason)
+        actor = Actor(
+            ActorType.AGENT,
+            Channel.SUPPORT,
+            name=caller.name,
+            reason=body.reason,
+            evidence=provenance(caller),
+        )
     else:
         actor = Actor(
-            ActorType(body.actor_type), Channel(body.channel), name=body.actor, reason=body.reason
+            ActorType(body.actor_type),
+            Channel(body.channel),
+            name=api_actor(caller, body.actor),
+            reason=body.reason,
+            evidence=provenance(caller),
         )
     return _CHANGES[action](session, subject, purpose, actor).as_dict()
 
 
 @router.get("/requests", response_model=RequestsOut, tags=["consents"])
 def list_requests(
-    session: DbSession,
-    _: Annotated[TokenInfo, Depends(READ)],
+    session: ReadSession,
+    _: Annotated[TokenInfo, Depends(READ.reading)],
     status: RequestStatus | None = None,
     kind: RequestKind | None = None,
     purpose: Annotated[str | None, Query(max_length=64, pattern=_PRINTABLE)] = None,
@@ -447,8 +478,8 @@ def _own_system(caller: TokenInfo, system: str | None) -> str | None:
 def check(
     subject: SubjectQuery,
     purpose: PurposeQuery,
-    session: DbSession,
-    caller: Annotated[TokenInfo, Depends(CHECK)],
+    session: ReadSession,
+    caller: Annotated[TokenInfo, Depends(CHECK.reading)],
     system: SystemQuery = None,
 ) -> dict[str, Any]:
     """May ``system`` use this subject's data for ``purpose``? An indexed lookup, explained:
@@ -462,8 +493,8 @@ def check(
 
 @router.get("/feed", response_model=FeedOut, responses=NOT_FOUND, tags=["access"])
 def withdrawal_feed(
-    session: DbSession,
-    caller: Annotated[TokenInfo, Depends(FEED)],
+    session: ReadSession,
+    caller: Annotated[TokenInfo, Depends(FEED.reading)],
     system: SystemQuery = None,
     cursor: Annotated[int, Query(ge=0, le=MAX_CURSOR)] = 0,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
@@ -505,8 +536,8 @@ def _delivery_dict(d: Delivery, system: str) -> dict[str, Any]:
 
 @router.get("/deliveries", response_model=DeliveriesOut, tags=["delivery"])
 def list_deliveries(
-    session: DbSession,
-    _: Annotated[TokenInfo, Depends(COMPLIANCE)],
+    session: ReadSession,
+    _: Annotated[TokenInfo, Depends(COMPLIANCE.reading)],
     system: SystemQuery = None,
     state: DeliveryState | None = None,
     after: After = 0,
@@ -529,7 +560,7 @@ def list_deliveries(
 
 @router.get("/deliveries/health", response_model=list[HealthRow], tags=["delivery"])
 def delivery_health(
-    session: DbSession, _: Annotated[TokenInfo, Depends(COMPLIANCE)]
+    session: ReadSession, _: Annotated[TokenInfo, Depends(COMPLIANCE.reading)]
 ) -> list[dict[str, Any]]:
     """Per downstream system with a webhook: pending withdrawals (and held), the oldest one's
     age, retrying and dead deliveries, failures over 24 hours, and the endpoint's status."""
@@ -543,7 +574,7 @@ def delivery_health(
     tags=["delivery"],
 )
 def get_delivery(
-    delivery_id: IdPath, session: DbSession, _: Annotated[TokenInfo, Depends(COMPLIANCE)]
+    delivery_id: IdPath, session: ReadSession, _: Annotated[TokenInfo, Depends(COMPLIANCE.reading)]
 ) -> dict[str, Any]:
     """One delivery with its payload and every attempt."""
     row = session.exec(
@@ -618,12 +649,15 @@ FlowPath = Annotated[
     "/runs/{flow}",
     status_code=202,
     response_model=RunAccepted,
-    responses=NOT_FOUND,
+    responses={
+        **NOT_FOUND,
+        409: {"model": Error, "description": "No Prefect server configured (PREFECT_API_URL)"},
+    },
     tags=["runs"],
 )
 def start_run(
     flow: FlowPath,
-    caller: Annotated[TokenInfo, Depends(COMPLIANCE)],
+    caller: Annotated[TokenInfo, Depends(COMPLIANCE.reading)],
     parameters: Annotated[
         dict[str, Any],
         Body(
@@ -634,21 +668,42 @@ def start_run(
 ) -> dict[str, Any]:
     """Start a lifecycle flow now (compliance's ad-hoc sweep), in the background.
 
-    The parameters are validated first (422 naming the field); the run then goes on after the
-    answer, reported to the Prefect server when ``PREFECT_API_URL`` is set, and leaves its
-    audit entries like any run (the latest runs are on the dashboard).
+    The parameters are validated first (422 naming the field). The run needs a Prefect server
+    (``PREFECT_API_URL``): without one the answer is 409, since the web process must not start
+    a temporary server of its own. The run then goes on after the answer, reported to that
+    server, and leaves its audit entries like any run, with ``requested_by`` naming the token
+    (the latest runs are on the dashboard).
     """
     import threading
 
     import flows
+    from flows import common
 
     flow_fn, params = flows.prepare(flow, parameters)
-    threading.Thread(target=flow_fn, args=(params,), name=f"run-{flow}", daemon=True).start()
+    if not prefect_api_url():
+        raise Conflict(
+            "no Prefect server is configured: set PREFECT_API_URL for the web app to start runs"
+        )
+    who = api_actor(caller)
+
+    def run() -> None:
+        with common.requested_by(who):
+            flow_fn(params)
+
+    threading.Thread(target=run, name=f"run-{flow}", daemon=True).start()
     return {
         "flow": flow,
         "parameters": params.model_dump(mode="json"),
         "accepted_at": datetime.now(UTC),
+        "requested_by": who,
     }
+
+
+def prefect_api_url() -> str | None:
+    """The Prefect API the process reports to (``PREFECT_API_URL``), or None if unset."""
+    from prefect.settings import get_current_settings
+
+    return get_current_settings().api.url or None
 
 
 # ------------------------------------------------------------------------------------- audit
@@ -656,8 +711,8 @@ def start_run(
 
 @router.get("/audit/verify", response_model=VerifyOut, tags=["audit"])
 def audit_verify(
-    session: DbSession,
-    _: Annotated[TokenInfo, Depends(COMPLIANCE)],
+    session: ReadSession,
+    _: Annotated[TokenInfo, Depends(COMPLIANCE.reading)],
     expect: Annotated[
         str | None,
         Query(pattern=r"^[0-9]{1,18}:[0-9a-f]{64}$", description="An anchor SEQ:HASH"),
@@ -691,8 +746,8 @@ def audit_verify(
     tags=["audit"],
 )
 def audit_export(
-    session: DbSession,
-    _: Annotated[TokenInfo, Depends(COMPLIANCE)],
+    session: ReadSession,
+    _: Annotated[TokenInfo, Depends(COMPLIANCE.reading)],
     subject: Annotated[str | None, Query(max_length=200, pattern=_PRINTABLE)] = None,
     since: When = None,
     until: When = None,

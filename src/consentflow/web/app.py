@@ -125,12 +125,18 @@ def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
         loc = [str(p) for p in err.get("loc", ())]
         location = loc[0] if loc else "request"
         name = ".".join(loc[1:]) or location
-        out.append({"field": name, "location": location, "message": err.get("msg", "invalid")})
+        message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        out.append({"field": name, "location": location, "message": message})
     return out
 
 
 def create_app() -> FastAPI:
+    """The app. Also installs the commit hook that wakes the ``propagate`` deployment after a
+    withdrawal (``consentflow.delivery.events``; it emits only when ``PREFECT_API_URL`` is set)."""
+    from consentflow.delivery import events
     from consentflow.web import api, pages
+
+    events.install()
 
     app = FastAPI(
         title="consentflow",

@@ -4,6 +4,12 @@ Every route that needs a caller declares ``Depends(Require(...scopes))``; admin 
 A bearer token in ``Authorization`` always works (scripts); the sign-in cookie set by the login page
 works for reading anywhere and for the HTML forms, which carry their own CSRF token. API calls that
 change something need the bearer header: a cookie alone never authorises an unsafe API request.
+
+A route that only reads takes ``ReadSession`` and ``Depends(SCOPE.reading)`` instead: its unit of
+work is read-only (``db.session_scope(readonly=True)``: on SQLite it takes no write lock, so checks
+and dashboards never queue behind a writer). Token lookup refreshes ``last_used_at`` now and then
+(``tokens.TOUCH_INTERVAL``); on a read-only request that refresh is taken out of the request's
+unit of work and committed in a short one of its own, so the request itself writes nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
 from consentflow import db, tokens
+from consentflow.models import ApiToken
 from consentflow.settings import get_settings
 from consentflow.tokens import Scope, TokenInfo
 from consentflow.web import security
@@ -26,8 +33,16 @@ def _session() -> Iterator[Session]:
         yield session
 
 
+def _read_session() -> Iterator[Session]:
+    with db.session_scope(readonly=True) as session:
+        yield session
+
+
 #: The request's single unit of work: committed when the route returns, rolled back if it raises.
 DbSession = Annotated[Session, Depends(_session, scope="function")]
+#: The unit of work of a route that only reads (no write lock on SQLite); pair it with
+#: ``Depends(SCOPE.reading)`` so that authentication shares it.
+ReadSession = Annotated[Session, Depends(_read_session, scope="function")]
 
 
 class AuthError(Exception):
@@ -45,8 +60,25 @@ _BEARER = HTTPBearer(auto_error=False, description="An API token: consentflow to
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def authenticate(request: Request, session: Session) -> TokenInfo | None:
-    """The caller's token, from the bearer header or the sign-in cookie; None if neither."""
+def _touch_apart(session: Session, info: TokenInfo | None) -> TokenInfo | None:
+    """Keep a read-only unit of work read-only: if the lookup refreshed the token's
+    ``last_used_at`` (at most once per ``tokens.TOUCH_INTERVAL``), drop that pending change
+    and commit it in a short unit of work of its own instead."""
+    touched = [row for row in session.dirty if isinstance(row, ApiToken)]
+    if info is None or not touched:
+        return info
+    for row in touched:
+        session.expire(row)  # discards the unflushed change
+    with db.session_scope() as own:
+        tokens.lookup(own, info.token_hash)
+    return info
+
+
+def authenticate(request: Request, session: Session, *, readonly: bool = False) -> TokenInfo | None:
+    """The caller's token, from the bearer header or the sign-in cookie; None if neither.
+
+    ``readonly``: ``session`` is a read-only unit of work, which the lookup must not write to.
+    """
     header = request.headers.get("authorization")
     if header is not None:
         scheme, _, value = header.strip().partition(" ")
@@ -55,14 +87,15 @@ def authenticate(request: Request, session: Session) -> TokenInfo | None:
         info = tokens.verify(session, value.strip())
         if info is None:
             raise AuthError(401, "unknown or revoked token")
-        return info
+        return _touch_apart(session, info) if readonly else info
     cookie = request.cookies.get(security.SESSION_COOKIE)
     if not cookie:
         return None
     if request.method not in _SAFE and request.url.path.startswith("/api/"):
         return None
     token_hash = security.read_session_cookie(session, cookie, get_settings().session_max_age)
-    return tokens.lookup(session, token_hash) if token_hash else None
+    info = tokens.lookup(session, token_hash) if token_hash else None
+    return _touch_apart(session, info) if readonly else info
 
 
 class Require:
@@ -70,6 +103,8 @@ class Require:
 
     def __init__(self, *scopes: Scope) -> None:
         self.scopes = frozenset({Scope.ADMIN, *scopes})
+        #: The same check for a route that only reads: it shares the route's ``ReadSession``.
+        self.reading = _RequireReading(self)
 
     def __call__(
         self,
@@ -77,7 +112,9 @@ class Require:
         session: DbSession,
         _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)] = None,
     ) -> TokenInfo:
-        info = authenticate(request, session)
+        return self.admit(authenticate(request, session))
+
+    def admit(self, info: TokenInfo | None) -> TokenInfo:
         if info is None:
             raise AuthError(401, "authentication required: send 'Authorization: Bearer TOKEN'")
         if info.scope not in self.scopes:
@@ -87,6 +124,26 @@ class Require:
 
     def __repr__(self) -> str:
         return f"Require({', '.join(sorted(self.scopes))})"
+
+
+class _RequireReading(Require):
+    """``Require`` for a read-only route (``Require(...).reading``): the same scopes, checked
+    in the route's ``ReadSession``."""
+
+    def __init__(self, require: Require) -> None:
+        self.scopes = require.scopes
+        self.reading = self
+
+    def __call__(
+        self,
+        request: Request,
+        session: ReadSession,
+        _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)] = None,
+    ) -> TokenInfo:
+        return self.admit(authenticate(request, session, readonly=True))
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()}.reading"
 
 
 READ = Require(Scope.COMPLIANCE, Scope.SUPPORT)

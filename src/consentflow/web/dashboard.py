@@ -498,38 +498,107 @@ def delivery(session: Session, now: datetime) -> Table:
     return table
 
 
-def runs(session: Session, limit: int = 20) -> Table:
-    """The latest flow runs, from their audit entries, linked to the Prefect UI."""
-    ui = (get_settings().prefect_ui_url or "").rstrip("/")
-    stmt = (
-        select(AuditEntry.recorded_at, AuditEntry.action, AuditEntry.run_id, AuditEntry.detail)
-        .where(col(AuditEntry.action).in_(["flow.run", "flow.dry_run"]))
+_RUN_ACTIONS = ["flow.run", "flow.dry_run"]
+_RUN_COLUMNS = ["finished", "flow", "outcome", "dry run", "totals", "requested by", "run"]
+#: Outcomes a propagate run reports without having done anything (deliveries still held back).
+_IDLE_OUTCOMES = ("held",)
+
+
+def _flow_names() -> list[str]:
+    import flows
+
+    return flows.names()
+
+
+def _run_row(r: Any, ui: str) -> list[Any]:
+    detail = r.detail or {}
+    totals = detail.get("totals") or {}
+    text = ", ".join(f"{k}: {v}" for k, v in sorted(totals.items())) or "-"
+    run_id = r.run_id or detail.get("run_id")
+    run: Any = run_id or "-"
+    if run_id and ui:
+        run = Link(str(run_id), f"{ui}/runs/flow-run/{run_id}")
+    return [
+        r.recorded_at,
+        detail.get("flow", "?"),
+        detail.get("outcome", "?"),
+        "yes" if r.action == "flow.dry_run" else "no",
+        text,
+        detail.get("requested_by") or "-",
+        run,
+    ]
+
+
+def _run_entries(where: Any, limit: int) -> Any:
+    return (
+        select(
+            AuditEntry.seq,
+            AuditEntry.recorded_at,
+            AuditEntry.action,
+            AuditEntry.run_id,
+            AuditEntry.detail,
+        )
+        .where(col(AuditEntry.action).in_(_RUN_ACTIONS), where)
         .order_by(col(AuditEntry.seq).desc())
         .limit(limit)
     )
+
+
+def _idle_propagate(session: Session) -> ColumnElement[bool]:
+    """A propagate run that completed having done nothing: its totals have no outcome besides
+    ``held`` (deliveries waiting for a paused system are counted by every run)."""
+    detail = AuditEntry.__table__.c.detail
+    if is_postgres(session):
+        key: Any = func.json_object_keys(detail["totals"]).column_valued("k")
+    else:
+        key = func.json_each(detail, "$.totals").table_valued("key").c.key
+    acted = select(literal_column("1")).where(key.not_in(_IDLE_OUTCOMES))
+    return (
+        (detail["flow"].as_string() == "propagate")
+        & (detail["outcome"].as_string() == "completed")
+        & ~acted.exists()
+    )
+
+
+def runs(session: Session) -> Table:
+    """The latest run of each flow (whatever it did: a quiet ``propagate`` shows it is alive),
+    from the audit trail, linked to the Prefect UI. One statement: per flow, a newest-first
+    walk of the run entries that stops at the flow's first."""
+    ui = (get_settings().prefect_ui_url or "").rstrip("/")
+    detail = AuditEntry.__table__.c.detail
+    latest = [
+        select(AuditEntry.seq)
+        .where(col(AuditEntry.action).in_(_RUN_ACTIONS), detail["flow"].as_string() == name)
+        .order_by(col(AuditEntry.seq).desc())
+        .limit(1)
+        .scalar_subquery()
+        for name in _flow_names()
+    ]
     table = Table(
         "runs",
-        "Latest flow runs",
-        ["finished", "flow", "outcome", "dry run", "totals", "run"],
+        "Latest run of each flow",
+        _RUN_COLUMNS,
+        note="Each flow's most recent run (dry run or real), newest first; flows that never "
+        "ran are not listed.",
     )
-    for r in session.exec(stmt):
-        detail = r.detail or {}
-        totals = detail.get("totals") or {}
-        text = ", ".join(f"{k}: {v}" for k, v in sorted(totals.items())) or "-"
-        run_id = r.run_id or detail.get("run_id")
-        run: Any = run_id or "-"
-        if run_id and ui:
-            run = Link(str(run_id), f"{ui}/runs/flow-run/{run_id}")
-        table.rows.append(
-            [
-                r.recorded_at,
-                detail.get("flow", "?"),
-                detail.get("outcome", "?"),
-                "yes" if r.action == "flow.dry_run" else "no",
-                text,
-                run,
-            ]
-        )
+    rows = session.exec(_run_entries(col(AuditEntry.seq).in_(latest), len(latest)))
+    table.rows = [_run_row(r, ui) for r in rows]
+    return table
+
+
+def recent_runs(session: Session, limit: int = 10) -> Table:
+    """The latest flow runs overall, leaving out the ``propagate`` runs that did nothing (a
+    frequent schedule would otherwise push every other run off the list)."""
+    ui = (get_settings().prefect_ui_url or "").rstrip("/")
+    table = Table(
+        "recent_runs",
+        "Recent flow runs",
+        _RUN_COLUMNS,
+        note=f"The {limit} latest runs of any flow; propagate runs that delivered nothing "
+        "(at most deliveries held for a paused system) are left out.",
+    )
+    rows = session.exec(_run_entries(~_idle_propagate(session), limit))
+    table.rows = [_run_row(r, ui) for r in rows]
     return table
 
 
@@ -545,6 +614,7 @@ TABLES: dict[str, Callable[[Session, datetime], list[Table]]] = {
     "delivery": lambda s, now: [delivery(s, now)],
     "anomalies": lambda s, now: [anomalies(s, now)],
     "runs": lambda s, now: [runs(s)],
+    "recent_runs": lambda s, now: [recent_runs(s)],
 }
 
 
@@ -569,6 +639,7 @@ def build(session: Session, now: datetime | None = None) -> Dashboard:
         delivery(session, now),
         anomalies(session, now, days_rows),
         runs(session),
+        recent_runs(session),
     ]
     by_name = {t.name: t for t in tables}
     overall = by_name["states"].rows[-1]

@@ -1,6 +1,7 @@
 """People's pages: sign-in, the dashboard, and the email-link pages (/l/{token}).
 
-Email links follow three rules. GET only shows what would happen (mail scanners prefetch links).
+Email links follow three rules. GET only shows what would happen (mail scanners prefetch links;
+HEAD answers the same without a body).
 POST acts, with a CSRF token bound to the link; an RFC 8058 one-click POST (form body
 ``List-Unsubscribe=One-Click``) acts without cookie or CSRF, never redirects and is idempotent. A
 tampered, expired or wrong-action token gets a clear page and changes nothing. Changes from a link
@@ -27,7 +28,7 @@ from consentflow.models import ActorType, Channel, Purpose, State, Subject, utcn
 from consentflow.settings import get_settings
 from consentflow.tokens import TokenInfo
 from consentflow.web import dashboard, security
-from consentflow.web.auth import COMPLIANCE, DbSession
+from consentflow.web.auth import COMPLIANCE, DbSession, ReadSession
 
 router = APIRouter(include_in_schema=False)
 
@@ -199,7 +200,9 @@ def _cell(value: Any) -> _Cell:
 
 @router.get("/dashboard", response_class=HTMLResponse)
 def dashboard_page(
-    request: Request, session: DbSession, caller: Annotated[TokenInfo, Depends(COMPLIANCE)]
+    request: Request,
+    session: ReadSession,
+    caller: Annotated[TokenInfo, Depends(COMPLIANCE.reading)],
 ) -> Response:
     """The state of consent and of its propagation, on one page."""
     data = dashboard.build(session)
@@ -226,8 +229,8 @@ def dashboard_page(
 @router.get("/dashboard/{name}.csv")
 def dashboard_csv(
     name: Annotated[str, Path(max_length=64)],
-    session: DbSession,
-    _: Annotated[TokenInfo, Depends(COMPLIANCE)],
+    session: ReadSession,
+    _: Annotated[TokenInfo, Depends(COMPLIANCE.reading)],
 ) -> Response:
     """One dashboard table as CSV."""
     found = dashboard.table(session, name)
@@ -330,14 +333,31 @@ def _rows(session: Session, subject: Subject, only: Purpose | None = None) -> li
     return rows
 
 
-@router.get("/l/{token}", response_class=HTMLResponse)
+def _preferences_url(session: Session, target: _Target) -> str:
+    """The preference page of the link's subject, valid as long as the link itself. It gives
+    the holder nothing new: every email with a renew link carries the subject's preference link
+    too (``sweeps``). Minting it changes nothing."""
+    ttl = target.link.expires_at - utcnow()
+    token = links.issue(session, LinkAction.PREFERENCES, target.subject.id or 0, ttl=ttl)
+    return f"/l/{quote(token)}"
+
+
+@router.api_route("/l/{token}", methods=["GET", "HEAD"], response_class=HTMLResponse)
 def link_page(
     request: Request,
     token: LinkToken,
-    session: DbSession,
+    session: ReadSession,
     done: Annotated[str | None, Query(max_length=100)] = None,
 ) -> Response:
-    """What the link would do, with one button; changes nothing."""
+    """What the link would do, with one button; changes nothing. HEAD (mail scanners check
+    links that way) answers with the same status and headers and no body."""
+    response = _link_page(request, token, session, done)
+    if request.method == "HEAD":
+        response.body = b""  # the headers, Content-Length included, stay those of the GET
+    return response
+
+
+def _link_page(request: Request, token: str, session: Session, done: str | None) -> Response:
     try:
         target = _open_link(session, token)
     except (BadLink, NotFound) as exc:
@@ -352,9 +372,18 @@ def link_page(
     if target.link.action is LinkAction.PREFERENCES:
         context["rows"] = _rows(session, target.subject)
         return _render(request, "preferences.html", context)
-    context["rows"] = _rows(session, target.subject, target.purpose)
+    rows = _rows(session, target.subject, target.purpose)
+    context["rows"] = rows
     context["all_purposes"] = target.purpose is None
+    if target.link.action is LinkAction.RENEW and not (rows and _renewable(rows[0])):
+        # Renewing needs a consent in force: say so now rather than fail on the button.
+        context["preferences_url"] = _preferences_url(session, target)
     return _render(request, "link.html", context)
+
+
+def _renewable(row: _Row) -> bool:
+    """Given and still valid: a consent whose validity has ended can only be given again."""
+    return row.state == State.GIVEN.value
 
 
 def _act(
@@ -375,8 +404,10 @@ def _act(
         if action == LinkAction.GRANT:
             # Saying yes confirms the current notice: a fresh grant, or a renewal of a consent
             # given on an older version (re-consent). Already given on the current one: nothing.
+            # A consent whose validity has ended is not in force: the grant gives it again.
             info = purposes.get(session, purpose_key)
-            if state is not None and state.state == State.GIVEN:
+            lapsed = bool(state and state.valid_until and state.valid_until <= utcnow())
+            if state is not None and state.state == State.GIVEN and not lapsed:
                 if state.purpose_version >= info.current_version:
                     return "unchanged", None
                 return "done", lifecycle.renew(session, ext, purpose_key, actor)
@@ -491,7 +522,8 @@ def link_post(
             {
                 "title": "Nothing was changed",
                 "message": "This consent is no longer active, so it cannot be renewed. "
-                "You can give it again from the link in our next email.",
+                "You can give it again on your preference page.",
+                "link": (_preferences_url(session, target), "Open your preference page"),
             },
             status_code=409,
         )

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from consentflow.models import ActorType, Channel, LawfulBasis
+from consentflow.models import Channel, LawfulBasis
 
 # Printable text without control characters (PostgreSQL refuses NUL; nothing needs the others).
 _PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
@@ -18,7 +18,8 @@ SystemName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.
 Title = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_PRINTABLE)]
 Description = Annotated[str, StringConstraints(max_length=10000)]
 Categories = Annotated[list[Annotated[Text, Field(max_length=100)]], Field(max_length=50)]
-ActorName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_PRINTABLE)]
+#: At most 90 characters: the ledger records ``ACTOR via api:TOKEN`` in 200 (token names: 100).
+ActorName = Annotated[str, StringConstraints(min_length=1, max_length=90, pattern=_PRINTABLE)]
 Reason = Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=_PRINTABLE)]
 
 
@@ -183,17 +184,33 @@ class HistoryOut(BaseModel):
 ChangeAction = Literal["request", "grant", "refuse", "revoke", "renew"]
 
 
+#: Channels only our own pages record: a link in an email, the preference page.
+PAGE_CHANNELS = frozenset({Channel.EMAIL_LINK.value, Channel.WEB.value})
+
+
 class ChangeIn(Strict):
     """Who expressed the change and how it reached us.
 
-    Admin tokens say so themselves (default: the subject, through the API). Support tokens always
-    act as an agent named after the token, through the support channel, and must give a reason.
+    Admin tokens say so themselves (default: the subject, through the API); the token is
+    recorded with the change whatever the body says. Support tokens always act as an agent
+    named after the token, through the support channel, and must give a reason. ``email_link``
+    and ``web`` are not accepted here: only the signed-link and preference pages record them.
     """
 
-    channel: Literal[Channel.WEB, Channel.EMAIL_LINK, Channel.SUPPORT, Channel.API] = Channel.API
-    actor_type: Literal[ActorType.SUBJECT, ActorType.AGENT] = ActorType.SUBJECT
+    channel: Literal["api", "support"] = "api"
+    actor_type: Literal["subject", "agent"] = "subject"
     actor: ActorName | None = None
     reason: Reason | None = None
+
+    @field_validator("channel", mode="before")
+    @classmethod
+    def _not_a_page_channel(cls, value: object) -> object:
+        if isinstance(value, str) and value in PAGE_CHANNELS:
+            raise ValueError(
+                f"{value!r} is recorded only by the signed-link and preference pages; "
+                "use 'api' or 'support'"
+            )
+        return value
 
 
 class ChangeOut(BaseModel):
@@ -341,6 +358,8 @@ class RunAccepted(BaseModel):
     flow: str
     parameters: dict[str, Any]
     accepted_at: datetime
+    #: Who asked for the run (``api:TOKEN``), as the run's audit entry records it.
+    requested_by: str
     status: Literal["accepted"] = "accepted"
 
 
