@@ -19,7 +19,7 @@ from sqlalchemy import delete, insert, text, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from consentflow import audit, db, importer, lifecycle, purposes, subjects, systems
+from consentflow import audit, db, importer, integrity, lifecycle, purposes, subjects, systems
 from consentflow.errors import InvalidInput
 from consentflow.lifecycle import Actor
 from consentflow.models import Action, AuditEntry, AuditHead, Consent, ConsentEvent, Subject
@@ -412,7 +412,7 @@ def test_audit_never_holds_emails(chain: Engine, cli: Any, tmp_path: Path) -> No
 
 def history_check(engine: Engine) -> tuple[bool, str | None]:
     with Session(engine) as s:
-        return lifecycle.verify_history(s)
+        return integrity.verify_history(s)
 
 
 def test_untouched_history_matches_the_chain(chain: Engine) -> None:

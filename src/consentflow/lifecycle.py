@@ -20,12 +20,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from itertools import chain
 from typing import Any, NamedTuple
 
 import orjson
-from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from consentflow import audit, purposes
@@ -39,7 +38,6 @@ from consentflow.errors import NotFound, TransitionNotAllowed
 from consentflow.models import (
     WITHDRAWING_STATES,
     Action,
-    AuditEntry,
     Consent,
     ConsentEvent,
     DeliveryState,
@@ -948,88 +946,3 @@ def as_of(session: Session, external_id: str, at: datetime) -> list[ConsentView]
         else v
         for _, v in sorted(views.items())
     ]
-
-
-# --------------------------------------------------------------------------------------------
-# The history against the audit trail
-# --------------------------------------------------------------------------------------------
-
-
-def verify_history(session: Session, *, chunk: int = 5000) -> tuple[bool, str | None]:
-    """Check that the history says what the (hash-chained) audit trail says it said.
-
-    The audit chain proves its own entries untouched (``audit.verify``); every consent event
-    has one entry there (``consent.<action>``) carrying its id, sequence number, states,
-    version and times. Comparing the two in chain order finds an event edited, deleted or
-    added behind the ledger's back. Returns (ok, the first problem).
-    """
-    detail_cols = ("seq", "from", "to", "purpose_version", "occurred_at", "valid_until")
-    last, seen = 0, 0
-    while True:
-        entries = session.exec(
-            select(AuditEntry)
-            .where(col(AuditEntry.seq) > last, col(AuditEntry.action).startswith("consent."))
-            .order_by(col(AuditEntry.seq))
-            .limit(chunk)
-        ).all()
-        if not entries:
-            break
-        last = entries[-1].seq
-        ids = [uuid.UUID(e.detail["event_id"]) for e in entries]
-        rows = {
-            r.id: r
-            for r in session.exec(
-                select(
-                    ConsentEvent.id,
-                    ConsentEvent.seq,
-                    ConsentEvent.previous_state,
-                    ConsentEvent.state,
-                    ConsentEvent.purpose_version,
-                    ConsentEvent.occurred_at,
-                    ConsentEvent.valid_until,
-                    ConsentEvent.action,
-                    Subject.subject_ref,
-                    Purpose.key,
-                )
-                .join(Subject, col(Subject.id) == ConsentEvent.subject_id)
-                .join(Purpose, col(Purpose.id) == ConsentEvent.purpose_id)
-                .where(col(ConsentEvent.id).in_(ids))
-            )
-        }
-        for entry, event_id in zip(entries, ids, strict=True):
-            row = rows.get(event_id)
-            if row is None:
-                return False, f"event {event_id} (audit entry {entry.seq}) is missing (deleted)"
-            d = entry.detail
-            recorded = {
-                "seq": row.seq,
-                "from": row.previous_state,
-                "to": row.state,
-                "purpose_version": row.purpose_version,
-                "occurred_at": _iso(row.occurred_at),
-                "valid_until": _iso(row.valid_until),
-            }
-            audited = {k: d.get(k) for k in detail_cols}
-            audited["occurred_at"] = _iso(_parse(d.get("occurred_at")))
-            audited["valid_until"] = _iso(_parse(d.get("valid_until")))
-            same = (
-                recorded == audited
-                and entry.action == f"consent.{row.action}"
-                and entry.subject_ref == row.subject_ref
-                and entry.purpose_key == row.key
-            )
-            if not same:
-                return False, f"event {event_id} differs from audit entry {entry.seq} (modified)"
-        seen += len(entries)
-    total = session.exec(select(func.count()).select_from(ConsentEvent)).one()
-    if total != seen:
-        return False, f"{total - seen} event(s) have no audit entry (inserted)"
-    return True, None
-
-
-def _parse(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).isoformat() if value else None

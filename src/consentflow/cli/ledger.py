@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from consentflow import access, audit, db, lifecycle, purposes, subjects, systems
+from consentflow import access, audit, db, integrity, lifecycle, purposes, subjects, systems
 from consentflow.cli._common import (
     JsonOpt,
     app,
@@ -417,32 +417,22 @@ def audit_verify(
             raise InvalidInput(f"bad --expect {expect!r}: use SEQ:HASH as printed by verify")
         anchor = (int(seq), digest)
     with session(readonly=True) as s:
-        result = audit.verify(s, expect=anchor)
-        history_ok, history_problem = lifecycle.verify_history(s) if result.ok else (False, None)
-    data = {
-        "ok": result.ok and history_ok,
-        "entries": result.entries,
-        "head": f"{result.head_seq}:{result.head_hash}",
-        "first_bad": result.first_bad,
-        "problem": result.problem,
-        "history_ok": history_ok,
-        "history_problem": history_problem,
-    }
+        data = integrity.check(s, expect=anchor)
     if data["ok"]:
         emit(
             data,
             as_json,
             lambda: typer.echo(
-                f"audit trail intact: {result.entries} entries, head {data['head']}; "
+                f"audit trail intact: {data['entries']} entries, head {data['head']}; "
                 "the consent history matches it"
             ),
         )
         return
     if as_json:
         typer.echo(json.dumps(data, indent=2))
-    if not result.ok:
-        fail(f"audit trail broken at entry {result.first_bad}: {result.problem}", 1)
-    fail(f"consent history does not match the audit trail: {history_problem}", 1)
+    if data["history_problem"] is None:
+        fail(f"audit trail broken at entry {data['first_bad']}: {data['problem']}", 1)
+    fail(f"consent history does not match the audit trail: {data['history_problem']}", 1)
 
 
 @audit_app.command("export")

@@ -17,7 +17,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import text
 from sqlmodel import col, select
 
-from consentflow import access, audit, feed, lifecycle, purposes, subjects, systems
+from consentflow import access, audit, feed, integrity, lifecycle, purposes, subjects, systems
 from consentflow.errors import Conflict, InvalidInput, NotFound
 from consentflow.lifecycle import Actor
 from consentflow.models import (
@@ -718,19 +718,13 @@ def audit_verify(
         Query(pattern=r"^[0-9]{1,18}:[0-9a-f]{64}$", description="An anchor SEQ:HASH"),
     ] = None,
 ) -> dict[str, Any]:
-    """Walk the whole hash chain; ``ok`` false names the first bad entry."""
+    """Walk the hash chain, then check the consent history against it; ``ok`` false names the
+    first fault (``first_bad``/``problem`` for the chain, ``history_problem`` for the history)."""
     anchor = None
     if expect is not None:
         seq, _sep, digest = expect.partition(":")
         anchor = (int(seq), digest)
-    result = audit.verify(session, expect=anchor)
-    return {
-        "ok": result.ok,
-        "entries": result.entries,
-        "head": f"{result.head_seq}:{result.head_hash}",
-        "first_bad": result.first_bad,
-        "problem": result.problem,
-    }
+    return integrity.check(session, expect=anchor)
 
 
 @router.get(

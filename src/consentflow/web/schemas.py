@@ -372,3 +372,6 @@ class VerifyOut(BaseModel):
     head: str
     first_bad: int | None
     problem: str | None
+    #: Whether the consent history matches the chain (checked when the chain is intact).
+    history_ok: bool
+    history_problem: str | None
