@@ -28,7 +28,16 @@ import typer
 from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
-from consentflow import audit, db, lifecycle, purposes, settings, subjects, systems, tokens
+from consentflow import (
+    db,
+    integrity,
+    lifecycle,
+    purposes,
+    settings,
+    subjects,
+    systems,
+    tokens,
+)
 from consentflow.cli._common import app
 from consentflow.cli.run import _hermetic_prefect, _quiet_prefect_logs, summary_rows
 from consentflow.delivery.health import endpoint_health
@@ -419,12 +428,14 @@ def _flows(
     typer.echo(f"\nexpiry-sweep again: {again.total('expired')} expired (idempotent)")
 
     with db.session_scope(engine) as s:
-        result = audit.verify(s)
+        result = integrity.check(s)
         _, token = tokens.create(s, "demo-compliance", "compliance")
-    if not result.ok:
-        raise ConsentflowError(f"audit trail broken at entry {result.first_bad}: {result.problem}")
+    if not result["ok"]:
+        problem = result["problem"] or result["history_problem"]
+        raise ConsentflowError(f"audit trail or history broken: {problem}")
     typer.echo(
-        f"\naudit trail intact: {result.entries} entries, head {result.head_seq}:{result.head_hash}"
+        f"\naudit trail intact: {result['entries']} entries, head {result['head']}; "
+        "the consent history matches it"
     )
     typer.echo(
         "\nExplore it:\n"
