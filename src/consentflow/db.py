@@ -226,8 +226,14 @@ def upgrade(engine: Engine | None = None) -> str:
     from alembic import command
     from alembic.runtime.migration import MigrationContext
 
+    from consentflow.keys import instance_secret
+
     engine = engine or get_engine()
     command.upgrade(alembic_config(engine), "head")
+    # Generate the instance secret now (when it is not configured), so that no later read-only
+    # unit of work has to write it.
+    with session_scope(engine) as session:
+        instance_secret(session)
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision() or "base"
 
