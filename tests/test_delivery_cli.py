@@ -171,13 +171,13 @@ def test_commit_hook_emits_one_prefect_event_per_commit_and_none_on_rollback(
 
     def commits() -> None:
         with pytest.raises(RuntimeError), db.session_scope(engine) as s:
-            events.note(s, 3)
+            lifecycle.note_outbox(s, 3)
             raise RuntimeError("rolled back")
         with db.session_scope(engine) as s:
             pass  # a later commit of the same kind of session emits nothing
         with db.session_scope(engine) as s:
-            events.note(s, 1)
-            events.note(s, 1)
+            lifecycle.note_outbox(s, 1)
+            lifecycle.note_outbox(s, 1)
 
     seen = outbox_events(commits, monkeypatch)
     assert [e.deliveries for e in seen] == [2]  # one event per transaction, none for the rollback

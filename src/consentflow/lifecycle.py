@@ -505,6 +505,16 @@ def webhook_payload(change: _Item, recorded_at: datetime) -> dict[str, Any]:
     }
 
 
+#: Where a session notes how many outbox rows its transaction wrote; ``delivery.events`` reads
+#: it after commit to wake the delivery workers (the ledger itself knows nothing of Prefect).
+OUTBOX_KEY = "consentflow.outbox_rows"
+
+
+def note_outbox(session: Session, rows: int) -> None:
+    """Record that this transaction enqueued ``rows`` deliveries."""
+    session.info[OUTBOX_KEY] = session.info.get(OUTBOX_KEY, 0) + rows
+
+
 def _enqueue(session: Session, w: Writer, items: list[_Item], now: datetime) -> None:
     """One pending delivery per withdrawing change and subscribed system with a webhook.
 
@@ -550,10 +560,7 @@ def _enqueue(session: Session, w: Writer, items: list[_Item], now: datetime) -> 
             for system_id in systems
         )
     w.insert("delivery", _DELIVERY_COLUMNS, rows)
-    # Tells ``delivery.events`` (after commit) that the outbox has new rows to wake workers for.
-    session.info["consentflow.outbox_rows"] = session.info.get("consentflow.outbox_rows", 0) + len(
-        rows
-    )
+    note_outbox(session, len(rows))
 
 
 # --------------------------------------------------------------------------------------------

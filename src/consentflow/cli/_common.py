@@ -77,5 +77,6 @@ def session(*, readonly: bool = False) -> Iterator[Session]:
         yield s
 
 
-def _fmt(ts: datetime | None) -> str:
+def fmt_time(ts: datetime | None) -> str:
+    """An instant as the CLI prints it in text mode."""
     return ts.strftime("%Y-%m-%d %H:%M:%SZ") if ts else "-"

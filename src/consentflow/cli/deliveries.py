@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from consentflow import feed
-from consentflow.cli._common import JsonOpt, _fmt, app, emit, parse_time, session, system_app
+from consentflow.cli._common import JsonOpt, app, emit, fmt_time, parse_time, session, system_app
 from consentflow.delivery import events, health, ops
 from consentflow.errors import InvalidInput
 
@@ -72,11 +72,11 @@ def deliveries_list(
         )
         for v in views:
             state_ = "held" if v.held else v.state
-            nxt = _fmt(v.next_attempt_at) if v.state == "pending" else "-"
+            nxt = fmt_time(v.next_attempt_at) if v.state == "pending" else "-"
             last = v.last_error or (str(v.last_status) if v.last_status else "")
             typer.echo(
                 f"{v.id:>7} {v.system:<20} {state_:<9} {v.attempts:>5} "
-                f"{_fmt(v.delivered_at):<20} {nxt:<20} {v.purpose:<16} {v.event_type:<22} "
+                f"{fmt_time(v.delivered_at):<20} {nxt:<20} {v.purpose:<16} {v.event_type:<22} "
                 f"{v.webhook_id}  {last[:60]}"
             )
 
@@ -107,12 +107,13 @@ def deliveries_show(delivery_id: int, as_json: JsonOpt = False) -> None:
         typer.echo(
             f"delivery {view.id} to {view.system}: {view.state}{' (held)' if view.held else ''}, "
             f"{view.webhook_id}, {view.event_type} ({view.purpose}), "
-            f"delivered at {_fmt(view.delivered_at)}"
+            f"delivered at {fmt_time(view.delivered_at)}"
         )
         for a in tries:
             outcome = a.status_code if a.status_code is not None else a.error_class
             typer.echo(
-                f"  #{a.attempt:<3} {_fmt(a.started_at)}  {outcome!s:<14} {a.latency_ms or 0:>6} ms"
+                f"  #{a.attempt:<3} {fmt_time(a.started_at)}  {outcome!s:<14} "
+                f"{a.latency_ms or 0:>6} ms"
             )
 
     emit(data, as_json, text)
@@ -168,7 +169,7 @@ def deliveries_health(as_json: JsonOpt = False) -> None:
             reason = f" ({h.status_reason})" if h.status_reason else ""
             typer.echo(
                 f"{h.system:<20} {h.status:<9} pending {h.pending:>6} held {h.held:>6} "
-                f"dead {h.dead:>5} oldest {age:>9} last ok {_fmt(h.last_success_at)} "
+                f"dead {h.dead:>5} oldest {age:>9} last ok {fmt_time(h.last_success_at)} "
                 f"failures/24h {h.failures_24h}{reason}"
             )
 

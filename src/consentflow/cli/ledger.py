@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +19,7 @@ from consentflow.cli._common import (
     db_app,
     emit,
     fail,
+    fmt_time,
     parse_time,
     purpose_app,
     session,
@@ -28,11 +28,6 @@ from consentflow.cli._common import (
 )
 from consentflow.errors import InvalidInput
 from consentflow.models import ActorType, Channel
-
-
-def _fmt(ts: datetime | None) -> str:
-    return ts.strftime("%Y-%m-%d %H:%M:%SZ") if ts else "-"
-
 
 # ---------------------------------------------------------------------------------------- db
 
@@ -242,7 +237,7 @@ def _change_command(action: Callable[..., lifecycle.Change], verb: str) -> Calla
         who = _actor(actor, channel, agent, reason)
         with session() as s:
             change = action(s, external_id, purpose, who)
-        valid = f", valid until {_fmt(change.valid_until)}" if change.valid_until else ""
+        valid = f", valid until {fmt_time(change.valid_until)}" if change.valid_until else ""
         emit(
             change.as_dict(),
             as_json,
@@ -291,11 +286,11 @@ def consent_show(
 
     def text() -> None:
         if not views:
-            typer.echo(f"{external_id}: no consents" + (f" as of {_fmt(when)}" if when else ""))
+            typer.echo(f"{external_id}: no consents" + (f" as of {fmt_time(when)}" if when else ""))
         for v in views:
             typer.echo(
                 f"{v.purpose:<24} {v.state:<12} v{v.purpose_version:<3} "
-                f"given {_fmt(v.given_at)}  valid until {_fmt(v.valid_until)}"
+                f"given {fmt_time(v.given_at)}  valid until {fmt_time(v.valid_until)}"
             )
 
     emit(data, as_json, text)
@@ -350,7 +345,7 @@ def check_command(
     with session(readonly=True) as s:
         decision = access.check(s, external_id, purpose, system)
     verdict = "allowed" if decision.allowed else "not allowed"
-    valid = f" (valid until {_fmt(decision.valid_until)})" if decision.valid_until else ""
+    valid = f" (valid until {fmt_time(decision.valid_until)})" if decision.valid_until else ""
     emit(decision.as_dict(), as_json, lambda: typer.echo(f"{verdict}: {decision.reason}{valid}"))
     raise typer.Exit(0 if decision.allowed else 1)
 

@@ -1,7 +1,7 @@
 """Near-real-time propagation: a Prefect event after every commit that enqueued deliveries.
 
 The ledger core knows nothing of Prefect. It only notes, in the session's ``info`` under
-``OUTBOX_KEY``, how many outbox rows the transaction wrote (``lifecycle._enqueue``).
+``OUTBOX_KEY``, how many outbox rows the transaction wrote (``lifecycle.note_outbox``).
 ``install()`` adds session listeners: once such a session has committed, one
 ``consentflow.consent.withdrawn`` event is emitted (one per transaction, however many rows); a
 rollback clears the note and emits nothing. The deployment trigger in ``prefect.yaml`` starts the
@@ -26,12 +26,12 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from consentflow.lifecycle import OUTBOX_KEY
+
 log = logging.getLogger("consentflow.delivery")
 
 EVENT = "consentflow.consent.withdrawn"
 RESOURCE_ID = "consentflow.outbox"
-#: Where the ledger notes how many deliveries the session's transaction enqueued.
-OUTBOX_KEY = "consentflow.outbox_rows"
 _installed = False
 
 
@@ -55,11 +55,6 @@ def emit(rows: int, *, drain: bool = False) -> bool:
     except Exception as exc:  # the change is committed; the schedule will pick it up
         log.warning("could not emit %s: %s", EVENT, exc)
         return False
-
-
-def note(session: Session, rows: int) -> None:
-    """Record that this transaction enqueued ``rows`` deliveries (what the ledger does)."""
-    session.info[OUTBOX_KEY] = session.info.get(OUTBOX_KEY, 0) + rows
 
 
 def _after_commit(session: Session) -> None:
