@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +17,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from consentflow import db, mail, sweeps
 from consentflow.delivery import events
 from consentflow.models import utcnow
-from consentflow.runs import RunSummary, record_run
+from consentflow.runs import REQUESTED_BY, RunSummary, record_run
 
 #: What every batch task passes to ``@task`` besides its name and ``retry_delay_seconds``: two
 #: retries, only after a transient failure (the database or the mail server hiccupped), and no
@@ -60,20 +59,6 @@ class LifecycleParams(BaseModel):
         if self.as_of is not None and not self.dry_run and self.as_of > utcnow():
             raise ValueError("as_of is in the future: only a dry run may look ahead")
         return self
-
-
-#: Who asked for the flow run about to start in this context (``RunSummary.requested_by``).
-REQUESTED_BY: ContextVar[str | None] = ContextVar("consentflow_requested_by", default=None)
-
-
-@contextmanager
-def requested_by(who: str | None) -> Iterator[None]:
-    """Run a flow inside this block to record who asked for it, e.g. ``api:carol``."""
-    reset = REQUESTED_BY.set(who)
-    try:
-        yield
-    finally:
-        REQUESTED_BY.reset(reset)
 
 
 def start(flow: str, parameters: dict[str, object], dry_run: bool) -> RunSummary:

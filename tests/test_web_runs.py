@@ -80,7 +80,7 @@ def test_compliance_starts_a_dry_run_sweep(prefect_harness, engine, tokens) -> N
 def test_who_asked_is_recorded_only_for_the_run_it_asked_for(prefect_harness, engine, tokens):  # type: ignore[no-untyped-def]
     """The requester is set for the API's run only: a run started afterwards in the same
     process (a schedule, the CLI) records none."""
-    import flows
+    from consentflow import runs
 
     answer = client().post(
         "/api/v1/runs/reconsent", json={"dry_run": True}, headers=bearer(tokens.admin)
@@ -88,7 +88,7 @@ def test_who_asked_is_recorded_only_for_the_run_it_asked_for(prefect_harness, en
     assert answer.status_code == 202, answer.text
     assert answer.json()["requested_by"] == "api:root"
     _join_runs()
-    flow_fn, params = flows.prepare("reconsent", {"dry_run": True})
+    flow_fn, params = runs.prepare_flow("reconsent", {"dry_run": True})
     assert flow_fn(params).requested_by is None
     assert [e.detail["requested_by"] for e in audit_entries(engine, "flow.dry_run")] == [
         "api:root",

@@ -372,13 +372,7 @@ def _run(engine: Any, url: str, path: Path, sink: _Sink, receiver: _Receiver) ->
 def _flows(
     engine: Any, url: str, path: Path, sink: _Sink, receiver: _Receiver, notes: _Notes
 ) -> None:
-    from flows import (
-        collection_followups,
-        expiry_sweep,
-        propagate,
-        reconsent,
-        renewal_reminders,
-    )
+    from consentflow import runs as flow_runs
 
     now = utcnow()
     db.upgrade(engine)
@@ -395,36 +389,30 @@ def _flows(
     )
     typer.echo(f"local SMTP sink on 127.0.0.1:{sink.port}; Prefect runs embedded")
 
-    runs = [
-        (expiry_sweep.expiry_sweep, expiry_sweep.Params(), "consents whose validity ended"),
+    steps = [
+        ("expiry-sweep", {}, "consents whose validity ended"),
         (
-            renewal_reminders.renewal_reminders,
-            renewal_reminders.Params(),
+            "renewal-reminders",
+            {},
             "reminders before the validity ends (30, 7, 1 days; nearest stage only)",
         ),
+        ("collection-followups", {}, "follow-ups on unanswered requests, then lapse"),
+        ("reconsent", {}, "re-consent after material revisions; invalidation at the deadline"),
         (
-            collection_followups.collection_followups,
-            collection_followups.Params(),
-            "follow-ups on unanswered requests, then lapse",
-        ),
-        (
-            reconsent.reconsent,
-            reconsent.Params(),
-            "re-consent after material revisions; invalidation at the deadline",
-        ),
-        (
-            propagate.propagate,
-            propagate.Params(max_seconds=60),
+            "propagate",
+            {"max_seconds": 60},
             "webhooks for the withdrawals, expiries and invalidations above",
         ),
     ]
-    for flow_fn, params, what in runs:
+    for name, values, what in steps:
+        flow_fn, params = flow_runs.prepare_flow(name, values)
         _print_summary(flow_fn(params), what)
 
     _show_webhooks(engine, receiver, secrets)
     _show_emails(engine, sink, notes)
 
-    again = expiry_sweep.expiry_sweep(expiry_sweep.Params())
+    expiry_fn, expiry_params = flow_runs.prepare_flow("expiry-sweep", {})
+    again = expiry_fn(expiry_params)
     typer.echo(f"\nexpiry-sweep again: {again.total('expired')} expired (idempotent)")
 
     with db.session_scope(engine) as s:

@@ -1,7 +1,8 @@
 """``consentflow run FLOW``: start a lifecycle flow from the terminal, recorded like any other run.
 
-Flows are found by convention (``flows.load``), so adding a flow needs no change here:
-``consentflow run expiry-sweep`` builds ``flows.expiry_sweep.Params`` from the options and calls
+Flows are found by name through their entry points (``consentflow.runs.load_flow``), so adding a
+flow needs no change here: ``consentflow run expiry-sweep`` builds ``flows.expiry_sweep.Params``
+from the options and calls
 ``expiry_sweep(params)``, which returns a ``consentflow.runs.RunSummary``.
 
 Which Prefect: the server named by ``PREFECT_API_URL``, or the profile chosen explicitly with
@@ -145,9 +146,9 @@ def run_flow(
 ) -> None:
     """Run a lifecycle flow now (expiry-sweep, renewal-reminders, ...), audited like any run."""
     _hermetic_prefect()
-    import flows
+    from consentflow import runs
 
-    _, params_model = flows.load(flow)
+    _, params_model = runs.load_flow(flow)
     _quiet_prefect_logs()
     options = {
         "dry_run": dry_run or None,
@@ -158,7 +159,7 @@ def run_flow(
     }
     values = build_values(params_model.model_fields, options, param or [])
     db.ensure_schema(db.get_engine())  # before a run starts, not as its failure
-    flow_fn, params = flows.prepare(flow, values)
+    flow_fn, params = runs.prepare_flow(flow, values)
     try:
         state = flow_fn(params, return_state=True)
     except Exception as exc:  # Prefect itself failed (say, its embedded server did not start)

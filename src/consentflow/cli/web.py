@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import copy
+from typing import Annotated, Any
 
 import typer
 
@@ -29,19 +30,34 @@ def serve(
     import prefect.main  # noqa: F401
     import uvicorn
 
-    from consentflow.web import logs
-    from consentflow.web.app import create_app
-
     db.ensure_schema(db.get_engine())
     typer.echo(f"consentflow serving on http://{host}:{port} (API under /api/v1)")
+    # The app and its log filter are named, not imported: the CLI and the web app are two doors
+    # side by side, and this is the same app an operator runs with
+    # ``uvicorn consentflow.web.app:create_app --factory``.
     uvicorn.run(
-        create_app(),
+        "consentflow.web.app:create_app",
+        factory=True,
         host=host,
         port=port,
         proxy_headers=True,
         log_level="info",
-        log_config=logs.log_config(),
+        log_config=_log_config(),
     )
+
+
+def _log_config() -> dict[str, Any]:
+    """uvicorn's own logging configuration with ``consentflow.web.logs.AccessLogRedactor`` on
+    the access logger (``logging.config`` imports it by its dotted name)."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["redact_access"] = {
+        "()": "consentflow.web.logs.AccessLogRedactor"
+    }
+    access = config["loggers"].setdefault("uvicorn.access", {})
+    access["filters"] = [*access.get("filters", []), "redact_access"]
+    return config
 
 
 @token_app.command("create")

@@ -676,10 +676,9 @@ def start_run(
     """
     import threading
 
-    import flows
-    from flows import common
+    from consentflow import runs
 
-    flow_fn, params = flows.prepare(flow, parameters)
+    flow_fn, params = runs.prepare_flow(flow, parameters)
     if not prefect_api_url():
         raise Conflict(
             "no Prefect server is configured: set PREFECT_API_URL for the web app to start runs"
@@ -687,7 +686,7 @@ def start_run(
     who = api_actor(caller)
 
     def run() -> None:
-        with common.requested_by(who):
+        with runs.requested_by(who):
             flow_fn(params)
 
     threading.Thread(target=run, name=f"run-{flow}", daemon=True).start()

@@ -505,9 +505,9 @@ _IDLE_OUTCOMES = ("held",)
 
 
 def _flow_names() -> list[str]:
-    import flows
+    from consentflow import runs
 
-    return flows.names()
+    return runs.flow_names()
 
 
 def _run_row(r: Any, ui: str) -> list[Any]:

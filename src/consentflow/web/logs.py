@@ -3,17 +3,16 @@
 A link token (``/l/TOKEN``) lets anyone who holds it act on a person's consent, a subject's
 external id (``/api/v1/subjects/ID/...``) may be an email address, and query strings carry both
 (``check?subject=...``). ``consentflow serve`` attaches ``AccessLogRedactor`` to uvicorn's access
-logger, so each line keeps the client, method, route, protocol and status, and loses the rest:
+logger (by name, in its logging configuration), so each line keeps the client, method, route,
+protocol and status, and loses the rest:
 ``GET /l/{token}``, ``POST /api/v1/subjects/{subject}/consents/news/grant``,
 ``GET /api/v1/check``.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import re
-from typing import Any
 
 ACCESS_LOGGER = "uvicorn.access"
 
@@ -40,14 +39,3 @@ class AccessLogRedactor(logging.Filter):
         if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
             record.args = (args[0], args[1], redact_path(args[2]), args[3], args[4])
         return True
-
-
-def log_config() -> dict[str, Any]:
-    """uvicorn's own logging configuration with the redactor on the access logger."""
-    from uvicorn.config import LOGGING_CONFIG
-
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config.setdefault("filters", {})["redact_access"] = {"()": AccessLogRedactor}
-    access = config["loggers"].setdefault(ACCESS_LOGGER, {})
-    access["filters"] = [*access.get("filters", []), "redact_access"]
-    return config
