@@ -1,11 +1,26 @@
-"""Every environment variable consentflow reads, with its default, in one place."""
+"""Every environment variable consentflow reads, with its default, in one place.
+
+``Settings`` holds every ``CONSENTFLOW_*`` variable; each field's ``description`` is its
+documentation. ``OTHER_VARIABLES`` lists the variables of other tools (Prefect's) that consentflow
+reads or relies on, which are read where they are used. ``reference_markdown()`` renders both as
+``docs/configuration.md``; ``python -m consentflow.settings`` prints it, and a test keeps the
+committed page equal to it, so the reference cannot drift from the code.
+
+Unknown ``CONSENTFLOW_*`` variables are ignored (``extra="ignore"``), not refused.
+"""
 
 from __future__ import annotations
 
+import types
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any, Union, get_args, get_origin
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "CONSENTFLOW_"
 
 
 class Settings(BaseSettings):
@@ -15,55 +30,258 @@ class Settings(BaseSettings):
     file in the working directory and a secret generated on first use and kept in that database.
     """
 
-    model_config = SettingsConfigDict(env_prefix="CONSENTFLOW_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
-    #: SQLAlchemy URL. ``postgresql://`` URLs are served by psycopg 3.
-    database_url: str = "sqlite:///consentflow.db"
-    #: Key for pseudonymous subject references, signed links and the encryption of webhook
-    #: secrets at rest. When unset, a random key is generated once and stored in the database, so
-    #: references stay stable across runs (but a database dump then holds the key too).
-    secret_key: str | None = None
-    #: Base URL of the web app, used to build links in emails.
-    public_url: str = "http://127.0.0.1:8000"
-    #: Base URL of the Prefect UI; the dashboard links runs to ``{url}/runs/flow-run/{id}``.
-    prefect_ui_url: str | None = None
-    #: How long a web sign-in (session cookie) lasts, in seconds.
-    session_max_age: int = 8 * 3600
+    # -- storage and keys
+    database_url: str = Field(
+        "sqlite:///consentflow.db",
+        description="SQLAlchemy URL of the ledger: a SQLite file, or "
+        "`postgresql://user@host/db` (served by psycopg 3).",
+    )
+    secret_key: str | None = Field(
+        None,
+        description="Key for pseudonymous subject references, signed email links, the "
+        "suppression list's address hashes and the encryption of webhook secrets at rest. "
+        "When unset, a random key is generated once and stored in the database, so references "
+        "stay stable across runs (but a database dump then holds the key too). Choose it once, "
+        "before the first subject, and keep it: see [security](security.md).",
+    )
 
-    #: Webhook targets allowed despite the SSRF guard: comma-separated hosts or networks, e.g.
-    #: ``127.0.0.1`` or ``10.0.0.0/8,hooks.internal``; these may also use plain http.
-    webhook_allowed_hosts: str = ""
-    #: Whole-request webhook timeout in seconds (connect is capped at 5 s within it).
-    webhook_timeout: float = 15.0
-    #: Where dead-lettered webhook deliveries are reported.
-    compliance_email: str | None = None
+    # -- web app
+    public_url: str = Field(
+        "http://127.0.0.1:8000",
+        description="Base URL of the web app, used to build the links in emails. When it is "
+        "https, the sign-in cookie is Secure and emails offer RFC 8058 one-click unsubscribe "
+        "(`List-Unsubscribe-Post`); when it is not, that header is left out and each email run "
+        "logs one warning.",
+    )
+    prefect_ui_url: str | None = Field(
+        None,
+        description="Base URL of the Prefect UI; the dashboard links runs to "
+        "`{url}/runs/flow-run/{id}`.",
+    )
+    session_max_age: int = Field(
+        8 * 3600, description="How long a web sign-in (session cookie) lasts, in seconds."
+    )
 
-    #: SMTP server for consent emails (reminders, follow-ups, re-consent requests).
-    smtp_host: str = "127.0.0.1"
-    smtp_port: int = 25
-    smtp_username: str | None = None
-    smtp_password: SecretStr | None = None
-    #: true: require STARTTLS; false: never; unset: use it when the server offers it.
-    smtp_starttls: bool | None = None
-    #: Seconds per SMTP operation (connect, each command); a timeout leaves the item due.
-    smtp_timeout: float = 30.0
-    #: Connections kept open and reused for a whole flow run.
-    smtp_pool_size: int = 2
-    #: The From address of consent emails; its domain also names the Message-IDs.
-    mail_from: str = "consentflow <consentflow@localhost>"
-    #: Renewal reminders: days before the validity ends, comma-separated.
-    reminder_stages: str = "30,7,1"
-    #: Collection follow-ups: days without an answer before each follow-up (and before lapsing).
-    followup_after_days: int = 7
-    #: Collection follow-ups: how many at most; the request lapses after the last one.
-    followup_max: int = 2
-    #: Re-consent: days a subject has to confirm after a material revision.
-    reconsent_deadline_days: int = 30
-    #: Minutes an email claim may stay unconfirmed before a later run treats it as not sent.
-    mail_claim_lease_minutes: int = 60
+    # -- webhooks
+    webhook_allowed_hosts: str = Field(
+        "",
+        description="Webhook targets allowed despite the SSRF guard: comma-separated hosts or "
+        "networks, e.g. `127.0.0.1` or `10.0.0.0/8,hooks.internal`; these may also use plain "
+        "http. For local development and internal receivers only.",
+    )
+    webhook_timeout: float = Field(
+        15.0,
+        description="Whole-request webhook timeout in seconds (connect is capped at 5 s within "
+        "it).",
+    )
+    compliance_email: str | None = Field(
+        None, description="Where dead-lettered webhook deliveries are reported."
+    )
+
+    # -- email
+    smtp_host: str = Field(
+        "127.0.0.1",
+        description="SMTP server for consent emails (reminders, follow-ups, re-consent requests).",
+    )
+    smtp_port: int = Field(25, description="Port of the SMTP server.")
+    smtp_username: str | None = Field(None, description="SMTP login, if the server wants one.")
+    smtp_password: SecretStr | None = Field(
+        None, description="SMTP password, if the server wants one."
+    )
+    smtp_starttls: bool | None = Field(
+        None,
+        description="`true`: require STARTTLS; `false`: never; unset: use it when the "
+        "server offers it.",
+    )
+    smtp_timeout: float = Field(
+        30.0,
+        description="Seconds per SMTP operation (connect, each command); a timeout leaves the "
+        "item due.",
+    )
+    smtp_pool_size: int = Field(
+        2, description="SMTP connections kept open and reused for a whole flow run."
+    )
+    mail_from: str = Field(
+        "consentflow <consentflow@localhost>",
+        description="The From address of consent emails; its domain also names the Message-IDs.",
+    )
+    mail_claim_lease_minutes: int = Field(
+        60,
+        description="Minutes an email claim may stay unconfirmed before a later run treats it "
+        "as not sent (the email may then go out a second time: at least once, never lost).",
+    )
+
+    # -- lifecycle flows
+    reminder_stages: str = Field(
+        "30,7,1",
+        description="Renewal reminders: days before the validity ends, comma-separated.",
+    )
+    followup_after_days: int = Field(
+        7,
+        description="Collection follow-ups: days without an answer before each follow-up (and "
+        "before lapsing).",
+    )
+    followup_max: int = Field(
+        2,
+        description="Collection follow-ups: how many at most; the request lapses after the "
+        "last one.",
+    )
+    reconsent_deadline_days: int = Field(
+        30, description="Re-consent: days a subject has to confirm after a material revision."
+    )
 
 
 @lru_cache
 def get_settings() -> Settings:
     """The process-wide settings (cached: the environment is read once)."""
     return Settings()
+
+
+# -- the reference ----------------------------------------------------------------------------
+
+#: The sections of the reference, in order, and the settings each holds (every field exactly once).
+GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Storage and keys", ("database_url", "secret_key")),
+    ("Web app", ("public_url", "prefect_ui_url", "session_max_age")),
+    ("Webhooks", ("webhook_allowed_hosts", "webhook_timeout", "compliance_email")),
+    (
+        "Email",
+        (
+            "smtp_host",
+            "smtp_port",
+            "smtp_username",
+            "smtp_password",
+            "smtp_starttls",
+            "smtp_timeout",
+            "smtp_pool_size",
+            "mail_from",
+            "mail_claim_lease_minutes",
+        ),
+    ),
+    (
+        "Lifecycle flows (defaults of the flow parameters)",
+        ("reminder_stages", "followup_after_days", "followup_max", "reconsent_deadline_days"),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class OtherVariable:
+    """A variable of another tool that consentflow reads or relies on (read where it is used)."""
+
+    name: str
+    meaning: str
+
+
+#: Prefect's variables that change what consentflow does (all others: Prefect's documentation).
+OTHER_VARIABLES: tuple[OtherVariable, ...] = (
+    OtherVariable(
+        "PREFECT_API_URL",
+        "The Prefect server. `consentflow run` runs flows there (unset: on an embedded Prefect "
+        "in a temporary `PREFECT_HOME`, removed at exit). After a commit that enqueued webhook "
+        "deliveries, consentflow emits the `consentflow.consent.withdrawn` event only when it is "
+        "set (the trigger in `prefect.yaml` then starts `propagate`). The web app needs it to "
+        "start runs: without it `POST /api/v1/runs/{flow}` answers 409.",
+    ),
+    OtherVariable(
+        "PREFECT_HOME, PREFECT_PROFILES_PATH, PREFECT_PROFILE",
+        "An explicit choice of Prefect home or profile: `consentflow run` and `consentflow demo` "
+        "then use it instead of a temporary `PREFECT_HOME` (a default profile in `~/.prefect` "
+        "is never consulted otherwise).",
+    ),
+    OtherVariable(
+        "PREFECT_LOGGING_LEVEL",
+        "When set, `consentflow run` lets Prefect log as configured; unset, Prefect's log "
+        "lines stay off the terminal and consentflow's warnings print as one line each.",
+    ),
+    OtherVariable(
+        "PREFECT_LOGGING_EXTRA_LOGGERS",
+        "`consentflow` on a worker puts consentflow's warnings (e.g. the one-click note) in "
+        "each run's logs in the Prefect UI.",
+    ),
+)
+
+#: Read by the test suite only (``tests/conftest.py``), never by consentflow itself.
+TEST_VARIABLES: tuple[OtherVariable, ...] = (
+    OtherVariable(
+        "CONSENTFLOW_TEST_POSTGRES_URL",
+        "A PostgreSQL server on which the tests also run (each test session creates and drops "
+        "a database of its own there), e.g. `postgresql://postgres@127.0.0.1:5432/test`.",
+    ),
+)
+
+_TYPE_NAMES: dict[Any, str] = {
+    str: "text",
+    int: "integer",
+    float: "number",
+    bool: "`true` / `false`",
+    SecretStr: "text (secret)",
+}
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a setting: ``smtp_host`` -> ``CONSENTFLOW_SMTP_HOST``."""
+    return ENV_PREFIX + field.upper()
+
+
+def _type_name(annotation: Any) -> str:
+    if get_origin(annotation) in (Union, types.UnionType):
+        annotation = next(a for a in get_args(annotation) if a is not type(None))
+    return _TYPE_NAMES[annotation]
+
+
+def _default(info: FieldInfo) -> str:
+    value = info.default
+    if value is None:
+        return "unset"
+    if value == "":
+        return "empty"
+    return f"`{value}`"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def reference_markdown() -> str:
+    """The configuration reference (``docs/configuration.md``), generated from ``Settings``."""
+    fields = Settings.model_fields
+    grouped = [name for _, names in GROUPS for name in names]
+    if sorted(grouped) != sorted(fields):
+        raise RuntimeError("settings.GROUPS must name every Settings field exactly once")
+    lines = [
+        "# Configuration",
+        "",
+        "<!-- Generated by `python -m consentflow.settings > docs/configuration.md`:",
+        "     edit the descriptions in src/consentflow/settings.py, not this file. -->",
+        "",
+        "consentflow reads its configuration from environment variables, each prefixed "
+        f"`{ENV_PREFIX}`, once per process. Every variable has a default that works on a "
+        "fresh machine (a SQLite file in the working directory, a secret generated on first "
+        "use). A flow run on a Prefect worker inherits the worker's environment, so set them "
+        "there.",
+    ]
+    for title, names in GROUPS:
+        lines += ["", f"## {title}", "", "| variable | type | default | meaning |"]
+        lines.append("| --- | --- | --- | --- |")
+        for name in names:
+            info = fields[name]
+            lines.append(
+                f"| `{env_name(name)}` | {_type_name(info.annotation)} | {_default(info)} "
+                f"| {_cell(info.description or '')} |"
+            )
+    lines += ["", "## Prefect's variables", "", "| variable | what consentflow does with it |"]
+    lines.append("| --- | --- |")
+    for var in OTHER_VARIABLES:
+        shown = ", ".join(f"`{n.strip()}`" for n in var.name.split(","))
+        lines.append(f"| {shown} | {_cell(var.meaning)} |")
+    lines += ["", "## The test suite", "", "| variable | meaning |", "| --- | --- |"]
+    for var in TEST_VARIABLES:
+        lines.append(f"| `{var.name}` | {_cell(var.meaning)} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")
