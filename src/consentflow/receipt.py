@@ -5,6 +5,17 @@ per purpose with its notice, data categories, lawful basis, recipients and withd
 event per change with its time, state, validity, who expressed it and how it was collected), with
 the DPV ConsentStatus vocabulary for states. The receipt carries the full record; it is built from
 the history, so it shows every notice version the subject actually saw.
+
+Contents: ``schema_version``, a ``record_id`` stable per subject (UUIDv5 of the subject
+ref), a fresh ``receipt_id`` per call, ``receipt_issued_at``, the subject's id, ref, language and
+creation time, and ``processing``: one block per purpose the subject ever had a change on, holding
+the notice the subject's current state was given under (or the latest notice if there is no
+current state), the lawful basis, data categories, the systems that receive the purpose, the
+validity, the current state and every event of that purpose in history order.
+
+It is read-only and has no web dependency, so the API and the CLI (``consentflow consent receipt``)
+build the same document. Failure mode: ``NotFound`` for an unknown subject; nothing else is
+raised for a consistent database. Times are ISO 8601 UTC with a ``Z`` suffix.
 """
 
 from __future__ import annotations
@@ -17,7 +28,14 @@ from sqlmodel import Session, col, select
 
 from consentflow import lifecycle, purposes, subjects
 from consentflow.errors import NotFound
-from consentflow.models import Purpose, PurposeVersion, System, SystemPurpose, utcnow
+from consentflow.models import (
+    ConsentEvent,
+    Purpose,
+    PurposeVersion,
+    System,
+    SystemPurpose,
+    utcnow,
+)
 
 SCHEMA_VERSION = "ISO/IEC TS 27560:2023"
 #: A namespace for record ids, so one subject's record id is the same on every receipt.
@@ -29,6 +47,88 @@ def _iso(ts: datetime | None) -> str | None:
     return ts.isoformat().replace("+00:00", "Z") if ts else None
 
 
+def _notices(session: Session, keys: list[str]) -> dict[tuple[str, int], PurposeVersion]:
+    """Every notice version of the given purposes, by (purpose key, version)."""
+    notices: dict[tuple[str, int], PurposeVersion] = {}
+    for key, version in session.exec(
+        select(Purpose.key, PurposeVersion)
+        .join(PurposeVersion, col(PurposeVersion.purpose_id) == Purpose.id)
+        .where(col(Purpose.key).in_(keys))
+    ).all():
+        notices[(key, version.version)] = version
+    return notices
+
+
+def _recipients(session: Session, keys: list[str]) -> dict[str, list[str]]:
+    """The names of the systems receiving each purpose, by name."""
+    recipients: dict[str, list[str]] = {}
+    for key, name in session.exec(
+        select(Purpose.key, System.name)
+        .join(SystemPurpose, col(SystemPurpose.purpose_id) == Purpose.id)
+        .join(System, col(System.id) == SystemPurpose.system_id)
+        .where(col(Purpose.key).in_(keys))
+        .order_by(col(System.name))
+    ).all():
+        recipients.setdefault(key, []).append(name)
+    return recipients
+
+
+def _notice(v: PurposeVersion, key: str) -> dict[str, Any]:
+    return {
+        "notice_id": f"{key}:v{v.version}",
+        "version": v.version,
+        "title": v.title,
+        "description": v.description,
+        "published_at": _iso(v.created_at),
+        "material_change": v.material,
+    }
+
+
+def _event(key: str, e: ConsentEvent) -> dict[str, Any]:
+    return {
+        "event_id": str(e.id),
+        "sequence": e.seq,
+        "event_time": _iso(e.occurred_at),
+        "recorded_at": _iso(e.recorded_at),
+        "event_type": e.action,
+        "event_state": e.state,
+        "previous_state": e.previous_state,
+        "notice_id": f"{key}:v{e.purpose_version}",
+        "validity_until": _iso(e.valid_until),
+        "event_by": _EXPRESSED_BY.get(e.actor_type, e.actor_type),
+        "agent": e.actor if e.actor_type == "agent" else None,
+        "collection_method": e.channel,
+        "reason": e.reason,
+    }
+
+
+def _processing(
+    key: str,
+    locale: str,
+    now_view: lifecycle.ConsentView | None,
+    shown: PurposeVersion,
+    recipients: list[str],
+    events: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """One processing block: the notice shown, the current state and the purpose's events."""
+    return {
+        "purposes": [{"purpose": key, "title": shown.title}],
+        "privacy_notice": _notice(shown, key),
+        "language": locale,
+        "lawful_basis": shown.lawful_basis,
+        "pii_categories": list(shown.data_categories),
+        "third_party_recipients": recipients,
+        "validity_duration": f"P{shown.validity_days}D",
+        "withdrawal_method": "the link in any consent email (one click), the preference "
+        "page reached from it, or a request to support",
+        "consent_type": "expressed",
+        "state": now_view.state.value if now_view else None,
+        "given_at": _iso(now_view.given_at) if now_view else None,
+        "valid_until": _iso(now_view.valid_until) if now_view else None,
+        "events": events,
+    }
+
+
 def build(session: Session, external_id: str) -> dict[str, Any]:
     """The receipt for one subject; ``NotFound`` if there is no such subject."""
     subject = subjects.get(session, external_id)
@@ -38,76 +138,22 @@ def build(session: Session, external_id: str) -> dict[str, Any]:
     current = {v.purpose: v for v in lifecycle.current(session, external_id)}
     keys = sorted({k for k, _ in events})
     infos = purposes.info(session, keys) if keys else {}
-    notices: dict[tuple[str, int], PurposeVersion] = {}
-    if keys:
-        for key, version in session.exec(
-            select(Purpose.key, PurposeVersion)
-            .join(PurposeVersion, col(PurposeVersion.purpose_id) == Purpose.id)
-            .where(col(Purpose.key).in_(keys))
-        ).all():
-            notices[(key, version.version)] = version
-    recipients: dict[str, list[str]] = {}
-    if keys:
-        for key, name in session.exec(
-            select(Purpose.key, System.name)
-            .join(SystemPurpose, col(SystemPurpose.purpose_id) == Purpose.id)
-            .join(System, col(System.id) == SystemPurpose.system_id)
-            .where(col(Purpose.key).in_(keys))
-            .order_by(col(System.name))
-        ).all():
-            recipients.setdefault(key, []).append(name)
-
-    def notice(key: str, version: int) -> dict[str, Any]:
-        v = notices[(key, version)]
-        return {
-            "notice_id": f"{key}:v{version}",
-            "version": version,
-            "title": v.title,
-            "description": v.description,
-            "published_at": _iso(v.created_at),
-            "material_change": v.material,
-        }
-
+    notices = _notices(session, keys) if keys else {}
+    recipients = _recipients(session, keys) if keys else {}
     processing = []
     for key in keys:
         now_view = current.get(key)
         latest = notices[(key, infos[key].current_version)]
         shown = notices[(key, now_view.purpose_version)] if now_view else latest
         processing.append(
-            {
-                "purposes": [{"purpose": key, "title": shown.title}],
-                "privacy_notice": notice(key, shown.version),
-                "language": subject.locale,
-                "lawful_basis": shown.lawful_basis,
-                "pii_categories": list(shown.data_categories),
-                "third_party_recipients": recipients.get(key, []),
-                "validity_duration": f"P{shown.validity_days}D",
-                "withdrawal_method": "the link in any consent email (one click), the preference "
-                "page reached from it, or a request to support",
-                "consent_type": "expressed",
-                "state": now_view.state.value if now_view else None,
-                "given_at": _iso(now_view.given_at) if now_view else None,
-                "valid_until": _iso(now_view.valid_until) if now_view else None,
-                "events": [
-                    {
-                        "event_id": str(e.id),
-                        "sequence": e.seq,
-                        "event_time": _iso(e.occurred_at),
-                        "recorded_at": _iso(e.recorded_at),
-                        "event_type": e.action,
-                        "event_state": e.state,
-                        "previous_state": e.previous_state,
-                        "notice_id": f"{key}:v{e.purpose_version}",
-                        "validity_until": _iso(e.valid_until),
-                        "event_by": _EXPRESSED_BY.get(e.actor_type, e.actor_type),
-                        "agent": e.actor if e.actor_type == "agent" else None,
-                        "collection_method": e.channel,
-                        "reason": e.reason,
-                    }
-                    for k, e in events
-                    if k == key
-                ],
-            }
+            _processing(
+                key,
+                subject.locale,
+                now_view,
+                shown,
+                recipients.get(key, []),
+                [_event(key, e) for k, e in events if k == key],
+            )
         )
     return {
         "schema_version": SCHEMA_VERSION,

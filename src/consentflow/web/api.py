@@ -17,7 +17,17 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import text
 from sqlmodel import col, select
 
-from consentflow import access, audit, feed, integrity, lifecycle, purposes, subjects, systems
+from consentflow import (
+    access,
+    audit,
+    feed,
+    integrity,
+    lifecycle,
+    purposes,
+    receipt,
+    subjects,
+    systems,
+)
 from consentflow.errors import Conflict, InvalidInput, NotFound
 from consentflow.lifecycle import Actor
 from consentflow.models import (
@@ -35,7 +45,7 @@ from consentflow.models import (
     SystemPurpose,
 )
 from consentflow.tokens import Scope, TokenInfo
-from consentflow.web import delivery_ops, receipt
+from consentflow.web import delivery_ops
 from consentflow.web.auth import (
     ACT,
     ADMIN,
