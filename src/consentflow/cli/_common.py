@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, NoReturn
 
 import typer
 from sqlmodel import Session
 
-from consentflow import db
-from consentflow.errors import InvalidInput
+from consentflow import db, timeutil
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -57,15 +56,7 @@ def emit(data: Any, as_json: bool, text: Callable[[], None]) -> None:
 
 def parse_time(value: str | None, option: str) -> datetime | None:
     """ISO 8601, e.g. 2026-01-31 or 2026-01-31T12:00:00Z; a time without zone is taken as UTC."""
-    if value is None:
-        return None
-    try:
-        ts = datetime.fromisoformat(value)
-        return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-    except (ValueError, OverflowError):
-        raise InvalidInput(
-            f"bad {option} {value!r}: use ISO 8601, e.g. 2026-01-31 or 2026-01-31T12:00:00Z"
-        ) from None
+    return timeutil.parse_instant(value, option)
 
 
 @contextmanager
@@ -79,4 +70,4 @@ def session(*, readonly: bool = False) -> Iterator[Session]:
 
 def fmt_time(ts: datetime | None) -> str:
     """An instant as the CLI prints it in text mode."""
-    return ts.strftime("%Y-%m-%d %H:%M:%SZ") if ts else "-"
+    return timeutil.display(ts)
