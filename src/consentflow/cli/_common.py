@@ -9,9 +9,13 @@ from datetime import datetime
 from typing import Annotated, Any, NoReturn
 
 import typer
+from pydantic import BaseModel
 from sqlmodel import Session
 
-from consentflow import db, timeutil
+from consentflow import db, subjects, timeutil, views
+from consentflow.delivery import events
+from consentflow.errors import NotFound
+from consentflow.models import Subject
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -35,7 +39,25 @@ for sub, name in (
 ):
     app.add_typer(sub, name=name)
 
+
+@app.callback()
+def startup() -> None:
+    # The entry point's one side effect, explicit rather than on import: after a commit that
+    # enqueued deliveries (a revoke, a replay, an import with --propagate, resuming an
+    # endpoint), emit the event that wakes the propagate deployment. Commands that write no
+    # outbox rows never trigger it; nothing is emitted without PREFECT_API_URL.
+    events.install()
+
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+def require_subject(s: Session, external_id: str) -> Subject:
+    """The subject, or the one ``NotFound`` every door raises for an unknown one."""
+    found = subjects.get(s, external_id)
+    if found is None:
+        raise NotFound(f"unknown subject {external_id!r}")
+    return found
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -43,15 +65,21 @@ def fail(message: str, code: int) -> NoReturn:
     raise SystemExit(code)
 
 
-def _json_default(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, datetime) else str(value)
-
-
-def emit(data: Any, as_json: bool, text: Callable[[], None]) -> None:
+def emit(data: BaseModel | list[Any] | Any, as_json: bool, text: Callable[[], None]) -> None:
+    """Print ``text()``, or with ``--json`` the data: a view from ``consentflow.views`` (or a
+    list of them) as its JSON form with its deprecated aliases (``views.cli_json``)."""
     if as_json:
+        if isinstance(data, BaseModel) or (
+            isinstance(data, list) and data and isinstance(data[0], BaseModel)
+        ):
+            data = views.cli_json(data)
         typer.echo(json.dumps(data, indent=2, default=_json_default))
     else:
         text()
+
+
+def _json_default(value: Any) -> Any:
+    return timeutil.iso_z(value) if isinstance(value, datetime) else str(value)
 
 
 def parse_time(value: str | None, option: str) -> datetime | None:

@@ -1,25 +1,28 @@
 """Webhook commands: ``consentflow deliveries ...`` and the endpoint controls on ``system``.
 
-Sending itself is the ``propagate`` flow (``consentflow run propagate``). Loading this module also
-installs the hook that emits a Prefect event after every commit that enqueued deliveries, so a
-``consent revoke`` wakes the propagate deployment when a Prefect server is configured.
+Sending itself is the ``propagate`` flow (``consentflow run propagate``). Loading this module has
+no side effect: the hook that emits a Prefect event after every commit that enqueued deliveries
+(so a ``consent revoke`` wakes the propagate deployment when a Prefect server is configured) is
+installed by the CLI's entry point (``consentflow.cli._common.startup``).
+
+``--json`` prints the views of ``consentflow.views``, with the API's field names.
 """
 
 from __future__ import annotations
 
 import getpass
 import json
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Annotated
 
 import typer
 
-from consentflow import feed
+from consentflow import feed, views
 from consentflow.cli._common import JsonOpt, app, emit, fmt_time, parse_time, session, system_app
 from consentflow.delivery import events, health, ops
 from consentflow.errors import InvalidInput
-
-events.install()
+from consentflow.models import Delivery
 
 deliveries_app = typer.Typer(
     no_args_is_help=True, help="Webhook deliveries: list, replay, redeliver, health, feed."
@@ -57,20 +60,20 @@ def deliveries_list(
     system learn of alice's withdrawal?": deliveries list --subject alice.
     """
     with session() as s:
-        views = ops.list_deliveries(
+        found = ops.list_deliveries(
             s, state=state, system=system, subject=subject, event=event, limit=limit
         )
-    data = [v.as_dict() for v in views]
+    data = [views.DeliveryOut.model_validate(v) for v in found]
 
     def text() -> None:
-        if not views:
+        if not found:
             typer.echo("no deliveries")
             return
         typer.echo(
             f"{'id':>7} {'system':<20} {'state':<9} {'tries':>5} {'delivered at':<20} "
             f"{'next attempt':<20} {'purpose':<16} {'type':<22} webhook-id  last error"
         )
-        for v in views:
+        for v in found:
             state_ = "held" if v.held else v.state
             nxt = fmt_time(v.next_attempt_at) if v.state == "pending" else "-"
             last = v.last_error or (str(v.last_status) if v.last_status else "")
@@ -89,19 +92,15 @@ def deliveries_show(delivery_id: int, as_json: JsonOpt = False) -> None:
     with session() as s:
         view = ops.list_one(s, delivery_id)
         tries = ops.attempts(s, delivery_id)
-    data = view.as_dict() | {
-        "attempt_log": [
-            {
-                "attempt": a.attempt,
-                "started_at": a.started_at.isoformat(),
-                "status_code": a.status_code,
-                "latency_ms": a.latency_ms,
-                "error_class": a.error_class,
-                "response_excerpt": a.response_excerpt,
-            }
-            for a in tries
-        ]
-    }
+        row = s.get(Delivery, delivery_id)  # exists: list_one found it
+        payload = row.payload if row is not None else ""
+    data = views.DeliveryDetail.model_validate(
+        {
+            **views.DeliveryOut.model_validate(view).model_dump(),
+            "payload": payload,
+            "attempts_log": [views.AttemptOut.model_validate(a) for a in tries],
+        }
+    )
 
     def text() -> None:
         typer.echo(
@@ -127,7 +126,7 @@ def deliveries_replay(delivery_id: int, as_json: JsonOpt = False) -> None:
     events.emit(1)
     held = " (held: its system is not active)" if view.held else ""
     emit(
-        view.as_dict(),
+        views.DeliveryOut.model_validate(view),
         as_json,
         lambda: typer.echo(f"delivery {delivery_id} to {view.system} queued again{held}"),
     )
@@ -147,7 +146,7 @@ def deliveries_redeliver(
     if n:
         events.emit(n)
     emit(
-        {"queued": n, "since": when.isoformat(), "system": system},
+        views.Redelivered(queued=n, since=when, system=system),
         as_json,
         lambda: typer.echo(f"{n} deliveries queued again"),
     )
@@ -173,7 +172,7 @@ def deliveries_health(as_json: JsonOpt = False) -> None:
                 f"failures/24h {h.failures_24h}{reason}"
             )
 
-    emit([h.as_dict() for h in rows], as_json, text)
+    emit([views.HealthRow.model_validate(h) for h in rows], as_json, text)
 
 
 @deliveries_app.command("feed")
@@ -186,13 +185,14 @@ def deliveries_feed(
     with session() as s:
         items = feed.withdrawals_since(s, system, cursor=cursor, limit=limit)
     for item in items:
-        typer.echo(json.dumps(item.as_dict(), separators=(",", ":"), sort_keys=True))
+        line = views.FeedItemOut.of(item).model_dump(mode="json")
+        typer.echo(json.dumps(line, separators=(",", ":"), sort_keys=True))
 
 
 # ------------------------------------------------------------------- endpoint controls
 
 
-def _status_command(verb: str, doc: str):  # type: ignore[no-untyped-def]
+def _status_command(verb: str, doc: str) -> Callable[..., None]:
     def command(
         name: str,
         reason: Annotated[str | None, typer.Option(help="Why, recorded with the change.")] = None,
@@ -202,8 +202,9 @@ def _status_command(verb: str, doc: str):  # type: ignore[no-untyped-def]
             system, pending = ops.set_status(s, name, verb, reason=reason, actor=_operator())
         if system.status == "active" and pending:
             events.emit(pending)
-        data = {"name": name, "status": system.status, "reason": system.status_reason,
-                "pending": pending}  # fmt: skip
+        data = views.SystemStatusOut(
+            name=name, status=system.status, reason=system.status_reason, pending=pending
+        )
         held = " held" if system.status != "active" else ""
         emit(
             data,
@@ -244,7 +245,7 @@ def system_rotate_secret(
         raise InvalidInput("--grace-hours must be 0 or more")
     with session() as s:
         secret = ops.rotate_secret(s, name, grace=timedelta(hours=grace_hours), actor=_operator())
-    data = {"name": name, "webhook_secret": secret, "grace_hours": grace_hours}
+    data = views.SecretRotated(name=name, webhook_secret=secret, grace_hours=grace_hours)
 
     def text() -> None:
         typer.echo(f"new webhook secret for {name} (shown once, keep it safe): {secret}")

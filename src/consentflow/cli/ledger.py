@@ -10,7 +10,19 @@ from typing import Annotated
 
 import typer
 
-from consentflow import access, audit, db, integrity, lifecycle, purposes, subjects, systems
+from consentflow import (
+    access,
+    audit,
+    db,
+    integrity,
+    lifecycle,
+    purposes,
+    receipt,
+    subjects,
+    systems,
+    timeutil,
+    views,
+)
 from consentflow.cli._common import (
     JsonOpt,
     app,
@@ -22,12 +34,13 @@ from consentflow.cli._common import (
     fmt_time,
     parse_time,
     purpose_app,
+    require_subject,
     session,
     subject_app,
     system_app,
 )
 from consentflow.errors import InvalidInput
-from consentflow.models import ActorType, Channel
+from consentflow.models import ActorType, Channel, PurposeVersion
 
 # ---------------------------------------------------------------------------------------- db
 
@@ -36,10 +49,18 @@ from consentflow.models import ActorType, Channel
 def db_upgrade(as_json: JsonOpt = False) -> None:
     """Create the schema, or upgrade it to this version of consentflow."""
     revision = db.upgrade()
-    emit({"revision": revision}, as_json, lambda: typer.echo(f"database at revision {revision}"))
+    emit(
+        views.Revision(revision=revision),
+        as_json,
+        lambda: typer.echo(f"database at revision {revision}"),
+    )
 
 
 # ----------------------------------------------------------------------------------- purpose
+
+
+def _version(key: str, v: PurposeVersion) -> views.PurposeVersionOut:
+    return views.PurposeVersionOut.model_validate(purposes.version_dict(key, v))
 
 
 def _csv_list(value: str | None) -> list[str] | None:
@@ -70,7 +91,7 @@ def purpose_add(
             data_categories=_csv_list(data_categories),
             actor=lifecycle.agent_actor(),
         )
-    emit(purposes.version_dict(key, v), as_json, lambda: typer.echo(f"purpose {key} v1 added"))
+    emit(_version(key, v), as_json, lambda: typer.echo(f"purpose {key} v1 added"))
 
 
 @purpose_app.command("revise")
@@ -101,7 +122,7 @@ def purpose_revise(
         )
     kind = "material" if material else "editorial"
     emit(
-        purposes.version_dict(key, v),
+        _version(key, v),
         as_json,
         lambda: typer.echo(f"purpose {key} v{v.version} ({kind})"),
     )
@@ -117,14 +138,14 @@ def purpose_list(
     """Purposes with their current notice version."""
     with session(readonly=True) as s:
         rows = purposes.versions(s) if versions else purposes.list_current(s)
-    data = [purposes.version_dict(k, v) for k, v in rows]
+    data = [_version(k, v) for k, v in rows]
 
     def text() -> None:
         for d in data:
-            flag = " material" if d["material"] else ""
+            flag = " material" if d.material else ""
             typer.echo(
-                f"{d['key']:<24} v{d['version']:<3} {d['validity_days']:>5}d "
-                f"{d['lawful_basis']:<20}{flag}  {d['title']}"
+                f"{d.key:<24} v{d.version:<3} {d.validity_days:>5}d "
+                f"{d.lawful_basis:<20}{flag}  {d.title}"
             )
 
     emit(data, as_json, text)
@@ -145,8 +166,11 @@ def subject_add(
         subj = subjects.add(
             s, external_id, email=email, locale=locale, actor=lifecycle.agent_actor()
         )
-    data = {"external_id": subj.external_id, "subject_ref": subj.subject_ref, "locale": subj.locale}
-    emit(data, as_json, lambda: typer.echo(f"subject {subj.external_id} added"))
+    emit(
+        views.SubjectOut.of(subj, []),
+        as_json,
+        lambda: typer.echo(f"subject {subj.external_id} added"),
+    )
 
 
 @subject_app.command("import")
@@ -192,7 +216,7 @@ def subject_import(
             f"{len(report.errors)} bad rows skipped"
         )
 
-    emit(report.as_dict(), as_json, text)
+    emit(views.ImportReportOut.of(report), as_json, text)
 
 
 # ----------------------------------------------------------------------------------- consent
@@ -239,7 +263,7 @@ def _change_command(action: Callable[..., lifecycle.Change], verb: str) -> Calla
             change = action(s, external_id, purpose, who)
         valid = f", valid until {fmt_time(change.valid_until)}" if change.valid_until else ""
         emit(
-            change.as_dict(),
+            views.ChangeOut.of(change),
             as_json,
             lambda: typer.echo(
                 f"{external_id} / {purpose}: {change.previous_state or 'absent'} -> "
@@ -277,17 +301,17 @@ def consent_show(
     """A subject's consents, now or as of a past instant."""
     when = parse_time(at, "--at")
     with session(readonly=True) as s:
-        views = lifecycle.as_of(s, external_id, when) if when else lifecycle.current(s, external_id)
-    data = {
-        "subject": external_id,
-        "as_of": when.isoformat() if when else None,
-        "consents": [v.as_dict() for v in views],
-    }
+        found = lifecycle.as_of(s, external_id, when) if when else lifecycle.current(s, external_id)
+    data = views.ConsentsOut(
+        subject=external_id,
+        at=when,
+        consents=[views.ConsentOut.model_validate(v) for v in found],
+    )
 
     def text() -> None:
-        if not views:
+        if not found:
             typer.echo(f"{external_id}: no consents" + (f" as of {fmt_time(when)}" if when else ""))
-        for v in views:
+        for v in found:
             typer.echo(
                 f"{v.purpose:<24} {v.state:<12} v{v.purpose_version:<3} "
                 f"given {fmt_time(v.given_at)}  valid until {fmt_time(v.valid_until)}"
@@ -301,34 +325,29 @@ def consent_history(external_id: str, as_json: JsonOpt = False) -> None:
     """Every consent event of a subject, in order."""
     with session(readonly=True) as s:
         events = lifecycle.history(s, external_id)
-    data = [
-        {
-            "seq": e.seq,
-            "purpose": key,
-            "action": e.action,
-            "state": e.state,
-            "previous_state": e.previous_state,
-            "purpose_version": e.purpose_version,
-            "occurred_at": e.occurred_at.isoformat(),
-            "recorded_at": e.recorded_at.isoformat(),
-            "valid_until": e.valid_until.isoformat() if e.valid_until else None,
-            "actor_type": e.actor_type,
-            "actor": e.actor,
-            "channel": e.channel,
-            "reason": e.reason,
-            "event_id": str(e.id),
-        }
-        for key, e in events
-    ]
+    data = [views.EventOut.of(key, e) for key, e in events]
 
     def text() -> None:
         for d in data:
             typer.echo(
-                f"{d['seq']:>4} {d['occurred_at'][:19]} {d['purpose']:<20} {d['action']:<10} "
-                f"-> {d['state']:<12} by {d['actor_type']} via {d['channel']}"
+                f"{d.seq:>4} {timeutil.iso_seconds(d.occurred_at)[:19]} {d.purpose:<20} "
+                f"{d.action:<10} -> {d.state:<12} by {d.actor_type} via {d.channel}"
             )
 
     emit(data, as_json, text)
+
+
+@consent_app.command("receipt")
+def consent_receipt(
+    external_id: str,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Accepted for symmetry: the receipt is JSON.")
+    ] = False,
+) -> None:
+    """The subject's ISO/IEC TS 27560 consent receipt (JSON), as the API serves it."""
+    with session(readonly=True) as s:
+        document = receipt.build(s, external_id)
+    typer.echo(json.dumps(document, indent=2))
 
 
 # ------------------------------------------------------------------------------------- check
@@ -346,7 +365,11 @@ def check_command(
         decision = access.check(s, external_id, purpose, system)
     verdict = "allowed" if decision.allowed else "not allowed"
     valid = f" (valid until {fmt_time(decision.valid_until)})" if decision.valid_until else ""
-    emit(decision.as_dict(), as_json, lambda: typer.echo(f"{verdict}: {decision.reason}{valid}"))
+    emit(
+        views.DecisionOut.model_validate(decision),
+        as_json,
+        lambda: typer.echo(f"{verdict}: {decision.reason}{valid}"),
+    )
     raise typer.Exit(0 if decision.allowed else 1)
 
 
@@ -369,7 +392,9 @@ def system_add(
             webhook_url=webhook_url,
             actor=lifecycle.agent_actor(),
         )
-    data = {"name": system.name, "webhook_url": system.webhook_url, "webhook_secret": secret}
+    data = views.SystemCreated(
+        name=system.name, webhook_url=system.webhook_url, webhook_secret=secret
+    )
 
     def text() -> None:
         typer.echo(f"system {name} added")
@@ -383,14 +408,14 @@ def system_add(
 def system_list(as_json: JsonOpt = False) -> None:
     """Registered systems with their purposes (secrets are never shown again)."""
     with session(readonly=True) as s:
-        views = systems.list_all(s)
+        found = systems.list_all(s)
 
     def text() -> None:
-        for v in views:
+        for v in found:
             url = v.webhook_url or "(no webhook)"
             typer.echo(f"{v.name:<24} {v.status:<9} {','.join(v.purposes):<30} {url}")
 
-    emit([v.as_dict() for v in views], as_json, text)
+    emit([views.SystemOut.model_validate(v) for v in found], as_json, text)
 
 
 # ------------------------------------------------------------------------------------- audit
@@ -412,22 +437,22 @@ def audit_verify(
             raise InvalidInput(f"bad --expect {expect!r}: use SEQ:HASH as printed by verify")
         anchor = (int(seq), digest)
     with session(readonly=True) as s:
-        data = integrity.check(s, expect=anchor)
-    if data["ok"]:
+        data = views.VerifyOut.model_validate(integrity.check(s, expect=anchor))
+    if data.ok:
         emit(
             data,
             as_json,
             lambda: typer.echo(
-                f"audit trail intact: {data['entries']} entries, head {data['head']}; "
+                f"audit trail intact: {data.entries} entries, head {data.head}; "
                 "the consent history matches it"
             ),
         )
         return
     if as_json:
-        typer.echo(json.dumps(data, indent=2))
-    if data["history_problem"] is None:
-        fail(f"audit trail broken at entry {data['first_bad']}: {data['problem']}", 1)
-    fail(f"consent history does not match the audit trail: {data['history_problem']}", 1)
+        emit(data, as_json, lambda: None)
+    if data.history_problem is None:
+        fail(f"audit trail broken at entry {data.first_bad}: {data.problem}", 1)
+    fail(f"consent history does not match the audit trail: {data.history_problem}", 1)
 
 
 @audit_app.command("export")
@@ -447,10 +472,7 @@ def audit_export(
     with session(readonly=True) as s:
         ref = None
         if subject is not None:
-            found = subjects.get(s, subject)
-            if found is None:
-                raise InvalidInput(f"unknown subject {subject!r}")
-            ref = found.subject_ref
+            ref = require_subject(s, subject).subject_ref
         if output is None:
             n = audit.export(s, sys.stdout, subject_ref=ref, since=start, until=end)
         else:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from consentflow import db, tokens
+from consentflow import db, timeutil, tokens, views
 from consentflow.cli._common import JsonOpt, app, emit, session
 
 token_app = typer.Typer(no_args_is_help=True, help="API tokens for the web app and its API.")
@@ -74,7 +74,7 @@ def token_create(
     """Create a token; it is printed once, now, and only its hash is kept."""
     with session() as s:
         info, token = tokens.create(s, name, scope, system=system)
-    data = {**info.as_dict(), "token": token}
+    data = views.TokenCreated.model_validate({**info.as_dict(), "token": token})
 
     def text() -> None:
         typer.echo(token)
@@ -92,14 +92,14 @@ def token_create(
 def token_list(as_json: JsonOpt = False) -> None:
     """Every token (never the tokens themselves): name, scope, system, last use, revocation."""
     with session() as s:
-        rows = tokens.list_all(s)
+        rows = [views.TokenOut.model_validate(r) for r in tokens.list_all(s)]
 
     def text() -> None:
         for r in rows:
-            state = "revoked" if r["revoked_at"] else "active"
+            state = "revoked" if r.revoked_at else "active"
             typer.echo(
-                f"{r['name']:<24} {r['scope']:<11} {r['system'] or '-':<16} {state:<8} "
-                f"last used {r['last_used_at'] or 'never'}"
+                f"{r.name:<24} {r.scope:<11} {r.system or '-':<16} {state:<8} "
+                f"last used {timeutil.display(r.last_used_at, 'never')}"
             )
 
     emit(rows, as_json, text)
@@ -110,4 +110,8 @@ def token_revoke(name: str, as_json: JsonOpt = False) -> None:
     """Revoke the active token NAME (its sign-in sessions end at once)."""
     with session() as s:
         n = tokens.revoke(s, name)
-    emit({"name": name, "revoked": n}, as_json, lambda: typer.echo(f"token {name!r} revoked"))
+    emit(
+        views.TokenRevoked(name=name, revoked=n),
+        as_json,
+        lambda: typer.echo(f"token {name!r} revoked"),
+    )

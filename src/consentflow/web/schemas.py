@@ -1,13 +1,45 @@
-"""Request and response bodies of the API (they make up the OpenAPI schema)."""
+"""The API's input and error models; its output models live in ``consentflow.views``.
+
+The output models (``SubjectOut``, ``DeliveryDetail``, ...) are shared with the CLI's ``--json``
+so the two doors cannot drift; they are re-exported here so the routes keep importing every
+model of the OpenAPI schema from one place. Input models forbid unknown fields (``Strict``).
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from consentflow.models import Channel, LawfulBasis
+from consentflow.views import (
+    AttemptOut,
+    ChangeOut,
+    ConsentOut,
+    ConsentsOut,
+    DecisionOut,
+    DeliveriesOut,
+    DeliveryDetail,
+    DeliveryOut,
+    EventOut,
+    FeedData,
+    FeedItemOut,
+    FeedOut,
+    Health,
+    HealthRow,
+    HistoryOut,
+    Me,
+    PurposeDetail,
+    PurposeOut,
+    PurposeVersionOut,
+    ReplayOut,
+    RequestOut,
+    RequestsOut,
+    RunAccepted,
+    SubjectOut,
+    SystemOut,
+    VerifyOut,
+)
 
 # Printable text without control characters (PostgreSQL refuses NUL; nothing needs the others).
 _PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
@@ -56,46 +88,7 @@ CONFLICT: dict[int | str, dict[str, Any]] = {
 }
 
 
-# ----------------------------------------------------------------------------------- basics
-
-
-class Health(BaseModel):
-    status: Literal["ok"]
-    database: Literal["ok"]
-
-
-class Me(BaseModel):
-    name: str
-    scope: str
-    system: str | None
-
-
 # --------------------------------------------------------------------------------- purposes
-
-
-class PurposeVersionOut(BaseModel):
-    key: str
-    version: int
-    title: str
-    description: str
-    lawful_basis: str
-    data_categories: list[str]
-    validity_days: int
-    material: bool
-    created_at: datetime
-
-
-class PurposeOut(BaseModel):
-    key: str
-    current_version: int
-    #: The newest material version: consents on older versions must be re-confirmed.
-    material_version: int
-    notice: PurposeVersionOut
-    systems: list[str]
-
-
-class PurposeDetail(PurposeOut):
-    versions: list[PurposeVersionOut]
 
 
 class PurposeIn(Strict):
@@ -116,13 +109,6 @@ class RevisionIn(Strict):
     validity_days: Annotated[int, Field(ge=1, le=36500)] | None = None
 
 
-class SystemOut(BaseModel):
-    name: str
-    purposes: list[str]
-    webhook_url: str | None
-    status: str
-
-
 # --------------------------------------------------------------------------------- subjects
 
 
@@ -130,55 +116,6 @@ class SubjectIn(Strict):
     external_id: ExternalId
     email: Annotated[str, StringConstraints(max_length=320, pattern=_PRINTABLE)] | None = None
     locale: Annotated[str, StringConstraints(max_length=35, pattern=_PRINTABLE)] | None = None
-
-
-class ConsentOut(BaseModel):
-    purpose: str
-    state: str
-    purpose_version: int
-    given_at: datetime | None
-    valid_until: datetime | None
-    event_id: str
-    seq: int
-
-
-class SubjectOut(BaseModel):
-    external_id: str
-    subject_ref: str
-    locale: str
-    has_email: bool
-    created_at: datetime
-    consents: list[ConsentOut]
-
-
-class ConsentsOut(BaseModel):
-    subject: str
-    #: The instant the state is reported for (None: now, from the current-state table).
-    at: datetime | None
-    consents: list[ConsentOut]
-
-
-class EventOut(BaseModel):
-    event_id: str
-    purpose: str
-    seq: int
-    action: str
-    state: str
-    previous_state: str | None
-    purpose_version: int
-    occurred_at: datetime
-    recorded_at: datetime
-    valid_until: datetime | None
-    actor_type: str
-    actor: str | None
-    channel: str
-    reason: str | None
-    run_id: str | None
-
-
-class HistoryOut(BaseModel):
-    subject: str
-    events: list[EventOut]
 
 
 ChangeAction = Literal["request", "grant", "refuse", "revoke", "renew"]
@@ -213,165 +150,52 @@ class ChangeIn(Strict):
         return value
 
 
-class ChangeOut(BaseModel):
-    event_id: str
-    subject: str
-    purpose: str
-    purpose_version: int
-    seq: int
-    action: str
-    previous_state: str | None
-    state: str
-    occurred_at: datetime
-    recorded_at: datetime
-    valid_until: datetime | None
-    deliveries: int
-
-
-class RequestOut(BaseModel):
-    id: int
-    subject: str
-    purpose: str
-    purpose_version: int
-    kind: str
-    status: str
-    requested_at: datetime
-    deadline: datetime | None
-    followups_sent: int
-    last_sent_at: datetime | None
-    closed_at: datetime | None
-
-
-class RequestsOut(BaseModel):
-    items: list[RequestOut]
-    #: Pass as ``after`` for the next page; None when this is the last page.
-    next: int | None
-
-
-# ------------------------------------------------------------------------- check and feed
-
-
-class DecisionOut(BaseModel):
-    allowed: bool
-    reason: str
-    subject: str
-    purpose: str
-    system: str | None
-    state: str | None
-    purpose_version: int | None
-    valid_until: datetime | None
-    #: The consent event the answer relies on.
-    event_id: str | None
-    checked_at: datetime
-
-
-class FeedData(BaseModel):
-    subject: str
-    purpose: str
-    purpose_version: int
-    state: str
-    effective_at: str
-    event_id: str
-    sequence: int
-
-
-class FeedItemOut(BaseModel):
-    cursor: int
-    type: str
-    data: FeedData
-
-
-class FeedOut(BaseModel):
-    system: str
-    items: list[FeedItemOut]
-    #: Resume from here (the last item's cursor, or the cursor asked for when nothing is new).
-    next_cursor: int
-
-
-# ---------------------------------------------------------------------------------- delivery
-
-
-class DeliveryOut(BaseModel):
-    id: int
-    system: str
-    webhook_id: str
-    event_id: str
-    event_type: str
-    state: str
-    attempts: int
-    next_attempt_at: datetime
-    created_at: datetime
-    delivered_at: datetime | None
-    last_status: int | None
-    last_error: str | None
-
-
-class AttemptOut(BaseModel):
-    attempt: int
-    started_at: datetime
-    status_code: int | None
-    latency_ms: int | None
-    error_class: str | None
-    response_excerpt: str | None
-
-
-class DeliveryDetail(DeliveryOut):
-    payload: str
-    attempts_log: list[AttemptOut]
-
-
-class DeliveriesOut(BaseModel):
-    items: list[DeliveryOut]
-    next: int | None
-
-
-class HealthRow(BaseModel):
-    system: str
-    status: str
-    status_reason: str | None
-    #: Active, nothing dead, nothing retrying.
-    ok: bool
-    #: Withdrawals not yet delivered; ``held`` of them wait because the system is not active.
-    pending: int
-    held: int
-    #: Pending after at least one failed attempt.
-    retrying: int
-    #: Retries exhausted; kept for replay.
-    dead: int
-    delivered: int
-    oldest_undelivered_at: datetime | None
-    #: Age in seconds of the oldest withdrawal the system has not yet received.
-    oldest_undelivered_age_s: int | None
-    failures_24h: int
-    last_success_at: datetime | None
-
-
-class ReplayOut(BaseModel):
-    replayed: int
-    ids: list[int]
-
-
-# ---------------------------------------------------------------------------------------- runs
-
-
-class RunAccepted(BaseModel):
-    flow: str
-    parameters: dict[str, Any]
-    accepted_at: datetime
-    #: Who asked for the run (``api:TOKEN``), as the run's audit entry records it.
-    requested_by: str
-    status: Literal["accepted"] = "accepted"
-
-
-# --------------------------------------------------------------------------------------- audit
-
-
-class VerifyOut(BaseModel):
-    ok: bool
-    entries: int
-    head: str
-    first_bad: int | None
-    problem: str | None
-    #: Whether the consent history matches the chain (checked when the chain is intact).
-    history_ok: bool
-    history_problem: str | None
+__all__ = [
+    "CONFLICT",
+    "ERRORS",
+    "NOT_FOUND",
+    "PAGE_CHANNELS",
+    "ActorName",
+    "AttemptOut",
+    "Categories",
+    "ChangeAction",
+    "ChangeIn",
+    "ChangeOut",
+    "ConsentOut",
+    "ConsentsOut",
+    "DecisionOut",
+    "DeliveriesOut",
+    "DeliveryDetail",
+    "DeliveryOut",
+    "Description",
+    "Error",
+    "EventOut",
+    "ExternalId",
+    "FeedData",
+    "FeedItemOut",
+    "FeedOut",
+    "FieldError",
+    "Health",
+    "HealthRow",
+    "HistoryOut",
+    "Me",
+    "PurposeDetail",
+    "PurposeIn",
+    "PurposeKey",
+    "PurposeOut",
+    "PurposeVersionOut",
+    "Reason",
+    "ReplayOut",
+    "RequestOut",
+    "RequestsOut",
+    "RevisionIn",
+    "RunAccepted",
+    "Strict",
+    "SubjectIn",
+    "SubjectOut",
+    "SystemName",
+    "SystemOut",
+    "Text",
+    "Title",
+    "VerifyOut",
+]
