@@ -160,10 +160,9 @@ def copy_database(url: str, engine: Engine, name: str) -> str:
 
 def run_sweep(engine: Engine, as_of: datetime, batch: int) -> int:
     done = 0
+    ctx = sweeps.SweepContext(as_of, run_id="bench-sweep", engine=engine)
     for result in sweeps.drain(
-        lambda size, _cursor: sweeps.expire_batch(
-            as_of=as_of, size=size, run_id="bench-sweep", engine=engine
-        ),
+        lambda size, cursor: sweeps.expire_batch(ctx, size, cursor),
         batch_size=batch,
     ):
         done += result.seen

@@ -8,18 +8,26 @@ sending, exactly like reminders (see ``consentflow.sweeps``).
 
 from __future__ import annotations
 
-from datetime import datetime
-
-from prefect import flow, task
+from prefect import flow
 from pydantic import Field
 
 from consentflow import mail, sweeps
 from consentflow.models import utcnow
 from consentflow.runs import RunSummary
 from consentflow.settings import get_settings
-from flows.common import BATCH_TASK, LifecycleParams, mailing, recorded_run
+from flows.common import (
+    LifecycleParams,
+    mailing,
+    recorded_run,
+    run_batches,
+    sweep_batch,
+    sweep_context,
+)
 
 FLOW = "collection-followups"
+
+#: One Prefect task run per batch, retried after 10 and 60 seconds (a transient failure only).
+batch_task = sweep_batch.with_options(retry_delay_seconds=[10, 60])
 
 
 class Params(LifecycleParams):
@@ -36,31 +44,6 @@ class Params(LifecycleParams):
         default=None,
         ge=0,
         description="Follow-ups at most (default: CONSENTFLOW_FOLLOWUP_MAX, 2).",
-    )
-
-
-@task(name="followup-batch", retry_delay_seconds=[10, 60], **BATCH_TASK)
-def followup_batch(
-    mailer: mail.Mailer | None,
-    as_of: datetime,
-    after_days: int,
-    max_followups: int,
-    size: int,
-    cursor: int,
-    purposes: list[str] | None,
-    run_id: str | None,
-    dry_run: bool,
-) -> sweeps.Batch:
-    return sweeps.followup_batch(
-        mailer,
-        as_of=as_of,
-        after_days=after_days,
-        max_followups=max_followups,
-        size=size,
-        cursor=cursor,
-        purposes_=purposes,
-        run_id=run_id,
-        dry_run=dry_run,
     )
 
 
@@ -81,20 +64,13 @@ def collection_followups(params: Params = Params()) -> RunSummary:
         recorded_run(FLOW, parameters, params.dry_run) as summary,
         mailing(summary, mail.Kind.COLLECTION_FOLLOWUP) as mailer,
     ):
-        for batch in sweeps.drain(
-            lambda size, cursor: followup_batch(
-                mailer,
-                as_of,
-                after_days,
-                max_followups,
-                size,
-                cursor,
-                params.purposes,
-                summary.run_id,
-                params.dry_run,
-            ),
-            batch_size=params.batch_size,
-            limit=params.limit,
-        ):
-            summary.counts.update(batch.counts)
+        ctx = sweep_context(
+            summary,
+            params,
+            as_of,
+            mailer,
+            followup_after_days=after_days,
+            followup_max=max_followups,
+        )
+        summary.counts.update(run_batches(batch_task, sweeps.followup_batch, ctx, params))
     return summary

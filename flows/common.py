@@ -1,14 +1,22 @@
-"""The Prefect side shared by every flow: the run's identity and its summary artifact, the options
-of the batch tasks, and an email flow's mailer."""
+"""The Prefect side shared by every flow: the run's identity and its summary artifact, the batch
+task every lifecycle flow runs its sweeps through, and an email flow's mailer.
+
+A lifecycle flow never restates a sweep's signature: every sweep has the shape
+``sweep(ctx, size, cursor) -> Batch`` (``consentflow.sweeps``), so one generic Prefect task,
+``sweep_batch``, runs one batch of any sweep, and ``run_batches`` drains a sweep with one task run
+per batch, named after the sweep (``remind_batch`` -> ``remind-batch``). Each flow module keeps its
+own copy of the task with its retry delays (``batch_task``), which tests may swap.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
-from prefect import task
+from prefect import Task, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
@@ -18,6 +26,7 @@ from consentflow import db, mail, sweeps
 from consentflow.delivery import events
 from consentflow.models import utcnow
 from consentflow.runs import REQUESTED_BY, RunSummary, record_run
+from consentflow.sweeps import Batch, Counts, Sweep, SweepContext
 
 #: What every batch task passes to ``@task`` besides its name and ``retry_delay_seconds``: two
 #: retries, only after a transient failure (the database or the mail server hiccupped), and no
@@ -103,9 +112,64 @@ def finish(summary: RunSummary, outcome: str = "completed") -> RunSummary:
     return summary
 
 
+class Batched(Protocol):
+    """What ``run_batches`` reads of a flow's parameters."""
+
+    batch_size: int
+    limit: int | None
+
+
+def sweep_context(
+    summary: RunSummary,
+    params: LifecycleParams,
+    as_of: datetime,
+    mailer: mail.Mailer | None = None,
+    **policy: Any,
+) -> SweepContext:
+    """The context every batch of this run shares: ``as_of``, the run's id, dry run and purposes
+    from ``params``, the mailer, and the email sweeps' ``policy`` (e.g. ``stages=...``)."""
+    return SweepContext(
+        as_of=as_of,
+        run_id=summary.run_id,
+        dry_run=params.dry_run,
+        purposes=None if params.purposes is None else tuple(params.purposes),
+        mailer=mailer,
+        **policy,
+    )
+
+
+@task(name="sweep-batch", retry_delay_seconds=[5, 30], **BATCH_TASK)
+def sweep_batch(sweep: Sweep, ctx: SweepContext, size: int, cursor: int) -> Batch:
+    """One batch of any sweep, as one Prefect task run (``run_batches`` names it after the
+    sweep)."""
+    return sweep(ctx, size, cursor)
+
+
+def task_name(sweep: Sweep) -> str:
+    """A sweep's task name in the Prefect UI: ``remind_batch`` -> ``remind-batch``."""
+    return getattr(sweep, "__name__", "sweep-batch").replace("_", "-")
+
+
+def run_batches(
+    batch_task: Task[..., Batch], sweep: Sweep, ctx: SweepContext, params: Batched
+) -> Counts:
+    """Run ``sweep`` batch after batch (``params.batch_size`` items each), one ``batch_task`` run
+    per batch named after the sweep, until nothing is left or ``params.limit`` items were seen;
+    the counts of all its batches."""
+    named = batch_task.with_options(name=task_name(sweep))
+    total: Counts = Counter()
+    for batch in sweeps.drain(
+        lambda size, cursor: named(sweep, ctx, size, cursor),
+        batch_size=params.batch_size,
+        limit=params.limit,
+    ):
+        total.update(batch.counts)
+    return total
+
+
 @task(name="release-stale-claims", retry_delay_seconds=[5, 30], **BATCH_TASK)
-def release_stale_claims(kinds: list[mail.Kind], run_id: str | None, dry_run: bool) -> sweeps.Batch:
-    return sweeps.release_stale_claims(kinds, run_id=run_id, dry_run=dry_run)
+def release_stale_claims(ctx: SweepContext, kinds: list[mail.Kind]) -> Batch:
+    return sweeps.release_stale_claims(ctx, kinds)
 
 
 @contextmanager
@@ -115,5 +179,6 @@ def mailing(summary: RunSummary, kind: mail.Kind) -> Iterator[mail.Mailer | None
     that a crashed run left behind are released (see ``sweeps.release_stale_claims``)."""
     with ExitStack() as stack:
         mailer = None if summary.dry_run else stack.enter_context(mail.Mailer())
-        summary.counts.update(release_stale_claims([kind], summary.run_id, summary.dry_run).counts)
+        ctx = SweepContext(as_of=utcnow(), run_id=summary.run_id, dry_run=summary.dry_run)
+        summary.counts.update(release_stale_claims(ctx, [kind]).counts)
         yield mailer

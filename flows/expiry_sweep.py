@@ -4,11 +4,10 @@ Each expiry is recorded as effective at the validity end and recorded at the swe
 enqueues webhook deliveries to the systems subscribed to its purpose (the ledger's outbox). One
 task per batch; each batch commits on its own, so a crash loses at most the batch in flight and
 a re-run finishes the rest. Concurrent sweeps on PostgreSQL share the work (``SKIP LOCKED``).
+A dry run previews every batch at once in one task (``preview-expiry``).
 """
 
 from __future__ import annotations
-
-from datetime import datetime
 
 from prefect import flow, task
 from pydantic import Field
@@ -16,9 +15,19 @@ from pydantic import Field
 from consentflow import sweeps
 from consentflow.models import utcnow
 from consentflow.runs import RunSummary
-from flows.common import BATCH_TASK, LifecycleParams, recorded_run
+from flows.common import (
+    BATCH_TASK,
+    LifecycleParams,
+    recorded_run,
+    run_batches,
+    sweep_batch,
+    sweep_context,
+)
 
 FLOW = "expiry-sweep"
+
+#: One Prefect task run per batch, retried after 5 and 30 seconds (a transient failure only).
+batch_task = sweep_batch.with_options(retry_delay_seconds=[5, 30])
 
 
 class Params(LifecycleParams):
@@ -27,16 +36,10 @@ class Params(LifecycleParams):
     batch_size: int = Field(default=5000, ge=1, le=50_000, description="Consents per batch.")
 
 
-@task(name="expire-batch", retry_delay_seconds=[5, 30], **BATCH_TASK)
-def expire_batch(
-    as_of: datetime, size: int, purposes: list[str] | None, run_id: str | None
-) -> sweeps.Batch:
-    return sweeps.expire_batch(as_of=as_of, size=size, purposes_=purposes, run_id=run_id)
-
-
 @task(name="preview-expiry", retry_delay_seconds=[5, 30], **BATCH_TASK)
-def preview_expiry(as_of: datetime, limit: int | None, purposes: list[str] | None) -> sweeps.Batch:
-    return sweeps.preview_expiry(as_of=as_of, limit=limit, purposes_=purposes)
+def preview_expiry(ctx: sweeps.SweepContext, limit: int | None) -> sweeps.Batch:
+    """A dry run's preview, which has a shape of its own (see ``sweeps.preview_expiry``)."""
+    return sweeps.preview_expiry(ctx, limit)
 
 
 @flow(name=FLOW)
@@ -45,13 +48,9 @@ def expiry_sweep(params: Params = Params()) -> RunSummary:
     as_of = params.as_of or utcnow()
     parameters = {**params.model_dump(mode="json"), "as_of": as_of.isoformat()}
     with recorded_run(FLOW, parameters, params.dry_run) as summary:
+        ctx = sweep_context(summary, params, as_of)
         if params.dry_run:
-            summary.counts.update(preview_expiry(as_of, params.limit, params.purposes).counts)
+            summary.counts.update(preview_expiry(ctx, params.limit).counts)
         else:
-            for batch in sweeps.drain(
-                lambda size, _cursor: expire_batch(as_of, size, params.purposes, summary.run_id),
-                batch_size=params.batch_size,
-                limit=params.limit,
-            ):
-                summary.counts.update(batch.counts)
+            summary.counts.update(run_batches(batch_task, sweeps.expire_batch, ctx, params))
     return summary

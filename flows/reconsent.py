@@ -11,21 +11,34 @@ Editorial revisions ask nobody.
 
 from __future__ import annotations
 
-from datetime import datetime
-
-from prefect import flow, task
+from prefect import flow
 from pydantic import Field
 
 from consentflow import mail, sweeps
 from consentflow.models import utcnow
 from consentflow.runs import RunSummary
 from consentflow.settings import get_settings
-from flows.common import BATCH_TASK, LifecycleParams, mailing, recorded_run
+from flows.common import (
+    LifecycleParams,
+    mailing,
+    recorded_run,
+    run_batches,
+    sweep_batch,
+    sweep_context,
+)
 
 FLOW = "reconsent"
 
-# Every task of this flow, stale-claim release included, retries after 10 and 60 seconds.
-RETRY_DELAYS = [10, 60]
+#: One Prefect task run per batch, retried after 10 and 60 seconds (a transient failure only).
+batch_task = sweep_batch.with_options(retry_delay_seconds=[10, 60])
+
+#: The steps, in order. Earlier runs' unsent emails are retried first, so that one deferred in
+#: this run waits for the next run (a greylisting server wants a pause).
+STEPS = (
+    sweeps.reconsent_email_batch,
+    sweeps.reconsent_open_batch,
+    sweeps.reconsent_deadline_batch,
+)
 
 
 class Params(LifecycleParams):
@@ -39,69 +52,6 @@ class Params(LifecycleParams):
     )
 
 
-@task(name="open-requests-batch", retry_delay_seconds=RETRY_DELAYS, **BATCH_TASK)
-def open_batch(
-    mailer: mail.Mailer | None,
-    as_of: datetime,
-    deadline_days: int,
-    size: int,
-    cursor: int,
-    purposes: list[str] | None,
-    run_id: str | None,
-    dry_run: bool,
-) -> sweeps.Batch:
-    return sweeps.reconsent_open_batch(
-        mailer,
-        as_of=as_of,
-        deadline_days=deadline_days,
-        size=size,
-        cursor=cursor,
-        purposes_=purposes,
-        run_id=run_id,
-        dry_run=dry_run,
-    )
-
-
-@task(name="resend-requests-batch", retry_delay_seconds=RETRY_DELAYS, **BATCH_TASK)
-def email_batch(
-    mailer: mail.Mailer | None,
-    as_of: datetime,
-    size: int,
-    cursor: int,
-    purposes: list[str] | None,
-    run_id: str | None,
-    dry_run: bool,
-) -> sweeps.Batch:
-    return sweeps.reconsent_email_batch(
-        mailer,
-        as_of=as_of,
-        size=size,
-        cursor=cursor,
-        purposes_=purposes,
-        run_id=run_id,
-        dry_run=dry_run,
-    )
-
-
-@task(name="deadline-batch", retry_delay_seconds=RETRY_DELAYS, **BATCH_TASK)
-def deadline_batch(
-    as_of: datetime,
-    size: int,
-    cursor: int,
-    purposes: list[str] | None,
-    run_id: str | None,
-    dry_run: bool,
-) -> sweeps.Batch:
-    return sweeps.reconsent_deadline_batch(
-        as_of=as_of,
-        size=size,
-        cursor=cursor,
-        purposes_=purposes,
-        run_id=run_id,
-        dry_run=dry_run,
-    )
-
-
 @flow(name=FLOW)
 def reconsent(params: Params = Params()) -> RunSummary:
     """Ask for re-consent after material revisions, and enforce the deadlines that passed."""
@@ -112,22 +62,11 @@ def reconsent(params: Params = Params()) -> RunSummary:
         "as_of": as_of.isoformat(),
         "deadline_days": deadline_days,
     }
-    dry_run, keys = params.dry_run, params.purposes
     with (
-        recorded_run(FLOW, parameters, dry_run) as summary,
+        recorded_run(FLOW, parameters, params.dry_run) as summary,
         mailing(summary, mail.Kind.RECONSENT_REQUEST) as mailer,
     ):
-        run_id = summary.run_id
-        steps = (
-            # Retry earlier runs' unsent emails first, so that one deferred in this run waits
-            # for the next run (a greylisting server wants a pause).
-            lambda size, cursor: email_batch(mailer, as_of, size, cursor, keys, run_id, dry_run),
-            lambda size, cursor: open_batch(
-                mailer, as_of, deadline_days, size, cursor, keys, run_id, dry_run
-            ),
-            lambda size, cursor: deadline_batch(as_of, size, cursor, keys, run_id, dry_run),
-        )
-        for step in steps:
-            for batch in sweeps.drain(step, batch_size=params.batch_size, limit=params.limit):
-                summary.counts.update(batch.counts)
+        ctx = sweep_context(summary, params, as_of, mailer, reconsent_deadline_days=deadline_days)
+        for step in STEPS:
+            summary.counts.update(run_batches(batch_task, step, ctx, params))
     return summary

@@ -9,17 +9,25 @@ leaves the item due for the next run, a 5xx suppresses the address (see ``consen
 
 from __future__ import annotations
 
-from datetime import datetime
-
-from prefect import flow, task
+from prefect import flow
 from pydantic import Field
 
 from consentflow import mail, sweeps
 from consentflow.models import utcnow
 from consentflow.runs import RunSummary
-from flows.common import BATCH_TASK, LifecycleParams, mailing, recorded_run
+from flows.common import (
+    LifecycleParams,
+    mailing,
+    recorded_run,
+    run_batches,
+    sweep_batch,
+    sweep_context,
+)
 
 FLOW = "renewal-reminders"
+
+#: One Prefect task run per batch, retried after 10 and 60 seconds (a transient failure only).
+batch_task = sweep_batch.with_options(retry_delay_seconds=[10, 60])
 
 
 class Params(LifecycleParams):
@@ -29,29 +37,6 @@ class Params(LifecycleParams):
     stages: list[int] | None = Field(
         default=None,
         description="Days before the validity ends (default: CONSENTFLOW_REMINDER_STAGES, 30,7,1).",
-    )
-
-
-@task(name="remind-batch", retry_delay_seconds=[10, 60], **BATCH_TASK)
-def remind_batch(
-    mailer: mail.Mailer | None,
-    as_of: datetime,
-    stages: tuple[int, ...],
-    size: int,
-    cursor: int,
-    purposes: list[str] | None,
-    run_id: str | None,
-    dry_run: bool,
-) -> sweeps.Batch:
-    return sweeps.remind_batch(
-        mailer,
-        as_of=as_of,
-        stages=stages,
-        size=size,
-        cursor=cursor,
-        purposes_=purposes,
-        run_id=run_id,
-        dry_run=dry_run,
     )
 
 
@@ -69,19 +54,6 @@ def renewal_reminders(params: Params = Params()) -> RunSummary:
         recorded_run(FLOW, parameters, params.dry_run) as summary,
         mailing(summary, mail.Kind.RENEWAL_REMINDER) as mailer,
     ):
-        for batch in sweeps.drain(
-            lambda size, cursor: remind_batch(
-                mailer,
-                as_of,
-                stages,
-                size,
-                cursor,
-                params.purposes,
-                summary.run_id,
-                params.dry_run,
-            ),
-            batch_size=params.batch_size,
-            limit=params.limit,
-        ):
-            summary.counts.update(batch.counts)
+        ctx = sweep_context(summary, params, as_of, mailer, stages=stages)
+        summary.counts.update(run_batches(batch_task, sweeps.remind_batch, ctx, params))
     return summary

@@ -87,11 +87,11 @@ def test_crash_mid_sweep_then_rerun(world, monkeypatch) -> None:  # type: ignore
     real = sweeps.expire_batch
     calls: list[int] = []
 
-    def dies_in_batch_3(**kwargs):  # type: ignore[no-untyped-def]
+    def dies_in_batch_3(*args):  # type: ignore[no-untyped-def]
         calls.append(1)
         if len(calls) == 3:
             raise RuntimeError("worker lost in batch 3")
-        return real(**kwargs)
+        return real(*args)
 
     monkeypatch.setattr(sweeps, "expire_batch", dies_in_batch_3)
     with pytest.raises(RuntimeError, match="batch 3"):
@@ -115,15 +115,15 @@ def test_a_transient_failure_is_retried(world, monkeypatch) -> None:  # type: ig
     real = sweeps.expire_batch
     calls: list[int] = []
 
-    def hiccup(**kwargs):  # type: ignore[no-untyped-def]
+    def hiccup(*args):  # type: ignore[no-untyped-def]
         calls.append(1)
         if len(calls) == 1:
             raise OperationalError("UPDATE", {}, Exception("could not serialize access"))
-        return real(**kwargs)
+        return real(*args)
 
     monkeypatch.setattr(sweeps, "expire_batch", hiccup)
     monkeypatch.setattr(
-        expiry_flow, "expire_batch", expiry_flow.expire_batch.with_options(retry_delay_seconds=0)
+        expiry_flow, "batch_task", expiry_flow.batch_task.with_options(retry_delay_seconds=0)
     )
     summary = expiry_flow.expiry_sweep(expiry_flow.Params())
     assert summary.outcome == "completed" and summary.total("expired") == 6
@@ -192,7 +192,7 @@ def test_email_flows_end_to_end(world, smtp_sink: SmtpSink) -> None:  # type: ig
 def test_smtp_down_fails_the_run_cleanly(world, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     smtp_support.use_smtp(monkeypatch, smtp_support.free_port())
     monkeypatch.setattr(
-        reminders_flow, "remind_batch", reminders_flow.remind_batch.with_options(retries=0)
+        reminders_flow, "batch_task", reminders_flow.batch_task.with_options(retries=0)
     )
     with pytest.raises(sweeps.MailUnavailable):
         reminders_flow.renewal_reminders(reminders_flow.Params())
@@ -207,7 +207,7 @@ def test_smtp_down_fails_the_run_cleanly(world, monkeypatch) -> None:  # type: i
 def test_cli_run_that_fails_ends_in_one_line(world, cli, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     smtp_support.use_smtp(monkeypatch, smtp_support.free_port())
     monkeypatch.setattr(
-        reminders_flow, "remind_batch", reminders_flow.remind_batch.with_options(retries=0)
+        reminders_flow, "batch_task", reminders_flow.batch_task.with_options(retries=0)
     )
     r = cli("run", "renewal-reminders", "--json")
     assert r.code == 1
@@ -305,7 +305,7 @@ def test_a_failed_cli_run_shows_no_traceback(tmp_path: Path) -> None:
         "from consentflow.cli.run import _hermetic_prefect\n"
         "_hermetic_prefect()\n"
         "import flows.renewal_reminders as f\n"
-        "f.remind_batch = f.remind_batch.with_options(retries=0)\n"
+        "f.batch_task = f.batch_task.with_options(retries=0)\n"
         "from consentflow.cli import main\n"
         "main(sys.argv[1:])\n"
     )

@@ -28,8 +28,8 @@ def _expire_worker(url: str, as_of: datetime, name: str, start: Any, out: Any) -
     start.wait(timeout=60)
     done = 0
     for batch in sweeps.drain(
-        lambda size, _cursor: sweeps.expire_batch(
-            as_of=as_of, size=size, run_id=name, engine=engine
+        lambda size, cursor: sweeps.expire_batch(
+            sweeps.SweepContext(as_of, run_id=name, engine=engine), size, cursor
         ),
         batch_size=40,
     ):
@@ -54,13 +54,11 @@ def _remind_worker(url: str, port: int, as_of: datetime, name: str, start: Any, 
     with mail.Mailer() as mailer:
         for batch in sweeps.drain(
             lambda size, cursor: sweeps.remind_batch(
-                mailer,
-                as_of=as_of,
-                stages=(1, 7, 30),
-                size=size,
-                cursor=cursor,
-                run_id=name,
-                engine=engine,
+                sweeps.SweepContext(
+                    as_of, run_id=name, engine=engine, mailer=mailer, stages=(1, 7, 30)
+                ),
+                size,
+                cursor,
             ),
             batch_size=15,
         ):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import timedelta
 
 import pytest
@@ -31,9 +32,10 @@ def population(engine):  # type: ignore[no-untyped-def]
 
 
 def sweep(engine, as_of, size: int = 3, limit: int | None = None, **kw):  # type: ignore[no-untyped-def]
-    total: sweeps.Counts = sweeps.Counter()
+    total: sweeps.Counts = Counter()
+    ctx = sweeps.SweepContext(as_of=as_of, engine=engine, **kw)
     for batch in sweeps.drain(
-        lambda size, _cursor: sweeps.expire_batch(as_of=as_of, size=size, engine=engine, **kw),
+        lambda size, cursor: sweeps.expire_batch(ctx, size, cursor),
         batch_size=size,
         limit=limit,
     ):
@@ -71,7 +73,7 @@ def test_as_of_limit_and_purposes(population) -> None:  # type: ignore[no-untype
         ("news", "expired"): 3,
         ("news", "webhooks_enqueued"): 3,
     }
-    assert sweep(engine, now, purposes_=["ads"]) == {("ads", "expired"): 2}
+    assert sweep(engine, now, purposes=("ads",)) == {("ads", "expired"): 2}
     assert sweep(engine, now, size=3, limit=2) == {
         ("news", "expired"): 2,
         ("news", "webhooks_enqueued"): 2,
@@ -83,9 +85,9 @@ def test_preview_is_exact_and_writes_nothing(population) -> None:  # type: ignor
     engine, now = population
     before = row_counts(engine)
     previews = [
-        sweeps.preview_expiry(as_of=now, engine=engine).counts,
-        sweeps.preview_expiry(as_of=now, limit=4, engine=engine).counts,
-        sweeps.preview_expiry(as_of=now, purposes_=["ads"], engine=engine).counts,
+        sweeps.preview_expiry(sweeps.SweepContext(now, engine=engine)).counts,
+        sweeps.preview_expiry(sweeps.SweepContext(now, engine=engine), limit=4).counts,
+        sweeps.preview_expiry(sweeps.SweepContext(now, purposes=("ads",), engine=engine)).counts,
     ]
     assert row_counts(engine) == before
     assert previews[0] == {
@@ -95,7 +97,7 @@ def test_preview_is_exact_and_writes_nothing(population) -> None:  # type: ignor
     }
     # The same order as the sweep: the four whose validity ended first.
     assert previews[1] == sweep(engine, now, limit=4)
-    assert previews[2] == sweep(engine, now, purposes_=["ads"])
+    assert previews[2] == sweep(engine, now, purposes=("ads",))
 
 
 def test_crash_mid_sweep_then_rerun_expires_each_once(population, monkeypatch) -> None:  # type: ignore[no-untyped-def]

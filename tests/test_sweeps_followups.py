@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import timedelta
 
 import pytest
@@ -35,20 +36,19 @@ def asked(engine):  # type: ignore[no-untyped-def]
 
 
 def follow_up(engine, as_of, *, dry_run: bool = False, size: int = 50, **kw):  # type: ignore[no-untyped-def]
-    total: sweeps.Counts = sweeps.Counter()
+    total: sweeps.Counts = Counter()
     with mail.Mailer() as m:
+        ctx = sweeps.SweepContext(
+            as_of,
+            mailer=None if dry_run else m,
+            followup_after_days=7,
+            followup_max=2,
+            dry_run=dry_run,
+            engine=engine,
+            **kw,
+        )
         for batch in sweeps.drain(
-            lambda size, cursor: sweeps.followup_batch(
-                None if dry_run else m,
-                as_of=as_of,
-                after_days=7,
-                max_followups=2,
-                size=size,
-                cursor=cursor,
-                dry_run=dry_run,
-                engine=engine,
-                **kw,
-            ),
+            lambda size, cursor: sweeps.followup_batch(ctx, size, cursor),
             batch_size=size,
         ):
             total.update(batch.counts)
@@ -110,7 +110,7 @@ def test_follow_ups_up_to_the_maximum_then_the_request_lapses(asked, smtp_sink: 
 
 
 def test_the_follow_up_email(asked, smtp_sink: SmtpSink) -> None:  # type: ignore[no-untyped-def]
-    follow_up(asked, utcnow(), purposes_=["news"])
+    follow_up(asked, utcnow(), purposes=("news",))
     got = smtp_sink.to("p0@example.com")[0]
     assert got.message["Subject"] == 'Reminder: may we use your data for "Monthly news"?'
     assert got.message["List-Unsubscribe"] is None  # nothing to withdraw yet

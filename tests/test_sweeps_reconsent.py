@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections import Counter
 from datetime import timedelta
 
 import pytest
@@ -39,28 +41,23 @@ def revise(engine, key: str, *, material: bool, title: str) -> None:  # type: ig
 
 def run(engine, as_of, *, dry_run: bool = False, size: int = 50, **kw):  # type: ignore[no-untyped-def]
     """The three steps of the flow, in its order: resend, open (and email), enforce deadlines."""
-    total: sweeps.Counts = sweeps.Counter()
+    total: sweeps.Counts = Counter()
     with mail.Mailer() as m:
-        mailer = None if dry_run else m
-        steps = (
-            lambda size, cursor: sweeps.reconsent_email_batch(
-                mailer, as_of=as_of, size=size, cursor=cursor, dry_run=dry_run, engine=engine, **kw
-            ),
-            lambda size, cursor: sweeps.reconsent_open_batch(
-                mailer,
-                as_of=as_of,
-                deadline_days=30,
-                size=size,
-                cursor=cursor,
-                dry_run=dry_run,
-                engine=engine,
-                **kw,
-            ),
-            lambda size, cursor: sweeps.reconsent_deadline_batch(
-                as_of=as_of, size=size, cursor=cursor, dry_run=dry_run, engine=engine, **kw
-            ),
+        ctx = sweeps.SweepContext(
+            as_of,
+            mailer=None if dry_run else m,
+            reconsent_deadline_days=30,
+            dry_run=dry_run,
+            engine=engine,
+            **kw,
         )
-        for step in steps:
+        steps = (
+            sweeps.reconsent_email_batch,
+            sweeps.reconsent_open_batch,
+            sweeps.reconsent_deadline_batch,
+        )
+        for sweep in steps:
+            step = functools.partial(sweep, ctx)
             for batch in sweeps.drain(step, batch_size=size):
                 total.update(batch.counts)
     return total
@@ -146,7 +143,7 @@ def test_a_second_material_revision_asks_again(profiled, smtp_sink: SmtpSink) ->
 
 def test_the_reconsent_email(profiled, smtp_sink: SmtpSink) -> None:  # type: ignore[no-untyped-def]
     revise(profiled, "profiling", material=True, title="Profiling & partners")
-    run(profiled, utcnow(), purposes_=["profiling"])
+    run(profiled, utcnow(), purposes=("profiling",))
     got = smtp_sink.to("p0@example.com")[0]
     assert got.message["Subject"].startswith('We changed "Profiling & partners"')
     text = got.part("plain").splitlines()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import timedelta
 
 import pytest
@@ -16,6 +17,7 @@ from consentflow.keys import instance_secret
 from consentflow.lifecycle import Actor
 from consentflow.links import LinkAction
 from consentflow.models import Consent, EmailMessage, EmailSuppression, utcnow
+from consentflow.sweeps import claims
 
 smtp_sink = smtp_support.smtp_sink
 smtp_down = smtp_support.smtp_down
@@ -33,12 +35,11 @@ def news(engine):  # type: ignore[no-untyped-def]
 
 def remind_all(engine, as_of, *, size: int = 100, mailer: mail.Mailer | None = None, **kw):  # type: ignore[no-untyped-def]
     """Run batches until done, as the flow does; returns the summed counts."""
-    total: sweeps.Counts = sweeps.Counter()
+    total: sweeps.Counts = Counter()
 
     def step(size: int, cursor: int) -> sweeps.Batch:
-        return sweeps.remind_batch(
-            mailer, as_of=as_of, stages=STAGES, size=size, cursor=cursor, engine=engine, **kw
-        )
+        ctx = sweeps.SweepContext(as_of, mailer=mailer, stages=STAGES, engine=engine, **kw)
+        return sweeps.remind_batch(ctx, size, cursor)
 
     if mailer is None and not kw.get("dry_run"):
         with mail.Mailer() as m:
@@ -202,7 +203,7 @@ def test_smtp_down_fails_the_batch_and_marks_nothing_sent(news, smtp_down: int) 
     ids = seed_subjects(news, 3)
     give(news, ids, "news", now + 5 * DAY)
     with mail.Mailer() as m, pytest.raises(mail.MailUnavailable, match="cannot connect"):
-        sweeps.remind_batch(m, as_of=now, stages=STAGES, size=10, engine=news)
+        sweeps.remind_batch(sweeps.SweepContext(now, mailer=m, stages=STAGES, engine=news), 10, 0)
     assert [m.status for m in _messages(news)] == ["deferred"] * 3
     assert count(news, EmailMessage, EmailMessage.status == "sent") == 0
     assert set(stages(news).values()) == {None}  # all due again
@@ -221,7 +222,7 @@ def test_a_crash_between_send_and_record_is_released_after_the_lease(  # type: i
     def crash(*args: object, **kwargs: object) -> None:
         raise SystemExit("killed between send and record")
 
-    monkeypatch.setattr(sweeps, "record_results", crash)
+    monkeypatch.setattr(claims, "record_results", crash)
     with pytest.raises(SystemExit):
         remind_all(news, now)
     monkeypatch.undo()
@@ -229,10 +230,13 @@ def test_a_crash_between_send_and_record_is_released_after_the_lease(  # type: i
     assert len(smtp_sink.received) == 2
     # A re-run within the lease sends nothing again.
     assert remind_all(news, now) == {}
-    assert sweeps.release_stale_claims([mail.Kind.RENEWAL_REMINDER], engine=news).counts == {}
+    ctx = sweeps.SweepContext(now, engine=news)
+    assert sweeps.release_stale_claims(ctx, [mail.Kind.RENEWAL_REMINDER]).counts == {}
     # After the lease the claims count as not sent (outcome unknown): due again, sent again.
     released = sweeps.release_stale_claims(
-        [mail.Kind.RENEWAL_REMINDER], lease=timedelta(0), run_id="r2", engine=news
+        sweeps.SweepContext(now, run_id="r2", engine=news),
+        [mail.Kind.RENEWAL_REMINDER],
+        lease=timedelta(0),
     )
     assert released.counts == {("news", "claims_released"): 2}
     assert set(stages(news).values()) == {None}
@@ -275,13 +279,9 @@ def test_limit_and_purposes(news, smtp_sink: SmtpSink) -> None:  # type: ignore[
     with mail.Mailer() as m:
         for batch in sweeps.drain(
             lambda size, cursor: sweeps.remind_batch(
-                m,
-                as_of=now,
-                stages=STAGES,
-                size=size,
-                cursor=cursor,
-                purposes_=["ads"],
-                engine=news,
+                sweeps.SweepContext(now, mailer=m, stages=STAGES, purposes=("ads",), engine=news),
+                size,
+                cursor,
             ),
             batch_size=2,
             limit=3,

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(2) from None
         status = getattr(exc, "exit_code", 1)
         where = f" (see `{ctx.command_path} --help`)" if ctx is not None and status == 2 else ""
-        fail(f"{exc.format_message()}{where}", status)  # type: ignore[attr-defined]
+        fail(f"{exc.format_message()}{where}", status)
     except ConsentflowError as exc:
         fail(str(exc), exc.exit_code)
     except (OperationalError, ProgrammingError) as exc:

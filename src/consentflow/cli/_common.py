@@ -12,10 +12,8 @@ import typer
 from pydantic import BaseModel
 from sqlmodel import Session
 
-from consentflow import db, subjects, timeutil, views
+from consentflow import db, timeutil, views
 from consentflow.delivery import events
-from consentflow.errors import NotFound
-from consentflow.models import Subject
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -50,14 +48,6 @@ def startup() -> None:
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
-
-
-def require_subject(s: Session, external_id: str) -> Subject:
-    """The subject, or the one ``NotFound`` every door raises for an unknown one."""
-    found = subjects.get(s, external_id)
-    if found is None:
-        raise NotFound(f"unknown subject {external_id!r}")
-    return found
 
 
 def fail(message: str, code: int) -> NoReturn:

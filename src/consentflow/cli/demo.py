@@ -208,11 +208,13 @@ def _seed(engine: Any, now: datetime, receiver: _Receiver) -> dict[str, str]:
             _, secret = systems.add(s, name, keys, webhook_url=receiver.url(f"/hooks/{name}"))
             assert secret is not None
             secrets[name] = secret
-        ids = {}
+        ids: dict[str, int] = {}
         for i, name in enumerate(people):
             email = None if i % 20 == 19 else f"{name}@example.com"
             locale = "fr" if i % 4 == 1 else "en"
-            ids[name] = subjects.add(s, name, email=email, locale=locale).id
+            added = subjects.add(s, name, email=email, locale=locale)
+            assert added.id is not None  # flushed by add
+            ids[name] = added.id
 
     def given(name: str, purpose: str, valid_until: datetime, state: State = State.GIVEN) -> Any:
         return ImportRow(ids[name], purpose, state, valid_until - 300 * DAY, valid_until)
@@ -276,7 +278,7 @@ def _backdate(s: Session, ids: dict[str, int], people: list[str], now: datetime)
     for name, (requested_at, sent, last) in asked.items():
         s.exec(
             update(cr)
-            .where(cr.subject_id == ids[name], cr.status == RequestStatus.OPEN.value)
+            .where(col(cr.subject_id) == ids[name], col(cr.status) == RequestStatus.OPEN.value)
             .values(requested_at=requested_at, followups_sent=sent, last_sent_at=last)
         )
     profiling = purposes.get(s, "profiling")

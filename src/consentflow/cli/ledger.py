@@ -34,7 +34,6 @@ from consentflow.cli._common import (
     fmt_time,
     parse_time,
     purpose_app,
-    require_subject,
     session,
     subject_app,
     system_app,
@@ -472,7 +471,7 @@ def audit_export(
     with session(readonly=True) as s:
         ref = None
         if subject is not None:
-            ref = require_subject(s, subject).subject_ref
+            ref = subjects.require(s, subject).subject_ref
         if output is None:
             n = audit.export(s, sys.stdout, subject_ref=ref, since=start, until=end)
         else:

@@ -172,8 +172,12 @@ def run_flow(
     summary = recorded_summary(run_id)
     if summary is not None:
         emit(summary, as_json, lambda: _print(flow, summary))
-    exc = state.result(raise_on_failure=False)
-    reason = failure_reason(exc) if isinstance(exc, BaseException) else state.message or state.name
+    outcome = state.result(raise_on_failure=False)
+    reason = (
+        failure_reason(outcome)
+        if isinstance(outcome, BaseException)
+        else state.message or state.name
+    )
     if summary is not None:
         where = f"; run {run_id} recorded as {summary['outcome']} in the audit trail"
     elif run_id:
