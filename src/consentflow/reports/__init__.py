@@ -1,0 +1,69 @@
+"""Read-side reports: plain functions over a session that return data (no web, no templates).
+
+The compliance dashboard's tables (``build``, ``table``, ``TABLES``) and the read queries of the
+API's lists (``requests_page``, ``deliveries_page``, ``delivery_detail``, ``purpose_systems``).
+The web app renders them; the CLI can read them too. Reports sit beside ``sweeps`` and
+``delivery`` in the layers: they import ledger modules, never ``delivery`` (its health rows are
+passed in) or a door.
+
+Failure modes: none of their own; they only read (safe in a read-only unit of work).
+"""
+
+from consentflow.reports._sql import ALL, STATES
+from consentflow.reports._table import Chart, Link, Series, Table
+from consentflow.reports.catalog import purpose_systems
+from consentflow.reports.consents import (
+    ANOMALY_FACTOR,
+    ANOMALY_MIN,
+    BASELINE_DAYS,
+    TREND_DAYS,
+    anomalies,
+    event_days,
+    expiring,
+    states,
+    trend,
+)
+from consentflow.reports.dashboard import TABLES, Dashboard, HealthSource, build, table
+from consentflow.reports.deliveries import (
+    HealthRow,
+    age,
+    deliveries_page,
+    delivery,
+    delivery_detail,
+)
+from consentflow.reports.requests import pending_requests, reconsent, requests_page
+from consentflow.reports.runs import recent_runs, runs
+
+__all__ = [
+    "ALL",
+    "ANOMALY_FACTOR",
+    "ANOMALY_MIN",
+    "BASELINE_DAYS",
+    "STATES",
+    "TABLES",
+    "TREND_DAYS",
+    "Chart",
+    "Dashboard",
+    "HealthRow",
+    "HealthSource",
+    "Link",
+    "Series",
+    "Table",
+    "age",
+    "anomalies",
+    "build",
+    "deliveries_page",
+    "delivery",
+    "delivery_detail",
+    "event_days",
+    "expiring",
+    "pending_requests",
+    "purpose_systems",
+    "recent_runs",
+    "reconsent",
+    "requests_page",
+    "runs",
+    "states",
+    "table",
+    "trend",
+]

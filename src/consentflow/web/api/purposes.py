@@ -1,0 +1,121 @@
+"""Purposes and their notice versions (read by compliance and support, changed by admin), and the
+list of downstream systems with the purposes each may process."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends
+
+from consentflow import purposes, reports, systems
+from consentflow.errors import NotFound
+from consentflow.tokens import TokenInfo
+from consentflow.web.api._params import PurposePath, resource_router
+from consentflow.web.auth import ADMIN, COMPLIANCE, READ, DbSession, ReadSession
+from consentflow.web.schemas import (
+    CONFLICT,
+    NOT_FOUND,
+    PurposeDetail,
+    PurposeIn,
+    PurposeOut,
+    RevisionIn,
+    SystemOut,
+)
+
+router = resource_router()
+
+
+def _purpose_dicts(session: DbSession, key: str | None = None) -> list[dict[str, Any]]:
+    current = purposes.list_current(session)
+    if key is not None:
+        current = [(k, v) for k, v in current if k == key]
+        if not current:
+            raise NotFound(f"unknown purpose {key!r}")
+    infos = purposes.info(session, [k for k, _ in current])
+    names = reports.purpose_systems(session)
+    return [
+        {
+            "key": k,
+            "current_version": v.version,
+            "material_version": infos[k].material_version,
+            "notice": purposes.version_dict(k, v),
+            "systems": names.get(k, []),
+        }
+        for k, v in current
+    ]
+
+
+@router.get("/purposes", response_model=list[PurposeOut], tags=["purposes"])
+def list_purposes(
+    session: ReadSession, _: Annotated[TokenInfo, Depends(READ.reading)]
+) -> list[dict[str, Any]]:
+    """Every purpose with its current notice and the systems registered for it."""
+    return _purpose_dicts(session)
+
+
+@router.get("/purposes/{key}", response_model=PurposeDetail, responses=NOT_FOUND, tags=["purposes"])
+def get_purpose(
+    key: PurposePath, session: ReadSession, _: Annotated[TokenInfo, Depends(READ.reading)]
+) -> dict[str, Any]:
+    """One purpose with every version of its notice, oldest first."""
+    (found,) = _purpose_dicts(session, key)
+    found["versions"] = [purposes.version_dict(k, v) for k, v in purposes.versions(session, key)]
+    return found
+
+
+@router.post(
+    "/purposes",
+    response_model=PurposeDetail,
+    status_code=201,
+    responses=CONFLICT,
+    tags=["purposes"],
+)
+def add_purpose(
+    body: PurposeIn, session: DbSession, _: Annotated[TokenInfo, Depends(ADMIN)]
+) -> dict[str, Any]:
+    """Register a purpose with its first notice version."""
+    purposes.add(
+        session,
+        body.key,
+        title=body.title,
+        validity_days=body.validity_days,
+        description=body.description,
+        lawful_basis=body.lawful_basis.value,
+        data_categories=list(body.data_categories),
+    )
+    return get_purpose(body.key, session, _)
+
+
+@router.post(
+    "/purposes/{key}/versions",
+    response_model=PurposeDetail,
+    status_code=201,
+    responses={**NOT_FOUND, **CONFLICT},
+    tags=["purposes"],
+)
+def revise_purpose(
+    key: PurposePath,
+    body: RevisionIn,
+    session: DbSession,
+    _: Annotated[TokenInfo, Depends(ADMIN)],
+) -> dict[str, Any]:
+    """Publish a new notice version; ``material`` means consents must be re-confirmed."""
+    purposes.revise(
+        session,
+        key,
+        material=body.material,
+        title=body.title,
+        description=body.description,
+        lawful_basis=body.lawful_basis.value if body.lawful_basis else None,
+        data_categories=list(body.data_categories) if body.data_categories is not None else None,
+        validity_days=body.validity_days,
+    )
+    return get_purpose(key, session, _)
+
+
+@router.get("/systems", response_model=list[SystemOut], tags=["systems"])
+def list_systems(
+    session: ReadSession, _: Annotated[TokenInfo, Depends(COMPLIANCE.reading)]
+) -> list[dict[str, Any]]:
+    """Downstream systems and the purposes each may process."""
+    return [s.as_dict() for s in systems.list_all(session)]

@@ -1,0 +1,121 @@
+"""Subjects: register one, read it with its consents (now or at an instant), its history and its
+ISO/IEC TS 27560 receipt (``consentflow.receipt``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends
+
+from consentflow import lifecycle, receipt, subjects
+from consentflow.errors import NotFound
+from consentflow.lifecycle import Actor
+from consentflow.models import ActorType, Channel
+from consentflow.tokens import TokenInfo
+from consentflow.web.api._params import SubjectPath, When, api_actor, resource_router, utc
+from consentflow.web.auth import ACT, READ, DbSession, ReadSession
+from consentflow.web.schemas import (
+    CONFLICT,
+    NOT_FOUND,
+    ConsentsOut,
+    HistoryOut,
+    SubjectIn,
+    SubjectOut,
+)
+
+router = resource_router(["subjects"])
+
+
+def _subject_out(session: DbSession, external_id: str) -> dict[str, Any]:
+    subject = subjects.get(session, external_id)
+    if subject is None:
+        raise NotFound(f"unknown subject {external_id!r}")
+    return {
+        "external_id": subject.external_id,
+        "subject_ref": subject.subject_ref,
+        "locale": subject.locale,
+        "has_email": subject.email is not None,
+        "created_at": subject.created_at,
+        "consents": [v.as_dict() for v in lifecycle.current(session, external_id)],
+    }
+
+
+@router.post("/subjects", response_model=SubjectOut, status_code=201, responses=CONFLICT)
+def add_subject(
+    body: SubjectIn, session: DbSession, caller: Annotated[TokenInfo, Depends(ACT)]
+) -> dict[str, Any]:
+    """Register a person (only an optional email and a locale are kept)."""
+    who = Actor(ActorType.AGENT, Channel.API, name=api_actor(caller))
+    subject = subjects.add(
+        session, body.external_id, email=body.email, locale=body.locale, actor=who
+    )
+    return _subject_out(session, subject.external_id)
+
+
+@router.get("/subjects/{subject}", response_model=SubjectOut, responses=NOT_FOUND)
+def get_subject(
+    subject: SubjectPath, session: ReadSession, _: Annotated[TokenInfo, Depends(READ.reading)]
+) -> dict[str, Any]:
+    """A subject and its consents now."""
+    return _subject_out(session, subject)
+
+
+@router.get(
+    "/subjects/{subject}/consents",
+    response_model=ConsentsOut,
+    responses=NOT_FOUND,
+)
+def subject_consents(
+    subject: SubjectPath,
+    session: ReadSession,
+    _: Annotated[TokenInfo, Depends(READ.reading)],
+    at: When = None,
+) -> dict[str, Any]:
+    """The subject's consents now, or as they stood at a past instant (``at``)."""
+    when = utc(at, "at")
+    views = lifecycle.as_of(session, subject, when) if when else lifecycle.current(session, subject)
+    return {"subject": subject, "at": when, "consents": [v.as_dict() for v in views]}
+
+
+@router.get(
+    "/subjects/{subject}/history",
+    response_model=HistoryOut,
+    responses=NOT_FOUND,
+)
+def subject_history(
+    subject: SubjectPath, session: ReadSession, _: Annotated[TokenInfo, Depends(READ.reading)]
+) -> dict[str, Any]:
+    """Every consent event of the subject, in sequence order."""
+    events = [
+        {
+            "event_id": str(e.id),
+            "purpose": key,
+            "seq": e.seq,
+            "action": e.action,
+            "state": e.state,
+            "previous_state": e.previous_state,
+            "purpose_version": e.purpose_version,
+            "occurred_at": e.occurred_at,
+            "recorded_at": e.recorded_at,
+            "valid_until": e.valid_until,
+            "actor_type": e.actor_type,
+            "actor": e.actor,
+            "channel": e.channel,
+            "reason": e.reason,
+            "run_id": e.run_id,
+        }
+        for key, e in lifecycle.history(session, subject)
+    ]
+    return {"subject": subject, "events": events}
+
+
+@router.get(
+    "/subjects/{subject}/receipt",
+    response_model=dict[str, Any],
+    responses=NOT_FOUND,
+)
+def subject_receipt(
+    subject: SubjectPath, session: ReadSession, _: Annotated[TokenInfo, Depends(READ.reading)]
+) -> dict[str, Any]:
+    """The subject's consent record as an ISO/IEC TS 27560 receipt (JSON)."""
+    return receipt.build(session, subject)
