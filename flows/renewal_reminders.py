@@ -5,12 +5,17 @@ at once, only the nearest is sent. The email carries a renew link and a revoke l
 RFC 8058 one-click unsubscribe). Renewing restarts the validity and resets the stages. Emails are
 claimed before sending, so concurrent or repeated runs never send one twice; a 4xx or timeout
 leaves the item due for the next run, a 5xx suppresses the address (see ``consentflow.sweeps``).
+
+``stages`` follows the rule of ``CONSENTFLOW_REMINDER_STAGES`` (``sweeps.parse_stages``): whole
+days, at least one, none below 1, duplicates merged; a list, one number, or the setting's text
+(``"30,7,1"``). A bad value is refused by ``Params`` itself, so the CLI and the API answer with
+one error before any run starts.
 """
 
 from __future__ import annotations
 
 from prefect import flow
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from consentflow import mail, sweeps
 from consentflow.models import utcnow
@@ -38,6 +43,23 @@ class Params(LifecycleParams):
         default=None,
         description="Days before the validity ends (default: CONSENTFLOW_REMINDER_STAGES, 30,7,1).",
     )
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _stages_as_list(cls, value: object) -> object:
+        """The setting's text (``"30,7,1"``) or one number, as a list."""
+        if isinstance(value, str):
+            return list(sweeps.parse_stages(value))
+        if isinstance(value, int) and not isinstance(value, bool):
+            return [value]
+        return value
+
+    @field_validator("stages")
+    @classmethod
+    def _stages(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None:
+            sweeps.parse_stages(value)  # the one rule: ValueError naming the bad value
+        return value
 
 
 @flow(name=FLOW)

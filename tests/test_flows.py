@@ -26,7 +26,8 @@ import flows.collection_followups as followups_flow
 import flows.expiry_sweep as expiry_flow
 import flows.reconsent as reconsent_flow
 import flows.renewal_reminders as reminders_flow
-from consentflow import db, lifecycle, purposes, sweeps, systems, tokens
+from consentflow import db, lifecycle, purposes, runs, sweeps, systems, tokens
+from consentflow.errors import InvalidInput
 from consentflow.lifecycle import Actor
 from consentflow.models import Consent, ConsentEvent, ConsentRequest, State, utcnow
 
@@ -252,6 +253,30 @@ def test_cli_run_expiry_sweep_json(world, cli) -> None:  # type: ignore[no-untyp
     assert "nothing to do" in text.out  # no consent ends within 3 days
     bad = cli("run", "renewal-reminders", "--param", "stages=soon")
     assert bad.code == 2 and "stages" in bad.err
+
+
+@pytest.mark.parametrize("stages", [[0], [7, -1], [], 0, "30,0", "soon"])
+def test_bad_reminder_stages_are_refused_before_a_run(stages: object) -> None:
+    with pytest.raises(InvalidInput, match=r"^stages: bad reminder stages"):
+        runs.prepare_flow("renewal-reminders", {"stages": stages})
+
+
+def test_reminder_stages_follow_the_settings_rule() -> None:
+    """The parameter takes what CONSENTFLOW_REMINDER_STAGES takes (a list, or "30,7,1")."""
+    for given in ([30, 7, 1], [1, 7, 7, 30], "30,7,1", 7):
+        _, params = runs.prepare_flow("renewal-reminders", {"stages": given})
+        assert sweeps.parse_stages(params.stages) == sweeps.parse_stages(  # type: ignore[attr-defined]
+            given if not isinstance(given, int) else [given]
+        )
+
+
+def test_cli_refuses_bad_stages_in_one_line(world, cli) -> None:  # type: ignore[no-untyped-def]
+    before = row_counts(world)
+    r = cli("run", "renewal-reminders", "--param", "stages=0")
+    assert r.code == 2 and "Traceback" not in r.err
+    [line] = r.err.strip().splitlines()
+    assert "stages" in line and "positive numbers of days" in line
+    assert row_counts(world) == before  # no run started, none recorded
 
 
 def _fresh_machine(tmp_path: Path) -> dict[str, str]:
