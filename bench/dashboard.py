@@ -25,6 +25,7 @@ from pathlib import Path
 from sqlalchemy import insert, text
 
 from consentflow import access, db, purposes, subjects, systems
+from consentflow import reports as dashboard
 from consentflow.models import (
     Consent,
     ConsentEvent,
@@ -33,7 +34,7 @@ from consentflow.models import (
     Subject,
     utcnow,
 )
-from consentflow.web import dashboard
+from consentflow.web import delivery_ops
 
 PURPOSES = ["news", "offers", "profiling", "partners", "research"]
 
@@ -178,7 +179,7 @@ def main() -> None:
 
     def page() -> None:
         with db.session_scope(engine) as s:
-            dashboard.build(s)
+            dashboard.build(s, health=delivery_ops.health)
 
     def ping() -> None:
         with db.session_scope(engine) as s:
@@ -197,7 +198,9 @@ def main() -> None:
     with db.session_scope(engine) as s:
         now = utcnow()
         for name in dashboard.TABLES:
-            t = timed(lambda name=name: dashboard.table(s, name, now), 1)
+            t = timed(
+                lambda name=name: dashboard.table(s, name, now, health=delivery_ops.health), 1
+            )
             print(f"  {name:<22} {t * 1000:8.0f} ms ({t / scan:.2f}x)")
     base = timed(ping, 200)
     one = timed(check, 500)

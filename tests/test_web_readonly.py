@@ -13,10 +13,10 @@ from sqlmodel import select
 from web_support import bearer, client, seed
 
 from consentflow import db, lifecycle, links
+from consentflow import reports as dashboard
 from consentflow.lifecycle import Actor
 from consentflow.links import LinkAction
 from consentflow.models import ApiToken, AuditHead, Subject, utcnow
-from consentflow.web import dashboard
 
 _WRITES = ("INSERT", "UPDATE", "DELETE")
 

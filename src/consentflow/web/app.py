@@ -1,140 +1,26 @@
 """The one web app: the API (/api/v1), people's pages (/l/...), the dashboard, sign-in.
 
 ``create_app()`` builds it; ``consentflow serve`` runs it with uvicorn. Every expected failure is a
-4xx with a one-line message (JSON ``{"detail": ...}`` under /api, a page elsewhere); bad input is a
-422 that names the field.
+4xx with a one-line message (JSON ``{"detail": ...}`` under /api, a page elsewhere; see
+``web.errors``); bad input is a 422 that names the field. Wiring only: routers from ``web.api`` and
+``web.pages``, headers from ``web.middleware``, error answers from ``web.errors``.
 """
 
 from __future__ import annotations
 
-from importlib.resources import files
-from typing import Any
+from fastapi import FastAPI
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from fastapi.templating import Jinja2Templates
-from sqlalchemy.exc import DataError, IntegrityError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from consentflow.web import api, errors, pages
+from consentflow.web.middleware import SecurityHeaders
+from consentflow.web.templating import TEMPLATES_DIR, templates
 
-from consentflow.errors import (
-    Conflict,
-    ConsentflowError,
-    InvalidInput,
-    NotFound,
-    TransitionNotAllowed,
-)
-from consentflow.web.auth import AuthError
-
-TEMPLATES_DIR = str(files("consentflow.templates").joinpath("web"))
-templates = Jinja2Templates(directory=TEMPLATES_DIR)
-
-_SECURITY_HEADERS = [
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"x-frame-options", b"DENY"),
-]
-_PAGE_HEADERS = [
-    (
-        b"content-security-policy",
-        b"default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
-        b"form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-    ),
-    (b"cache-control", b"no-store"),
-]
-
-
-class SecurityHeaders:
-    """Headers for every response; pages also get a strict CSP and no caching (link tokens are in
-    their URLs, so nothing may leak through a Referer or a shared cache)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                names = {k.lower() for k, _ in headers}
-                extra = _SECURITY_HEADERS + (
-                    [] if scope["path"].startswith("/api/") else _PAGE_HEADERS
-                )
-                headers.extend((k, v) for k, v in extra if k not in names)
-                message["headers"] = headers
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
-def _is_api(request: Request) -> bool:
-    return request.url.path.startswith("/api/") or request.url.path == "/openapi.json"
-
-
-def error_response(
-    request: Request, status: int, detail: str, errors: list[dict[str, Any]] | None = None
-) -> Response:
-    """A 4xx in the caller's language: JSON for the API, a page for people."""
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    if _is_api(request):
-        body: dict[str, Any] = {"detail": detail}
-        if errors is not None:
-            body["errors"] = errors
-        return JSONResponse(body, status_code=status, headers=headers)
-    if status == 401:
-        from consentflow.web.pages import login_page
-
-        return login_page(request, status=401, message=detail, next_url=str(request.url.path))
-    return templates.TemplateResponse(
-        request,
-        "message.html",
-        {"title": _TITLES.get(status, "Something is wrong"), "message": detail},
-        status_code=status,
-        headers=headers,
-    )
-
-
-_TITLES = {
-    400: "This link does not work",
-    403: "Not allowed",
-    404: "Not found",
-    405: "Not allowed",
-    409: "Nothing was changed",
-    410: "This link has expired",
-    422: "Something in the request is wrong",
-}
-
-
-def _status_for(exc: ConsentflowError) -> int:
-    if isinstance(exc, NotFound):
-        return 404
-    if isinstance(exc, InvalidInput):
-        return 422
-    if isinstance(exc, TransitionNotAllowed | Conflict):
-        return 409
-    return 409
-
-
-def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
-    out = []
-    for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ())]
-        location = loc[0] if loc else "request"
-        name = ".".join(loc[1:]) or location
-        message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-        out.append({"field": name, "location": location, "message": message})
-    return out
+__all__ = ["TEMPLATES_DIR", "create_app", "templates"]
 
 
 def create_app() -> FastAPI:
     """The app. Also installs the commit hook that wakes the ``propagate`` deployment after a
     withdrawal (``consentflow.delivery.events``; it emits only when ``PREFECT_API_URL`` is set)."""
     from consentflow.delivery import events
-    from consentflow.web import api, pages
 
     events.install()
 
@@ -148,44 +34,5 @@ def create_app() -> FastAPI:
     app.include_router(api.router)
     app.include_router(pages.router)
     app.add_middleware(SecurityHeaders)
-
-    @app.exception_handler(ConsentflowError)
-    async def _service_error(request: Request, exc: ConsentflowError) -> Response:
-        return error_response(request, _status_for(exc), str(exc))
-
-    @app.exception_handler(AuthError)
-    async def _auth_error(request: Request, exc: AuthError) -> Response:
-        return error_response(request, exc.status_code, exc.detail)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-        errors = _field_errors(exc)
-        first = errors[0] if errors else {"field": "request", "location": "", "message": ""}
-        where = f"{first['location']} " if first["location"] != first["field"] else ""
-        detail = f"{where}{first['field']}: {first['message']}"
-        return error_response(request, 422, detail, errors)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        detail = exc.detail if isinstance(exc.detail, str) else "request failed"
-        if exc.status_code == 400 and "parsing the body" in detail:
-            # FastAPI's answer to a body that is not even text: bad input like any other.
-            return error_response(request, 422, "body: not valid JSON (UTF-8 expected)")
-        if exc.status_code == 404 and detail == "Not Found":
-            detail = f"no such page or endpoint: {request.method} {request.url.path}"
-        response = error_response(request, exc.status_code, detail)
-        if exc.headers:
-            response.headers.update(exc.headers)
-        return response
-
-    @app.exception_handler(DataError)
-    async def _data_error(request: Request, exc: DataError) -> Response:
-        # A value the database refuses (out of range, malformed): the caller's mistake.
-        return error_response(request, 422, "a value is out of range or malformed")
-
-    @app.exception_handler(IntegrityError)
-    async def _integrity_error(request: Request, exc: IntegrityError) -> Response:
-        # Two requests raced to create the same thing; the loser is told, nothing is half-written.
-        return error_response(request, 409, "it exists already (a concurrent request created it)")
-
+    errors.install(app)
     return app

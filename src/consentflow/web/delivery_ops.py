@@ -58,11 +58,10 @@ def dead_ids(session: Session, system: str, limit: int) -> list[int]:
     system_id = session.exec(select(System.id).where(System.name == system)).first()
     if system_id is None:
         raise NotFound(f"unknown system {system!r}")
-    return list(
-        session.exec(
-            select(Delivery.id)
-            .where(Delivery.system_id == system_id, Delivery.state == DeliveryState.DEAD.value)
-            .order_by(col(Delivery.id))
-            .limit(limit)
-        ).all()
-    )
+    ids = session.exec(
+        select(Delivery.id)
+        .where(Delivery.system_id == system_id, Delivery.state == DeliveryState.DEAD.value)
+        .order_by(col(Delivery.id))
+        .limit(limit)
+    ).all()
+    return [i for i in ids if i is not None]  # stored rows always have an id
