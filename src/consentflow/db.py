@@ -23,6 +23,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlmodel import Session, create_engine
 
 from consentflow.errors import InvalidInput
+from consentflow.keys import instance_secret
 from consentflow.settings import get_settings
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -152,12 +153,13 @@ class Writer:
         if value is None:
             return None
         if self.pg:
-            return value.astimezone(UTC)  # type: ignore[no-any-return]
+            aware: datetime = value.astimezone(UTC)
+            return aware
         return datetime.fromisoformat(value + "+00:00")
 
     def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         self.cursor.execute(self._sql(sql), tuple(params))
-        return self.cursor.fetchall()
+        return list(self.cursor.fetchall())
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
@@ -225,8 +227,6 @@ def upgrade(engine: Engine | None = None) -> str:
     """Create or upgrade the schema to the newest migration; returns the revision now applied."""
     from alembic import command
     from alembic.runtime.migration import MigrationContext
-
-    from consentflow.keys import instance_secret
 
     engine = engine or get_engine()
     command.upgrade(alembic_config(engine), "head")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import json
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from enum import StrEnum
 
 from sqlmodel import Session
 
+from consentflow import keys
 from consentflow.errors import InvalidInput
 from consentflow.keys import instance_secret
 from consentflow.models import utcnow
@@ -59,7 +59,7 @@ def _unb64(text: str) -> bytes:
 
 
 def _key(secret: bytes, action: LinkAction) -> bytes:
-    return hmac.new(secret, f"consentflow-link:{action.value}".encode(), hashlib.sha256).digest()
+    return keys.derive(secret, f"consentflow-link:{action.value}")
 
 
 def issue(
@@ -75,7 +75,7 @@ def issue(
     expires = int(((now or utcnow()) + ttl).timestamp())
     claims = {"a": action.value, "s": subject_id, "p": purpose_id, "e": expires}
     body = _b64(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
-    sig = hmac.new(_key(instance_secret(session), action), body.encode(), hashlib.sha256).digest()
+    sig = keys.derive(_key(instance_secret(session), action), body)
     return f"{body}.{_b64(sig)}"
 
 
@@ -91,9 +91,9 @@ def verify(
     body, sep, sig = token.partition(".")
     if not sep or not body or not sig:
         raise BadLink("this link is incomplete: copy the whole link from the email")
-    expected = hmac.new(_key(instance_secret(session), action), body.encode(), hashlib.sha256)
+    expected = keys.derive(_key(instance_secret(session), action), body)
     # Compare the text, not decoded bytes: lenient base64 decoding would let altered text pass.
-    if not hmac.compare_digest(_b64(expected.digest()).encode(), sig.encode()):
+    if not hmac.compare_digest(_b64(expected).encode(), sig.encode()):
         raise BadLink("this link is not valid for this action, or it was altered")
     try:
         claims = json.loads(_unb64(body))

@@ -26,8 +26,6 @@ import contextlib
 import email.charset
 import email.header
 import email.policy
-import hashlib
-import hmac
 import logging
 import re
 import threading
@@ -45,6 +43,7 @@ import aiosmtplib
 import jinja2
 import markupsafe
 
+from consentflow import keys
 from consentflow.settings import get_settings
 
 log = logging.getLogger("consentflow.mail")
@@ -137,7 +136,8 @@ def _header(value: str) -> str:
 
 
 def _part(body: str, subtype: str) -> MIMEText:
-    part = MIMEText(body, subtype, _UTF8_QP)
+    # typeshed says str, but MIMEText takes a Charset too (that is how QP is chosen).
+    part = MIMEText(body, subtype, _UTF8_QP)  # type: ignore[arg-type]
     del part["MIME-Version"]
     return part
 
@@ -210,7 +210,7 @@ def compose(
 def address_hash(secret: bytes, address: str) -> str:
     """The suppression key of an address: HMAC-SHA256 of its lowercased form."""
     normalised = address.strip().lower()
-    return hmac.new(secret, b"email:" + normalised.encode(), hashlib.sha256).hexdigest()
+    return keys.derive(secret, "email:", normalised).hex()
 
 
 _ADDRESS = re.compile(r"[^\s<>@\"']+@[^\s<>@\"']+")

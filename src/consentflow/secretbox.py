@@ -2,14 +2,18 @@
 
 ``System.webhook_secret`` and ``System.previous_secret`` hold ``enc:v1:`` followed by a Fernet
 token (AES-128-CBC with HMAC-SHA256, from ``cryptography``) of the ``whsec_...`` secret. The
-Fernet key is derived with HKDF-SHA256 from ``keys.instance_secret``: ``CONSENTFLOW_SECRET_KEY``
-when it is set, else the key generated once and kept in the database. So a database dump alone
-does not reveal the secrets only when ``CONSENTFLOW_SECRET_KEY`` is set (and kept outside the
-database); changing that key makes the stored secrets unreadable (rotate them afterwards).
+Fernet key is derived with HKDF-SHA256 (``keys.hkdf``) from ``keys.instance_secret``:
+``CONSENTFLOW_SECRET_KEY`` when it is set, else the key generated once and kept in the database.
+So a database dump alone does not reveal the secrets only when ``CONSENTFLOW_SECRET_KEY`` is set
+(and kept outside the database); changing that key makes the stored secrets unreadable (rotate
+them afterwards).
 
 A value without the prefix is read as plain text (nothing stored that way was released; it keeps
 old test databases readable). The plain secret leaves this module only to sign a request and,
 once, to be shown to the operator who created or rotated it.
+
+This is a ledger-level module (``systems`` seals a secret at registration, ``delivery`` opens it
+to sign); ``consentflow.delivery.secretbox`` re-exports it for older imports.
 """
 
 from __future__ import annotations
@@ -17,8 +21,6 @@ from __future__ import annotations
 import base64
 
 from cryptography.fernet import Fernet, InvalidToken
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlmodel import Session
 
 from consentflow import keys
@@ -33,8 +35,7 @@ class SecretUnreadable(ConsentflowError):
 
 
 def _fernet(instance_secret: bytes) -> Fernet:
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_INFO).derive(instance_secret)
-    return Fernet(base64.urlsafe_b64encode(key))
+    return Fernet(base64.urlsafe_b64encode(keys.hkdf(instance_secret, _INFO)))
 
 
 class Box:

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from sqlmodel import Session, col, select
 
-from consentflow import audit, purposes
+from consentflow import audit, purposes, secretbox, webhook_urls
 from consentflow.actors import Actor, audit_fields
 from consentflow.errors import Conflict, InvalidInput, NotFound
 from consentflow.models import Purpose, System, SystemPurpose
@@ -24,13 +24,11 @@ def new_secret() -> str:
 
 
 def check_webhook_url(url: str) -> str:
-    """Shape check, then the SSRF rules (``delivery.ssrf``; checked again at every send)."""
+    """Shape check, then the SSRF rules (``webhook_urls``; checked again at every send)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidInput(f"bad webhook URL {url!r}: expected https://host/path")
-    from consentflow.delivery import ssrf
-
-    return ssrf.check_registration(url)
+    return webhook_urls.check_registration(url)
 
 
 @dataclass(frozen=True)
@@ -70,8 +68,6 @@ def add(
     secret = new_secret() if webhook_url else None
     stored = None
     if secret:
-        from consentflow.delivery import secretbox
-
         stored = secretbox.seal(session, secret)  # encrypted at rest; shown in plain only now
     system = System(name=name, webhook_url=webhook_url, webhook_secret=stored)
     session.add(system)
