@@ -11,6 +11,7 @@ from typing import Any
 from sqlmodel import Session, select
 
 from consentflow.errors import NotFound
+from consentflow.ledger import effective_state
 from consentflow.models import Consent, Purpose, State, Subject, System, SystemPurpose, utcnow
 
 
@@ -112,6 +113,5 @@ def check(
     ).first()
     if consent is None:
         return answer(Reason.NO_CONSENT)
-    if consent.state == State.GIVEN and consent.valid_until and consent.valid_until <= now:
-        return answer(Reason.EXPIRED, consent)
-    return answer(Reason(consent.state), consent)
+    # A lapsed given consent answers "expired" (its stored state stays "given" until swept).
+    return answer(Reason(effective_state(State(consent.state), consent.valid_until, now)), consent)

@@ -1,4 +1,9 @@
-"""Subjects: the people whose consent is recorded."""
+"""Subjects: the people whose consent is recorded.
+
+``require`` is the one way to look a subject up when it must exist: it raises ``NotFound`` with
+the one message every door shows, ``unknown subject 'ext-id'`` (mapped to exit 2 by the CLI, to
+404 by the API).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from sqlmodel import Session, select
 
 from consentflow import audit
 from consentflow.actors import Actor, audit_fields
-from consentflow.errors import Conflict, InvalidInput
+from consentflow.errors import Conflict, InvalidInput, NotFound
 from consentflow.keys import instance_secret, subject_ref
 from consentflow.models import Subject
 
@@ -74,3 +79,16 @@ def add(
 
 def get(session: Session, external_id: str) -> Subject | None:
     return session.exec(select(Subject).where(Subject.external_id == external_id)).first()
+
+
+def unknown(external_id: str) -> NotFound:
+    """The one error for a subject that does not exist (for lookups that lock or join)."""
+    return NotFound(f"unknown subject {external_id!r}")
+
+
+def require(session: Session, external_id: str) -> Subject:
+    """The subject, or ``NotFound("unknown subject 'ext-id'")``: the one message for every door."""
+    found = get(session, external_id)
+    if found is None:
+        raise unknown(external_id)
+    return found

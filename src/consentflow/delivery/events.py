@@ -1,7 +1,8 @@
 """Near-real-time propagation: a Prefect event after every commit that enqueued deliveries.
 
-The ledger core knows nothing of Prefect. It only notes, in the session's ``info`` under
-``OUTBOX_KEY``, how many outbox rows the transaction wrote (``lifecycle.note_outbox``).
+The ledger core knows nothing of Prefect. The operations that make deliveries due note it in the
+session's ``info`` under ``OUTBOX_KEY`` (``ledger.note_outbox``): the write path for every new
+outbox row, ``delivery.ops`` for replays, redeliveries and resumed endpoints. Nobody else emits.
 ``install()`` adds session listeners: once such a session has committed, one
 ``consentflow.consent.withdrawn`` event is emitted (one per transaction, however many rows); a
 rollback clears the note and emits nothing. The deployment trigger in ``prefect.yaml`` starts the
@@ -12,9 +13,9 @@ Events go out only when ``PREFECT_API_URL`` is set: without a server there is no
 and emitting would start a temporary Prefect server inside a one-line CLI command. The event
 carries no personal data: just how many deliveries were enqueued.
 
-The CLI installs the hook when it starts, every flow run when it starts (``flows.common.start``:
-expiries and invalidations made on a Prefect worker wake propagation too); the web app should call
-``install()`` at start-up.
+Importing this module has no side effect. Each process calls ``install()`` once at start-up: the
+CLI (its root callback), every flow run (``flows.common.start``: expiries and invalidations made
+on a Prefect worker wake propagation too) and the web app (its start-up).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from consentflow.lifecycle import OUTBOX_KEY
+from consentflow.ledger import OUTBOX_KEY
 
 log = logging.getLogger("consentflow.delivery")
 

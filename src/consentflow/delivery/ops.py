@@ -16,8 +16,7 @@ from typing import Any
 from sqlalchemy import exists, func, update
 from sqlmodel import Session, col, select
 
-from consentflow import audit, subjects, systems
-from consentflow.delivery import secretbox
+from consentflow import audit, secretbox, subjects, systems
 from consentflow.errors import ConsentflowError, InvalidInput, NotFound
 from consentflow.models import (
     ActorType,
@@ -147,9 +146,7 @@ def list_deliveries(
     if system is not None:
         stmt = stmt.where(col(System.id) == systems.get(session, system).id)
     if subject is not None:
-        person = subjects.get(session, subject)
-        if person is None:
-            raise NotFound(f"unknown subject {subject!r}")
+        person = subjects.require(session, subject)
         stmt = stmt.where(col(ConsentEvent.subject_id) == person.id)
     if event is not None:
         stmt = stmt.where(col(Delivery.event_id) == _event_id(event))
@@ -251,9 +248,10 @@ def redeliver_since(
     if system is not None:
         where.append(col(Delivery.system_id) == systems.get(session, system).id)
         detail["system"] = system
-    n = session.execute(
+    result: Any = session.execute(
         update(Delivery).where(*where).values(**_RESTART, next_attempt_at=now)
-    ).rowcount
+    )
+    n: int = result.rowcount
     detail["count"] = n
     _audit(session, "delivery.redeliver", actor, detail)
     return n
