@@ -107,7 +107,7 @@ def append(session: Session, entries: Iterable[Entry], *, now: datetime | None =
     head = session.exec(
         select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1).with_for_update()
     ).one()
-    seq, prev = head.seq, head.hash
+    seq, prev = head
     writer = Writer(session)
     stored_at = writer.ts(recorded_at)
     rows = []

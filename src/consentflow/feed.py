@@ -16,7 +16,14 @@ from sqlmodel import Session, col, select
 
 from consentflow import systems
 from consentflow.errors import InvalidInput
-from consentflow.models import WITHDRAWING_STATES, AuditEntry, Purpose, Subject, SystemPurpose
+from consentflow.models import (
+    WITHDRAWING_STATES,
+    AuditEntry,
+    Purpose,
+    Subject,
+    SystemPurpose,
+    metadata,
+)
 
 #: Audit actions that withdraw permission (see ``lifecycle.WITHDRAWING_STATES``).
 WITHDRAWAL_ACTIONS = ("consent.revoke", "consent.expire", "consent.invalidate")
@@ -51,6 +58,9 @@ class FeedItem:
         }
 
 
+_AUDIT = metadata.tables["audit_entry"]
+
+
 def withdrawals_since(
     session: Session, system_name: str, cursor: int = 0, limit: int = 1000
 ) -> list[FeedItem]:
@@ -76,8 +86,8 @@ def withdrawals_since(
                 # A withdrawal brought in from another platform is one the system must honour
                 # too, whether or not the import sent webhooks for it.
                 and_(
-                    AuditEntry.action == "consent.import",
-                    AuditEntry.__table__.c.detail["to"].as_string().in_(_WITHDRAWN_STATES),
+                    col(AuditEntry.action) == "consent.import",
+                    _AUDIT.c.detail["to"].as_string().in_(_WITHDRAWN_STATES),
                 ),
             ),
             col(AuditEntry.purpose_key).in_(keys),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +25,7 @@ from sqlmodel import Session, col, select
 from consentflow import audit, db, lifecycle, purposes
 from consentflow.errors import ConsentflowError, InvalidInput
 from consentflow.keys import instance_secret, subject_ref
-from consentflow.models import ActorType, Channel, State, Subject, utcnow
+from consentflow.models import ActorType, Channel, State, Subject, metadata, utcnow
 from consentflow.subjects import check_email, check_external_id, check_locale
 
 COLUMNS = ("external_id", "email", "locale", "purpose", "state", "given_at", "valid_until")
@@ -234,22 +234,26 @@ def import_file(
     return report
 
 
+def _subject_ids(session: Session, external_ids: Iterable[str]) -> dict[str, int]:
+    """The ids of those of ``external_ids`` that exist."""
+    stmt = select(col(Subject.external_id), col(Subject.id)).where(
+        col(Subject.external_id).in_(list(external_ids))
+    )
+    return {ext: sid for ext, sid in session.exec(stmt).all() if sid is not None}
+
+
 def _import_batch(
     engine: Engine, rows: list[Row], actor: lifecycle.Actor, propagate: bool, report: Report
 ) -> None:
     with db.session_scope(engine) as s:
         secret = instance_secret(s)
         ids = {r.external_id for r in rows}
-        existing = dict(
-            s.exec(
-                select(Subject.external_id, Subject.id).where(col(Subject.external_id).in_(ids))
-            ).all()
-        )
+        existing = _subject_ids(s, ids)
         first_rows: dict[str, Row] = {}
         for r in rows:
             if r.external_id not in existing:
                 first_rows.setdefault(r.external_id, r)
-        created = [
+        created: list[dict[str, Any]] = [
             {
                 "external_id": r.external_id,
                 "subject_ref": subject_ref(secret, r.external_id),
@@ -261,14 +265,8 @@ def _import_batch(
             for r in first_rows.values()
         ]
         if created:
-            s.execute(insert(Subject.__table__), created)  # type: ignore[arg-type]
-            existing.update(
-                s.exec(
-                    select(Subject.external_id, Subject.id).where(
-                        col(Subject.external_id).in_(list(first_rows))
-                    )
-                ).all()
-            )
+            s.execute(insert(metadata.tables["subject"]), created)
+            existing.update(_subject_ids(s, first_rows))
         wanted = [
             lifecycle.ImportRow(
                 existing[r.external_id], r.purpose, r.state, r.given_at, r.valid_until

@@ -19,6 +19,20 @@ from sqlmodel import Session, col, select
 from consentflow import audit
 from consentflow.models import AuditEntry, ConsentEvent, Purpose, Subject
 
+#: What the history must agree with the audit chain on (plus who and which purpose).
+_EVENT_FIELDS: list[Any] = [
+    ConsentEvent.id,
+    ConsentEvent.seq,
+    ConsentEvent.previous_state,
+    ConsentEvent.state,
+    ConsentEvent.purpose_version,
+    ConsentEvent.occurred_at,
+    ConsentEvent.valid_until,
+    ConsentEvent.action,
+    Subject.subject_ref,
+    Purpose.key,
+]
+
 
 def check(session: Session, *, expect: tuple[int, str] | None = None) -> dict[str, Any]:
     """The chain (and an anchor recorded earlier), then the history against it."""
@@ -59,18 +73,7 @@ def verify_history(session: Session, *, chunk: int = 5000) -> tuple[bool, str | 
         rows = {
             r.id: r
             for r in session.exec(
-                select(
-                    ConsentEvent.id,
-                    ConsentEvent.seq,
-                    ConsentEvent.previous_state,
-                    ConsentEvent.state,
-                    ConsentEvent.purpose_version,
-                    ConsentEvent.occurred_at,
-                    ConsentEvent.valid_until,
-                    ConsentEvent.action,
-                    Subject.subject_ref,
-                    Purpose.key,
-                )
+                select(*_EVENT_FIELDS)
                 .join(Subject, col(Subject.id) == ConsentEvent.subject_id)
                 .join(Purpose, col(Purpose.id) == ConsentEvent.purpose_id)
                 .where(col(ConsentEvent.id).in_(ids))

@@ -190,14 +190,15 @@ def info(session: Session, keys: list[str] | None = None) -> dict[str, PurposeIn
         .group_by(col(PurposeVersion.purpose_id))
         .subquery()
     )
+    columns: list[Any] = [
+        Purpose.id,
+        Purpose.key,
+        Purpose.current_version,
+        current.validity_days,
+        material.c.material_version,
+    ]
     stmt = (
-        select(
-            Purpose.id,
-            Purpose.key,
-            Purpose.current_version,
-            current.validity_days,
-            material.c.material_version,
-        )
+        select(*columns)
         .join(
             current,
             (current.purpose_id == Purpose.id) & (current.version == Purpose.current_version),

@@ -24,6 +24,8 @@ One run of ``deliver_due`` (one worker) works like this:
    while this worker still holds the row's lease (the lease timestamp is the fencing token), so a
    worker that lost its lease cannot overwrite the result of the one that took over.
 
+Claims and results (steps 2 and 4) live in ``outbox.py``; this module runs the lanes and sends.
+
 Delivery is at-least-once: a worker killed after sending but before recording sends again after
 the lease. Receivers deduplicate on ``webhook-id``.
 
@@ -35,6 +37,7 @@ real time, because receivers check it against their own clock.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -46,41 +49,65 @@ from typing import Any
 
 import httpcore
 import httpx
-from sqlalchemy import and_, func, or_, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from consentflow import audit, db
-from consentflow.delivery import alerts, runlog, secretbox, signing, ssrf
-from consentflow.delivery.schedule import SLOW_DOWN_STATUSES, next_delay, parse_retry_after
+from consentflow import db
+from consentflow.delivery import alerts, runlog, signing, ssrf
+from consentflow.delivery.outbox import (  # re-exported (see __all__)
+    DEAD,
+    DELIVERED,
+    DISABLED,
+    DUE,
+    HELD,
+    RETRIED,
+    SUPERSEDED,
+    Claimed,
+    Result,
+    claim,
+    due_systems,
+    held_counts,
+    record,
+)
+from consentflow.delivery.schedule import parse_retry_after
 from consentflow.errors import InvalidInput
 from consentflow.models import (
-    ActorType,
-    Channel,
-    Delivery,
-    DeliveryAttempt,
-    DeliveryState,
     System,
-    SystemStatus,
     utcnow,
 )
 from consentflow.settings import get_settings
+
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "DEAD",
+    "DELIVERED",
+    "DISABLED",
+    "DUE",
+    "EXCERPT_BYTES",
+    "EXCERPT_CHARS",
+    "HELD",
+    "RETRIED",
+    "SUPERSEDED",
+    "USER_AGENT",
+    "Claimed",
+    "Options",
+    "Report",
+    "Result",
+    "adeliver_due",
+    "claim",
+    "deliver_due",
+    "due_systems",
+    "held_counts",
+    "make_client",
+    "preview",
+    "record",
+    "send",
+]
 
 CONNECT_TIMEOUT = 5.0
 EXCERPT_BYTES = 1024
 EXCERPT_CHARS = 200
 USER_AGENT = "consentflow-webhooks/1"
-
-#: Outcomes counted per system in a run's report.
-DELIVERED, RETRIED, DEAD, DISABLED, HELD, SUPERSEDED, DUE = (
-    "delivered",
-    "retried",
-    "dead_lettered",
-    "disabled_410",
-    "held",
-    "lease_lost",
-    "due",
-)
 
 
 @dataclass(frozen=True)
@@ -111,63 +138,6 @@ class Options:
 
 
 @dataclass
-class Claimed:
-    """A delivery this worker holds a lease on, with what is needed to send it."""
-
-    id: int
-    system_id: int
-    system: str
-    url: str
-    webhook_id: str
-    payload: str
-    attempts: int
-    lease_token: datetime
-    #: Plain secrets to sign with, new first (decrypted from ``System``; see ``secretbox``).
-    secrets: tuple[str, ...] = field(repr=False)
-    #: Why it cannot be signed (its secret is unreadable): the attempt fails as misconfigured.
-    secret_error: str | None = None
-
-
-@dataclass
-class Result:
-    """What one HTTP attempt gave."""
-
-    claimed: Claimed
-    started_at: datetime
-    finished_at: datetime
-    latency_ms: int
-    status: int | None = None
-    error_class: str | None = None
-    error: str | None = None
-    excerpt: str | None = None
-    retry_after: timedelta | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status is not None and 200 <= self.status < 300
-
-    @property
-    def gone(self) -> bool:
-        return self.status == 410
-
-    @property
-    def slow_down(self) -> bool:
-        return self.status in SLOW_DOWN_STATUSES or self.error_class in _TIMEOUT_CLASSES
-
-    def describe(self) -> str:
-        if self.error_class:
-            return f"{self.error_class}: {self.error}" if self.error else self.error_class
-        if self.status is not None and 300 <= self.status < 400:
-            return f"HTTP {self.status} (redirects are not followed)"
-        return f"HTTP {self.status}"
-
-
-_TIMEOUT_CLASSES = frozenset(
-    {"Timeout", "ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout"}
-)
-
-
-@dataclass
 class Report:
     """What a run did, per system and outcome, plus the deliveries held back."""
 
@@ -194,232 +164,6 @@ class Report:
             {"endpoint": system, **{c: counts.get(c, 0) for c in cols}}
             for system, counts in self.by_system().items()
         ]
-
-
-# ----------------------------------------------------------------------------------- database
-
-
-def _system_filter(stmt: Any, names: Sequence[str] | None) -> Any:
-    return stmt.where(col(System.name).in_(list(names))) if names is not None else stmt
-
-
-def _due(now: datetime) -> Any:
-    return and_(
-        col(Delivery.state) == DeliveryState.PENDING.value,
-        col(Delivery.next_attempt_at) <= now,
-        or_(col(Delivery.leased_until).is_(None), col(Delivery.leased_until) <= now),
-        col(System.status) == SystemStatus.ACTIVE.value,
-        col(System.webhook_url).is_not(None),
-        col(System.webhook_secret).is_not(None),
-    )
-
-
-def due_systems(
-    session: Session, now: datetime, names: Sequence[str] | None = None
-) -> dict[int, int]:
-    """Active systems with deliveries due at ``now``: system id -> number due."""
-    stmt = (
-        select(Delivery.system_id, func.count())
-        .join(System, col(System.id) == Delivery.system_id)
-        .where(_due(now))
-        .group_by(col(Delivery.system_id))
-    )
-    return {sid: n for sid, n in session.exec(_system_filter(stmt, names)).all()}
-
-
-def held_counts(session: Session, names: Sequence[str] | None = None) -> dict[str, int]:
-    """Pending deliveries that no worker may send: their system is paused, disabled or has no
-    webhook configured. Held, never discarded."""
-    stmt = (
-        select(System.name, func.count())
-        .join(Delivery, col(Delivery.system_id) == System.id)
-        .where(
-            col(Delivery.state) == DeliveryState.PENDING.value,
-            or_(
-                col(System.status) != SystemStatus.ACTIVE.value,
-                col(System.webhook_url).is_(None),
-                col(System.webhook_secret).is_(None),
-            ),
-        )
-        .group_by(col(System.name))
-    )
-    return {name: n for name, n in session.exec(_system_filter(stmt, names)).all()}
-
-
-def claim(
-    session: Session, system_id: int, *, now: datetime, limit: int, lease: timedelta
-) -> list[Claimed]:
-    """Lease up to ``limit`` due deliveries of one system (commit the session right after)."""
-    stmt = (
-        select(
-            Delivery.id,
-            Delivery.webhook_id,
-            Delivery.payload,
-            Delivery.attempts,
-            System.name,
-            System.webhook_url,
-            System.webhook_secret,
-            System.previous_secret,
-            System.previous_secret_until,
-        )
-        .join(System, col(System.id) == Delivery.system_id)
-        .where(col(Delivery.system_id) == system_id, _due(now))
-        .order_by(col(Delivery.next_attempt_at), col(Delivery.id))
-        .limit(limit)
-        .with_for_update(skip_locked=True, of=Delivery)  # type: ignore[arg-type]
-    )
-    rows = session.exec(stmt).all()
-    if not rows:
-        return []
-    token = now + lease
-    session.execute(
-        update(Delivery)
-        .where(col(Delivery.id).in_([r.id for r in rows]))
-        .values(leased_until=token)
-    )
-    first = rows[0]  # every row is of the one system: decrypt its secrets once
-    box = secretbox.Box.of(session)
-    secrets: list[str] = []
-    problem = None
-    try:
-        secrets.append(box.open(first.webhook_secret))
-    except secretbox.SecretUnreadable as exc:
-        problem = str(exc)
-    if first.previous_secret and first.previous_secret_until and first.previous_secret_until > now:
-        try:
-            secrets.append(box.open(first.previous_secret))
-        except secretbox.SecretUnreadable:  # the new secret still signs; the old one cannot
-            runlog.logger().warning(
-                "the previous webhook secret of %s is unreadable: signing with the new one only",
-                first.name,
-            )
-    out = []
-    for r in rows:
-        out.append(
-            Claimed(
-                id=r.id,
-                system_id=system_id,
-                system=r.name,
-                url=r.webhook_url,
-                webhook_id=r.webhook_id,
-                payload=r.payload,
-                attempts=r.attempts,
-                lease_token=token,
-                secrets=tuple(secrets) if problem is None else (),
-                secret_error=problem,
-            )
-        )
-    return out
-
-
-def record(session: Session, results: Sequence[Result], *, run_id: str | None = None) -> list[str]:
-    """Write the attempts and move each delivery on; returns each result's outcome."""
-    outcomes: list[str] = []
-    attempt_rows: list[dict[str, Any]] = []
-    entries: list[audit.Entry] = []
-    last_success: dict[int, datetime] = {}
-    gone: dict[int, Result] = {}
-    for r in results:
-        c = r.claimed
-        attempt = c.attempts + 1
-        attempt_rows.append(
-            {
-                "delivery_id": c.id,
-                "attempt": attempt,
-                "started_at": r.started_at,
-                "status_code": r.status,
-                "latency_ms": r.latency_ms,
-                "error_class": r.error_class,
-                "response_excerpt": r.excerpt,
-            }
-        )
-        mine = and_(
-            col(Delivery.id) == c.id,
-            col(Delivery.state) == DeliveryState.PENDING.value,
-            col(Delivery.leased_until) == c.lease_token,
-        )
-        values: dict[str, Any] = {
-            "attempts": attempt,
-            "last_status": r.status,
-            "leased_until": None,
-        }
-        if r.ok:
-            outcome = DELIVERED
-            values.update(
-                state=DeliveryState.DELIVERED.value,
-                delivered_at=func.coalesce(col(Delivery.delivered_at), r.finished_at),
-                last_error=None,
-            )
-        elif r.gone:
-            outcome = DISABLED
-            values.update(last_error=r.describe()[:500], next_attempt_at=r.finished_at)
-        else:
-            delay = next_delay(attempt, slow_down=r.slow_down, retry_after=r.retry_after)
-            values["last_error"] = r.describe()[:500]
-            if delay is None:
-                outcome = DEAD
-                values["state"] = DeliveryState.DEAD.value
-            else:
-                outcome = RETRIED
-                values["next_attempt_at"] = r.finished_at + delay
-        changed = session.execute(update(Delivery).where(mine).values(**values)).rowcount
-        if not changed:
-            outcome = SUPERSEDED  # the lease ran out and another worker took the row over
-        elif outcome == DELIVERED:
-            prev = last_success.get(c.system_id)
-            last_success[c.system_id] = max(prev, r.finished_at) if prev else r.finished_at
-        elif outcome == DISABLED:
-            gone[c.system_id] = r
-        elif outcome == DEAD:
-            entries.append(
-                audit.Entry(
-                    action="delivery.dead_lettered",
-                    actor_type=ActorType.SYSTEM.value,
-                    actor=c.system,
-                    channel=Channel.SYSTEM.value,
-                    run_id=run_id,
-                    detail={
-                        "delivery_id": c.id,
-                        "webhook_id": c.webhook_id,
-                        "system": c.system,
-                        "attempts": attempt,
-                        "last_status": r.status,
-                        "last_error": r.describe()[:500],
-                    },
-                )
-            )
-        outcomes.append(outcome)
-    if attempt_rows:
-        session.execute(DeliveryAttempt.__table__.insert(), attempt_rows)  # type: ignore[attr-defined]
-    for system_id, at in last_success.items():
-        session.execute(
-            update(System)
-            .where(
-                col(System.id) == system_id,
-                or_(col(System.last_success_at).is_(None), col(System.last_success_at) < at),
-            )
-            .values(last_success_at=at)
-        )
-    for system_id, r in gone.items():
-        reason = f"410 Gone at {r.finished_at.strftime('%Y-%m-%dT%H:%M:%SZ')}: endpoint retired"
-        changed = session.execute(
-            update(System)
-            .where(col(System.id) == system_id, col(System.status) != SystemStatus.DISABLED.value)
-            .values(status=SystemStatus.DISABLED.value, status_reason=reason)
-        ).rowcount
-        if changed:
-            entries.append(
-                audit.Entry(
-                    action="system.disabled",
-                    actor_type=ActorType.SYSTEM.value,
-                    actor=r.claimed.system,
-                    channel=Channel.SYSTEM.value,
-                    run_id=run_id,
-                    detail={"system": r.claimed.system, "reason": reason},
-                )
-            )
-    audit.append(session, entries)
-    return outcomes
 
 
 # ------------------------------------------------------------------------------------ sending
@@ -554,6 +298,16 @@ class _Run:
             return await asyncio.to_thread(work)
 
 
+def _claim_for(
+    s: Session, *, system_id: int, now: datetime, limit: int, lease: timedelta
+) -> list[Claimed]:
+    return claim(s, system_id, now=now, limit=limit, lease=lease)
+
+
+def _record_for(s: Session, *, results: Sequence[Result], run_id: str | None) -> list[str]:
+    return record(s, results, run_id=run_id)
+
+
 async def _lane(run: _Run, client: httpx.AsyncClient, system_id: int) -> int:
     """Claim, send, record, repeat for one system; returns how many deliveries it handled."""
     opts = run.options
@@ -572,13 +326,15 @@ async def _lane(run: _Run, client: httpx.AsyncClient, system_id: int) -> int:
             want = min(want, opts.limit - run.claimed)
         now = run.clock()
         batch: list[Claimed] = await run.db(
-            lambda s, n=now, w=want: claim(s, system_id, now=n, limit=w, lease=lease)
+            functools.partial(_claim_for, system_id=system_id, now=now, limit=want, lease=lease)
         )
         if not batch:
             break
         run.claimed += len(batch)
         results = await asyncio.gather(*(bounded(c) for c in batch))
-        outcomes: list[str] = await run.db(lambda s, rs=results: record(s, rs, run_id=run.run_id))
+        outcomes: list[str] = await run.db(
+            functools.partial(_record_for, results=results, run_id=run.run_id)
+        )
         name = batch[0].system
         for outcome in outcomes:
             run.report.add(name, outcome)
@@ -670,9 +426,12 @@ def preview(
     report = Report()
     due = due_systems(session, now, names)
     if due:
-        rows = session.exec(select(System.id, System.name).where(col(System.id).in_(list(due))))
+        rows = session.exec(
+            select(col(System.id), col(System.name)).where(col(System.id).in_(list(due)))
+        )
         for sid, name in rows.all():
-            report.add(name, DUE, due[sid])
+            if sid is not None:
+                report.add(name, DUE, due[sid])
     for name, n in held_counts(session, names).items():
         report.add(name, HELD, n)
     return report

@@ -69,7 +69,7 @@ def endpoint_health(session: Session, *, now: datetime | None = None) -> list[En
     now = now or utcnow()
     pending = col(Delivery.state) == DeliveryState.PENDING.value
     counts: dict[int, dict[str, Any]] = {}
-    stmt = select(
+    columns: list[Any] = [
         Delivery.system_id,
         func.count().filter(pending),
         func.count().filter(and_(pending, col(Delivery.attempts) > 0)),
@@ -79,7 +79,8 @@ def endpoint_health(session: Session, *, now: datetime | None = None) -> list[En
             or_(pending, col(Delivery.state) == DeliveryState.DEAD.value),
             col(Delivery.delivered_at).is_(None),
         ),
-    ).group_by(col(Delivery.system_id))
+    ]
+    stmt = select(*columns).group_by(col(Delivery.system_id))
     for sid, n_pending, retrying, dead, delivered, oldest in session.exec(stmt).all():
         counts[sid] = {
             "pending": n_pending,
