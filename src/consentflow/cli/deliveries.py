@@ -20,7 +20,7 @@ import typer
 
 from consentflow import feed, views
 from consentflow.cli._common import JsonOpt, app, emit, fmt_time, parse_time, session, system_app
-from consentflow.delivery import events, health, ops
+from consentflow.delivery import health, ops
 from consentflow.errors import InvalidInput
 from consentflow.models import Delivery
 
@@ -123,7 +123,6 @@ def deliveries_replay(delivery_id: int, as_json: JsonOpt = False) -> None:
     """Send one delivery again (same webhook-id and body), with a fresh retry schedule."""
     with session() as s:
         view = ops.replay(s, delivery_id, actor=_operator())
-    events.emit(1)
     held = " (held: its system is not active)" if view.held else ""
     emit(
         views.DeliveryOut.model_validate(view),
@@ -143,8 +142,6 @@ def deliveries_redeliver(
     assert when is not None
     with session() as s:
         n = ops.redeliver_since(s, when, system=system, actor=_operator())
-    if n:
-        events.emit(n)
     emit(
         views.Redelivered(queued=n, since=when, system=system),
         as_json,
@@ -200,8 +197,6 @@ def _status_command(verb: str, doc: str) -> Callable[..., None]:
     ) -> None:
         with session() as s:
             system, pending = ops.set_status(s, name, verb, reason=reason, actor=_operator())
-        if system.status == "active" and pending:
-            events.emit(pending)
         data = views.SystemStatusOut(
             name=name, status=system.status, reason=system.status_reason, pending=pending
         )

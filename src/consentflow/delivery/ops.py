@@ -1,9 +1,13 @@
 """What operators do with deliveries and endpoints: list, replay, redeliver, pause, rotate.
 
-Every change here is audited and none ever deletes a delivery. A replayed delivery keeps its
-``webhook-id`` (receivers deduplicate on it) and its body; it starts a fresh retry schedule
-(``attempts`` restarts at 0; the earlier attempts stay in ``delivery_attempt``) and keeps its
-first ``delivered_at``, which is when the system first learnt of the withdrawal.
+Every change here is audited and none ever deletes a delivery. An operation that makes deliveries
+due (replay, redeliver, resume or enable an endpoint) notes it for the commit (``note_outbox``), so
+whichever door asked, the commit wakes ``propagate`` (``delivery.events``).
+
+A replayed delivery keeps its ``webhook-id`` (receivers deduplicate on it) and its body; it starts
+a fresh retry schedule (``attempts`` restarts at 0; the earlier attempts stay in
+``delivery_attempt``) and keeps its first ``delivered_at``, which is when the system first learnt
+of the withdrawal.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from sqlmodel import Session, col, select
 
 from consentflow import audit, secretbox, subjects, systems
 from consentflow.errors import ConsentflowError, InvalidInput, NotFound
+from consentflow.ledger import note_outbox
 from consentflow.models import (
     ActorType,
     Channel,
@@ -211,6 +216,7 @@ def replay(
         },
     )
     session.refresh(row)
+    note_outbox(session, 1)
     return list_one(session, delivery_id)
 
 
@@ -254,6 +260,8 @@ def redeliver_since(
     n: int = result.rowcount
     detail["count"] = n
     _audit(session, "delivery.redeliver", actor, detail)
+    if n:
+        note_outbox(session, n)
     return n
 
 
@@ -329,6 +337,8 @@ def set_status(
         },
     )
     session.refresh(system)
+    if target == SystemStatus.ACTIVE and pending:
+        note_outbox(session, pending)
     return system, pending
 
 
