@@ -1,8 +1,23 @@
-"""Shared fixtures: a fresh database per test on SQLite and (when configured) PostgreSQL, the CLI.
+"""The root of the test suite: a hermetic Prefect environment first, then the fixture plugins.
 
-Every storage test takes the ``engine`` fixture and so runs once per backend: always on SQLite (a
-file), and on PostgreSQL when ``CONSENTFLOW_TEST_POSTGRES_URL`` names a server. There, the test
-session creates a database of its own and drops it at the end, so runs never see each other's rows.
+Order matters: the Prefect variables below are set when this file is imported, before anything
+imports ``prefect`` (the plugins in ``tests/support/`` import ``consentflow``, and the flows import
+``prefect``), so every flow run in the suite uses a private home, no server and no telemetry.
+Nothing else belongs here: fixtures live in ``tests/support/`` as plugin modules, listed in
+``pytest_plugins`` below (``database``: ``engine`` on SQLite and PostgreSQL and its relatives;
+``prefect``: ``prefect_harness``; ``cli``: ``cli``; ``smtp``: ``smtp_sink``, ``smtp_down``;
+``webhooks``: ``receiver``, ``allow_loopback``).
+
+Layout: the tests mirror the code (``tests/ledger``, ``tests/sweeps``, ``tests/delivery``,
+``tests/flows``, ``tests/web``, ``tests/cli``, ``tests/mail``; cross-cutting checks at the top).
+Every directory is a package (an ``__init__.py``), so pytest's default import mode puts the
+repository root on ``sys.path`` and imports ``tests.ledger.test_links`` and
+``tests.web.test_links`` under names of their own: basenames may repeat across directories, and
+the worker processes that some tests spawn import the test module by that same name. Helpers are
+imported the same way: ``from tests.support.web import seed``. Why not ``tests/`` itself on
+``sys.path`` (``from support.web import ...``): then the directory ``tests/flows`` would hide the
+real ``flows`` package (a namespace package found on ``sys.path`` wins over the editable
+install's finder, which Python asks last), and ``import flows.expiry_sweep`` would fail.
 """
 
 from __future__ import annotations
@@ -11,10 +26,6 @@ import atexit
 import os
 import shutil
 import tempfile
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 # Hermetic Prefect for any test that runs a flow: a private home, no server, no telemetry.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="consentflow-prefect-")
@@ -26,152 +37,11 @@ os.environ["DO_NOT_TRACK"] = "1"
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "90"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-import pytest  # noqa: E402
-from sqlalchemy import create_engine, text  # noqa: E402
-from sqlalchemy.engine import Engine, make_url  # noqa: E402
-
-from consentflow import db, models, settings  # noqa: E402
-
-PG_URL = os.environ.get("CONSENTFLOW_TEST_POSTGRES_URL")
-BACKENDS = ["sqlite", "postgres"] if PG_URL else ["sqlite"]
-
-
-def _reset_caches() -> None:
-    settings.get_settings.cache_clear()
-    db._cached_engine.cache_clear()
-
-
-@pytest.fixture(scope="session")
-def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A migrated SQLite file, copied for each test (faster than migrating each time)."""
-    path = tmp_path_factory.mktemp("template") / "template.db"
-    engine = db.make_engine(f"sqlite:///{path}")
-    db.upgrade(engine)
-    engine.dispose()  # the last connection closing checkpoints the WAL into the file
-    assert not path.with_name(path.name + "-wal").exists()
-    return path
-
-
-@pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
-    """A PostgreSQL database of this test session's own, migrated once, dropped at the end."""
-    if not PG_URL:
-        pytest.fail("CONSENTFLOW_TEST_POSTGRES_URL is not set")
-    admin_url = db.normalise_url(PG_URL)
-    name = f"consentflow_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    engine = db.make_engine(url)
-    db.upgrade(engine)
-    engine.dispose()
-    try:
-        yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-def _truncate_pg(url: str) -> None:
-    engine = create_engine(url)
-    # Like a freshly upgraded database (and like the SQLite template): empty, but for the
-    # instance secret that `db upgrade` generates and the chain's genesis head.
-    kept = {"instance_key"}
-    tables = ", ".join(f'"{t.name}"' for t in models.metadata.sorted_tables if t.name not in kept)
-    with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-        conn.execute(
-            text("INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, :h)"), {"h": "0" * 64}
-        )
-    engine.dispose()
-
-
-@pytest.fixture(params=BACKENDS)
-def database_url(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[str]:
-    """A URL to an empty, migrated database, also set as ``CONSENTFLOW_DATABASE_URL``."""
-    if request.param == "sqlite":
-        path = tmp_path / "consentflow.db"
-        shutil.copy(request.getfixturevalue("sqlite_template"), path)
-        url = f"sqlite:///{path}"
-    else:
-        url = request.getfixturevalue("pg_database")
-        _truncate_pg(url)
-    monkeypatch.setenv("CONSENTFLOW_DATABASE_URL", url)
-    _reset_caches()
-    yield url
-    _reset_caches()
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = db.get_engine(database_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """PostgreSQL only, for concurrency claims; required in CI, skipped elsewhere without it."""
-    if not PG_URL:
-        if os.environ.get("CI"):
-            pytest.fail("CI must set CONSENTFLOW_TEST_POSTGRES_URL")
-        pytest.skip("set CONSENTFLOW_TEST_POSTGRES_URL to run PostgreSQL concurrency tests")
-    yield PG_URL
-
-
-@pytest.fixture
-def pg_engine(
-    pg_url: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Engine]:
-    """A clean migrated PostgreSQL database (the session's own), set as the default URL."""
-    url = request.getfixturevalue("pg_database")
-    _truncate_pg(url)
-    monkeypatch.setenv("CONSENTFLOW_DATABASE_URL", url)
-    _reset_caches()
-    engine = db.get_engine(url)
-    yield engine
-    engine.dispose()
-    _reset_caches()
-
-
-@pytest.fixture(scope="session")
-def prefect_harness() -> Iterator[None]:
-    """One temporary Prefect server for the whole session (~7 s to start), heartbeat off so a
-    sync flow run does not end on a whole second."""
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    with (
-        temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
-        prefect_test_harness(server_startup_timeout=90),
-    ):
-        yield
-
-
-@dataclass
-class CliResult:
-    code: int
-    out: str
-    err: str
-
-
-@pytest.fixture
-def cli(database_url: str, capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
-    """Run ``consentflow ARGS...`` in-process against the test database."""
-    from consentflow.cli import main
-
-    def run(*args: str) -> CliResult:
-        capsys.readouterr()
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        captured = capsys.readouterr()
-        return CliResult(code, captured.out, captured.err)
-
-    return run
+# Imported by pytest after this module has run, so after the variables above are set.
+pytest_plugins = [
+    "tests.support.database",
+    "tests.support.prefect",
+    "tests.support.cli",
+    "tests.support.smtp",
+    "tests.support.webhooks",
+]

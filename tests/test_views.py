@@ -14,9 +14,9 @@ from urllib.parse import quote
 
 import pytest
 from sqlalchemy.engine import Engine
-from web_support import Tokens, bearer, client, seed
 
 from consentflow import views
+from tests.support.web import Tokens, bearer, client, seed
 
 
 def shape(value: Any) -> Any:

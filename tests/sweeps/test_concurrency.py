@@ -7,16 +7,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-import smtp_support
-from flow_support import count, give, seed_subjects, verify_audit
-from smtp_support import SmtpSink
 from sqlalchemy import func
 from sqlmodel import select
 
 from consentflow import db, purposes, systems
 from consentflow.models import ConsentEvent, Delivery, EmailMessage, utcnow
+from tests.support.seeding import count, give, seed_subjects, verify_audit
+from tests.support.smtp import SmtpSink
 
-smtp_sink = smtp_support.smtp_sink
 DAY = timedelta(days=1)
 SPAWN = multiprocessing.get_context("spawn")
 

@@ -4,9 +4,10 @@
 told (status, headers, body), may hang until released (to provoke client timeouts), or may call
 a hook before answering. Every request is captured with its headers and exact body bytes.
 
-A test module takes the fixtures by naming them at its top (as with ``smtp_support``):
-``allow_loopback = support_webhooks.allow_loopback`` (autouse: every test in the module may
-deliver to 127.0.0.1) and ``receiver = support_webhooks.receiver``.
+A pytest plugin (registered in ``tests/conftest.py``): ``receiver`` is a fixture every test may
+take; ``allow_loopback`` lets webhooks go to 127.0.0.1, and a module whose tests all deliver to
+the receiver asks for it once: ``pytestmark = pytest.mark.usefixtures("allow_loopback")``. (It is
+not autouse: elsewhere the SSRF guard keeps refusing loopback, as it does in production.)
 
 ``outbox_events`` watches the session's Prefect test server (``prefect_harness``) for the wake-up
 events that ``consentflow.delivery.events`` emits.
@@ -118,7 +119,7 @@ class Receiver:
         self.server.server_close()
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def allow_loopback(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Let webhooks go to the loopback receiver (the SSRF guard refuses 127.0.0.1 otherwise)."""
     monkeypatch.setenv("CONSENTFLOW_WEBHOOK_ALLOWED_HOSTS", "127.0.0.1")

@@ -6,12 +6,19 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
-from flow_support import audit_entries, count, give, row_counts, seed_subjects, verify_audit
 from sqlalchemy import func
 from sqlmodel import select
 
 from consentflow import db, lifecycle, purposes, sweeps, systems
 from consentflow.models import Consent, ConsentEvent, Delivery, State, utcnow
+from tests.support.seeding import (
+    audit_entries,
+    count,
+    give,
+    row_counts,
+    seed_subjects,
+    verify_audit,
+)
 
 DAY = timedelta(days=1)
 

@@ -10,24 +10,20 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import smtp_support
-import support_webhooks
 from sqlalchemy import update
 from sqlmodel import col, func, select
-from support_webhooks import ledger, revoke, verify
 
 from consentflow import audit, db, lifecycle, models, settings, systems
 from consentflow.delivery import alerts, ops, secretbox, signing
 from consentflow.delivery import engine as eng
 from consentflow.lifecycle import Actor
 from consentflow.models import AuditEntry, Delivery, DeliveryAttempt, System, utcnow
+from tests.support.webhooks import ledger, revoke, verify
 
 FAST = eng.Options(timeout=5.0)
-smtp_sink = smtp_support.smtp_sink
 
 
-allow_loopback = support_webhooks.allow_loopback
-receiver = support_webhooks.receiver
+pytestmark = pytest.mark.usefixtures("allow_loopback")
 
 
 def deliveries(engine) -> list[Delivery]:

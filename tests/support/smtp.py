@@ -3,6 +3,9 @@
 ``SmtpSink`` accepts messages and keeps them parsed; ``replies`` scripts what a recipient gets:
 ``sink.script("bob@example.com", "450 4.2.0 try later")`` makes the next message to bob fail with
 450 (then the one after is accepted), at the DATA stage unless ``stage="rcpt"``.
+
+A pytest plugin (registered in ``tests/conftest.py``): the ``smtp_sink`` fixture (a running sink,
+with consentflow's settings pointing at it) and ``smtp_down`` (a port where nothing listens).
 """
 
 from __future__ import annotations

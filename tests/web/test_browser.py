@@ -20,15 +20,15 @@ from pathlib import Path
 
 import pytest
 from sqlmodel import col, select
-from web_support import free_port, seed, uvicorn_server
 
 from consentflow import db, lifecycle, links, settings
 from consentflow.lifecycle import Actor
 from consentflow.links import LinkAction
 from consentflow.models import ConsentEvent, Purpose, Subject, utcnow
+from tests.support.web import free_port, seed, uvicorn_server
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 ARGS = [
     "--no-sandbox",
     "--disable-gpu",

@@ -6,10 +6,10 @@ import threading
 from datetime import timedelta
 
 import pytest
-from flow_support import audit_entries, row_counts
-from web_support import bearer, client, seed
 
 from consentflow.models import utcnow
+from tests.support.seeding import audit_entries, row_counts
+from tests.support.web import bearer, client, seed
 
 
 @pytest.fixture

@@ -9,11 +9,11 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlmodel import select
-from web_support import bearer, client, seed, uvicorn_server
 
 from consentflow import db, lifecycle
 from consentflow.lifecycle import Actor
 from consentflow.models import ApiToken, AuditEntry, ConsentEvent, Delivery, DeliveryState
+from tests.support.web import bearer, client, seed, uvicorn_server
 
 
 @pytest.fixture
@@ -445,7 +445,7 @@ def test_consentflow_serve_runs_the_app(engine, database_url):
     import sys
     import time
 
-    from web_support import free_port
+    from tests.support.web import free_port
 
     t = seed(engine)
     port = free_port()

@@ -10,13 +10,13 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import event, update
 from sqlmodel import select
-from web_support import bearer, client, seed
 
 from consentflow import db, lifecycle, links
 from consentflow import reports as dashboard
 from consentflow.lifecycle import Actor
 from consentflow.links import LinkAction
 from consentflow.models import ApiToken, AuditHead, Subject, utcnow
+from tests.support.web import bearer, client, seed
 
 _WRITES = ("INSERT", "UPDATE", "DELETE")
 

@@ -6,13 +6,13 @@ import re
 
 import pytest
 from fastapi.routing import APIRoute
-from web_support import bearer, client, seed
 
 from consentflow import db, settings, tokens
 from consentflow.errors import Conflict, InvalidInput, NotFound
 from consentflow.web import security
 from consentflow.web.app import create_app
 from consentflow.web.auth import Require
+from tests.support.web import bearer, client, seed
 
 SCOPES = ("admin", "compliance", "support", "system")
 #: Routes anyone may call: their own proof is elsewhere (a signed link, a CSRF-checked form).

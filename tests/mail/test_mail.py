@@ -9,15 +9,11 @@ import logging
 import threading
 
 import pytest
-import smtp_support
 from aiosmtpd.controller import Controller
-from smtp_support import SmtpSink, free_port
 
 from consentflow import mail, settings
 from consentflow.mail import Mailer, SendStatus, SmtpConfig
-
-smtp_sink = smtp_support.smtp_sink
-smtp_down = smtp_support.smtp_down
+from tests.support.smtp import SmtpSink, free_port
 
 CONTEXT = {
     "purpose_title": "News & <offers>",

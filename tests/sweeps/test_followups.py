@@ -6,9 +6,6 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
-import smtp_support
-from flow_support import audit_entries, count, row_counts, seed_subjects, verify_audit
-from smtp_support import SmtpSink
 from sqlalchemy import update
 from sqlmodel import col, select
 
@@ -16,8 +13,9 @@ from consentflow import db, lifecycle, links, mail, purposes, sweeps
 from consentflow.lifecycle import Actor
 from consentflow.links import LinkAction
 from consentflow.models import Consent, ConsentRequest, EmailMessage, State, utcnow
+from tests.support.seeding import audit_entries, count, row_counts, seed_subjects, verify_audit
+from tests.support.smtp import SmtpSink
 
-smtp_sink = smtp_support.smtp_sink
 DAY = timedelta(days=1)
 
 

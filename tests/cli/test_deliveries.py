@@ -6,17 +6,15 @@ import json
 from datetime import timedelta
 
 import pytest
-import support_webhooks
-from support_webhooks import outbox_events, verify
 
 from consentflow import db, lifecycle
 from consentflow.delivery import engine as eng
 from consentflow.delivery import events
 from consentflow.lifecycle import Actor
 from consentflow.models import utcnow
+from tests.support.webhooks import outbox_events, verify
 
-allow_loopback = support_webhooks.allow_loopback
-receiver = support_webhooks.receiver
+pytestmark = pytest.mark.usefixtures("allow_loopback")
 
 
 def setup(cli, receiver, path="/hook") -> str:

@@ -6,9 +6,6 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
-import smtp_support
-from flow_support import audit_entries, count, give, row_counts, seed_subjects, verify_audit
-from smtp_support import SmtpSink
 from sqlalchemy import update
 from sqlmodel import col, select
 
@@ -18,9 +15,15 @@ from consentflow.lifecycle import Actor
 from consentflow.links import LinkAction
 from consentflow.models import Consent, EmailMessage, EmailSuppression, utcnow
 from consentflow.sweeps import claims
-
-smtp_sink = smtp_support.smtp_sink
-smtp_down = smtp_support.smtp_down
+from tests.support.seeding import (
+    audit_entries,
+    count,
+    give,
+    row_counts,
+    seed_subjects,
+    verify_audit,
+)
+from tests.support.smtp import SmtpSink
 
 STAGES = (1, 7, 30)
 DAY = timedelta(days=1)

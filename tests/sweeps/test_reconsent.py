@@ -7,17 +7,22 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
-import smtp_support
-from flow_support import audit_entries, count, give, row_counts, seed_subjects, verify_audit
-from smtp_support import SmtpSink
 from sqlmodel import select
 
 from consentflow import db, lifecycle, links, mail, purposes, sweeps, systems
 from consentflow.lifecycle import Actor
 from consentflow.links import LinkAction
 from consentflow.models import Consent, ConsentRequest, Delivery, EmailMessage, utcnow
+from tests.support.seeding import (
+    audit_entries,
+    count,
+    give,
+    row_counts,
+    seed_subjects,
+    verify_audit,
+)
+from tests.support.smtp import SmtpSink
 
-smtp_sink = smtp_support.smtp_sink
 DAY = timedelta(days=1)
 
 

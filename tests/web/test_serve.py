@@ -9,13 +9,13 @@ import sys
 import httpx
 import pytest
 from sqlmodel import select
-from web_support import bearer, seed, serve_process
 
 from consentflow import db, lifecycle, links, subjects
 from consentflow.lifecycle import Actor
 from consentflow.links import LinkAction
 from consentflow.models import Subject
 from consentflow.web.logs import redact_path
+from tests.support.web import bearer, seed, serve_process
 
 
 @pytest.mark.parametrize(

@@ -17,13 +17,13 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from web_support import bearer, seed
 
 from consentflow import db, lifecycle
 from consentflow.lifecycle import Actor
 from consentflow.web.app import create_app
+from tests.support.web import bearer, seed
 
-# Starting flow runs is tested on its own (test_web_runs.py): fuzzing it would start real runs.
+# Starting flow runs is tested on its own (web/test_runs.py): fuzzing it would start real runs.
 schema = schemathesis.openapi.from_asgi("/openapi.json", create_app()).exclude(
     method="POST", path="/api/v1/runs/{flow}"
 )

@@ -10,13 +10,12 @@ import threading
 from datetime import timedelta
 
 import pytest
-import support_webhooks
 from sqlmodel import func, select
-from support_webhooks import bulk_withdrawals, ledger, revoke, verify
 
 from consentflow import db
 from consentflow.delivery import engine as eng
 from consentflow.models import Delivery, utcnow
+from tests.support.webhooks import bulk_withdrawals, ledger, revoke, verify
 
 WORKER = """
 import json, sys
@@ -33,8 +32,7 @@ print(json.dumps({"delivered": report.total("delivered"), "lost": report.total("
 """
 
 
-allow_loopback = support_webhooks.allow_loopback
-receiver = support_webhooks.receiver
+pytestmark = pytest.mark.usefixtures("allow_loopback")
 
 
 def start_worker(url: str, batch: int = 25, per_endpoint: int = 8) -> subprocess.Popen[str]:

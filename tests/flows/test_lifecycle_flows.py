@@ -1,6 +1,6 @@
 """The four lifecycle flows run for real: Prefect's test harness (started once), both databases,
 a real SMTP server on loopback. The logic itself is tested through the plain functions in
-test_sweeps_*.py; these check what only a real run shows: run ids in every audit entry, the
+tests/sweeps/; these check what only a real run shows: run ids in every audit entry, the
 per-run entry and artifact, failure and resume, retries, dry runs, the CLI and the demo."""
 
 from __future__ import annotations
@@ -13,11 +13,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-import smtp_support
-from flow_support import audit_entries, count, give, row_counts, seed_subjects, verify_audit
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-from smtp_support import SmtpSink
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 from sqlmodel import col, select
@@ -30,8 +27,16 @@ from consentflow import db, lifecycle, purposes, runs, sweeps, systems, tokens
 from consentflow.errors import InvalidInput
 from consentflow.lifecycle import Actor
 from consentflow.models import Consent, ConsentEvent, ConsentRequest, State, utcnow
+from tests.support.seeding import (
+    audit_entries,
+    count,
+    give,
+    row_counts,
+    seed_subjects,
+    verify_audit,
+)
+from tests.support.smtp import SmtpSink, free_port, use_smtp
 
-smtp_sink = smtp_support.smtp_sink
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 DAY = timedelta(days=1)
@@ -191,7 +196,7 @@ def test_email_flows_end_to_end(world, smtp_sink: SmtpSink) -> None:  # type: ig
 
 
 def test_smtp_down_fails_the_run_cleanly(world, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    smtp_support.use_smtp(monkeypatch, smtp_support.free_port())
+    use_smtp(monkeypatch, free_port())
     monkeypatch.setattr(
         reminders_flow, "batch_task", reminders_flow.batch_task.with_options(retries=0)
     )
@@ -206,7 +211,7 @@ def test_smtp_down_fails_the_run_cleanly(world, monkeypatch) -> None:  # type: i
 
 
 def test_cli_run_that_fails_ends_in_one_line(world, cli, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    smtp_support.use_smtp(monkeypatch, smtp_support.free_port())
+    use_smtp(monkeypatch, free_port())
     monkeypatch.setattr(
         reminders_flow, "batch_task", reminders_flow.batch_task.with_options(retries=0)
     )
@@ -321,7 +326,7 @@ def test_a_failed_cli_run_shows_no_traceback(tmp_path: Path) -> None:
     env.update(
         CONSENTFLOW_DATABASE_URL=url,
         CONSENTFLOW_SMTP_HOST="127.0.0.1",
-        CONSENTFLOW_SMTP_PORT=str(smtp_support.free_port()),
+        CONSENTFLOW_SMTP_PORT=str(free_port()),
     )
     # The CLI's own entry point, with the batch task's retries off: against a server that is
     # down they would wait 10 + 60 s before failing the same way.

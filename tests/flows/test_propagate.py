@@ -7,16 +7,14 @@ import uuid
 from datetime import timedelta
 
 import pytest
-import support_webhooks
 from pydantic import ValidationError
 from sqlmodel import select
-from support_webhooks import ledger, revoke, verify
 
 from consentflow import db
 from consentflow.models import AuditEntry, Delivery, utcnow
+from tests.support.webhooks import ledger, revoke, verify
 
-allow_loopback = support_webhooks.allow_loopback
-receiver = support_webhooks.receiver
+pytestmark = pytest.mark.usefixtures("allow_loopback")
 
 
 def run_logs(run_id: str) -> list[str]:

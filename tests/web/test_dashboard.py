@@ -9,7 +9,6 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import event, update
 from sqlmodel import select
-from web_support import bearer, client, seed
 
 from consentflow import audit, db, lifecycle, purposes, settings, subjects
 from consentflow import reports as dashboard
@@ -23,6 +22,7 @@ from consentflow.models import (
 )
 from consentflow.runs import RunSummary, record_run
 from consentflow.web import delivery_ops
+from tests.support.web import bearer, client, seed
 
 
 def _subjects(engine, n, prefix="s"):

@@ -1,6 +1,6 @@
 """Seeding and counting helpers shared by the sweep and flow tests.
 
-(The session's one Prefect harness is the ``prefect_harness`` fixture in ``conftest.py``.)
+(The session's one Prefect harness is the ``prefect_harness`` fixture in ``support/prefect.py``.)
 """
 
 from __future__ import annotations

@@ -9,12 +9,12 @@ from datetime import timedelta
 
 import pytest
 from sqlmodel import func, select, update
-from web_support import client, seed
 
 from consentflow import db, lifecycle, links, purposes
 from consentflow.lifecycle import Actor
 from consentflow.links import LinkAction
 from consentflow.models import AuditHead, Consent, ConsentEvent, Purpose, Subject, utcnow
+from tests.support.web import client, seed
 
 
 @pytest.fixture
