@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol
 
 from prefect import Task, task
@@ -27,6 +27,7 @@ from consentflow.delivery import events
 from consentflow.models import utcnow
 from consentflow.runs import REQUESTED_BY, RunSummary, record_run
 from consentflow.sweeps import Batch, Counts, Sweep, SweepContext
+from consentflow.timeutil import as_utc
 
 #: What every batch task passes to ``@task`` besides its name and ``retry_delay_seconds``: two
 #: retries, only after a transient failure (the database or the mail server hiccupped), and no
@@ -59,9 +60,7 @@ class LifecycleParams(BaseModel):
     @field_validator("as_of")
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return as_utc(value)
 
     @model_validator(mode="after")
     def _not_ahead_of_time(self) -> LifecycleParams:

@@ -15,7 +15,7 @@ and ``endpoints`` in ``--json`` and in the audit entry.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from prefect import flow, task
@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from consentflow import db
 from consentflow.delivery import engine
 from consentflow.runs import RunSummary
+from consentflow.timeutil import as_utc
 from flows.common import finish, start
 
 #: The purpose column of the run's counts: a delivery run covers every purpose.
@@ -52,9 +53,7 @@ class Params(BaseModel):
     @field_validator("as_of")
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return as_utc(value)
 
     @model_validator(mode="after")
     def _as_of_only_for_a_dry_run(self) -> Params:

@@ -27,7 +27,7 @@ from sqlmodel import Session
 
 from consentflow import lifecycle, purposes
 from consentflow.errors import NotFound, TransitionNotAllowed
-from consentflow.lifecycle import Actor
+from consentflow.lifecycle import Actor, effective_state
 from consentflow.links import LinkAction
 from consentflow.models import ActorType, Channel, Purpose, State, Subject, utcnow
 
@@ -59,9 +59,8 @@ def rows(session: Session, subject: Subject, only: Purpose | None = None) -> lis
         if only is not None and key != only.key:
             continue
         view = current.get(key)
-        state = view.state.value if view else None
-        if view and view.state == State.GIVEN and view.valid_until and view.valid_until <= now:
-            state = State.EXPIRED.value  # as the access check reports it
+        # As the access check reports it: a given consent past its validity end is expired.
+        state = effective_state(view.state, view.valid_until, now).value if view else None
         found.append(
             Row(
                 key,
@@ -107,8 +106,10 @@ def act(
             # given on an older version (re-consent). Already given on the current one: nothing.
             # A consent whose validity has ended is not in force: the grant gives it again.
             info = purposes.get(session, purpose_key)
-            lapsed = bool(state and state.valid_until and state.valid_until <= utcnow())
-            if state is not None and state.state == State.GIVEN and not lapsed:
+            in_force = state is not None and (
+                effective_state(state.state, state.valid_until, utcnow()) == State.GIVEN
+            )
+            if state is not None and in_force:
                 if state.purpose_version >= info.current_version:
                     return "unchanged", None
                 return "done", lifecycle.renew(session, ext, purpose_key, actor)

@@ -14,7 +14,7 @@ import csv
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from consentflow.errors import ConsentflowError, InvalidInput
 from consentflow.keys import instance_secret, subject_ref
 from consentflow.models import ActorType, Channel, State, Subject, metadata, utcnow
 from consentflow.subjects import check_email, check_external_id, check_locale
+from consentflow.timeutil import parse_instant
 
 COLUMNS = ("external_id", "email", "locale", "purpose", "state", "given_at", "valid_until")
 
@@ -46,16 +47,6 @@ class Report:
     errors: list[RowError] = field(default_factory=list)
     import_id: str = ""
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "import_id": self.import_id,
-            "rows": self.rows,
-            "subjects_created": self.subjects_created,
-            "consents_created": self.consents_created,
-            "unchanged": self.unchanged,
-            "bad_rows": [{"line": e.line, "error": e.message} for e in self.errors],
-        }
-
 
 @dataclass(frozen=True)
 class Row:
@@ -67,16 +58,6 @@ class Row:
     state: State | None
     given_at: datetime | None
     valid_until: datetime | None
-
-
-def _time(value: str, name: str) -> datetime | None:
-    if not value:
-        return None
-    try:
-        ts = datetime.fromisoformat(value)
-        return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-    except (ValueError, OverflowError):
-        raise InvalidInput(f"bad {name} {value!r}: use ISO 8601, e.g. 2026-01-31") from None
 
 
 def parse_row(
@@ -102,8 +83,8 @@ def parse_row(
             raise InvalidInput(f"bad state {v['state']!r}: use one of {allowed}")
     elif v["state"] or v["given_at"] or v["valid_until"]:
         raise InvalidInput("state, given_at and valid_until need a purpose")
-    given_at = _time(v["given_at"], "given_at")
-    valid_until = _time(v["valid_until"], "valid_until")
+    given_at = parse_instant(v["given_at"], "given_at")
+    valid_until = parse_instant(v["valid_until"], "valid_until")
     if given_at and given_at > now:
         raise InvalidInput(f"given_at {v['given_at']!r} is in the future")
     if state is State.EXPIRED and not valid_until:
@@ -114,8 +95,9 @@ def parse_row(
         raise InvalidInput(f"valid_until only applies to given or expired consents, not {state}")
     if valid_until and given_at and valid_until <= given_at:
         raise InvalidInput("valid_until must be after given_at")
-    if state is State.GIVEN and valid_until and valid_until <= now:
-        state = State.EXPIRED  # it ended before it arrived here: bring it in as what it is
+    if state is not None:
+        # One that ended before it arrived here comes in as what it is (effective_state).
+        state = lifecycle.effective_state(state, valid_until, now)
     return Row(
         line=line,
         external_id=check_external_id(v["external_id"]),
@@ -228,8 +210,15 @@ def import_file(
             actor=actor.name,
             channel=actor.channel.value,
             run_id=report.import_id,
-            detail={k: v for k, v in report.as_dict().items() if k != "bad_rows"}
-            | {"bad_rows": len(report.errors), "propagate": propagate},
+            detail={
+                "import_id": report.import_id,
+                "rows": report.rows,
+                "subjects_created": report.subjects_created,
+                "consents_created": report.consents_created,
+                "unchanged": report.unchanged,
+                "bad_rows": len(report.errors),
+                "propagate": propagate,
+            },
         )
     return report
 

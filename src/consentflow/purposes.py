@@ -149,21 +149,6 @@ def _version(session: Session, purpose_id: int, version: int) -> PurposeVersion:
     ).one()
 
 
-def version_dict(key: str, v: PurposeVersion) -> dict[str, Any]:
-    """A notice version as the CLI and the API show it."""
-    return {
-        "key": key,
-        "version": v.version,
-        "title": v.title,
-        "description": v.description,
-        "lawful_basis": v.lawful_basis,
-        "data_categories": list(v.data_categories),
-        "validity_days": v.validity_days,
-        "material": v.material,
-        "created_at": v.created_at,
-    }
-
-
 def _version_detail(v: PurposeVersion) -> dict[str, Any]:
     return {
         "version": v.version,

@@ -21,13 +21,12 @@ raised for a consistent database. Times are ISO 8601 UTC with a ``Z`` suffix.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from dataclasses import replace
 from typing import Any
 
 from sqlmodel import Session, col, select
 
 from consentflow import lifecycle, purposes, subjects
-from consentflow.errors import NotFound
 from consentflow.models import (
     ConsentEvent,
     Purpose,
@@ -36,15 +35,12 @@ from consentflow.models import (
     SystemPurpose,
     utcnow,
 )
+from consentflow.timeutil import iso_z
 
 SCHEMA_VERSION = "ISO/IEC TS 27560:2023"
 #: A namespace for record ids, so one subject's record id is the same on every receipt.
 _NAMESPACE = uuid.UUID("1b1d9a1e-6f0c-5a7e-9d43-27560c0a5e11")
 _EXPRESSED_BY = {"subject": "data-subject", "agent": "delegated-agent", "import": "import"}
-
-
-def _iso(ts: datetime | None) -> str | None:
-    return ts.isoformat().replace("+00:00", "Z") if ts else None
 
 
 def _notices(session: Session, keys: list[str]) -> dict[tuple[str, int], PurposeVersion]:
@@ -79,7 +75,7 @@ def _notice(v: PurposeVersion, key: str) -> dict[str, Any]:
         "version": v.version,
         "title": v.title,
         "description": v.description,
-        "published_at": _iso(v.created_at),
+        "published_at": iso_z(v.created_at),
         "material_change": v.material,
     }
 
@@ -88,13 +84,13 @@ def _event(key: str, e: ConsentEvent) -> dict[str, Any]:
     return {
         "event_id": str(e.id),
         "sequence": e.seq,
-        "event_time": _iso(e.occurred_at),
-        "recorded_at": _iso(e.recorded_at),
+        "event_time": iso_z(e.occurred_at),
+        "recorded_at": iso_z(e.recorded_at),
         "event_type": e.action,
         "event_state": e.state,
         "previous_state": e.previous_state,
         "notice_id": f"{key}:v{e.purpose_version}",
-        "validity_until": _iso(e.valid_until),
+        "validity_until": iso_z(e.valid_until),
         "event_by": _EXPRESSED_BY.get(e.actor_type, e.actor_type),
         "agent": e.actor if e.actor_type == "agent" else None,
         "collection_method": e.channel,
@@ -122,20 +118,24 @@ def _processing(
         "withdrawal_method": "the link in any consent email (one click), the preference "
         "page reached from it, or a request to support",
         "consent_type": "expressed",
-        "state": now_view.state.value if now_view else None,
-        "given_at": _iso(now_view.given_at) if now_view else None,
-        "valid_until": _iso(now_view.valid_until) if now_view else None,
+        "state": now_view.state.value if now_view else None,  # effective at issue, see build
+        "given_at": iso_z(now_view.given_at) if now_view else None,
+        "valid_until": iso_z(now_view.valid_until) if now_view else None,
         "events": events,
     }
 
 
 def build(session: Session, external_id: str) -> dict[str, Any]:
     """The receipt for one subject; ``NotFound`` if there is no such subject."""
-    subject = subjects.get(session, external_id)
-    if subject is None:
-        raise NotFound(f"unknown subject {external_id!r}")
+    subject = subjects.require(session, external_id)
+    issued_at = utcnow()
     events = lifecycle.history(session, external_id)
-    current = {v.purpose: v for v in lifecycle.current(session, external_id)}
+    # The current state as the access check sees it when the receipt is issued: a given consent
+    # past its validity end reads as expired (``lifecycle.effective_state``), sweep or no sweep.
+    current = {
+        v.purpose: replace(v, state=lifecycle.effective_state(v.state, v.valid_until, issued_at))
+        for v in lifecycle.current(session, external_id)
+    }
     keys = sorted({k for k, _ in events})
     infos = purposes.info(session, keys) if keys else {}
     notices = _notices(session, keys) if keys else {}
@@ -159,10 +159,10 @@ def build(session: Session, external_id: str) -> dict[str, Any]:
         "schema_version": SCHEMA_VERSION,
         "record_id": str(uuid.uuid5(_NAMESPACE, subject.subject_ref)),
         "receipt_id": str(uuid.uuid4()),
-        "receipt_issued_at": _iso(utcnow()),
+        "receipt_issued_at": iso_z(issued_at),
         "pii_principal_id": subject.external_id,
         "pii_principal_ref": subject.subject_ref,
         "language": subject.locale,
-        "record_created_at": _iso(subject.created_at),
+        "record_created_at": iso_z(subject.created_at),
         "processing": processing,
     }

@@ -38,14 +38,6 @@ class SystemView:
     webhook_url: str | None
     status: str
 
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "name": self.name,
-            "purposes": self.purposes,
-            "webhook_url": self.webhook_url,
-            "status": self.status,
-        }
-
 
 def add(
     session: Session,

@@ -51,9 +51,6 @@ class TokenInfo:
     system: str | None = None
     token_hash: str = ""
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "scope": self.scope.value, "system": self.system}
-
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()

@@ -8,8 +8,9 @@ the input and error models); the CLI prints ``model_dump(mode="json")`` of the s
 Invariants:
 
 - Models are built from domain objects (``from_attributes``: the services' dataclasses and the
-  SQLModel rows) or from the dicts the routes already assemble; they hold no logic beyond
-  renaming and shaping. Ids are strings in JSON (a UUID is accepted and turned into its text).
+  SQLModel rows; an ``of`` constructor where a field comes from elsewhere), never from dicts a
+  door assembles; they hold no logic beyond renaming and shaping. Ids are strings in JSON (a
+  UUID is accepted and turned into its text).
 - Times are aware UTC and written as ISO 8601 with ``Z`` (Pydantic's JSON form, the same as
   ``timeutil.iso_z``).
 - A field renamed to agree with the other door keeps its old name as a deprecated output alias
@@ -95,6 +96,12 @@ class PurposeVersionOut(View):
     validity_days: int
     material: bool
     created_at: datetime
+
+    @classmethod
+    def of(cls, key: str, version: Any) -> PurposeVersionOut:
+        """From a purpose key and one of its ``models.PurposeVersion`` rows."""
+        own = set(cls.model_fields) - {"key"}
+        return cls(key=key, **{name: getattr(version, name) for name in own})
 
 
 class PurposeOut(View):
@@ -233,7 +240,8 @@ class ChangeOut(View):
     @classmethod
     def of(cls, change: Any) -> ChangeOut:
         """From a ``lifecycle.Change`` (whose subject is its ``external_id``)."""
-        return cls.model_validate(change.as_dict())
+        own = set(cls.model_fields) - {"subject"}
+        return cls(subject=change.external_id, **{name: getattr(change, name) for name in own})
 
 
 class RequestOut(View):
@@ -248,6 +256,13 @@ class RequestOut(View):
     followups_sent: int
     last_sent_at: datetime | None
     closed_at: datetime | None
+
+    @classmethod
+    def of(cls, request: Any, subject: str, purpose: str) -> RequestOut:
+        """From a ``models.ConsentRequest`` row with its subject's external id and purpose key."""
+        own = set(cls.model_fields) - {"subject", "purpose"}
+        fields = {name: getattr(request, name) for name in own}
+        return cls(subject=subject, purpose=purpose, **fields)
 
 
 class RequestsOut(View):
@@ -273,8 +288,15 @@ class ImportReportOut(View):
 
     @classmethod
     def of(cls, report: Any) -> ImportReportOut:
-        """From an ``importer.Report``."""
-        return cls.model_validate(report.as_dict())
+        """From an ``importer.Report`` (its ``errors`` are the bad rows)."""
+        return cls(
+            import_id=report.import_id,
+            rows=report.rows,
+            subjects_created=report.subjects_created,
+            consents_created=report.consents_created,
+            unchanged=report.unchanged,
+            bad_rows=[ImportErrorOut(line=e.line, error=e.message) for e in report.errors],
+        )
 
 
 # ------------------------------------------------------------------------- check and feed
@@ -338,10 +360,10 @@ class DeliveryOut(View):
     delivered_at: datetime | None
     last_status: int | None
     last_error: str | None
-    #: The purpose the withdrawal concerns; None where the source did not look it up.
-    purpose: str | None = None
-    #: Pending but held because its system is paused or disabled; None where not looked up.
-    held: bool | None = None
+    #: The purpose the withdrawal concerns.
+    purpose: str
+    #: Pending but held because its system is paused or disabled.
+    held: bool
 
     deprecated_aliases: ClassVar[dict[str, str]] = {"type": "event_type"}
 

@@ -22,7 +22,6 @@ from consentflow import feed, views
 from consentflow.cli._common import JsonOpt, app, emit, fmt_time, parse_time, session, system_app
 from consentflow.delivery import health, ops
 from consentflow.errors import InvalidInput
-from consentflow.models import Delivery
 
 deliveries_app = typer.Typer(
     no_args_is_help=True, help="Webhook deliveries: list, replay, redeliver, health, feed."
@@ -50,18 +49,22 @@ def deliveries_list(
     event: Annotated[
         str | None, typer.Option(metavar="EVENT_ID", help="Only deliveries of this consent event.")
     ] = None,
-    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 100,
+    after: Annotated[
+        int, typer.Option(metavar="ID", help="Only deliveries after this id (the next page).")
+    ] = 0,
+    limit: Annotated[int, typer.Option(help="At most this many, oldest first.")] = 100,
     as_json: JsonOpt = False,
 ) -> None:
-    """Deliveries by state, endpoint, subject or event, newest first.
+    """Deliveries by state, endpoint, subject or event, oldest first (as the API lists them);
+    page on with --after, the last id shown.
 
     Each line: id, system, state, attempts, when it was delivered (first success; "-" if never),
     the next attempt if pending, purpose, event type, webhook-id, last error. "When did each
     system learn of alice's withdrawal?": deliveries list --subject alice.
     """
     with session() as s:
-        found = ops.list_deliveries(
-            s, state=state, system=system, subject=subject, event=event, limit=limit
+        found, more = ops.deliveries_page(
+            s, state=state, system=system, subject=subject, event=event, after=after, limit=limit
         )
     data = [views.DeliveryOut.model_validate(v) for v in found]
 
@@ -82,6 +85,8 @@ def deliveries_list(
                 f"{fmt_time(v.delivered_at):<20} {nxt:<20} {v.purpose:<16} {v.event_type:<22} "
                 f"{v.webhook_id}  {last[:60]}"
             )
+        if more:
+            typer.echo(f"more: --after {found[-1].id}", err=True)
 
     emit(data, as_json, text)
 
@@ -90,17 +95,8 @@ def deliveries_list(
 def deliveries_show(delivery_id: int, as_json: JsonOpt = False) -> None:
     """One delivery with every attempt (time, status, latency, error class, response excerpt)."""
     with session() as s:
-        view = ops.list_one(s, delivery_id)
-        tries = ops.attempts(s, delivery_id)
-        row = s.get(Delivery, delivery_id)  # exists: list_one found it
-        payload = row.payload if row is not None else ""
-    data = views.DeliveryDetail.model_validate(
-        {
-            **views.DeliveryOut.model_validate(view).model_dump(),
-            "payload": payload,
-            "attempts_log": [views.AttemptOut.model_validate(a) for a in tries],
-        }
-    )
+        view = ops.detail(s, delivery_id)
+    data = views.DeliveryDetail.model_validate(view)
 
     def text() -> None:
         typer.echo(
@@ -108,7 +104,7 @@ def deliveries_show(delivery_id: int, as_json: JsonOpt = False) -> None:
             f"{view.webhook_id}, {view.event_type} ({view.purpose}), "
             f"delivered at {fmt_time(view.delivered_at)}"
         )
-        for a in tries:
+        for a in view.attempts_log:
             outcome = a.status_code if a.status_code is not None else a.error_class
             typer.echo(
                 f"  #{a.attempt:<3} {fmt_time(a.started_at)}  {outcome!s:<14} "

@@ -59,7 +59,7 @@ def db_upgrade(as_json: JsonOpt = False) -> None:
 
 
 def _version(key: str, v: PurposeVersion) -> views.PurposeVersionOut:
-    return views.PurposeVersionOut.model_validate(purposes.version_dict(key, v))
+    return views.PurposeVersionOut.of(key, v)
 
 
 def _csv_list(value: str | None) -> list[str] | None:

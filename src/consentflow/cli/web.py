@@ -74,7 +74,7 @@ def token_create(
     """Create a token; it is printed once, now, and only its hash is kept."""
     with session() as s:
         info, token = tokens.create(s, name, scope, system=system)
-    data = views.TokenCreated.model_validate({**info.as_dict(), "token": token})
+    data = views.TokenCreated(name=info.name, scope=info.scope, system=info.system, token=token)
 
     def text() -> None:
         typer.echo(token)

@@ -9,7 +9,7 @@ number of deliveries.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, or_
@@ -23,6 +23,7 @@ from consentflow.models import (
     SystemStatus,
     utcnow,
 )
+from consentflow.timeutil import as_utc
 
 
 @dataclass(frozen=True)
@@ -43,25 +44,6 @@ class EndpointHealth:
     @property
     def ok(self) -> bool:
         return self.status == SystemStatus.ACTIVE.value and not self.dead and not self.retrying
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "system": self.system,
-            "status": self.status,
-            "status_reason": self.status_reason,
-            "ok": self.ok,
-            "pending": self.pending,
-            "held": self.held,
-            "retrying": self.retrying,
-            "dead": self.dead,
-            "delivered": self.delivered,
-            "oldest_undelivered_at": self.oldest_undelivered_at.isoformat()
-            if self.oldest_undelivered_at
-            else None,
-            "oldest_undelivered_age_s": self.oldest_undelivered_age_s,
-            "last_success_at": self.last_success_at.isoformat() if self.last_success_at else None,
-            "failures_24h": self.failures_24h,
-        }
 
 
 def endpoint_health(session: Session, *, now: datetime | None = None) -> list[EndpointHealth]:
@@ -136,8 +118,4 @@ def endpoint_health(session: Session, *, now: datetime | None = None) -> list[En
 
 def _aware(value: Any) -> datetime | None:
     """Aggregates bypass the column type on SQLite (a naive string comes back): make it UTC."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return as_utc(value)

@@ -39,6 +39,8 @@ from consentflow.models import (
 
 @dataclass(frozen=True)
 class DeliveryView:
+    """One delivery as both doors show it (``views.DeliveryOut``)."""
+
     id: int
     system: str
     webhook_id: str
@@ -47,33 +49,23 @@ class DeliveryView:
     state: str
     attempts: int
     created_at: datetime
-    next_attempt_at: datetime | None
+    next_attempt_at: datetime
     delivered_at: datetime | None
     last_status: int | None
     last_error: str | None
+    #: Pending, but its system is paused or disabled.
     held: bool
     #: The purpose the withdrawal concerns (its consent event's).
     purpose: str
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "system": self.system,
-            "webhook_id": self.webhook_id,
-            "type": self.event_type,
-            "event_id": self.event_id,
-            "purpose": self.purpose,
-            "state": self.state,
-            "held": self.held,
-            "attempts": self.attempts,
-            "created_at": self.created_at.isoformat(),
-            "next_attempt_at": self.next_attempt_at.isoformat()
-            if self.next_attempt_at and self.state == DeliveryState.PENDING.value
-            else None,
-            "delivered_at": self.delivered_at.isoformat() if self.delivered_at else None,
-            "last_status": self.last_status,
-            "last_error": self.last_error,
-        }
+
+@dataclass(frozen=True)
+class DeliveryDetailView(DeliveryView):
+    """One delivery with its body and every attempt, in the order they were made
+    (``views.DeliveryDetail``)."""
+
+    payload: str = ""
+    attempts_log: tuple[DeliveryAttempt, ...] = ()
 
 
 def _state(value: str | None) -> str | None:
@@ -123,24 +115,30 @@ def _event_id(value: str) -> uuid.UUID:
         ) from None
 
 
-def list_deliveries(
+def deliveries_page(
     session: Session,
     *,
     state: str | None = None,
     system: str | None = None,
     subject: str | None = None,
     event: str | None = None,
+    after: int = 0,
     limit: int = 100,
-) -> list[DeliveryView]:
-    """Deliveries, newest first; ``state`` may also be ``held`` (pending, system not active).
+) -> tuple[list[DeliveryView], bool]:
+    """Deliveries after id ``after``, oldest first (the one order of both doors), and whether
+    there are more (continue with the last one's id as ``after``).
 
-    ``subject`` (an external id) keeps the deliveries about that person's consent events and
-    ``event`` those of one consent event: with ``delivered_at``, when each system learnt of it.
+    ``state`` may also be ``held`` (pending, system not active). ``system`` and ``subject`` must
+    exist (``NotFound``); ``subject`` (an external id) keeps the deliveries about that person's
+    consent events and ``event`` those of one consent event: with ``delivered_at``, when each
+    system learnt of it.
     """
     state = _state(state)
     if not 1 <= limit <= 100000:
         raise InvalidInput("the limit must be between 1 and 100000")
-    stmt = _views()
+    if after < 0:
+        raise InvalidInput("after must be 0 or more")
+    stmt = _views().where(col(Delivery.id) > after)
     if state == "held":
         stmt = stmt.where(
             col(Delivery.state) == DeliveryState.PENDING.value,
@@ -155,18 +153,61 @@ def list_deliveries(
         stmt = stmt.where(col(ConsentEvent.subject_id) == person.id)
     if event is not None:
         stmt = stmt.where(col(Delivery.event_id) == _event_id(event))
-    stmt = stmt.order_by(col(Delivery.id).desc()).limit(limit)
-    return [_view(*row) for row in session.exec(stmt).all()]
+    rows = session.exec(stmt.order_by(col(Delivery.id)).limit(limit + 1)).all()
+    return [_view(*row) for row in rows[:limit]], len(rows) > limit
+
+
+def list_deliveries(
+    session: Session,
+    *,
+    state: str | None = None,
+    system: str | None = None,
+    subject: str | None = None,
+    event: str | None = None,
+    after: int = 0,
+    limit: int = 100,
+) -> list[DeliveryView]:
+    """One page of ``deliveries_page`` (oldest first), without the "more" flag."""
+    found, _more = deliveries_page(
+        session,
+        state=state,
+        system=system,
+        subject=subject,
+        event=event,
+        after=after,
+        limit=limit,
+    )
+    return found
 
 
 def attempts(session: Session, delivery_id: int) -> list[DeliveryAttempt]:
-    """Every attempt of one delivery, in order."""
+    """Every attempt of one delivery, in the order they were made (a replay restarts the
+    attempt numbers, so the order is the row id's)."""
     return list(
         session.exec(
             select(DeliveryAttempt)
             .where(DeliveryAttempt.delivery_id == delivery_id)
             .order_by(col(DeliveryAttempt.id))
         ).all()
+    )
+
+
+def _find(session: Session, delivery_id: int) -> tuple[Delivery, str, str, str]:
+    found = session.exec(_views().where(col(Delivery.id) == delivery_id)).first()
+    if found is None:
+        raise NotFound(f"unknown delivery {delivery_id}")
+    delivery, name, status, purpose = found
+    return delivery, name, status, purpose
+
+
+def detail(session: Session, delivery_id: int) -> DeliveryDetailView:
+    """One delivery with its body and every attempt (``NotFound`` if there is no such one)."""
+    found = _find(session, delivery_id)
+    view = _view(*found)
+    return DeliveryDetailView(
+        **{f: getattr(view, f) for f in DeliveryView.__dataclass_fields__},
+        payload=found[0].payload,
+        attempts_log=tuple(attempts(session, delivery_id)),
     )
 
 
@@ -195,7 +236,7 @@ def replay(
     now = now or utcnow()
     row = session.get(Delivery, delivery_id)
     if row is None:
-        raise NotFound(f"unknown delivery {delivery_id}: see `consentflow deliveries list`")
+        raise NotFound(f"unknown delivery {delivery_id}")
     before = row.state
     session.execute(
         update(Delivery)
@@ -221,10 +262,8 @@ def replay(
 
 
 def list_one(session: Session, delivery_id: int) -> DeliveryView:
-    found = session.exec(_views().where(col(Delivery.id) == delivery_id)).first()
-    if found is None:
-        raise NotFound(f"unknown delivery {delivery_id}: see `consentflow deliveries list`")
-    return _view(*found)
+    """One delivery (``NotFound`` if there is no such one)."""
+    return _view(*_find(session, delivery_id))
 
 
 def redeliver_since(

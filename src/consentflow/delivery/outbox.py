@@ -31,6 +31,7 @@ from consentflow.models import (
     SystemStatus,
     metadata,
 )
+from consentflow.timeutil import iso_seconds
 
 CONNECT_TIMEOUT = 5.0
 EXCERPT_BYTES = 1024
@@ -347,7 +348,7 @@ def _disable_gone(
     """Disable the endpoints that answered 410 Gone (once: audited when it changes)."""
     entries = []
     for system_id, r in gone.items():
-        reason = f"410 Gone at {r.finished_at.strftime('%Y-%m-%dT%H:%M:%SZ')}: endpoint retired"
+        reason = f"410 Gone at {iso_seconds(r.finished_at)}: endpoint retired"
         changed = session.execute(
             update(System)
             .where(col(System.id) == system_id, col(System.status) != SystemStatus.DISABLED.value)

@@ -115,6 +115,7 @@ def expire_due(
     as_of = as_of or now
     infos = {i.id: i for i in purposes.info(session, purposes_).values()}
     w = Writer(session)
+    # lapsed = has_lapsed / effective_state (_rules.py), in SQL
     where, params = "c.state = ? AND c.valid_until <= ?", [State.GIVEN.value, w.ts(as_of)]
     if purposes_ is not None:
         where += " AND " + _in("c.purpose_id", list(infos))

@@ -11,7 +11,6 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
 
 from sqlmodel import Session, col, select
 
@@ -31,17 +30,6 @@ class ConsentView:
     valid_until: datetime | None
     event_id: uuid.UUID
     seq: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "purpose": self.purpose,
-            "state": self.state.value,
-            "purpose_version": self.purpose_version,
-            "given_at": self.given_at.isoformat() if self.given_at else None,
-            "valid_until": self.valid_until.isoformat() if self.valid_until else None,
-            "event_id": str(self.event_id),
-            "seq": self.seq,
-        }
 
 
 def subject_id(session: Session, external_id: str) -> int:

@@ -1,7 +1,7 @@
 """Read-side reports: plain functions over a session that return data (no web, no templates).
 
 The compliance dashboard's tables (``build``, ``table``, ``TABLES``) and the read queries of the
-API's lists (``requests_page``, ``deliveries_page``, ``delivery_detail``, ``purpose_systems``).
+API's lists (``requests_page``, ``purpose_systems``; deliveries are ``delivery.ops``'s).
 The web app renders them; the CLI can read them too. Reports sit beside ``sweeps`` and
 ``delivery`` in the layers: they import ledger modules, never ``delivery`` (its health rows are
 passed in) or a door.
@@ -27,9 +27,7 @@ from consentflow.reports.dashboard import TABLES, Dashboard, HealthSource, build
 from consentflow.reports.deliveries import (
     HealthRow,
     age,
-    deliveries_page,
     delivery,
-    delivery_detail,
 )
 from consentflow.reports.requests import pending_requests, reconsent, requests_page
 from consentflow.reports.runs import recent_runs, runs
@@ -52,9 +50,7 @@ __all__ = [
     "age",
     "anomalies",
     "build",
-    "deliveries_page",
     "delivery",
-    "delivery_detail",
     "event_days",
     "expiring",
     "pending_requests",

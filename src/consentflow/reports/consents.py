@@ -44,6 +44,7 @@ def states(session: Session, now: datetime) -> Table:
         counts[row.state] = counts.get(row.state, 0) + int(row.n)
     lapsed_stmt = (
         select(col(Consent.purpose_id), func.count().label("n"))
+        # lapsed = ledger.has_lapsed / effective_state (ledger/_rules.py), in SQL
         .where(col(Consent.state) == State.GIVEN.value, col(Consent.valid_until) <= now)
         .group_by(col(Consent.purpose_id))
     )

@@ -1,5 +1,5 @@
-"""Deliveries (the webhook outbox): the API's paged list and one delivery with its attempts, and
-the dashboard's delivery-health table.
+"""The dashboard's delivery-health table. (The list of deliveries and one delivery with its
+attempts are the delivery engine's own queries, ``delivery.ops``, shown by both doors.)
 
 Health itself is the delivery engine's per-endpoint aggregate (``consentflow.delivery.health``);
 reports sit beside ``delivery`` in the layers and do not import it, so the caller passes the
@@ -12,9 +12,6 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
-from sqlmodel import Session, col, select
-
-from consentflow.models import Delivery, DeliveryAttempt, DeliveryState, System
 from consentflow.reports._table import Table
 
 
@@ -41,49 +38,6 @@ class HealthRow(Protocol):
     def oldest_undelivered_age_s(self) -> float | None: ...
     @property
     def last_success_at(self) -> datetime | None: ...
-
-
-def deliveries_page(
-    session: Session,
-    *,
-    system: str | None = None,
-    state: DeliveryState | None = None,
-    after: int = 0,
-    limit: int = 100,
-) -> tuple[list[tuple[Delivery, str]], bool]:
-    """Deliveries after id ``after``, oldest first, with their system's name; and whether there
-    are more."""
-    stmt = (
-        select(Delivery, System.name)
-        .join(System, col(System.id) == Delivery.system_id)
-        .where(col(Delivery.id) > after)
-    )
-    if system is not None:
-        stmt = stmt.where(System.name == system)
-    if state is not None:
-        stmt = stmt.where(Delivery.state == state.value)
-    rows = session.exec(stmt.order_by(col(Delivery.id)).limit(limit + 1)).all()
-    return [(d, name) for d, name in rows[:limit]], len(rows) > limit
-
-
-def delivery_detail(
-    session: Session, delivery_id: int
-) -> tuple[Delivery, str, list[DeliveryAttempt]] | None:
-    """One delivery, its system's name and its attempts in order; None if there is no such one."""
-    row = session.exec(
-        select(Delivery, System.name)
-        .join(System, col(System.id) == Delivery.system_id)
-        .where(Delivery.id == delivery_id)
-    ).first()
-    if row is None:
-        return None
-    delivery, name = row
-    attempts = session.exec(
-        select(DeliveryAttempt)
-        .where(DeliveryAttempt.delivery_id == delivery_id)
-        .order_by(col(DeliveryAttempt.attempt))
-    ).all()
-    return delivery, name, list(attempts)
 
 
 def age(seconds: float | None) -> str:

@@ -53,6 +53,7 @@ def preview_expiry(ctx: SweepContext, limit: int | None = None) -> Batch:
         infos = purpose_ids(s, ctx.purpose_keys)
         due = (
             select(Consent.purpose_id)
+            # lapsed = ledger.has_lapsed / effective_state (ledger/_rules.py), in SQL
             .where(col(Consent.state) == State.GIVEN.value, col(Consent.valid_until) <= ctx.as_of)
             .order_by(col(Consent.valid_until), col(Consent.id))
         )

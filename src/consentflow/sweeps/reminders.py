@@ -40,6 +40,7 @@ def _reminder_due(as_of: datetime, stages: tuple[int, ...]) -> tuple[Any, Any]:
         else_=None,
     )
     due = and_(
+        # still in force: not ledger.has_lapsed (effective_state, ledger/_rules.py), in SQL
         col(Consent.state) == State.GIVEN.value,
         col(Consent.valid_until) > as_of,
         col(Consent.valid_until) <= as_of + timedelta(days=stages[-1]),

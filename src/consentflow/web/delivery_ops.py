@@ -8,8 +8,6 @@ dashboard show, in one place.
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlmodel import Session, col, select
 
 from consentflow.delivery import health as _health
@@ -24,24 +22,6 @@ def health(session: Session) -> list[Health]:
     """Per downstream system with a webhook: pending (and held), retrying, dead, the oldest
     undelivered withdrawal, failures over 24 hours, status and last success."""
     return _health.endpoint_health(session)
-
-
-def health_dict(h: Health) -> dict[str, Any]:
-    return {
-        "system": h.system,
-        "status": h.status,
-        "status_reason": h.status_reason,
-        "ok": h.ok,
-        "pending": h.pending,
-        "held": h.held,
-        "retrying": h.retrying,
-        "dead": h.dead,
-        "delivered": h.delivered,
-        "oldest_undelivered_at": h.oldest_undelivered_at,
-        "oldest_undelivered_age_s": h.oldest_undelivered_age_s,
-        "failures_24h": h.failures_24h,
-        "last_success_at": h.last_success_at,
-    }
 
 
 def replay(session: Session, ids: list[int], *, actor: str | None = None) -> list[int]:

@@ -1,7 +1,7 @@
 """Signed values for the browser: the session cookie and CSRF tokens.
 
-Both are HMACs under keys derived from the instance secret, one key per use, so a value made for
-one purpose is never accepted for another.
+Both are HMACs under keys derived from the instance secret (``keys.derive``), one key per use, so
+a value made for one purpose is never accepted for another.
 
 - The session cookie carries the signed-in token's *hash* and the sign-in time, never the token.
   Each request looks the hash up again, so revoking the token ends its sessions at once; the
@@ -14,14 +14,13 @@ one purpose is never accepted for another.
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import secrets
 import time
 
 from sqlmodel import Session
 
-from consentflow.keys import instance_secret
+from consentflow.keys import derive, instance_secret
 
 SESSION_COOKIE = "cf_session"
 CSRF_COOKIE = "cf_csrf"
@@ -31,14 +30,13 @@ CSRF_MAX_AGE = 12 * 3600
 
 
 def _key(session: Session, purpose: str) -> bytes:
-    return hmac.new(
-        instance_secret(session), f"consentflow-web:{purpose}".encode(), "sha256"
-    ).digest()
+    """The key of one use (``session``, ``csrf``), derived from the instance secret."""
+    return derive(instance_secret(session), f"consentflow-web:{purpose}")
 
 
 def _sign(key: bytes, message: str) -> str:
-    digest = hmac.new(key, message.encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    """The HMAC of ``message`` under ``key``, URL-safe base64 without padding."""
+    return base64.urlsafe_b64encode(derive(key, message)).rstrip(b"=").decode()
 
 
 # ------------------------------------------------------------------------------- session cookie

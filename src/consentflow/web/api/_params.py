@@ -7,12 +7,13 @@ naming the field before a route runs.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 
 from consentflow.errors import InvalidInput
+from consentflow.timeutil import parse_instant
 from consentflow.tokens import TokenInfo
 from consentflow.web.schemas import _PRINTABLE, ERRORS
 
@@ -54,16 +55,22 @@ When = Annotated[
 
 
 def utc(value: str | None, field: str) -> datetime | None:
-    """An ISO 8601 instant, aware UTC; a bad one is a 422 that names the field."""
+    """An ISO 8601 instant, aware UTC (``timeutil.parse_instant``); a bad or empty one is a 422.
+
+    The API keeps its own message, which starts with the field the way the API's other 422
+    answers do (``FIELD: ...``), where the CLI's reads ``bad --option ...``.
+    """
     if value is None:
         return None
     try:
-        ts = datetime.fromisoformat(value)
-        return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-    except (OverflowError, ValueError):
+        parsed = parse_instant(value, field)
+    except InvalidInput:
+        parsed = None
+    if parsed is None:
         raise InvalidInput(
             f"{field}: not an ISO 8601 instant (e.g. 2026-01-31T12:00:00Z): {value[:40]!r}"
-        ) from None
+        )
+    return parsed
 
 
 def api_actor(caller: TokenInfo, named: str | None = None) -> str:
@@ -77,11 +84,6 @@ def api_actor(caller: TokenInfo, named: str | None = None) -> str:
 def provenance(caller: TokenInfo) -> dict[str, Any]:
     """The evidence every change through the API carries: the token that made it."""
     return {"via_token": caller.name}
-
-
-def page(items: list[dict[str, Any]], more: bool) -> dict[str, Any]:
-    """One page of a list: the items and the id to continue ``after`` (None on the last page)."""
-    return {"items": items, "next": items[-1]["id"] if more else None}
 
 
 def resource_router(tags: list[str] | None = None) -> APIRouter:

@@ -3,7 +3,7 @@ this purpose?) and the withdrawal feed. A system token speaks for its own system
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Query
 
@@ -18,7 +18,7 @@ from consentflow.web.api._params import (
     resource_router,
 )
 from consentflow.web.auth import CHECK, FEED, AuthError, ReadSession
-from consentflow.web.schemas import NOT_FOUND, DecisionOut, FeedOut
+from consentflow.web.schemas import NOT_FOUND, DecisionOut, FeedItemOut, FeedOut
 
 router = resource_router(["access"])
 
@@ -39,14 +39,14 @@ def check(
     session: ReadSession,
     caller: Annotated[TokenInfo, Depends(CHECK.reading)],
     system: SystemQuery = None,
-) -> dict[str, Any]:
+) -> DecisionOut:
     """May ``system`` use this subject's data for ``purpose``? An indexed lookup, explained:
     ``allowed``, a ``reason`` code, the validity end and the consent event relied on.
 
     A system token checks for its own system (``system`` may be left out).
     """
     system = _own_system(caller, system)
-    return access.check(session, subject, purpose, system).as_dict()
+    return DecisionOut.model_validate(access.check(session, subject, purpose, system))
 
 
 @router.get("/feed", response_model=FeedOut, responses=NOT_FOUND)
@@ -56,7 +56,7 @@ def withdrawal_feed(
     system: SystemQuery = None,
     cursor: Annotated[int, Query(ge=0, le=MAX_CURSOR)] = 0,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
-) -> dict[str, Any]:
+) -> FeedOut:
     """Withdrawals (revoked, expired, invalidated) for the system's purposes after ``cursor``.
 
     Resume from ``next_cursor``; items mirror the webhook body. A system token reads its own feed.
@@ -65,8 +65,8 @@ def withdrawal_feed(
     if name is None:
         raise InvalidInput("system: required (the system whose feed to read)")
     items = feed.withdrawals_since(session, name, cursor, limit)
-    return {
-        "system": name,
-        "items": [i.as_dict() for i in items],
-        "next_cursor": items[-1].cursor if items else cursor,
-    }
+    return FeedOut(
+        system=name,
+        items=[FeedItemOut.of(i) for i in items],
+        next_cursor=items[-1].cursor if items else cursor,
+    )

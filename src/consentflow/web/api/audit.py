@@ -11,7 +11,6 @@ from fastapi import Depends, Query
 from fastapi.responses import StreamingResponse
 
 from consentflow import audit, integrity, subjects
-from consentflow.errors import NotFound
 from consentflow.tokens import TokenInfo
 from consentflow.web.api._params import TextQuery200, When, resource_router, utc
 from consentflow.web.auth import COMPLIANCE, ReadSession
@@ -58,12 +57,7 @@ def audit_export(
 ) -> StreamingResponse:
     """Audit entries as JSON Lines (filter by subject and time), each re-checkable."""
     start, end = utc(since, "since"), utc(until, "until")
-    ref = None
-    if subject is not None:
-        found = subjects.get(session, subject)
-        if found is None:
-            raise NotFound(f"unknown subject {subject!r}")
-        ref = found.subject_ref
+    ref = subjects.require(session, subject).subject_ref if subject is not None else None
     spool = tempfile.SpooledTemporaryFile(max_size=8 << 20, mode="w+", encoding="utf-8")  # noqa: SIM115
     audit.export(session, spool, subject_ref=ref, since=start, until=end)
     spool.seek(0)

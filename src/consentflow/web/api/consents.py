@@ -6,7 +6,7 @@ rules of what may change live in ``consentflow.lifecycle``.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Body, Depends
 
@@ -23,7 +23,6 @@ from consentflow.web.api._params import (
     TextQuery64,
     TextQuery200,
     api_actor,
-    page,
     provenance,
     resource_router,
 )
@@ -34,6 +33,7 @@ from consentflow.web.schemas import (
     ChangeAction,
     ChangeIn,
     ChangeOut,
+    RequestOut,
     RequestsOut,
 )
 
@@ -61,7 +61,7 @@ def change_consent(
     session: DbSession,
     caller: Annotated[TokenInfo, Depends(ACT)],
     body: Annotated[ChangeIn | None, Body()] = None,
-) -> dict[str, Any]:
+) -> ChangeOut:
     """Record a consent change: request, grant, refuse, revoke or renew.
 
     Every change names the calling token (see ``provenance``): in ``actor`` (``api:TOKEN``,
@@ -89,7 +89,7 @@ def change_consent(
             reason=body.reason,
             evidence=provenance(caller),
         )
-    return _CHANGES[action](session, subject, purpose, actor).as_dict()
+    return ChangeOut.of(_CHANGES[action](session, subject, purpose, actor))
 
 
 @router.get("/requests", response_model=RequestsOut)
@@ -102,7 +102,7 @@ def list_requests(
     subject: TextQuery200 = None,
     after: After = 0,
     limit: Limit = 100,
-) -> dict[str, Any]:
+) -> RequestsOut:
     """Consent requests (collection and re-consent), oldest first, a page at a time."""
     rows, more = reports.requests_page(
         session,
@@ -113,20 +113,5 @@ def list_requests(
         after=after,
         limit=limit,
     )
-    items = [
-        {
-            "id": r.id,
-            "subject": ext,
-            "purpose": key,
-            "purpose_version": r.purpose_version,
-            "kind": r.kind,
-            "status": r.status,
-            "requested_at": r.requested_at,
-            "deadline": r.deadline,
-            "followups_sent": r.followups_sent,
-            "last_sent_at": r.last_sent_at,
-            "closed_at": r.closed_at,
-        }
-        for r, ext, key in rows
-    ]
-    return page(items, more)
+    items = [RequestOut.of(r, ext, key) for r, ext, key in rows]
+    return RequestsOut(items=items, next=items[-1].id if more else None)

@@ -1,16 +1,16 @@
 """Webhook deliveries (the outbox): list, health per system, one with its attempts, and replay
-(one delivery, or a system's dead letters). Replays are the delivery engine's audited operation
+(one delivery, or a system's dead letters). The list and the detail are the delivery engine's own
+queries (``delivery.ops``, the same as ``deliveries list/show``); replays are its audited operation
 (``web.delivery_ops``)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Query
 
-from consentflow import reports
-from consentflow.errors import NotFound
-from consentflow.models import Delivery, DeliveryState
+from consentflow.delivery import ops
+from consentflow.models import DeliveryState
 from consentflow.tokens import TokenInfo
 from consentflow.web import delivery_ops
 from consentflow.web.api._params import (
@@ -19,7 +19,6 @@ from consentflow.web.api._params import (
     Limit,
     SystemPath,
     SystemQuery,
-    page,
     resource_router,
 )
 from consentflow.web.auth import ADMIN, COMPLIANCE, DbSession, ReadSession
@@ -27,6 +26,7 @@ from consentflow.web.schemas import (
     NOT_FOUND,
     DeliveriesOut,
     DeliveryDetail,
+    DeliveryOut,
     HealthRow,
     ReplayOut,
 )
@@ -34,24 +34,7 @@ from consentflow.web.schemas import (
 router = resource_router(["delivery"])
 
 
-def _delivery_dict(d: Delivery, system: str) -> dict[str, Any]:
-    return {
-        "id": d.id,
-        "system": system,
-        "webhook_id": d.webhook_id,
-        "event_id": str(d.event_id),
-        "event_type": d.event_type,
-        "state": d.state,
-        "attempts": d.attempts,
-        "next_attempt_at": d.next_attempt_at,
-        "created_at": d.created_at,
-        "delivered_at": d.delivered_at,
-        "last_status": d.last_status,
-        "last_error": d.last_error,
-    }
-
-
-@router.get("/deliveries", response_model=DeliveriesOut)
+@router.get("/deliveries", response_model=DeliveriesOut, responses=NOT_FOUND)
 def list_deliveries(
     session: ReadSession,
     _: Annotated[TokenInfo, Depends(COMPLIANCE.reading)],
@@ -59,21 +42,24 @@ def list_deliveries(
     state: DeliveryState | None = None,
     after: After = 0,
     limit: Limit = 100,
-) -> dict[str, Any]:
-    """Webhook deliveries (the outbox), oldest first, a page at a time."""
-    rows, more = reports.deliveries_page(
-        session, system=system, state=state, after=after, limit=limit
+) -> DeliveriesOut:
+    """Webhook deliveries (the outbox), oldest first, a page at a time (``deliveries list``)."""
+    found, more = ops.deliveries_page(
+        session, system=system, state=state.value if state else None, after=after, limit=limit
     )
-    return page([_delivery_dict(d, name) for d, name in rows], more)
+    return DeliveriesOut(
+        items=[DeliveryOut.model_validate(v) for v in found],
+        next=found[-1].id if more else None,
+    )
 
 
 @router.get("/deliveries/health", response_model=list[HealthRow])
 def delivery_health(
     session: ReadSession, _: Annotated[TokenInfo, Depends(COMPLIANCE.reading)]
-) -> list[dict[str, Any]]:
+) -> list[HealthRow]:
     """Per downstream system with a webhook: pending withdrawals (and held), the oldest one's
     age, retrying and dead deliveries, failures over 24 hours, and the endpoint's status."""
-    return [delivery_ops.health_dict(h) for h in delivery_ops.health(session)]
+    return [HealthRow.model_validate(h) for h in delivery_ops.health(session)]
 
 
 @router.get(
@@ -83,27 +69,9 @@ def delivery_health(
 )
 def get_delivery(
     delivery_id: IdPath, session: ReadSession, _: Annotated[TokenInfo, Depends(COMPLIANCE.reading)]
-) -> dict[str, Any]:
-    """One delivery with its payload and every attempt."""
-    found = reports.delivery_detail(session, delivery_id)
-    if found is None:
-        raise NotFound(f"unknown delivery {delivery_id}")
-    delivery, name, attempts = found
-    return {
-        **_delivery_dict(delivery, name),
-        "payload": delivery.payload,
-        "attempts_log": [
-            {
-                "attempt": a.attempt,
-                "started_at": a.started_at,
-                "status_code": a.status_code,
-                "latency_ms": a.latency_ms,
-                "error_class": a.error_class,
-                "response_excerpt": a.response_excerpt,
-            }
-            for a in attempts
-        ],
-    }
+) -> DeliveryDetail:
+    """One delivery with its payload and every attempt, in the order they were made."""
+    return DeliveryDetail.model_validate(ops.detail(session, delivery_id))
 
 
 @router.post(
@@ -113,10 +81,10 @@ def get_delivery(
 )
 def replay_delivery(
     delivery_id: IdPath, session: DbSession, caller: Annotated[TokenInfo, Depends(ADMIN)]
-) -> dict[str, Any]:
+) -> ReplayOut:
     """Send one delivery again (same webhook id, fresh signature), whatever its state."""
     ids = delivery_ops.replay(session, [delivery_id], actor=caller.name)
-    return {"replayed": len(ids), "ids": ids}
+    return ReplayOut(replayed=len(ids), ids=ids)
 
 
 @router.post("/systems/{name}/replay", response_model=ReplayOut, responses=NOT_FOUND)
@@ -125,9 +93,9 @@ def replay_dead(
     session: DbSession,
     caller: Annotated[TokenInfo, Depends(ADMIN)],
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
-) -> dict[str, Any]:
+) -> ReplayOut:
     """Send a system's dead letters again (oldest first, up to ``limit``)."""
     ids = delivery_ops.replay(
         session, delivery_ops.dead_ids(session, name, limit), actor=caller.name
     )
-    return {"replayed": len(ids), "ids": ids}
+    return ReplayOut(replayed=len(ids), ids=ids)

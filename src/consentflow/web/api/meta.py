@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends
 from sqlalchemy import text
@@ -16,13 +16,13 @@ router = resource_router(["meta"])
 
 
 @router.get("/health", response_model=Health)
-def health(session: ReadSession) -> dict[str, str]:
+def health(session: ReadSession) -> Health:
     """Liveness and database reachability; needs no token."""
     session.execute(text("SELECT 1"))
-    return {"status": "ok", "database": "ok"}
+    return Health(status="ok", database="ok")
 
 
 @router.get("/me", response_model=Me)
-def me(caller: Annotated[TokenInfo, Depends(ANY.reading)]) -> dict[str, Any]:
+def me(caller: Annotated[TokenInfo, Depends(ANY.reading)]) -> Me:
     """The token's name, scope and system."""
-    return caller.as_dict()
+    return Me.model_validate(caller)

@@ -3,7 +3,7 @@ list of downstream systems with the purposes each may process."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends
 
@@ -18,6 +18,7 @@ from consentflow.web.schemas import (
     PurposeDetail,
     PurposeIn,
     PurposeOut,
+    PurposeVersionOut,
     RevisionIn,
     SystemOut,
 )
@@ -25,7 +26,7 @@ from consentflow.web.schemas import (
 router = resource_router()
 
 
-def _purpose_dicts(session: DbSession, key: str | None = None) -> list[dict[str, Any]]:
+def _purposes(session: DbSession, key: str | None = None) -> list[PurposeOut]:
     current = purposes.list_current(session)
     if key is not None:
         current = [(k, v) for k, v in current if k == key]
@@ -34,13 +35,13 @@ def _purpose_dicts(session: DbSession, key: str | None = None) -> list[dict[str,
     infos = purposes.info(session, [k for k, _ in current])
     names = reports.purpose_systems(session)
     return [
-        {
-            "key": k,
-            "current_version": v.version,
-            "material_version": infos[k].material_version,
-            "notice": purposes.version_dict(k, v),
-            "systems": names.get(k, []),
-        }
+        PurposeOut(
+            key=k,
+            current_version=v.version,
+            material_version=infos[k].material_version,
+            notice=PurposeVersionOut.of(k, v),
+            systems=names.get(k, []),
+        )
         for k, v in current
     ]
 
@@ -48,19 +49,19 @@ def _purpose_dicts(session: DbSession, key: str | None = None) -> list[dict[str,
 @router.get("/purposes", response_model=list[PurposeOut], tags=["purposes"])
 def list_purposes(
     session: ReadSession, _: Annotated[TokenInfo, Depends(READ.reading)]
-) -> list[dict[str, Any]]:
+) -> list[PurposeOut]:
     """Every purpose with its current notice and the systems registered for it."""
-    return _purpose_dicts(session)
+    return _purposes(session)
 
 
 @router.get("/purposes/{key}", response_model=PurposeDetail, responses=NOT_FOUND, tags=["purposes"])
 def get_purpose(
     key: PurposePath, session: ReadSession, _: Annotated[TokenInfo, Depends(READ.reading)]
-) -> dict[str, Any]:
+) -> PurposeDetail:
     """One purpose with every version of its notice, oldest first."""
-    (found,) = _purpose_dicts(session, key)
-    found["versions"] = [purposes.version_dict(k, v) for k, v in purposes.versions(session, key)]
-    return found
+    (found,) = _purposes(session, key)
+    versions = [PurposeVersionOut.of(k, v) for k, v in purposes.versions(session, key)]
+    return PurposeDetail(**dict(found), versions=versions)
 
 
 @router.post(
@@ -72,7 +73,7 @@ def get_purpose(
 )
 def add_purpose(
     body: PurposeIn, session: DbSession, _: Annotated[TokenInfo, Depends(ADMIN)]
-) -> dict[str, Any]:
+) -> PurposeDetail:
     """Register a purpose with its first notice version."""
     purposes.add(
         session,
@@ -98,7 +99,7 @@ def revise_purpose(
     body: RevisionIn,
     session: DbSession,
     _: Annotated[TokenInfo, Depends(ADMIN)],
-) -> dict[str, Any]:
+) -> PurposeDetail:
     """Publish a new notice version; ``material`` means consents must be re-confirmed."""
     purposes.revise(
         session,
@@ -116,6 +117,6 @@ def revise_purpose(
 @router.get("/systems", response_model=list[SystemOut], tags=["systems"])
 def list_systems(
     session: ReadSession, _: Annotated[TokenInfo, Depends(COMPLIANCE.reading)]
-) -> list[dict[str, Any]]:
+) -> list[SystemOut]:
     """Downstream systems and the purposes each may process."""
-    return [s.as_dict() for s in systems.list_all(session)]
+    return [SystemOut.model_validate(s) for s in systems.list_all(session)]

@@ -8,7 +8,6 @@ from typing import Annotated, Any
 from fastapi import Depends
 
 from consentflow import lifecycle, receipt, subjects
-from consentflow.errors import NotFound
 from consentflow.lifecycle import Actor
 from consentflow.models import ActorType, Channel
 from consentflow.tokens import TokenInfo
@@ -17,7 +16,9 @@ from consentflow.web.auth import ACT, READ, DbSession, ReadSession
 from consentflow.web.schemas import (
     CONFLICT,
     NOT_FOUND,
+    ConsentOut,
     ConsentsOut,
+    EventOut,
     HistoryOut,
     SubjectIn,
     SubjectOut,
@@ -26,24 +27,15 @@ from consentflow.web.schemas import (
 router = resource_router(["subjects"])
 
 
-def _subject_out(session: DbSession, external_id: str) -> dict[str, Any]:
-    subject = subjects.get(session, external_id)
-    if subject is None:
-        raise NotFound(f"unknown subject {external_id!r}")
-    return {
-        "external_id": subject.external_id,
-        "subject_ref": subject.subject_ref,
-        "locale": subject.locale,
-        "has_email": subject.email is not None,
-        "created_at": subject.created_at,
-        "consents": [v.as_dict() for v in lifecycle.current(session, external_id)],
-    }
+def _subject_out(session: DbSession, external_id: str) -> SubjectOut:
+    subject = subjects.require(session, external_id)
+    return SubjectOut.of(subject, lifecycle.current(session, external_id))
 
 
 @router.post("/subjects", response_model=SubjectOut, status_code=201, responses=CONFLICT)
 def add_subject(
     body: SubjectIn, session: DbSession, caller: Annotated[TokenInfo, Depends(ACT)]
-) -> dict[str, Any]:
+) -> SubjectOut:
     """Register a person (only an optional email and a locale are kept)."""
     who = Actor(ActorType.AGENT, Channel.API, name=api_actor(caller))
     subject = subjects.add(
@@ -55,7 +47,7 @@ def add_subject(
 @router.get("/subjects/{subject}", response_model=SubjectOut, responses=NOT_FOUND)
 def get_subject(
     subject: SubjectPath, session: ReadSession, _: Annotated[TokenInfo, Depends(READ.reading)]
-) -> dict[str, Any]:
+) -> SubjectOut:
     """A subject and its consents now."""
     return _subject_out(session, subject)
 
@@ -70,11 +62,12 @@ def subject_consents(
     session: ReadSession,
     _: Annotated[TokenInfo, Depends(READ.reading)],
     at: When = None,
-) -> dict[str, Any]:
+) -> ConsentsOut:
     """The subject's consents now, or as they stood at a past instant (``at``)."""
     when = utc(at, "at")
     views = lifecycle.as_of(session, subject, when) if when else lifecycle.current(session, subject)
-    return {"subject": subject, "at": when, "consents": [v.as_dict() for v in views]}
+    consents = [ConsentOut.model_validate(v) for v in views]
+    return ConsentsOut(subject=subject, at=when, consents=consents)
 
 
 @router.get(
@@ -84,29 +77,10 @@ def subject_consents(
 )
 def subject_history(
     subject: SubjectPath, session: ReadSession, _: Annotated[TokenInfo, Depends(READ.reading)]
-) -> dict[str, Any]:
+) -> HistoryOut:
     """Every consent event of the subject, in sequence order."""
-    events = [
-        {
-            "event_id": str(e.id),
-            "purpose": key,
-            "seq": e.seq,
-            "action": e.action,
-            "state": e.state,
-            "previous_state": e.previous_state,
-            "purpose_version": e.purpose_version,
-            "occurred_at": e.occurred_at,
-            "recorded_at": e.recorded_at,
-            "valid_until": e.valid_until,
-            "actor_type": e.actor_type,
-            "actor": e.actor,
-            "channel": e.channel,
-            "reason": e.reason,
-            "run_id": e.run_id,
-        }
-        for key, e in lifecycle.history(session, subject)
-    ]
-    return {"subject": subject, "events": events}
+    events = [EventOut.of(key, e) for key, e in lifecycle.history(session, subject)]
+    return HistoryOut(subject=subject, events=events)
 
 
 @router.get(
