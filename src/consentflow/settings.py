@@ -12,15 +12,36 @@ Unknown ``CONSENTFLOW_*`` variables are ignored (``extra="ignore"``), not refuse
 from __future__ import annotations
 
 import types
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Union, get_args, get_origin
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "CONSENTFLOW_"
+
+
+def parse_stages(value: str | Sequence[int]) -> tuple[int, ...]:
+    """Reminder stages in days, nearest first: ``"30,7,1"`` -> ``(1, 7, 30)``: the one rule for
+    ``CONSENTFLOW_REMINDER_STAGES``, a flow's ``stages`` parameter and a sweep's context.
+
+    Raises ``ValueError`` (one line) for an empty list, something that is not a whole number, or a
+    number of days below 1; duplicates are merged (each stage is sent at most once anyway).
+    """
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",") if v.strip()]
+        try:
+            numbers = [int(v) for v in items]
+        except ValueError:
+            raise ValueError(f"bad reminder stages {value!r}: use days, e.g. 30,7,1") from None
+    else:
+        numbers = [int(v) for v in value]
+    if not numbers or any(n < 1 for n in numbers):
+        raise ValueError(f"bad reminder stages {value!r}: give positive numbers of days")
+    return tuple(sorted(set(numbers)))
 
 
 class Settings(BaseSettings):
@@ -131,6 +152,14 @@ class Settings(BaseSettings):
     reconsent_deadline_days: int = Field(
         30, description="Re-consent: days a subject has to confirm after a material revision."
     )
+
+    @field_validator("reminder_stages")
+    @classmethod
+    def _stages(cls, value: str) -> str:
+        """A bad ``CONSENTFLOW_REMINDER_STAGES`` fails when the settings are read (start-up), not
+        inside the first reminder run. The text is kept as given."""
+        parse_stages(value)
+        return value
 
 
 @lru_cache

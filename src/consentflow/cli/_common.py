@@ -9,11 +9,12 @@ from datetime import datetime
 from typing import Annotated, Any, NoReturn
 
 import typer
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from sqlmodel import Session
 
 from consentflow import db, timeutil, views
 from consentflow.delivery import events
+from consentflow.settings import ENV_PREFIX, get_settings
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -45,6 +46,17 @@ def startup() -> None:
     # endpoint), emit the event that wakes the propagate deployment. Commands that write no
     # outbox rows never trigger it; nothing is emitted without PREFECT_API_URL.
     events.install()
+    _check_settings()
+
+
+def _check_settings() -> None:
+    """A bad ``CONSENTFLOW_*`` variable stops every command at once, in one line."""
+    try:
+        get_settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = f"{ENV_PREFIX}{str(first['loc'][0]).upper()}" if first["loc"] else "settings"
+        fail(f"bad configuration: {name}: {first['msg'].removeprefix('Value error, ')}", 2)
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]

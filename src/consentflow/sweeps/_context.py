@@ -5,10 +5,10 @@ due items after ``cursor`` in transactions of its own (see ``_batching``). The c
 one run builds it once (a flow from its parameters and the settings) and passes the same one to
 every batch, so a retried batch sees exactly what the first attempt saw.
 
-Reminder stages are validated by one rule, ``parse_stages``, wherever they come from (the
-context, a flow's ``stages`` parameter, ``CONSENTFLOW_REMINDER_STAGES``): positive whole days,
-duplicates merged, kept nearest first. A bad value is refused with ``ValueError`` before any
-batch runs.
+Reminder stages are validated by one rule, ``settings.parse_stages``, wherever they come from
+(the context, a flow's ``stages`` parameter, ``CONSENTFLOW_REMINDER_STAGES``, which the settings
+check when they are read): positive whole days, duplicates merged, kept nearest first. A bad value
+is refused with ``ValueError`` before any batch runs.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Engine
 
+from consentflow import settings
 from consentflow.settings import get_settings
 
 if TYPE_CHECKING:
@@ -28,25 +29,9 @@ if TYPE_CHECKING:
 
 
 def parse_stages(value: str | Sequence[int] | None) -> tuple[int, ...]:
-    """Reminder stages in days, nearest first: ``"30,7,1"`` -> ``(1, 7, 30)``.
-
-    ``None`` means the settings' ``CONSENTFLOW_REMINDER_STAGES``. Raises ``ValueError`` for an
-    empty list, something that is not a whole number, or a number of days below 1; duplicates
-    are merged (each stage is sent at most once anyway).
-    """
-    if value is None:
-        value = get_settings().reminder_stages
-    if isinstance(value, str):
-        items = [v.strip() for v in value.split(",") if v.strip()]
-        try:
-            numbers = [int(v) for v in items]
-        except ValueError:
-            raise ValueError(f"bad reminder stages {value!r}: use days, e.g. 30,7,1") from None
-    else:
-        numbers = [int(v) for v in value]
-    if not numbers or any(n < 1 for n in numbers):
-        raise ValueError(f"bad reminder stages {value!r}: give positive numbers of days")
-    return tuple(sorted(set(numbers)))
+    """Reminder stages in days, nearest first, by the settings' rule (``settings.parse_stages``);
+    ``None`` means ``CONSENTFLOW_REMINDER_STAGES``. Raises ``ValueError`` for a bad value."""
+    return settings.parse_stages(get_settings().reminder_stages if value is None else value)
 
 
 def _default_after_days() -> int:
