@@ -6,7 +6,6 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
 
 from sqlmodel import Session, select
 
@@ -45,20 +44,6 @@ class Decision:
     valid_until: datetime | None = None
     #: The consent event the answer rests on (the latest change of that consent).
     event_id: uuid.UUID | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "allowed": self.allowed,
-            "reason": self.reason.value,
-            "subject": self.subject,
-            "purpose": self.purpose,
-            "system": self.system,
-            "state": self.state,
-            "purpose_version": self.purpose_version,
-            "valid_until": self.valid_until.isoformat() if self.valid_until else None,
-            "event_id": str(self.event_id) if self.event_id else None,
-            "checked_at": self.checked_at.isoformat(),
-        }
 
 
 def check(

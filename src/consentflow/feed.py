@@ -9,7 +9,6 @@ it saw can never skip a withdrawal that committed late (timestamps could).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import and_, or_
 from sqlmodel import Session, col, select
@@ -41,21 +40,6 @@ class FeedItem:
     effective_at: str
     event_id: str
     sequence: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "cursor": self.cursor,
-            "type": self.type,
-            "data": {
-                "subject": self.subject,
-                "purpose": self.purpose,
-                "purpose_version": self.purpose_version,
-                "state": self.state,
-                "effective_at": self.effective_at,
-                "event_id": self.event_id,
-                "sequence": self.sequence,
-            },
-        }
 
 
 _AUDIT = metadata.tables["audit_entry"]

@@ -8,7 +8,7 @@ Invariants:
   Fernet key that seals webhook secrets at rest (``secretbox``, via ``hkdf``). Each use starts
   its parts with its own label (``"subject:"``, ``"email:"``, ``"consentflow-link:<action>"``,
   ...), so no two uses can produce the same input.
-- Stored and handed-out values never change: ``tests/test_keys.py`` pins them for a fixed
+- Stored and handed-out values never change: ``tests/ledger/test_keys.py`` pins them for a fixed
   secret. Changing a label, the order of parts or the truncation breaks every stored reference.
 - Unkeyed digests are not derivations and stay where they are used: the audit chain
   (``audit``), API token hashes (``tokens``: tokens are random and high-entropy) and the Standard

@@ -232,7 +232,7 @@ OTHER_VARIABLES: tuple[OtherVariable, ...] = (
     ),
 )
 
-#: Read by the test suite only (``tests/conftest.py``), never by consentflow itself.
+#: Read by the test suite only (``tests/support/database.py``), never by consentflow itself.
 TEST_VARIABLES: tuple[OtherVariable, ...] = (
     OtherVariable(
         "CONSENTFLOW_TEST_POSTGRES_URL",

@@ -27,6 +27,7 @@ from consentflow import db, lifecycle, purposes, runs, sweeps, systems, tokens
 from consentflow.errors import InvalidInput
 from consentflow.lifecycle import Actor
 from consentflow.models import Consent, ConsentEvent, ConsentRequest, State, utcnow
+from tests.support.net import free_port
 from tests.support.seeding import (
     audit_entries,
     count,
@@ -35,7 +36,7 @@ from tests.support.seeding import (
     seed_subjects,
     verify_audit,
 )
-from tests.support.smtp import SmtpSink, free_port, use_smtp
+from tests.support.smtp import SmtpSink, use_smtp
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -16,6 +16,8 @@ from consentflow.access import Reason
 from consentflow.errors import NotFound
 from consentflow.lifecycle import Actor, Change
 from consentflow.models import Action, metadata, utcnow
+from consentflow.timeutil import iso_z
+from consentflow.views import DecisionOut
 
 DAY = timedelta(days=1)
 
@@ -72,7 +74,7 @@ def assert_decision(
         assert d.valid_until == last.valid_until
         assert d.purpose_version == last.purpose_version
         assert d.state == (state or last.state.value)
-    json.dumps(d.as_dict())
+    json.dumps(DecisionOut.model_validate(d).model_dump(mode="json"))
 
 
 @pytest.mark.parametrize("system", [None, "crm"])
@@ -84,10 +86,10 @@ def test_given(ledger: Engine, system: str | None) -> None:
     assert d.system == system
     assert last.valid_until is not None and d.valid_until == last.valid_until
     assert counts(ledger) == before
-    data = d.as_dict()
+    data = DecisionOut.model_validate(d).model_dump(mode="json")
     assert data["allowed"] is True and data["reason"] == "given"
     assert data["event_id"] == str(last.event_id)
-    assert data["valid_until"] == last.valid_until.isoformat()
+    assert data["valid_until"] == iso_z(last.valid_until)
 
 
 @pytest.mark.parametrize(

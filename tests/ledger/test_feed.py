@@ -13,6 +13,7 @@ from consentflow import db, feed, lifecycle, purposes, subjects, systems
 from consentflow.errors import InvalidInput, NotFound
 from consentflow.lifecycle import Actor
 from consentflow.models import Action, Delivery, System, utcnow
+from consentflow.views import FeedItemOut
 
 DAY = timedelta(days=1)
 
@@ -89,7 +90,7 @@ def test_feed_items_mirror_the_webhook_bodies(ledger: Engine) -> None:
             .order_by(col(Delivery.id))
         ).all()
     bodies = [json.loads(p) for p in rows]
-    fed = [i.as_dict() for i in items(ledger, "crm")]
+    fed = [FeedItemOut.of(i).model_dump(mode="json") for i in items(ledger, "crm")]
     assert [(f["type"], f["data"]) for f in fed] == [(b["type"], b["data"]) for b in bodies]
     assert all("@" not in json.dumps(f) for f in fed)
 

@@ -38,6 +38,7 @@ from consentflow.models import (
     metadata,
     utcnow,
 )
+from consentflow.views import ChangeOut
 
 DAY = timedelta(days=1)
 HOUR = timedelta(hours=1)
@@ -646,7 +647,7 @@ def snapshot(engine: Engine, external_id: str, change: Change) -> dict[str, Any]
         body["data"].pop("event_id")
         body["data"]["effective_at"] = when(body["data"]["effective_at"])
         outbox.append((name, d.event_type, d.state, d.attempts, body))
-    changed = {k: when(v) for k, v in change.as_dict().items()}
+    changed = {k: when(v) for k, v in ChangeOut.of(change).model_dump(mode="json").items()}
     for key in ("event_id", "recorded_at"):
         changed.pop(key)
     return {

@@ -13,7 +13,8 @@ from aiosmtpd.controller import Controller
 
 from consentflow import mail, settings
 from consentflow.mail import Mailer, SendStatus, SmtpConfig
-from tests.support.smtp import SmtpSink, free_port
+from tests.support.net import free_port
+from tests.support.smtp import SmtpSink
 
 CONTEXT = {
     "purpose_title": "News & <offers>",

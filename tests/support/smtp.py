@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-import socket
 import threading
 from collections import defaultdict, deque
 from collections.abc import Iterator
@@ -23,12 +22,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from consentflow import settings
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.net import free_port
 
 
 @dataclass

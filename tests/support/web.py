@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ import httpx
 from sqlalchemy.engine import Engine
 
 from consentflow import db, purposes, subjects, systems, tokens
+from tests.support.net import free_port
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -73,12 +73,6 @@ def client() -> TestClient:
     from consentflow.web.app import create_app
 
     return TestClient(create_app(), follow_redirects=False)
-
-
-def free_port() -> int:
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

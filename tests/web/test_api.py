@@ -445,7 +445,7 @@ def test_consentflow_serve_runs_the_app(engine, database_url):
     import sys
     import time
 
-    from tests.support.web import free_port
+    from tests.support.net import free_port
 
     t = seed(engine)
     port = free_port()

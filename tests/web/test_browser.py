@@ -25,7 +25,8 @@ from consentflow import db, lifecycle, links, settings
 from consentflow.lifecycle import Actor
 from consentflow.links import LinkAction
 from consentflow.models import ConsentEvent, Purpose, Subject, utcnow
-from tests.support.web import free_port, seed, uvicorn_server
+from tests.support.net import free_port
+from tests.support.web import seed, uvicorn_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"

@@ -64,22 +64,6 @@ class Change(NamedTuple):
     valid_until: datetime | None
     deliveries: int = 0
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "event_id": str(self.event_id),
-            "subject": self.external_id,
-            "purpose": self.purpose,
-            "purpose_version": self.purpose_version,
-            "seq": self.seq,
-            "action": self.action.value,
-            "previous_state": self.previous_state.value if self.previous_state else None,
-            "state": self.state.value,
-            "occurred_at": self.occurred_at.isoformat(),
-            "recorded_at": self.recorded_at.isoformat(),
-            "valid_until": self.valid_until.isoformat() if self.valid_until else None,
-            "deliveries": self.deliveries,
-        }
-
 
 @dataclass(slots=True)
 class LockedSubject:
