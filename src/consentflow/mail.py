@@ -59,6 +59,8 @@ class Kind(StrEnum):
     RENEWAL_REMINDER = "renewal_reminder"
     COLLECTION_FOLLOWUP = "collection_followup"
     RECONSENT_REQUEST = "reconsent_request"
+    #: A fresh preference-page link a person asked for (``consentflow link``, the new-link page).
+    PREFERENCE_LINK = "preference_link"
 
 
 DEFAULT_LOCALE = "en"
