@@ -167,7 +167,9 @@ class Subject(SQLModel, table=True):
     subject_ref: str = Field(unique=True, max_length=64)
     #: Kept only because reminders and follow-ups are sent by email.
     email: str | None = Field(default=None, max_length=320)
-    locale: str = Field(default="en", max_length=35)
+    #: The person's language tag (``fr``, ``de-AT``); None: not known, so the pages follow the
+    #: browser's ``Accept-Language`` (``i18n.negotiate``) and emails use the default language.
+    locale: str | None = Field(default=None, max_length=35, nullable=True)
     #: Sequence number of the subject's latest consent event; incremented under a row lock.
     last_seq: int = 0
     created_at: datetime = _ts()
@@ -195,6 +197,13 @@ class PurposeVersion(SQLModel, table=True):
     description: str = ""
     lawful_basis: str = Field(default=LawfulBasis.CONSENT, max_length=32)
     data_categories: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    #: The notice in other languages, ``{locale: {"title": ..., "description": ...}}`` (locale
+    #: tags lower-case, ``fr`` or ``fr-ca``); ``title`` and ``description`` above are the default
+    #: text, shown where a language has none (``purposes.text_for``). Part of the version, so a
+    #: translation is published as a new version like any other change of the notice.
+    texts: dict[str, dict[str, str]] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False)
+    )
     validity_days: int
     #: Whether this version changed the notice materially compared with the previous one, so that
     #: consents resting on earlier versions must be re-confirmed.
@@ -287,6 +296,8 @@ class System(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(unique=True, max_length=100)
+    #: The name people see on their preference page ("who receives it"); None: ``name``.
+    display_name: str | None = Field(default=None, max_length=200)
     webhook_url: str | None = Field(default=None, max_length=2000)
     #: Standard Webhooks secret (``whsec_...``), shown once at registration.
     webhook_secret: str | None = Field(default=None, max_length=200)

@@ -1,4 +1,16 @@
-"""Purposes and their immutable, versioned notices."""
+"""Purposes and their immutable, versioned notices, in several languages.
+
+A notice version has a default text (``title``, ``description``) and optional texts per language
+(``PurposeVersion.texts``: ``{"fr": {"title": ..., "description": ...}}``, tags lower-case). A
+translation is part of the notice people see, so adding or changing one publishes a new version
+(editorial unless said otherwise), like any other change; versions are never updated.
+
+Invariants: when a revision changes the default title or description, the translations of the
+previous version are NOT carried forward (only those given with the revision are), so nobody
+reads a translation of an older notice: they get the new default text until it is translated.
+``text_for`` falls back field by field: ``fr-CA`` -> ``fr`` -> the default text. The default
+locale (``en``) has no entry of its own: its text is the default text.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +21,7 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from consentflow import audit
+from consentflow import audit, i18n
 from consentflow.actors import Actor, audit_fields
 from consentflow.errors import Conflict, InvalidInput, NotFound
 from consentflow.models import LawfulBasis, Purpose, PurposeVersion
@@ -28,6 +40,72 @@ class PurposeInfo:
     #: The newest version that changed the notice materially: consents on older versions must be
     #: re-confirmed. Version 1 counts as the original notice.
     material_version: int
+
+
+#: ``{locale: {"title": ..., "description": ...}}``, either field optional.
+Texts = dict[str, dict[str, str]]
+
+
+@dataclass(frozen=True)
+class NoticeText:
+    """A notice's title and description for one reader, and the language each is written in
+    (the default text's is ``None``: the default language), for ``lang`` attributes."""
+
+    title: str
+    description: str
+    title_locale: str | None
+    description_locale: str | None
+
+
+def _check_texts(texts: Texts | None) -> Texts:
+    """Per-locale texts, checked and keyed by normalised tag; ``InvalidInput`` names the fault."""
+    checked: Texts = {}
+    for tag, entry in (texts or {}).items():
+        locale = i18n.normalise_tag(tag)
+        if locale is None or len(locale) > 35:
+            raise InvalidInput(f"bad locale {tag!r}: use a language tag such as fr or fr-CA")
+        if locale == i18n.DEFAULT:
+            raise InvalidInput(
+                f"{tag!r} is the default language: give its text as the title and description"
+            )
+        unknown = set(entry) - {"title", "description"}
+        if unknown:
+            raise InvalidInput(f"unknown text field {sorted(unknown)[0]!r} for locale {tag!r}")
+        title, description = entry.get("title"), entry.get("description")
+        if title is None and description is None:
+            raise InvalidInput(f"give a title or a description for locale {tag!r}")
+        fields: dict[str, str] = {}
+        if title is not None:
+            if not title.strip() or len(title.strip()) > 200:
+                raise InvalidInput(f"the {tag} title must be 1 to 200 characters")
+            fields["title"] = title.strip()
+        if description is not None:
+            fields["description"] = description
+        checked[locale] = {**checked.get(locale, {}), **fields}
+    return checked
+
+
+def text_for(version: PurposeVersion, locale: str | None) -> NoticeText:
+    """The notice in ``locale``, field by field: ``fr-ca``, then ``fr``, then the default text."""
+    title = description = None
+    title_locale = description_locale = None
+    for tag in i18n.fallback_chain(locale):
+        entry = (version.texts or {}).get(tag, {})
+        if title is None and entry.get("title"):
+            title, title_locale = entry["title"], tag
+        if description is None and entry.get("description"):
+            description, description_locale = entry["description"], tag
+    return NoticeText(
+        title=title if title is not None else version.title,
+        description=description if description is not None else version.description,
+        title_locale=title_locale,
+        description_locale=description_locale,
+    )
+
+
+def title_for(version: PurposeVersion, locale: str | None) -> str:
+    """The notice's title in ``locale``, falling back to the default title."""
+    return text_for(version, locale).title
 
 
 def _check_fields(title: str | None, validity_days: int | None, lawful_basis: str | None) -> None:
@@ -49,14 +127,17 @@ def add(
     description: str = "",
     lawful_basis: str = LawfulBasis.CONSENT,
     data_categories: list[str] | None = None,
+    texts: Texts | None = None,
     actor: Actor | None = None,
 ) -> PurposeVersion:
-    """Register a purpose with its first notice version (``actor``: who, for the audit trail)."""
+    """Register a purpose with its first notice version (``actor``: who, for the audit trail);
+    ``texts``: the notice in other languages."""
     if not _KEY.match(key):
         raise InvalidInput(
             f"bad purpose key {key!r}: use lowercase letters, digits, '_', '-', '.' (max 64)"
         )
     _check_fields(title, validity_days, lawful_basis)
+    checked = _check_texts(texts)
     if session.exec(select(Purpose.id).where(Purpose.key == key)).first() is not None:
         raise Conflict(f"purpose {key!r} exists already: use `purpose revise` to change it")
     purpose = Purpose(key=key, current_version=1)
@@ -70,6 +151,7 @@ def add(
         description=description,
         lawful_basis=lawful_basis,
         data_categories=list(data_categories or []),
+        texts=checked,
         validity_days=validity_days,
         material=False,
     )
@@ -95,14 +177,17 @@ def revise(
     lawful_basis: str | None = None,
     data_categories: list[str] | None = None,
     validity_days: int | None = None,
+    texts: Texts | None = None,
     actor: Actor | None = None,
 ) -> PurposeVersion:
     """Publish a new notice version; earlier versions stay exactly as subjects saw them.
 
     A material revision means every consent resting on an older version must be re-confirmed
-    (the re-consent flow asks, then invalidates); an editorial one asks nobody.
+    (the re-consent flow asks, then invalidates); an editorial one asks nobody. ``texts`` add or
+    change translations (merged, field by field, over those carried from the latest version).
     """
     _check_fields(title, validity_days, lawful_basis)
+    given = _check_texts(texts)
     purpose = session.exec(select(Purpose).where(Purpose.key == key).with_for_update()).first()
     if purpose is None:
         raise NotFound(f"unknown purpose {key!r}: see `consentflow purpose list`")
@@ -115,6 +200,11 @@ def revise(
         "validity_days": validity_days,
     }
     changes = {k: v for k, v in changes.items() if v is not None and v != getattr(latest, k)}
+    new_texts = _next_texts(
+        latest, given, default_changed=bool({"title", "description"} & set(changes))
+    )
+    if new_texts != (latest.texts or {}):
+        changes["texts"] = new_texts
     if not changes:
         raise InvalidInput(f"nothing to revise: give at least one changed field for {key!r}")
     new = PurposeVersion(
@@ -124,6 +214,7 @@ def revise(
         description=changes.get("description", latest.description),
         lawful_basis=changes.get("lawful_basis", latest.lawful_basis),
         data_categories=list(changes.get("data_categories", latest.data_categories)),
+        texts=new_texts,
         validity_days=changes.get("validity_days", latest.validity_days),
         material=material,
     )
@@ -139,6 +230,15 @@ def revise(
         **audit_fields(actor),
     )
     return new
+
+
+def _next_texts(latest: PurposeVersion, given: Texts, *, default_changed: bool) -> Texts:
+    """The translations of the next version: the latest's (unless the default text changes),
+    with the given ones merged over them."""
+    carried: Texts = {} if default_changed else dict(latest.texts or {})
+    for locale, fields in given.items():
+        carried[locale] = {**carried.get(locale, {}), **fields}
+    return carried
 
 
 def _version(session: Session, purpose_id: int, version: int) -> PurposeVersion:
@@ -157,6 +257,7 @@ def _version_detail(v: PurposeVersion) -> dict[str, Any]:
         "data_categories": v.data_categories,
         "validity_days": v.validity_days,
         "material": v.material,
+        "locales": sorted(v.texts or {}),
     }
 
 

@@ -16,6 +16,17 @@ from consentflow.errors import Conflict, InvalidInput, NotFound
 from consentflow.models import Purpose, System, SystemPurpose
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_display_name(display_name: str | None) -> str | None:
+    """The name people see, trimmed (None or blank: the system's name is shown)."""
+    if display_name is None or not display_name.strip():
+        return None
+    display_name = display_name.strip()
+    if len(display_name) > 200 or _CONTROL.search(display_name):
+        raise InvalidInput("the display name must be 1 to 200 printable characters")
+    return display_name
 
 
 def new_secret() -> str:
@@ -34,6 +45,7 @@ def check_webhook_url(url: str) -> str:
 @dataclass(frozen=True)
 class SystemView:
     name: str
+    display_name: str
     purposes: list[str]
     webhook_url: str | None
     status: str
@@ -45,13 +57,17 @@ def add(
     purpose_keys: list[str],
     *,
     webhook_url: str | None = None,
+    display_name: str | None = None,
     actor: Actor | None = None,
 ) -> tuple[System, str | None]:
-    """Register a system for ``purpose_keys``; returns it and its webhook secret (shown once)."""
+    """Register a system for ``purpose_keys``; returns it and its webhook secret (shown once).
+
+    ``display_name``: what people are shown as a recipient of their data (default: ``name``)."""
     if not _NAME.match(name):
         raise InvalidInput(f"bad system name {name!r}: use letters, digits, '_', '-', '.'")
     if not purpose_keys:
         raise InvalidInput("give at least one purpose the system may process (--purposes a,b)")
+    display_name = check_display_name(display_name)
     infos = purposes.info(session, purpose_keys)
     if webhook_url is not None:
         check_webhook_url(webhook_url)
@@ -61,7 +77,9 @@ def add(
     stored = None
     if secret:
         stored = secretbox.seal(session, secret)  # encrypted at rest; shown in plain only now
-    system = System(name=name, webhook_url=webhook_url, webhook_secret=stored)
+    system = System(
+        name=name, display_name=display_name, webhook_url=webhook_url, webhook_secret=stored
+    )
     session.add(system)
     session.flush()
     assert system.id is not None
@@ -94,7 +112,14 @@ def list_all(session: Session) -> list[SystemView]:
     views: dict[str, SystemView] = {}
     for system, key in rows:
         view = views.setdefault(
-            system.name, SystemView(system.name, [], system.webhook_url, system.status)
+            system.name,
+            SystemView(
+                system.name,
+                system.display_name or system.name,
+                [],
+                system.webhook_url,
+                system.status,
+            ),
         )
         if key:
             view.purposes.append(key)

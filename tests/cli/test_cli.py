@@ -231,6 +231,7 @@ def test_readme_walkthrough_json(cli: Any, engine: Engine) -> None:
     assert js(cli("system", "list", "--json")) == [
         {
             "name": "crm",
+            "display_name": "crm",
             "purposes": ["newsletter"],
             "webhook_url": "https://crm.example.com/h",
             "status": "active",
@@ -303,6 +304,10 @@ ERRORS: list[tuple[tuple[str, ...], int, str]] = [
     (("purpose", "revise", "nothing", "--title", "X"), 2, "unknown purpose 'nothing'"),
     (("system", "add", "erp", "--purposes", "nothing"), 2, "unknown purpose 'nothing'"),
     (("system", "add", "erp", "--purposes", ","), 2, "at least one purpose"),
+    (("purpose", "revise", "newsletter", "--locale", "fr"), 2, "give a title or a description"),
+    (("purpose", "revise", "newsletter", "--locale", "en", "--title", "N"), 2, "default language"),
+    (("purpose", "revise", "newsletter", "--locale", "f r", "--title", "N"), 2, "bad locale"),
+    (("system", "add", "erp", "--purposes", "newsletter", "--display-name", " \x01"), 2, "display"),
     (
         ("system", "add", "erp", "--purposes", "newsletter", "--webhook-url", "ftp://x"),
         2,
@@ -459,3 +464,26 @@ def test_registrations_from_the_cli_record_who_made_them(cli: Any, database_url:
 def test_db_upgrade_speaks_json(cli: Any) -> None:
     r = cli("db", "upgrade", "--json")
     assert r.code == 0 and json.loads(r.out) == {"revision": "0001"}
+
+
+def test_purpose_translations_and_system_display_names(cli: Any, engine: Engine) -> None:
+    ok(cli("purpose", "add", "news", "--title", "News", "--validity-days", "30"))
+    fr = js(
+        cli(
+            "purpose", "revise", "news", "--locale", "fr-CA",
+            "--title", "Nouvelles", "--description", "Chaque mois.", "--json",
+        )
+    )  # fmt: skip
+    assert (fr["version"], fr["material"], fr["title"], fr["description"]) == (2, False, "News", "")
+    assert fr["texts"] == {"fr-ca": {"title": "Nouvelles", "description": "Chaque mois."}}
+    de = js(cli("purpose", "revise", "news", "--locale", "de", "--title", "Neues", "--json"))
+    assert de["texts"] == {**fr["texts"], "de": {"title": "Neues"}}
+    listed = js(cli("purpose", "list", "--versions", "--json"))
+    assert [v["texts"] for v in listed] == [{}, fr["texts"], de["texts"]]
+    ok(cli("system", "add", "crm", "--purposes", "news", "--display-name", " Our CRM "))
+    ok(cli("system", "add", "erp", "--purposes", "news"))
+    systems = js(cli("system", "list", "--json"))
+    assert [(x["name"], x["display_name"]) for x in systems] == [
+        ("crm", "Our CRM"),
+        ("erp", "erp"),
+    ]

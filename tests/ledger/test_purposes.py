@@ -54,6 +54,7 @@ def test_add_records_version_one(engine: Engine) -> None:
         "data_categories": ["email"],
         "validity_days": 30,
         "material": False,
+        "locales": [],
     }
 
 
@@ -171,3 +172,95 @@ def test_revise_rejects(engine: Engine) -> None:
         purposes.versions(s, "nope")
     with Session(engine) as s, pytest.raises(NotFound, match="unknown purpose 'nope'"):
         purposes.info(s, ["news", "nope"])
+
+
+# ----------------------------------------------------------------------- texts per language
+
+
+def test_translations_are_versions_and_fall_back_field_by_field(engine: Engine) -> None:
+    with db.session_scope(engine) as s:
+        v1 = purposes.add(
+            s,
+            "news",
+            title="News",
+            description="Monthly news.",
+            validity_days=30,
+            texts={"fr": {"title": "  Actualités  "}, "de-AT": {"title": "Neuigkeiten"}},
+        )
+    assert v1.texts == {"fr": {"title": "Actualités"}, "de-at": {"title": "Neuigkeiten"}}
+    v1_rows = version_rows(engine)
+    with db.session_scope(engine) as s:
+        v2 = purposes.revise(
+            s, "news", material=False, texts={"fr": {"description": "Les nouvelles du mois."}}
+        )
+    # A translation is a new (editorial) version, merged over the texts carried forward.
+    assert (v2.version, v2.material, v2.title) == (2, False, "News")
+    assert v2.texts == {
+        "fr": {"title": "Actualités", "description": "Les nouvelles du mois."},
+        "de-at": {"title": "Neuigkeiten"},
+    }
+    assert version_rows(engine)[:1] == v1_rows
+    fr_ca = purposes.text_for(v2, "fr-CA")  # fr-ca -> fr
+    assert (fr_ca.title, fr_ca.description, fr_ca.title_locale) == (
+        "Actualités",
+        "Les nouvelles du mois.",
+        "fr",
+    )
+    de_at = purposes.text_for(v2, "de_AT")  # the title is translated, the description is not
+    assert (de_at.title, de_at.description) == ("Neuigkeiten", "Monthly news.")
+    assert (de_at.title_locale, de_at.description_locale) == ("de-at", None)
+    assert purposes.title_for(v2, "de") == "News"  # only Austrian German was given
+    for unknown in ("es", "xx", None, "not a tag!"):
+        assert purposes.title_for(v2, unknown) == "News"
+    changed = [d["changed"] for a, _, d in audit_actions(engine) if a == "purpose.revised"]
+    assert changed == [["texts"]]
+    assert [d["locales"] for a, _, d in audit_actions(engine)] == [["de-at", "fr"]] * 2
+
+
+def test_a_new_default_text_drops_translations_not_given_again(engine: Engine) -> None:
+    with db.session_scope(engine) as s:
+        purposes.add(
+            s,
+            "news",
+            title="News",
+            validity_days=30,
+            texts={"fr": {"title": "Actualités"}, "es": {"title": "Noticias"}},
+        )
+        v2 = purposes.revise(s, "news", material=False, validity_days=60)
+        v3 = purposes.revise(
+            s,
+            "news",
+            material=True,
+            title="News and offers",
+            texts={"fr": {"title": "Actualités et offres"}},
+        )
+    assert v2.texts == {"fr": {"title": "Actualités"}, "es": {"title": "Noticias"}}
+    # Nobody reads a translation of the older notice: Spanish falls back to the new default.
+    assert v3.texts == {"fr": {"title": "Actualités et offres"}}
+    assert purposes.title_for(v3, "es") == "News and offers"
+    assert purposes.title_for(v3, "fr") == "Actualités et offres"
+
+
+@pytest.mark.parametrize(
+    ("texts", "phrase"),
+    [
+        ({"f": {"title": "X"}}, "bad locale 'f'"),
+        ({"fr fr": {"title": "X"}}, "bad locale"),
+        ({"en": {"title": "X"}}, "default language"),
+        ({"fr": {}}, "give a title or a description for locale 'fr'"),
+        ({"fr": {"title": "  "}}, "fr title must be 1 to 200"),
+        ({"fr": {"title": "x" * 201}}, "fr title must be 1 to 200"),
+        ({"fr": {"summary": "x"}}, "unknown text field 'summary'"),
+    ],
+)
+def test_bad_texts_change_nothing(engine: Engine, texts: Any, phrase: str) -> None:
+    with pytest.raises(InvalidInput, match=phrase), db.session_scope(engine) as s:
+        purposes.add(s, "news", title="News", validity_days=30, texts=texts)
+    with db.session_scope(engine) as s:
+        purposes.add(s, "news", title="News", validity_days=30, texts={"fr": {"title": "A"}})
+    before = version_rows(engine)
+    with pytest.raises(InvalidInput, match=phrase), db.session_scope(engine) as s:
+        purposes.revise(s, "news", material=False, texts=texts)
+    with pytest.raises(InvalidInput, match="nothing to revise"), db.session_scope(engine) as s:
+        purposes.revise(s, "news", material=False, texts={"FR": {"title": "A"}})  # the same
+    assert version_rows(engine) == before

@@ -104,9 +104,16 @@ def purpose_revise(
     lawful_basis: Annotated[str | None, typer.Option()] = None,
     data_categories: Annotated[str | None, typer.Option(help="Comma-separated.")] = None,
     validity_days: Annotated[int | None, typer.Option()] = None,
+    locale: Annotated[
+        str | None, typer.Option(help="--title/--description are this language's text (fr).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Publish a new notice version (earlier versions are kept exactly as they were)."""
+    pairs = (("title", title), ("description", description))
+    texts = {locale: {k: v for k, v in pairs if v is not None}} if locale else None
+    if texts:
+        title = description = None
     with session() as s:
         v = purposes.revise(
             s,
@@ -117,6 +124,7 @@ def purpose_revise(
             lawful_basis=lawful_basis,
             data_categories=_csv_list(data_categories),
             validity_days=validity_days,
+            texts=texts,
             actor=lifecycle.agent_actor(),
         )
     kind = "material" if material else "editorial"
@@ -380,6 +388,9 @@ def system_add(
     name: str,
     purposes_: Annotated[str, typer.Option("--purposes", help="Comma-separated purpose keys.")],
     webhook_url: Annotated[str | None, typer.Option(help="Where withdrawals are sent.")] = None,
+    display_name: Annotated[
+        str | None, typer.Option(help="Shown to people (default: NAME).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Register a downstream system; its webhook secret is printed once, now."""
@@ -389,6 +400,7 @@ def system_add(
             name,
             _csv_list(purposes_) or [],
             webhook_url=webhook_url,
+            display_name=display_name,
             actor=lifecycle.agent_actor(),
         )
     data = views.SystemCreated(

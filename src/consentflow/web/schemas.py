@@ -91,6 +91,30 @@ CONFLICT: dict[int | str, dict[str, Any]] = {
 # --------------------------------------------------------------------------------- purposes
 
 
+#: A language tag (``fr``, ``fr-CA``); stored lower-case.
+LocaleTag = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{1,8})*$")]
+
+
+class LocalTextIn(Strict):
+    """A notice's text in one language; a field left out falls back to the default text."""
+
+    title: Title | None = None
+    description: Description | None = None
+
+
+#: The notice in other languages: ``{"fr": {"title": ..., "description": ...}}``.
+Texts = Annotated[
+    dict[Annotated[LocaleTag, Field(max_length=35)], LocalTextIn], Field(max_length=50)
+]
+
+
+def texts_arg(texts: dict[str, LocalTextIn] | None) -> dict[str, dict[str, str]] | None:
+    """``texts`` as the purposes service takes them (fields left out stay out)."""
+    if texts is None:
+        return None
+    return {tag: text.model_dump(exclude_none=True) for tag, text in texts.items()}
+
+
 class PurposeIn(Strict):
     key: PurposeKey
     title: Title
@@ -98,15 +122,19 @@ class PurposeIn(Strict):
     description: Description = ""
     lawful_basis: LawfulBasis = LawfulBasis.CONSENT
     data_categories: Categories = []
+    texts: Texts = {}
 
 
 class RevisionIn(Strict):
+    """Only the fields given change; ``texts`` add or change translations (a new version too)."""
+
     material: bool
     title: Title | None = None
     description: Description | None = None
     lawful_basis: LawfulBasis | None = None
     data_categories: Categories | None = None
     validity_days: Annotated[int, Field(ge=1, le=36500)] | None = None
+    texts: Texts | None = None
 
 
 # --------------------------------------------------------------------------------- subjects
@@ -178,6 +206,8 @@ __all__ = [
     "Health",
     "HealthRow",
     "HistoryOut",
+    "LocalTextIn",
+    "LocaleTag",
     "Me",
     "PurposeDetail",
     "PurposeIn",
@@ -196,6 +226,8 @@ __all__ = [
     "SystemName",
     "SystemOut",
     "Text",
+    "Texts",
     "Title",
     "VerifyOut",
+    "texts_arg",
 ]

@@ -21,6 +21,7 @@ from consentflow.web.schemas import (
     PurposeVersionOut,
     RevisionIn,
     SystemOut,
+    texts_arg,
 )
 
 router = resource_router()
@@ -83,6 +84,7 @@ def add_purpose(
         description=body.description,
         lawful_basis=body.lawful_basis.value,
         data_categories=list(body.data_categories),
+        texts=texts_arg(body.texts),
     )
     return get_purpose(body.key, session, _)
 
@@ -100,7 +102,11 @@ def revise_purpose(
     session: DbSession,
     _: Annotated[TokenInfo, Depends(ADMIN)],
 ) -> PurposeDetail:
-    """Publish a new notice version; ``material`` means consents must be re-confirmed."""
+    """Publish a new notice version; ``material`` means consents must be re-confirmed.
+
+    ``texts`` add or change the notice in other languages (an editorial version, unless
+    ``material``); a change of the default title or description drops the translations not
+    given again, so nobody reads a translation of an older notice."""
     purposes.revise(
         session,
         key,
@@ -110,6 +116,7 @@ def revise_purpose(
         lawful_basis=body.lawful_basis.value if body.lawful_basis else None,
         data_categories=list(body.data_categories) if body.data_categories is not None else None,
         validity_days=body.validity_days,
+        texts=texts_arg(body.texts),
     )
     return get_purpose(key, session, _)
 
