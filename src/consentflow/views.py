@@ -91,6 +91,8 @@ class PurposeVersionOut(View):
     version: int
     title: str
     description: str
+    #: ``{locale: {title?, description?}}``; a missing one falls back to title / description.
+    texts: dict[str, dict[str, str]] = {}
     lawful_basis: Name
     data_categories: list[str]
     validity_days: int
@@ -122,6 +124,7 @@ class PurposeDetail(PurposeOut):
 
 class SystemOut(View):
     name: str
+    display_name: str  # shown to people; the name when none was given
     purposes: list[str]
     webhook_url: str | None
     status: Name
