@@ -8,10 +8,12 @@ the history, so it shows every notice version the subject actually saw.
 
 Contents: ``schema_version``, a ``record_id`` stable per subject (UUIDv5 of the subject
 ref), a fresh ``receipt_id`` per call, ``receipt_issued_at``, the subject's id, ref, language and
-creation time, and ``processing``: one block per purpose the subject ever had a change on, holding
-the notice the subject's current state was given under (or the latest notice if there is no
-current state), the lawful basis, data categories, the systems that receive the purpose, the
-validity, the current state and every event of that purpose in history order.
+creation time, ``pii_controllers`` (the controller configured in ``CONSENTFLOW_CONTROLLER_*``,
+see ``settings.Controller``), and ``processing``: one block per purpose the subject ever had a
+change on, holding the same ``pii_controllers``, the notice the subject's current state was given
+under (or the latest notice if there is no current state), the lawful basis, data categories, the
+systems that receive the purpose, the validity, the current state and every event of that purpose
+in history order.
 
 It is read-only and has no web dependency, so the API and the CLI (``consentflow consent receipt``)
 build the same document. Failure mode: ``NotFound`` for an unknown subject; nothing else is
@@ -35,12 +37,29 @@ from consentflow.models import (
     SystemPurpose,
     utcnow,
 )
+from consentflow.settings import Controller, get_settings
 from consentflow.timeutil import iso_z
 
 SCHEMA_VERSION = "ISO/IEC TS 27560:2023"
 #: A namespace for record ids, so one subject's record id is the same on every receipt.
 _NAMESPACE = uuid.UUID("1b1d9a1e-6f0c-5a7e-9d43-27560c0a5e11")
+#: The receipt's language when the subject has none recorded.
+DEFAULT_LANGUAGE = "en"
 _EXPRESSED_BY = {"subject": "data-subject", "agent": "delegated-agent", "import": "import"}
+
+
+def controller_party(controller: Controller) -> dict[str, Any]:
+    """The controller as an ISO/IEC TS 27560 party (id, name, address, contact, type), with its
+    privacy notice and data protection officer; unset fields are null."""
+    return {
+        "party_id": controller.privacy_url or controller.name,
+        "name": controller.name,
+        "address": controller.address,
+        "contact": controller.contact,
+        "type": "dpv:DataController",
+        "privacy_notice_url": controller.privacy_url,
+        "data_protection_officer": {"contact": controller.dpo} if controller.dpo else None,
+    }
 
 
 def _notices(session: Session, keys: list[str]) -> dict[tuple[str, int], PurposeVersion]:
@@ -105,10 +124,12 @@ def _processing(
     shown: PurposeVersion,
     recipients: list[str],
     events: list[dict[str, Any]],
+    controllers: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """One processing block: the notice shown, the current state and the purpose's events."""
     return {
         "purposes": [{"purpose": key, "title": shown.title}],
+        "pii_controllers": controllers,
         "privacy_notice": _notice(shown, key),
         "language": locale,
         "lawful_basis": shown.lawful_basis,
@@ -140,6 +161,8 @@ def build(session: Session, external_id: str) -> dict[str, Any]:
     infos = purposes.info(session, keys) if keys else {}
     notices = _notices(session, keys) if keys else {}
     recipients = _recipients(session, keys) if keys else {}
+    controllers = [controller_party(get_settings().controller)]
+    language = subject.locale or DEFAULT_LANGUAGE
     processing = []
     for key in keys:
         now_view = current.get(key)
@@ -148,11 +171,12 @@ def build(session: Session, external_id: str) -> dict[str, Any]:
         processing.append(
             _processing(
                 key,
-                subject.locale,
+                language,
                 now_view,
                 shown,
                 recipients.get(key, []),
                 [_event(key, e) for k, e in events if k == key],
+                controllers,
             )
         )
     return {
@@ -162,7 +186,8 @@ def build(session: Session, external_id: str) -> dict[str, Any]:
         "receipt_issued_at": iso_z(issued_at),
         "pii_principal_id": subject.external_id,
         "pii_principal_ref": subject.subject_ref,
-        "language": subject.locale,
+        "language": language,
         "record_created_at": iso_z(subject.created_at),
+        "pii_controllers": controllers,
         "processing": processing,
     }

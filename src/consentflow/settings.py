@@ -11,11 +11,13 @@ Unknown ``CONSENTFLOW_*`` variables are ignored (``extra="ignore"``), not refuse
 
 from __future__ import annotations
 
+import re
 import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic.fields import FieldInfo
@@ -42,6 +44,28 @@ def parse_stages(value: str | Sequence[int]) -> tuple[int, ...]:
     if not numbers or any(n < 1 for n in numbers):
         raise ValueError(f"bad reminder stages {value!r}: give positive numbers of days")
     return tuple(sorted(set(numbers)))
+
+
+_EMAIL = re.compile(r"^[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+$")
+
+
+@dataclass(frozen=True)
+class Controller:
+    """Who is responsible for the data (GDPR art. 4(7); ISO/IEC TS 27560 ``pii_controllers``):
+    shown in every people page and email footer and named in every receipt. Only ``name`` is
+    always set (default ``consentflow``, so a fresh checkout works)."""
+
+    name: str
+    privacy_url: str | None = None
+    contact: str | None = None
+    address: str | None = None
+    dpo: str | None = None
+    logo_url: str | None = None
+
+    @property
+    def dpo_is_email(self) -> bool:
+        """Whether ``dpo`` is an address (shown as ``mailto:``) rather than a URL."""
+        return bool(self.dpo and _EMAIL.match(self.dpo))
 
 
 class Settings(BaseSettings):
@@ -83,6 +107,38 @@ class Settings(BaseSettings):
     )
     session_max_age: int = Field(
         8 * 3600, description="How long a web sign-in (session cookie) lasts, in seconds."
+    )
+
+    # -- the controller: who people are dealing with
+    controller_name: str = Field(
+        "consentflow",
+        description="The controller's name (the organisation responsible for the data), shown "
+        "in the footer of every page and email a person sees and named as the PII controller in "
+        "receipts. Set it before the first email goes out.",
+    )
+    controller_privacy_url: str | None = Field(
+        None,
+        description="The controller's privacy notice (an http or https URL), linked from every "
+        "page and email footer and given in receipts.",
+    )
+    controller_contact: str | None = Field(
+        None,
+        description="Where people write about their data (an email address), shown in every "
+        "footer and given in receipts.",
+    )
+    controller_address: str | None = Field(
+        None, description="The controller's postal address, given in receipts (optional)."
+    )
+    controller_dpo: str | None = Field(
+        None,
+        description="How to reach the data protection officer (an email address or a URL), "
+        "shown in every footer and given in receipts (optional).",
+    )
+    controller_logo_url: str | None = Field(
+        None,
+        description="The controller's logo (an https URL, or a path on this site), shown with "
+        "the controller's name as its alternative text; the pages' Content-Security-Policy "
+        "allows images from its origin (optional).",
     )
 
     # -- webhooks
@@ -128,6 +184,17 @@ class Settings(BaseSettings):
         "consentflow <consentflow@localhost>",
         description="The From address of consent emails; its domain also names the Message-IDs.",
     )
+    link_requests_per_address: int = Field(
+        3,
+        description="A person asking for a new link (`/link/new`): at most this many emails "
+        "to one address per hour, counted from the messages recorded in the database (so it "
+        "holds across processes); further requests get the same answer and send nothing.",
+    )
+    link_requests_per_client: int = Field(
+        10,
+        description="A person asking for a new link: at most this many requests per client "
+        "IP address per hour, counted in each web process (not shared between processes).",
+    )
     mail_claim_lease_minutes: int = Field(
         60,
         description="Minutes an email claim may stay unconfirmed before a later run treats it "
@@ -153,6 +220,46 @@ class Settings(BaseSettings):
         30, description="Re-consent: days a subject has to confirm after a material revision."
     )
 
+    @field_validator("controller_name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        value = " ".join(value.split())
+        if not value or len(value) > 200:
+            raise ValueError("give the controller's name (1 to 200 characters)")
+        return value
+
+    @field_validator("controller_privacy_url", "controller_logo_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value)
+        local = value.startswith("/") and not value.startswith("//")
+        if not local and (parts.scheme not in ("http", "https") or not parts.netloc):
+            raise ValueError(f"bad URL {value!r}: use https://host/path")
+        return value
+
+    @field_validator("controller_contact")
+    @classmethod
+    def _contact(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if len(value) > 320 or not _EMAIL.match(value):
+            raise ValueError(f"bad email address {value!r}: expected name@domain.tld")
+        return value
+
+    @property
+    def controller(self) -> Controller:
+        """The controller's identity, as pages, emails and receipts show it."""
+        return Controller(
+            name=self.controller_name,
+            privacy_url=self.controller_privacy_url,
+            contact=self.controller_contact,
+            address=self.controller_address or None,
+            dpo=self.controller_dpo or None,
+            logo_url=self.controller_logo_url,
+        )
+
     @field_validator("reminder_stages")
     @classmethod
     def _stages(cls, value: str) -> str:
@@ -174,6 +281,17 @@ def get_settings() -> Settings:
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Storage and keys", ("database_url", "secret_key")),
     ("Web app", ("public_url", "prefect_ui_url", "session_max_age")),
+    (
+        "The controller",
+        (
+            "controller_name",
+            "controller_privacy_url",
+            "controller_contact",
+            "controller_address",
+            "controller_dpo",
+            "controller_logo_url",
+        ),
+    ),
     ("Webhooks", ("webhook_allowed_hosts", "webhook_timeout", "compliance_email")),
     (
         "Email",
@@ -186,6 +304,8 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "smtp_timeout",
             "smtp_pool_size",
             "mail_from",
+            "link_requests_per_address",
+            "link_requests_per_client",
             "mail_claim_lease_minutes",
         ),
     ),

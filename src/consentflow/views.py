@@ -481,3 +481,17 @@ class VerifyOut(View):
     #: Whether the consent history matches the chain (checked when the chain is intact).
     history_ok: bool
     history_problem: str | None
+
+
+# ---------------------------------------------------------------------------------------- links
+
+
+class LinkOut(View):
+    """A signed link issued for a person (``consentflow link``, ``POST /subjects/{id}/links``):
+    hand it over by another channel; whoever holds it can act until ``expires_at``."""
+
+    subject: str
+    action: Name
+    purpose: str | None
+    url: str
+    expires_at: datetime

@@ -1,16 +1,21 @@
 """Subjects: register one, read it with its consents (now or at an instant), its history and its
-ISO/IEC TS 27560 receipt (``consentflow.receipt``)."""
+ISO/IEC TS 27560 receipt (``consentflow.receipt``); issue a signed link for one (support).
+
+``POST /subjects/{subject}/links`` answers the link itself (a support agent hands it over by
+another channel); the audit trail records which token issued it (``link.issued``), never the
+token of the link. It changes no consent."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends
 
-from consentflow import lifecycle, receipt, subjects
+from consentflow import lifecycle, link_requests, receipt, subjects
 from consentflow.lifecycle import Actor
 from consentflow.models import ActorType, Channel
 from consentflow.tokens import TokenInfo
+from consentflow.views import LinkOut
 from consentflow.web.api._params import SubjectPath, When, api_actor, resource_router, utc
 from consentflow.web.auth import ACT, READ, DbSession, ReadSession
 from consentflow.web.schemas import (
@@ -20,6 +25,8 @@ from consentflow.web.schemas import (
     ConsentsOut,
     EventOut,
     HistoryOut,
+    PurposeKey,
+    Strict,
     SubjectIn,
     SubjectOut,
 )
@@ -93,3 +100,30 @@ def subject_receipt(
 ) -> dict[str, Any]:
     """The subject's consent record as an ISO/IEC TS 27560 receipt (JSON)."""
     return receipt.build(session, subject)
+
+
+class LinkIn(Strict):
+    """Which link to issue: ``renew`` and ``grant`` need a purpose, ``preferences`` takes none,
+    ``revoke`` without one withdraws every consent."""
+
+    action: Literal["preferences", "renew", "revoke", "grant"]
+    purpose: PurposeKey | None = None
+
+
+@router.post(
+    "/subjects/{subject}/links",
+    response_model=LinkOut,
+    status_code=201,
+    responses=NOT_FOUND,
+)
+def issue_link(
+    subject: SubjectPath,
+    body: LinkIn,
+    session: DbSession,
+    caller: Annotated[TokenInfo, Depends(ACT)],
+) -> LinkOut:
+    """A signed link for the subject, to send by another channel; the audit trail records the
+    calling token (``link.issued``)."""
+    who = Actor(ActorType.AGENT, Channel.API, name=api_actor(caller))
+    issued = link_requests.issue_for(session, subject, body.action, body.purpose, actor=who)
+    return LinkOut.model_validate(issued)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from consentflow.web.pages import dashboard, links, login
+from consentflow.web.pages import dashboard, links, login, newlink
 from consentflow.web.pages.login import login_page
 
 __all__ = ["login_page", "router"]
 
 router = APIRouter(include_in_schema=False)
-for _module in (login, dashboard, links):
+for _module in (login, dashboard, links, newlink):
     router.routes.extend(_module.router.routes)
