@@ -1,7 +1,9 @@
-"""What a person's answer on an email-link page or the preference page means.
+"""What a person's answer on an email-link page or the preference page means, and what those
+pages show them.
 
-A person answers yes (grant), renew or stop (revoke) for one purpose, or stop for every purpose
-(a revoke link without one). The rules:
+A person answers yes (grant), no (refuse), renew or stop (revoke) for one purpose, or stop for
+every purpose (a revoke link without one, "withdraw everything" on the preference page). The
+rules:
 
 - ``revoke``: withdraws a given consent; anything else (never given, already withdrawn, a
   concurrent click that got there first) is ``unchanged``, never an error. Idempotent.
@@ -10,29 +12,66 @@ A person answers yes (grant), renew or stop (revoke) for one purpose, or stop fo
 - ``grant``: confirms the current notice. A fresh grant; or a renewal of a consent given on an
   older notice version (re-consent); already given on the current version is ``unchanged``. A
   consent whose validity has ended is not in force: the grant gives it again.
+- ``refuse``: records a no (state ``refused``), which answers an open request (the write path
+  closes it). Already no (refused, or withdrawn: the person said no last) is ``unchanged``, so
+  refusing twice writes one event. A consent in force cannot be refused, only withdrawn:
+  ``TransitionNotAllowed``.
+- ``say_no`` is the "No, thanks" of a request page (collection follow-up, re-consent, grant
+  link): a refusal, except that declining new terms while the earlier consent is still in
+  force withdraws it (the rule book allows no refusal of a given consent, and a withdrawal is
+  what tells the downstream systems to stop).
 
 The subject is always the actor; the caller names the channel (``email_link`` for a link,
-``web`` for the preference page). ``rows`` is what the pages show: each purpose with the
-subject's consent as the access check sees it (a given consent past its validity end is
-expired). No web dependency: the pages only handle HTTP around these.
+``web`` for the preference page). ``rows`` is what the pages show: each purpose with what it
+means (notice, data categories, lawful basis, recipients), the subject's consent as the access
+check sees it (a given consent past its validity end is expired) and, where the notice changed
+since the person agreed, what changed. ``history`` is that one subject's own events. Nothing here
+reads another subject's data. No web dependency: the pages only handle HTTP around these.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from consentflow import lifecycle, purposes
 from consentflow.errors import NotFound, TransitionNotAllowed
 from consentflow.lifecycle import Actor, effective_state
 from consentflow.links import LinkAction
-from consentflow.models import ActorType, Channel, Purpose, State, Subject, utcnow
+from consentflow.models import (
+    ActorType,
+    Channel,
+    Purpose,
+    PurposeVersion,
+    State,
+    Subject,
+    System,
+    SystemPurpose,
+    utcnow,
+)
 
 #: What an answer did: ``done``, or ``unchanged`` when it already was so.
 Outcome = Literal["done", "unchanged"]
+#: The answers a person can give on the pages (``LinkAction`` values are the first three).
+ANSWERS = ("grant", "renew", "revoke", "refuse")
+#: States in which the person's last word was no.
+_SAID_NO = frozenset({State.REFUSED, State.WITHDRAWN})
+#: States that rest on a notice the person agreed to (given once, under that version).
+_AGREED = frozenset({State.GIVEN, State.EXPIRED, State.INVALIDATED, State.WITHDRAWN})
+#: The notice fields a person is shown the change of, in this order.
+DIFF_FIELDS = ("title", "description", "data_categories", "lawful_basis", "validity_days")
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One notice field that changed between the version agreed to and the current one."""
+
+    field: str
+    before: str | int | list[str]
+    after: str | int | list[str]
 
 
 @dataclass
@@ -47,6 +86,64 @@ class Row:
     reconfirm: bool
     #: Given in the ledger (possibly past its validity end, until the sweep records the expiry).
     given: bool
+    given_at: datetime | None = None
+    lawful_basis: str = ""
+    data_categories: list[str] = field(default_factory=list)
+    #: The systems registered to receive the purpose, by name.
+    recipients: list[str] = field(default_factory=list)
+    #: The notice version the person agreed to, when it is older than the current one.
+    agreed_version: int | None = None
+    #: What changed since that version (empty when nothing did, or nothing was agreed).
+    changes: list[Difference] = field(default_factory=list)
+
+    @property
+    def asked(self) -> bool:
+        """Whether the page asks this person yes or no for the purpose (not in force now, and
+        the last word was not no; or in force on a notice that needs confirming)."""
+        if self.state == State.GIVEN.value:
+            return self.reconfirm
+        return self.state not in {s.value for s in _SAID_NO}
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One of the subject's own consent events, as the preference page lists it."""
+
+    occurred_at: datetime
+    purpose: str
+    title: str
+    action: str
+    state: str
+    channel: str
+    actor_type: str
+
+
+def recipients(session: Session, keys: list[str]) -> dict[str, list[str]]:
+    """The names of the systems registered for each purpose (by key), sorted."""
+    found: dict[str, list[str]] = {}
+    for key, name in session.exec(
+        select(Purpose.key, System.name)
+        .join(SystemPurpose, col(SystemPurpose.purpose_id) == Purpose.id)
+        .join(System, col(System.id) == SystemPurpose.system_id)
+        .where(col(Purpose.key).in_(keys))
+        .order_by(col(System.name))
+    ).all():
+        found.setdefault(key, []).append(name)
+    return found
+
+
+def differences(before: PurposeVersion, after: PurposeVersion) -> list[Difference]:
+    """The notice fields that differ between two versions, in ``DIFF_FIELDS`` order."""
+    return [
+        Difference(name, getattr(before, name), getattr(after, name))
+        for name in DIFF_FIELDS
+        if getattr(before, name) != getattr(after, name)
+    ]
+
+
+def _changes(session: Session, key: str, agreed: int, current: PurposeVersion) -> list[Difference]:
+    old = next((v for _, v in purposes.versions(session, key) if v.version == agreed), None)
+    return differences(old, current) if old is not None else []
 
 
 def rows(session: Session, subject: Subject, only: Purpose | None = None) -> list[Row]:
@@ -54,19 +151,24 @@ def rows(session: Session, subject: Subject, only: Purpose | None = None) -> lis
     now = utcnow()
     current = {v.purpose: v for v in lifecycle.current(session, subject.external_id)}
     infos = purposes.info(session)
+    notices = [(k, n) for k, n in purposes.list_current(session) if only is None or k == only.key]
+    receivers = recipients(session, [k for k, _ in notices])
     found = []
-    for key, notice in purposes.list_current(session):
-        if only is not None and key != only.key:
-            continue
+    for key, notice in notices:
         view = current.get(key)
         # As the access check reports it: a given consent past its validity end is expired.
-        state = effective_state(view.state, view.valid_until, now).value if view else None
+        state = effective_state(view.state, view.valid_until, now) if view else None
+        agreed = (
+            view.purpose_version
+            if view and view.state in _AGREED and view.purpose_version < notice.version
+            else None
+        )
         found.append(
             Row(
                 key,
                 notice.title,
                 notice.description,
-                state,
+                state.value if state else None,
                 view.valid_until if view else None,
                 view.purpose_version if view else None,
                 notice.version,
@@ -76,6 +178,12 @@ def rows(session: Session, subject: Subject, only: Purpose | None = None) -> lis
                     and view.purpose_version < infos[key].material_version
                 ),
                 bool(view and view.state == State.GIVEN),
+                given_at=view.given_at if view else None,
+                lawful_basis=notice.lawful_basis,
+                data_categories=list(notice.data_categories),
+                recipients=receivers.get(key, []),
+                agreed_version=agreed,
+                changes=_changes(session, key, agreed, notice) if agreed else [],
             )
         )
     return found
@@ -86,14 +194,45 @@ def renewable(row: Row) -> bool:
     return row.state == State.GIVEN.value
 
 
+def history(session: Session, subject: Subject) -> list[HistoryEntry]:
+    """The subject's own consent events, newest first (read from that subject's history only)."""
+    titles = dict((k, n.title) for k, n in purposes.list_current(session))
+    return [
+        HistoryEntry(
+            e.occurred_at,
+            key,
+            titles.get(key, key),
+            e.action,
+            e.state,
+            e.channel,
+            e.actor_type,
+        )
+        for key, e in reversed(lifecycle.history(session, subject.external_id))
+    ]
+
+
+def _current(session: Session, subject: Subject, purpose_key: str) -> lifecycle.ConsentView | None:
+    views = lifecycle.current(session, subject.external_id)
+    return next((v for v in views if v.purpose == purpose_key), None)
+
+
+def _in_force(view: lifecycle.ConsentView | None) -> bool:
+    if view is None:
+        return False
+    return effective_state(view.state, view.valid_until, utcnow()) is State.GIVEN
+
+
+# Long: one branch per answer keeps the whole meaning of each answer in one place.
 def act(
     session: Session, action: str, subject: Subject, purpose_key: str, channel: Channel
 ) -> tuple[Outcome, lifecycle.Change | None]:
-    """Do what the person asked (revoke, renew or grant; ``LinkAction`` values are these
-    strings). The answer says what happened: 'done', or 'unchanged' when it already was so."""
+    """Do what the person asked (revoke, renew, grant or refuse; ``LinkAction`` values are
+    the first three). The answer says what happened: 'done', or 'unchanged' when it already
+    was so. ``NotFound`` for an unknown purpose or action."""
     actor = Actor(ActorType.SUBJECT, channel)
     ext = subject.external_id
-    state = next((v for v in lifecycle.current(session, ext) if v.purpose == purpose_key), None)
+    info = purposes.get(session, purpose_key)
+    state = _current(session, subject, purpose_key)
     try:
         if action == LinkAction.REVOKE:
             if state is None or state.state != State.GIVEN:
@@ -105,20 +244,37 @@ def act(
             # Saying yes confirms the current notice: a fresh grant, or a renewal of a consent
             # given on an older version (re-consent). Already given on the current one: nothing.
             # A consent whose validity has ended is not in force: the grant gives it again.
-            info = purposes.get(session, purpose_key)
-            in_force = state is not None and (
-                effective_state(state.state, state.valid_until, utcnow()) == State.GIVEN
-            )
-            if state is not None and in_force:
+            if state is not None and _in_force(state):
                 if state.purpose_version >= info.current_version:
                     return "unchanged", None
                 return "done", lifecycle.renew(session, ext, purpose_key, actor)
             return "done", lifecycle.grant(session, ext, purpose_key, actor)
+        if action == "refuse":
+            if state is not None and state.state in _SAID_NO:
+                return "unchanged", None
+            if _in_force(state):
+                raise TransitionNotAllowed("this consent is given: withdraw it instead")
+            return "done", lifecycle.refuse(session, ext, purpose_key, actor)
     except TransitionNotAllowed:
         if action == LinkAction.REVOKE:
+            return "unchanged", None  # a concurrent click got there first, or it had ended
+        after = _current(session, subject, purpose_key) if action == "refuse" else None
+        if after is not None and after.state in _SAID_NO:
             return "unchanged", None  # a concurrent click got there first
         raise
     raise NotFound(f"unknown action {action!r}")
+
+
+def say_no(
+    session: Session, subject: Subject, purpose_key: str, channel: Channel
+) -> tuple[str, Outcome]:
+    """ "No, thanks" on a request page: which answer it was recorded as (``refuse``, or
+    ``revoke`` when it declines new terms of a consent still in force) and what it did."""
+    if _in_force(_current(session, subject, purpose_key)):
+        outcome, _ = act(session, LinkAction.REVOKE, subject, purpose_key, channel)
+        return LinkAction.REVOKE.value, outcome
+    outcome, _ = act(session, "refuse", subject, purpose_key, channel)
+    return "refuse", outcome
 
 
 def revoke(session: Session, subject: Subject, purpose: Purpose | None, channel: Channel) -> int:

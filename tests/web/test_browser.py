@@ -206,16 +206,17 @@ def test_preference_page_in_the_browser(engine, site, browser):
     try:
         page.goto(url)
         assert page.locator("h1").inner_text() == "Your choices"
-        assert page.locator("#purpose-news .state").inner_text() == "given"
-        assert page.locator("#purpose-invoices .state").inner_text() == "not given"
+        # Plain state words since issue 9 (they were the internal "given", "not given", ...).
+        assert page.locator("#purpose-news .state").inner_text().startswith("You said yes on ")
+        assert page.locator("#purpose-invoices .state").inner_text() == "Not given"
         _shot(page, "04-preferences")
         page.click("#grant-invoices")
         page.wait_for_selector("#done")
-        assert page.locator("#purpose-invoices .state").inner_text() == "given"
+        assert page.locator("#purpose-invoices .state").inner_text().startswith("You said yes")
         page.click("#revoke-news")  # withdrawing: the same single button as giving
         page.wait_for_selector("#done")
         assert "withdrawn" in page.locator("#done").inner_text()
-        assert page.locator("#purpose-news .state").inner_text() == "withdrawn"
+        assert page.locator("#purpose-news .state").inner_text() == "Withdrawn"
         _shot(page, "05-preferences-changed")
     finally:
         page.close()

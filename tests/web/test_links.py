@@ -5,16 +5,27 @@ from __future__ import annotations
 import base64
 import json
 import re
+import time
 from datetime import timedelta
 
 import pytest
 from sqlmodel import func, select, update
 
-from consentflow import db, lifecycle, links, purposes
+from consentflow import db, lifecycle, links, purposes, tokens
 from consentflow.lifecycle import Actor
 from consentflow.links import LinkAction
-from consentflow.models import AuditHead, Consent, ConsentEvent, Purpose, Subject, utcnow
-from tests.support.web import client, seed
+from consentflow.models import (
+    AuditHead,
+    Channel,
+    Consent,
+    ConsentEvent,
+    ConsentRequest,
+    Purpose,
+    Subject,
+    utcnow,
+)
+from consentflow.web.pages import results
+from tests.support.web import bearer, client, seed
 
 
 @pytest.fixture
@@ -51,6 +62,14 @@ def _csrf(html):
     return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
 
 
+def _follow(web, r):
+    """A POST's answer: a 303 to the link's page with a signed result, then that page."""
+    assert r.status_code == 303, r.text
+    location = r.headers["location"]
+    assert location.startswith("/l/") and "?r=" in location
+    return web.get(location)
+
+
 def _last_event(engine):
     with db.session_scope(engine) as s:
         return s.exec(select(ConsentEvent).order_by(ConsentEvent.recorded_at.desc())).first()
@@ -72,14 +91,15 @@ def test_confirming_withdraws_with_channel_email_link(web, engine):
     token = _token(engine, LinkAction.REVOKE)
     page = web.get(f"/l/{token}")
     web.cookies.clear()  # the form needs no cookie: its CSRF token is bound to the link
-    r = web.post(f"/l/{token}", data={"csrf_token": _csrf(page.text)})
+    # Changed in issue 9: the POST redirects (303) to a result page, so a reload never re-posts.
+    r = _follow(web, web.post(f"/l/{token}", data={"csrf_token": _csrf(page.text)}))
     assert r.status_code == 200 and "Consent withdrawn" in r.text
     assert _state(engine) == "withdrawn"
     e = _last_event(engine)
     assert (e.action, e.channel, e.actor_type) == ("revoke", "email_link", "subject")
     # Again: nothing to do, said plainly, nothing written.
     before = _footprint(engine)
-    r = web.post(f"/l/{token}", data={"csrf_token": _csrf(page.text)})
+    r = _follow(web, web.post(f"/l/{token}", data={"csrf_token": _csrf(page.text)}))
     assert r.status_code == 200 and "Already withdrawn" in r.text
     assert _footprint(engine) == before
 
@@ -159,7 +179,7 @@ def test_renew_link(web, engine):
     token = _token(engine, LinkAction.RENEW)
     page = web.get(f"/l/{token}")
     assert "Renew your consent?" in page.text
-    r = web.post(f"/l/{token}", data={"csrf_token": _csrf(page.text)})
+    r = _follow(web, web.post(f"/l/{token}", data={"csrf_token": _csrf(page.text)}))
     assert r.status_code == 200 and "Consent renewed" in r.text
     e = _last_event(engine)
     assert (e.action, e.channel) == ("renew", "email_link")
@@ -177,15 +197,17 @@ def test_grant_link_answers_requests_and_reconsent(web, engine):
     token = _token(engine, LinkAction.GRANT, subject="bob")
     page = web.get(f"/l/{token}")
     assert "Do you agree?" in page.text
-    r = web.post(f"/l/{token}", data={"csrf_token": _csrf(page.text)})
+    # Changed in issue 9: the page asks yes or no, so a POST must say which.
+    yes = {"csrf_token": _csrf(page.text), "answer": "yes"}
+    r = _follow(web, web.post(f"/l/{token}", data=yes))
     assert r.status_code == 200 and _state(engine, subject="bob") == "given"
     before = _footprint(engine)
-    r = web.post(f"/l/{token}", data={"csrf_token": _csrf(page.text)})
+    r = _follow(web, web.post(f"/l/{token}", data=yes))
     assert "already given" in r.text and _footprint(engine) == before
     # After a material revision, yes means: confirm the new notice.
     with db.session_scope(engine) as s:
         purposes.revise(s, "news", material=True, title="Weekly newsletter")
-    r = web.post(f"/l/{token}", data={"csrf_token": _csrf(page.text)})
+    r = web.post(f"/l/{token}", data=yes)
     with db.session_scope(engine) as s:
         view = next(v for v in lifecycle.current(s, "bob") if v.purpose == "news")
     assert view.state.value == "given" and view.purpose_version == 2
@@ -200,7 +222,8 @@ def test_preference_page_grant_renew_withdraw_recorded_as_web(web, engine):
     assert 'id="revoke-news"' in page.text and 'id="grant-invoices"' in page.text
     csrf = _csrf(page.text)
     r = web.post(f"/l/{token}", data={"csrf_token": csrf, "op": "revoke", "purpose": "news"})
-    assert r.status_code == 303 and r.headers["location"].startswith(f"/l/{token}?done=")
+    # Changed in issue 9: the result travels signed (?r=), not as an unsigned ?done=.
+    assert r.status_code == 303 and r.headers["location"].startswith(f"/l/{token}?r=")
     assert "Your consent is withdrawn" in web.get(r.headers["location"]).text
     r = web.post(f"/l/{token}", data={"csrf_token": csrf, "op": "grant", "purpose": "invoices"})
     assert r.status_code == 303
@@ -231,8 +254,8 @@ def test_unsubscribe_from_everything(web, engine):
     token = _token(engine, LinkAction.REVOKE, purpose=None)
     page = web.get(f"/l/{token}")
     assert "Withdraw all your consents?" in page.text
-    r = web.post(f"/l/{token}", data={"csrf_token": _csrf(page.text)})
-    assert r.status_code == 200
+    r = _follow(web, web.post(f"/l/{token}", data={"csrf_token": _csrf(page.text)}))
+    assert r.status_code == 200 and "Consent withdrawn" in r.text
     assert _state(engine) == "withdrawn" and _state(engine, "invoices") == "withdrawn"
 
 
@@ -263,7 +286,7 @@ def test_head_answers_like_get_without_a_body_and_changes_nothing(web, engine, a
 
 
 def _preferences_link(html):
-    found = re.search(r'href="(/l/[^"]+)"', html)
+    found = re.search(r'href="(/l/[^"?/]+)"', html)  # not the language switcher's ?lang= links
     assert found, "no link to the preference page"
     return found.group(1)
 
@@ -321,3 +344,249 @@ def test_preference_link_offered_expires_with_the_renew_link(web, engine):
     assert link.purpose_id is None
     assert now + timedelta(days=2) - timedelta(minutes=1) < link.expires_at
     assert link.expires_at <= now + timedelta(days=2, minutes=1)
+
+
+# ------------------------------------------------------------------ issue 9: the people's side
+
+
+def _events(engine, subject="bob", action=None):
+    with db.session_scope(engine) as s:
+        sid = s.exec(select(Subject.id).where(Subject.external_id == subject)).one()
+        stmt = select(ConsentEvent).where(ConsentEvent.subject_id == sid)
+        if action:
+            stmt = stmt.where(ConsentEvent.action == action)
+        return s.exec(stmt).all()
+
+
+def _requests(engine, subject="bob"):
+    with db.session_scope(engine) as s:
+        sid = s.exec(select(Subject.id).where(Subject.external_id == subject)).one()
+        return [
+            r.status for r in s.exec(select(ConsentRequest).where(ConsentRequest.subject_id == sid))
+        ]
+
+
+@pytest.mark.parametrize("page", ["grant", "followup", "reconsent_invalidated"])
+def test_no_thanks_on_a_request_page_records_one_refuse_and_answers_the_request(web, engine, page):
+    with db.session_scope(engine) as s:
+        if page == "followup":
+            lifecycle.request(s, "bob", "news", Actor())
+        elif page == "reconsent_invalidated":
+            lifecycle.grant(s, "bob", "news", Actor())
+            purposes.revise(s, "news", material=True, title="Weekly newsletter")
+    if page == "reconsent_invalidated":
+        with db.session_scope(engine) as s:
+            lifecycle.invalidate(s, "bob", "news", Actor())
+    token = _token(engine, LinkAction.GRANT, subject="bob")
+    html = web.get(f"/l/{token}").text
+    # Yes and No side by side, the same kind of button, neither chosen in advance.
+    yes = re.search(r'<button type="submit" name="answer" value="yes" id="confirm">', html)
+    no = re.search(r'<button type="submit" name="answer" value="no" id="refuse">', html)
+    assert yes and no and "No, thanks" in html and "checked" not in html
+    assert "autofocus" not in html
+    r = _follow(web, web.post(f"/l/{token}", data={"csrf_token": _csrf(html), "answer": "no"}))
+    assert '<h1 id="result">You said no</h1>' in r.text
+    (refusal,) = _events(engine, action="refuse")
+    assert (refusal.channel, refusal.actor_type) == ("email_link", "subject")
+    assert _state(engine, subject="bob") == "refused"
+    assert "open" not in _requests(engine)
+    # Refusing twice: "already recorded", one event, no error page.
+    before = _footprint(engine)
+    again = web.post(f"/l/{token}", data={"csrf_token": _csrf(html), "answer": "no"})
+    assert "Already recorded" in _follow(web, again).text
+    assert _footprint(engine) == before and len(_events(engine, action="refuse")) == 1
+
+
+def test_no_to_new_terms_while_the_old_consent_is_in_force_withdraws_it(web, engine):
+    """The rule book allows no refusal of a given consent: declining the new terms withdraws
+    the consent (which also tells downstream systems to stop) and answers the request."""
+    with db.session_scope(engine) as s:
+        purposes.revise(
+            s, "news", material=True, title="Weekly newsletter", data_categories=["email"]
+        )
+    token = _token(engine, LinkAction.GRANT)
+    html = web.get(f"/l/{token}").text
+    assert "The terms changed: do you agree?" in html
+    assert 'id="change-news-title"' in html and "Monthly newsletter" in html
+    assert 'id="change-news-data_categories"' in html
+    r = _follow(web, web.post(f"/l/{token}", data={"csrf_token": _csrf(html), "answer": "no"}))
+    assert "We will stop using your data" in r.text
+    assert _state(engine) == "withdrawn"
+    assert [e.channel for e in _events(engine, "alice", "revoke")] == ["email_link"]
+    before = _footprint(engine)
+    again = web.post(f"/l/{token}", data={"csrf_token": _csrf(html), "answer": "no"})
+    assert "Already recorded" in _follow(web, again).text and _footprint(engine) == before
+
+
+def test_a_grant_post_must_say_yes_or_no(web, engine):
+    token = _token(engine, LinkAction.GRANT, subject="bob")
+    html = web.get(f"/l/{token}").text
+    before = _footprint(engine)
+    for data in ({}, {"answer": "maybe"}):
+        r = web.post(f"/l/{token}", data={"csrf_token": _csrf(html), **data})
+        assert r.status_code == 422 and "Choose yes or no" in r.text
+    assert _footprint(engine) == before
+
+
+def test_preference_page_refuse_and_withdraw_everything(web, engine):
+    token = _token(engine, LinkAction.PREFERENCES, purpose=None)
+    html = web.get(f"/l/{token}").text
+    assert 'id="grant-invoices"' in html and 'id="refuse-invoices"' in html
+    csrf = _csrf(html)
+    r = web.post(f"/l/{token}", data={"csrf_token": csrf, "op": "refuse", "purpose": "invoices"})
+    assert "You said no" in _follow(web, r).text
+    (refusal,) = _events(engine, "alice", "refuse")
+    assert refusal.channel == "web" and _state(engine, "invoices") == "refused"
+    before = _footprint(engine)
+    r = web.post(f"/l/{token}", data={"csrf_token": csrf, "op": "refuse", "purpose": "invoices"})
+    assert "already recorded" in _follow(web, r).text and _footprint(engine) == before
+    # A consent in force is withdrawn, not refused: 409, nothing written.
+    r = web.post(f"/l/{token}", data={"csrf_token": csrf, "op": "refuse", "purpose": "news"})
+    assert r.status_code == 409 and _footprint(engine) == before
+    # Withdraw everything: one button, one withdrawal per given consent.
+    with db.session_scope(engine) as s:
+        lifecycle.grant(s, "alice", "invoices", Actor())
+    html = web.get(f"/l/{token}").text
+    assert 'id="withdraw-all"' in html
+    r = web.post(f"/l/{token}", data={"csrf_token": csrf, "op": "withdraw_all"})
+    assert "All your consents are withdrawn (2)" in _follow(web, r).text
+    revokes = _events(engine, "alice", "revoke")
+    assert sorted((e.channel, e.actor_type) for e in revokes) == [("web", "subject")] * 2
+    assert 'id="withdraw-all"' not in web.get(f"/l/{token}").text
+    before = _footprint(engine)
+    r = web.post(f"/l/{token}", data={"csrf_token": csrf, "op": "withdraw_all"})
+    assert "Nothing to withdraw" in _follow(web, r).text and _footprint(engine) == before
+
+
+def _card(html, key):
+    start = html.index(f'id="purpose-{key}"')
+    end = html.find('<div class="card"', start)
+    return html[start : end if end > 0 else None]
+
+
+def test_preference_page_shows_what_each_purpose_means_and_own_history(web, engine):
+    with db.session_scope(engine) as s:
+        purposes.revise(
+            s, "invoices", material=False, data_categories=["email", "billing address"],
+            lawful_basis="contract",
+        )  # fmt: skip
+        lifecycle.refuse(s, "alice", "invoices", Actor())
+        purposes.add(s, "survey", title="Surveys", validity_days=30)
+        lifecycle.request(s, "alice", "survey", Actor())
+    html = web.get(f"/l/{_token(engine, LinkAction.PREFERENCES, purpose=None)}").text
+    card = _card(html, "invoices")
+    assert "Your bills" in card and "email, billing address" in card
+    assert "A contract with you" in card and "billing" in card  # the system that receives it
+    assert "You said no" in card
+    news = _card(html, "news")
+    assert "crm" in news and "You said yes on" in news and "billing" not in news
+    main = html[html.index("<main") :]
+    assert "Waiting for your answer" in _card(html, "survey") and ">requested<" not in main
+    history = html[html.index('id="history"') :]
+    assert history.count("<tr>") == 4  # the header, the grant, the refusal and the request
+    assert "You said no" in history and "You said yes" in history
+    assert 'href="/l/' in html and '/receipt"' in html
+
+
+def test_two_subjects_never_see_each_other(web, engine):
+    with db.session_scope(engine) as s:
+        purposes.add(s, "secret", title="Bob only", validity_days=30)
+        lifecycle.grant(s, "bob", "secret", Actor())
+        lifecycle.refuse(s, "bob", "invoices", Actor(channel=Channel.SUPPORT))
+    alice = _token(engine, LinkAction.PREFERENCES, purpose=None)
+    html = web.get(f"/l/{alice}").text
+    history = html[html.index('id="history"') :]
+    assert "Bob only" not in history and "support" not in history
+    assert history.count("<tr>") == 2  # the header and alice's one grant
+    receipt = web.get(f"/l/{alice}/receipt").json()
+    assert receipt["pii_principal_id"] == "alice"
+    assert [p["purposes"][0]["purpose"] for p in receipt["processing"]] == ["news"]
+    bob_events = {str(e.id) for e in _events(engine, "bob")}
+    assert not bob_events & {e["event_id"] for p in receipt["processing"] for e in p["events"]}
+
+
+def test_receipt_download_is_the_api_receipt_through_a_preference_link_only(web, engine):
+    with db.session_scope(engine) as s:
+        admin = tokens.create(s, "receipt-admin", "admin")[1]
+    before = _footprint(engine)
+    token = _token(engine, LinkAction.PREFERENCES, purpose=None)
+    r = web.get(f"/l/{token}/receipt")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    assert "attachment" in r.headers["content-disposition"]
+    api = web.get("/api/v1/subjects/alice/receipt", headers=bearer(admin)).json()
+    mine = r.json()
+    for issued in ("receipt_id", "receipt_issued_at"):  # fresh on every receipt
+        mine.pop(issued), api.pop(issued)
+    assert mine == api and mine["pii_principal_id"] == "alice"
+    # Any other link, a tampered one or an expired one: the bad-link page, no receipt.
+    for bad in (
+        _token(engine, LinkAction.REVOKE),
+        _token(engine, LinkAction.PREFERENCES, purpose=None, now=utcnow() - timedelta(days=60)),
+        token[:-3] + ("AAA" if not token.endswith("AAA") else "BBB"),
+        "garbage",
+    ):
+        r = web.get(f"/l/{bad}/receipt")
+        assert r.status_code in (400, 410) and "pii_principal_id" not in r.text
+        assert 'href="/link/new"' in r.text
+    assert _footprint(engine) == before
+
+
+def test_result_pages_cannot_be_faked_moved_or_replayed_for_ever(web, engine):
+    token = _token(engine, LinkAction.PREFERENCES, purpose=None)
+    revoke = _token(engine, LinkAction.REVOKE)
+    before = _footprint(engine)
+    # The old unsigned ?done= and hand-made values confirm nothing.
+    for query in ("done=revoke:news:done", "r=", "r=abc.def", "r=" + "x" * 400):
+        html = web.get(f"/l/{token}?{query}").text
+        assert 'id="done"' not in html
+        html = web.get(f"/l/{revoke}?{query}").text
+        assert 'id="result"' not in html and "Withdraw your consent?" in html
+    with db.session_scope(engine) as s:
+        genuine = results.sign(s, token, results.Result("revoke", "news", "done"))
+        stale = results.sign(
+            s, token, results.Result("revoke", "news", "done"), now=time.time() - 3600
+        )
+    assert 'id="done"' in web.get(f"/l/{token}?r={genuine}").text
+    # Bound to its link, short-lived, and its claims cannot be edited.
+    assert 'id="result"' not in web.get(f"/l/{revoke}?r={genuine}").text
+    assert 'id="done"' not in web.get(f"/l/{token}?r={stale}").text
+    body, _, sig = genuine.partition(".")
+    claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    claims["a"] = "grant"
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    assert 'id="done"' not in web.get(f"/l/{token}?r={forged}.{sig}").text
+    assert _footprint(engine) == before
+
+
+def test_reloading_a_result_page_records_nothing(web, engine):
+    token = _token(engine, LinkAction.RENEW)
+    html = web.get(f"/l/{token}").text
+    r = web.post(f"/l/{token}", data={"csrf_token": _csrf(html)})
+    before = _footprint(engine)
+    for _ in range(3):
+        assert "Consent renewed" in web.get(r.headers["location"]).text
+    assert _footprint(engine) == before and len(_events(engine, "alice", "renew")) == 1
+
+
+def test_the_press_the_button_sentence_only_where_there_is_a_button(web, engine):
+    with_button = web.get(f"/l/{_token(engine, LinkAction.REVOKE)}").text
+    assert "Nothing changes until you press a button" in with_button
+    with db.session_scope(engine) as s:
+        lifecycle.revoke(s, "alice", "news", Actor())
+    for action in (LinkAction.REVOKE, LinkAction.RENEW):
+        html = web.get(f"/l/{_token(engine, action)}").text
+        assert 'type="submit"' not in html and "until you press" not in html
+
+
+@pytest.mark.parametrize("kind", ["expired", "tampered", "gone"])
+def test_a_link_that_does_not_work_offers_a_new_one(web, engine, kind):
+    if kind == "expired":
+        token = _token(engine, LinkAction.REVOKE, now=utcnow() - timedelta(days=60))
+    elif kind == "tampered":
+        token = _tamper(_token(engine, LinkAction.RENEW))
+    else:
+        with db.session_scope(engine) as s:
+            token = links.issue(s, LinkAction.PREFERENCES, 999_999)
+    page = web.get(f"/l/{token}")
+    assert page.status_code == {"expired": 410, "tampered": 400, "gone": 404}[kind]
+    assert "Nothing was changed" in page.text and 'href="/link/new"' in page.text
