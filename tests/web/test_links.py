@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 from sqlmodel import func, select, update
 
-from consentflow import db, lifecycle, links, purposes, tokens
+from consentflow import db, lifecycle, links, purposes, subjects, tokens
 from consentflow.lifecycle import Actor
 from consentflow.links import LinkAction
 from consentflow.models import (
@@ -590,3 +590,13 @@ def test_a_link_that_does_not_work_offers_a_new_one(web, engine, kind):
     page = web.get(f"/l/{token}")
     assert page.status_code == {"expired": 410, "tampered": 400, "gone": 404}[kind]
     assert "Nothing was changed" in page.text and 'href="/link/new"' in page.text
+
+
+def test_link_pages_speak_the_subjects_language(web, engine):
+    with db.session_scope(engine) as s:
+        subjects.add(s, "zoe", locale="fr")
+    for action in (LinkAction.PREFERENCES, LinkAction.GRANT):
+        token = _token(
+            engine, action, subject="zoe", purpose=None if action == "preferences" else "news"
+        )
+        assert '<html lang="fr"' in web.get(f"/l/{token}").text

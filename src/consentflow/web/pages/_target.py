@@ -1,5 +1,5 @@
 """What the people's pages share: opening a signed link, the page for a link that does not work,
-the redirect to a result page, and a fallback ``format_date`` filter for their templates.
+and the redirect to a result page.
 
 A link that is damaged, altered, expired, for another action, or for a subject or purpose that no
 longer exists gets ``bad_link.html`` (400, 410 or 404) with a way to ask for a new link
@@ -9,7 +9,6 @@ longer exists gets ``bad_link.html`` (400, 410 or 404) with a way to ask for a n
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -22,19 +21,10 @@ from consentflow.errors import NotFound
 from consentflow.links import BadLink, Link, LinkAction
 from consentflow.models import Purpose, Subject
 from consentflow.web.pages import results
-from consentflow.web.templating import render, templates
+from consentflow.web.templating import locale_for, render
 
 #: The public page where a person asks for a new link (by email address).
 NEW_LINK_URL = "/link/new"
-
-
-def long_date(value: datetime | None, format: str = "long") -> str:
-    """A day as people write it ("3 March 2026"); empty for None. Only a fallback for the
-    templates' ``format_date`` filter: the localised one of ``web.templating`` wins."""
-    return f"{value.day} {value:%B %Y}" if value is not None else ""
-
-
-templates.env.filters.setdefault("format_date", long_date)
 
 
 @dataclass
@@ -44,9 +34,12 @@ class Target:
     purpose: Purpose | None
 
 
-def open_link(session: Session, token: str, action: LinkAction | None = None) -> Target:
+def open_link(
+    request: Request, session: Session, token: str, action: LinkAction | None = None
+) -> Target:
     """The verified link (for ``action``, or the one it claims), its subject and purpose;
-    ``BadLink``/``NotFound`` otherwise."""
+    ``BadLink``/``NotFound`` otherwise. The page is then in the subject's language
+    (``locale_for``)."""
     claimed = links.peek_action(token)
     if claimed is None:
         raise BadLink("this link is damaged: copy the whole link from the email")
@@ -57,6 +50,7 @@ def open_link(session: Session, token: str, action: LinkAction | None = None) ->
     purpose = session.get(Purpose, link.purpose_id) if link.purpose_id is not None else None
     if link.purpose_id is not None and purpose is None:
         raise NotFound("this link is for a purpose that no longer exists")
+    locale_for(request, subject.locale)
     return Target(link, subject, purpose)
 
 

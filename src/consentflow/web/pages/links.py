@@ -67,7 +67,7 @@ def link_page(
 
 def _link_page(request: Request, token: str, session: Session, r: str | None) -> Response:
     try:
-        target = open_link(session, token)
+        target = open_link(request, session, token)
     except (BadLink, NotFound) as exc:
         return bad_link(request, exc)
     result = results.read(session, token, r)
@@ -103,7 +103,7 @@ def link_post(
 ) -> Response:
     """Act on the link: the page's buttons, the preference page, or RFC 8058 one-click."""
     try:
-        target = open_link(session, token)
+        target = open_link(request, session, token)
     except (BadLink, NotFound) as exc:
         return bad_link(request, exc)
     if list_unsubscribe == "One-Click":

@@ -89,7 +89,7 @@ def receipt_download(
 ) -> Response:
     """The person's consent receipt (JSON, the API's), through their preference link only."""
     try:
-        target = open_link(session, token, LinkAction.PREFERENCES)
+        target = open_link(request, session, token, LinkAction.PREFERENCES)
     except (BadLink, NotFound) as exc:
         return bad_link(request, exc)
     return JSONResponse(
