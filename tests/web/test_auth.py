@@ -25,6 +25,9 @@ PUBLIC = {
     ("GET", "/l/{token}"),
     ("HEAD", "/l/{token}"),
     ("POST", "/l/{token}"),
+    ("GET", "/l/{token}/receipt"),
+    ("GET", "/link/new"),
+    ("POST", "/link/new"),
 }
 PATH_VALUES = {
     "subject": "alice",
