@@ -42,6 +42,10 @@ BAD_ROWS: dict[int, tuple[str, str | None]] = {
     13: ("ivan,,,news,invalidated,,", "bad state 'invalidated'"),
     14: ("judy,,,news,given,2099-01-01,", "in the future"),
     15: ("kim,,,news,given,,2024-01-01,extra", "more fields"),
+    # One bare address per row: no list, no display name (issue 9).
+    16: ('lena,"a,b@example.test",,,,,', "bad email address"),
+    17: ("mia,Mia <mia@example.com>,,,,,", "bad email address"),
+    18: ('nina,"nina@example.com, bob@example.com",,,,,', "bad email address"),
 }
 
 
@@ -262,6 +266,30 @@ def test_bad_rows_import_nothing_and_are_all_listed(ledger: Engine, tmp_path: Pa
     assert report.rows == len(BAD_ROWS)
     assert (report.subjects_created, report.consents_created) == (0, 0)
     assert counts(ledger) == before
+
+
+def test_addresses_are_refused_by_line_and_stored_normalised(
+    ledger: Engine, tmp_path: Path
+) -> None:
+    before = counts(ledger)
+    bad = importer.import_file(ledger, write(tmp_path, HEADER + 'x,"a,b@example.test",,,,,\n'))
+    [error] = bad.errors
+    assert error.line == 2 and error.message.startswith("bad email address: ")
+    assert "a,b@" not in error.message  # errors never repeat an address
+    assert counts(ledger) == before
+    # Normalised as email-validator does it (domain lowercased, NFC), so the same address
+    # written two ways is one profile, and an internationalised address is kept.
+    rows = [
+        "ann,Ann@EXAMPLE.com,,,,,",
+        "ann,Ann@example.com,,,,,",
+        "jo,jose\u0301@Bu\u0308cher.example,,,,,",
+    ]
+    good = HEADER + "".join(row + "\n" for row in rows)
+    report = importer.import_file(ledger, write(tmp_path, good, "good.csv"))
+    assert report.errors == [] and report.subjects_created == 2
+    with Session(ledger) as s:
+        stored = dict(s.exec(select(Subject.external_id, Subject.email)).all())
+    assert stored == {"ann": "Ann@example.com", "jo": "jos\u00e9@b\u00fccher.example"}
 
 
 def test_cli_bad_rows_exit_2_and_list_every_line(cli: Any, ledger: Engine, tmp_path: Path) -> None:

@@ -53,6 +53,9 @@ def test_locale_falls_back_to_english(locale: str | None, expected: str) -> None
             "grant_url": "https://g",
             "deadline": "2030-02-01",
             "last": False,
+            "expires_on": "2030-01-08",
+            # The controller's identity: the preference-link email names it in its subject.
+            "controller": settings.get_settings().controller,
         }
         assert mail.render(kind, locale, context).locale == expected
 

@@ -6,9 +6,10 @@ A claim *advances* its item so that it is no longer due: a reminder sets
 number and ``last_sent_at`` to now, a re-consent request sets ``last_sent_at``.
 
 *Undoing* never restores a remembered value: it recomputes the item's position from the messages
-actually sent (or bounced), so that several claims undone in any order, or a claim undone after a
-later one succeeded, leave the right answer. Each undo is guarded by the value its claim set, so
-an item that changed since (renewed, answered, claimed anew) is left alone.
+actually sent (or bounced, or failed for good: ``USED``), so that several claims undone in any
+order, or a claim undone after a later one succeeded, leave the right answer. Each undo is
+guarded by the value its claim set, so an item that changed since (renewed, answered, claimed
+anew) is left alone.
 """
 
 from __future__ import annotations
@@ -71,10 +72,15 @@ def undo_claims(session: Session, items: list[ClaimKey]) -> None:
     _undo_reconsents(session, [c for c in items if c.kind is Kind.RECONSENT_REQUEST])
 
 
+#: Outcomes that use up the item's claim: the server took (or refused) the message, or it
+#: failed for good (``failed``: not retried, see ``consentflow.mail.sending``).
+USED = (SendStatus.SENT.value, SendStatus.BOUNCED.value, SendStatus.FAILED.value)
+
+
 def _used() -> Any:
-    """Messages that reached (or were refused by) the server: they count as sent."""
-    mt = table(EmailMessage)
-    return or_(mt.c.status == SendStatus.SENT.value, mt.c.status == SendStatus.BOUNCED.value)
+    """Messages that count as sent when an item's position is recomputed (``USED``)."""
+    status = table(EmailMessage).c.status
+    return or_(*(status == value for value in USED))  # not IN: these run as executemany
 
 
 def _undo_reminders(session: Session, items: list[ClaimKey]) -> None:

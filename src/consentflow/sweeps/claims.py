@@ -10,9 +10,19 @@ are sent, so that two concurrent runs never email the same item and a re-run doe
    longer due (``write_claims``); commit.
 2. *send* over the mailer's pooled connections, outside any transaction (``deliver``).
 3. *record* (one transaction, ``record_results``): each message becomes ``sent``, ``bounced``
-   (5xx: the address is suppressed, and every later claim skips it) or ``deferred`` (4xx,
+   (5xx: the address is suppressed, and every later claim skips it), ``deferred`` (4xx,
    timeout, lost connection, server down: the item's advance is undone from the message log, so
-   it is due for the next run); one audit entry per message, carrying the run id.
+   it is due for the next run) or ``failed`` (this message alone cannot be sent as things
+   stand: a non-ASCII address on a server without SMTPUTF8, a stored address that breaks the
+   address rule, a message that could not be built; the reason is recorded, the item stays
+   advanced like a sent one so no run repeats it, the address is not suppressed); one audit
+   entry per message, carrying the run id.
+
+One message's fate never changes another's: each message is built on its own (a failure to
+build one is its own ``failed``), the mailer returns one result per message and keeps the
+accepted ones ``sent`` even when sending stops, and every result is recorded, exactly once, in
+step 3. Only a template error (the same for every message of the batch, nothing sent yet) or
+an unavailable server fails the batch, after recording what happened to each message.
 
 At-least-once window: if the process dies after the server accepted a message and before step 3
 commits, the message stays ``claimed``. After ``CONSENTFLOW_MAIL_CLAIM_LEASE_MINUTES`` a later
@@ -200,37 +210,53 @@ def _insert_claims(
 
 def deliver(ctx: SweepContext, claims: list[Claim], batch: Batch) -> Batch:
     """Steps 2 and 3, once the claims are committed: send them, record each outcome and count it
-    in ``batch``; raise if the server was unavailable."""
+    in ``batch``; raise if the server was unavailable or a template is broken (after recording:
+    nothing the server accepted is ever recorded as anything but sent)."""
     if not claims:
         return batch
     assert ctx.mailer is not None, "a real run needs a mailer"
-    report: mail.SendReport | None = None
+    results: list[SendResult | None] = [None] * len(claims)
+    outgoing: list[tuple[int, mail.Outgoing]] = []
     failure: BaseException | None = None
+    unavailable: str | None = None
     try:
-        outgoing = [
-            mail.compose(
-                mail.render(c.kind, c.locale, c.context),
-                to=c.address,
-                message_id=c.message_id,
-                unsubscribe_url=c.unsubscribe_url,
-            )
-            for c in claims
-        ]
-        report = ctx.mailer.send(outgoing)
-    except BaseException as exc:  # recorded as not sent below, then re-raised
+        for index, claim in enumerate(claims):
+            built = _build(claim)
+            if isinstance(built, SendResult):
+                results[index] = built
+            else:
+                outgoing.append((index, built))
+        if outgoing:
+            report = ctx.mailer.send([m for _, m in outgoing])
+            unavailable = report.unavailable
+            for (index, _), result in zip(outgoing, report.results, strict=True):
+                results[index] = result
+    except BaseException as exc:  # recorded below (each unsent one deferred), then re-raised
         failure = exc
-    if report is None:
-        reason = f"not sent: {_exc_text(failure)}"
-        results = [SendResult(SendStatus.DEFERRED, None, reason)] * len(claims)
-    else:
-        results = report.results
-    counts = record_results(ctx, claims, results)
+    reason = f"not sent: {_exc_text(failure)}"
+    final = [r or SendResult(SendStatus.DEFERRED, None, reason) for r in results]
+    counts = record_results(ctx, claims, final)
     if failure is not None:
         raise failure
-    if report is not None and report.unavailable:
-        raise MailUnavailable(report.unavailable)
+    if unavailable:
+        raise MailUnavailable(unavailable)
     batch.counts.update(counts)
     return batch
+
+
+def _build(claim: Claim) -> mail.Outgoing | SendResult:
+    """One claim's message, or its ``failed`` result when this message alone cannot be built.
+    A template error is the same for the whole batch: it is raised (every message deferred)."""
+    rendered = mail.render(claim.kind, claim.locale, claim.context)
+    try:
+        return mail.compose(
+            rendered,
+            to=claim.address,
+            message_id=claim.message_id,
+            unsubscribe_url=claim.unsubscribe_url,
+        )
+    except Exception as exc:
+        return SendResult(SendStatus.FAILED, None, f"not sent: {_exc_text(exc)}")
 
 
 def _exc_text(exc: BaseException | None) -> str:
