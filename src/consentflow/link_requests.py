@@ -10,15 +10,22 @@ token. It changes no consent.
 nothing slow or observable happens while the page is answered:
 
 1. ``request_by_email`` (in the request's transaction): find the subject whose address is the
-   one typed (compared as ``mail.address_hash`` compares, i.e. trimmed and lowercased, never
-   stored or logged), check it is mailable (not suppressed) and under
+   one typed (``match_key``: the typed value goes through the address rule,
+   ``addresses.normalise``, so ``ann@xn--bcher-kva.example`` finds ``ann@bücher.example`` and
+   the domain's case never matters; the local part is compared case-blind too, as
+   ``mail.address_hash`` compares for suppression; a value the rule refuses finds nobody; the
+   address is never stored or logged), check it is mailable (not suppressed) and under
    ``CONSENTFLOW_LINK_REQUESTS_PER_ADDRESS`` emails in the last hour, then record a ``claimed``
    ``email_message`` of kind ``preference_link`` with a fresh Message-ID and one
    ``link.requested`` audit entry (subject ref only). Returns a ``Pending`` to send, or None.
 2. ``send`` (after the page was answered, in a transaction of its own): build the preference
    link, render the ``preference_link`` templates in the subject's language, send it over SMTP
    (``mail.Mailer``) and record the outcome on the message: ``sent``, ``deferred`` (tried once;
-   the person can ask again), or ``bounced`` (the address is suppressed, as the sweeps do).
+   the person can ask again), ``bounced`` (the address is suppressed, as the sweeps do) or
+   ``failed`` with its reason (the message cannot be built: a stored address the rule refuses,
+   ``mail.compose``'s ``InvalidInput``; or the server lacks SMTPUTF8 for it), as the sweeps
+   record it (``sweeps.claims``): not suppressed, and it never raises out of the background
+   task.
 
 No account enumeration: the caller answers the same page whatever step 1 returns (an unknown
 address, a suppressed one, one over its limit and a known one look alike), and nothing is sent
@@ -34,10 +41,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import func
+from sqlalchemy import func, or_
 from sqlmodel import Session, col, select
 
-from consentflow import audit, db, links, mail, purposes, subjects
+from consentflow import addresses, audit, db, links, mail, purposes, subjects
 from consentflow.actors import Actor, audit_fields
 from consentflow.errors import InvalidInput
 from consentflow.keys import instance_secret
@@ -126,18 +133,39 @@ class Pending:
 
 
 def normalise_address(address: str) -> str:
-    """The form addresses are compared in (``mail.address_hash``'s): trimmed, lowercased."""
-    return address.strip().lower()
+    """The typed value trimmed, for the page's first look; ``match_key`` does the real work."""
+    return address.strip()
+
+
+def match_key(address: str) -> str | None:
+    """The stored form of a typed address (``addresses.normalise``: the domain lowercased, IDNA
+    A-labels as Unicode, NFC), or None if the address rule refuses it (it then matches nobody).
+
+    The local part keeps its case here, as stored; ``_find`` compares it case-blind (see there).
+    """
+    try:
+        return addresses.normalise(address)
+    except InvalidInput:
+        return None
 
 
 def _find(session: Session, address: str) -> Subject | None:
-    """The subject with this address (one query; the first registered if several share it)."""
-    wanted = normalise_address(address)
-    if not wanted or "@" not in wanted or len(wanted) > 320:
+    """The subject with this address (one query; the first registered if several share it).
+
+    Equal as stored (``match_key``), or equal lowercased: RFC 5321 lets a server treat the local
+    part's case as significant, but no real mailbox does, and the suppression list already
+    treats ``Ann@`` and ``ann@`` as one (``mail.address_hash``). Matching case-blind sends
+    nothing to the wrong person: the link always goes to the STORED address, never the typed
+    one. Limit: on SQLite ``lower()`` folds ASCII letters only, so a non-ASCII local part typed
+    in another case than stored matches on PostgreSQL only (typed as stored, it always does).
+    """
+    wanted = match_key(address)
+    if wanted is None:
         return None
+    stored = col(Subject.email)
     stmt = (
         select(Subject)
-        .where(func.lower(func.trim(col(Subject.email))) == wanted)
+        .where(or_(stored == wanted, func.lower(func.trim(stored)) == wanted.lower()))
         .order_by(col(Subject.id))
         .limit(1)
     )
@@ -201,12 +229,17 @@ def request_by_email(
     return Pending(message.id or 0, subject.id, message.message_id)
 
 
-def _compose(session: Session, pending: Pending, now: datetime) -> tuple[mail.Outgoing, str] | None:
-    """The email of ``pending`` (and its address's suppression key), or None if its subject
-    lost its address meanwhile."""
+def _compose(
+    session: Session, pending: Pending, now: datetime
+) -> tuple[mail.Outgoing, str] | mail.SendResult:
+    """The email of ``pending`` and its address's suppression key; or, when it cannot be built,
+    the result to record: ``deferred`` if its subject lost its address meanwhile, ``failed``
+    with the reason if the message cannot be composed (``mail.compose`` refuses a stored
+    address the address rule refuses with ``InvalidInput``; anything else wrong with this one
+    message is treated alike, as ``sweeps.claims`` does). The reason never names the address."""
     subject = session.get(Subject, pending.subject_id)
     if subject is None or not subject.email:
-        return None
+        return mail.SendResult(SendStatus.DEFERRED, None, "the subject has no address")
     token = links.issue(
         session, LinkAction.PREFERENCES, pending.subject_id, ttl=EMAILED_LINK_TTL, now=now
     )
@@ -216,22 +249,30 @@ def _compose(session: Session, pending: Pending, now: datetime) -> tuple[mail.Ou
         "controller": get_settings().controller,
     }
     rendered = mail.render(Kind.PREFERENCE_LINK, subject.locale, context)
-    outgoing = mail.compose(rendered, to=subject.email, message_id=pending.message_id)
+    try:
+        outgoing = mail.compose(rendered, to=subject.email, message_id=pending.message_id)
+    except Exception as exc:  # this message alone: recorded failed, never raised (see above)
+        why = mail.redact(f"{exc.__class__.__name__}: {exc}")
+        return mail.SendResult(SendStatus.FAILED, None, f"not sent: {why}")
     return outgoing, mail.address_hash(instance_secret(session), subject.email)
 
 
 def send(pending: Pending, *, mailer: mail.Mailer | None = None) -> SendStatus:
-    """Step 2: send the recorded email and record its outcome (own transactions)."""
+    """Step 2: send the recorded email and record its outcome (own transactions). A message
+    that cannot be built is recorded ``failed`` with its reason, not raised (``_compose``)."""
     now = utcnow()
     with db.session_scope() as session:
         built = _compose(session, pending, now)
-    if built is None:
-        result = mail.SendResult(SendStatus.DEFERRED, None, "the subject has no address")
-    elif mailer is not None:
-        result = mailer.send([built[0]]).results[0]
+    suppression_key = None
+    if isinstance(built, mail.SendResult):
+        result = built
     else:
-        with mail.Mailer() as own:
-            result = own.send([built[0]]).results[0]
+        outgoing, suppression_key = built
+        if mailer is not None:
+            result = mailer.send([outgoing]).results[0]
+        else:
+            with mail.Mailer() as own:
+                result = own.send([outgoing]).results[0]
     with db.session_scope() as session:
         row = session.get(EmailMessage, pending.row_id)
         if row is not None:
@@ -239,9 +280,9 @@ def send(pending: Pending, *, mailer: mail.Mailer | None = None) -> SendStatus:
             row.error = result.error
             row.sent_at = utcnow() if result.status is SendStatus.SENT else None
             session.add(row)
-        bounced = built is not None and result.status is SendStatus.BOUNCED
-        if bounced and built and session.get(EmailSuppression, built[1]) is None:
-            session.add(EmailSuppression(address_hash=built[1], reason=result.error or ""))
+        bounced = suppression_key is not None and result.status is SendStatus.BOUNCED
+        if bounced and suppression_key and session.get(EmailSuppression, suppression_key) is None:
+            session.add(EmailSuppression(address_hash=suppression_key, reason=result.error or ""))
     return result.status
 
 
@@ -249,6 +290,7 @@ __all__ = [
     "IssuedLink",
     "Pending",
     "issue_for",
+    "match_key",
     "normalise_address",
     "parse_action",
     "recent_requests",

@@ -8,12 +8,19 @@ from datetime import timedelta
 import pytest
 from sqlmodel import func, select
 
-from consentflow import db, link_requests, links, mail
+from consentflow import db, link_requests, links, mail, subjects
 from consentflow.actors import agent_actor
 from consentflow.errors import InvalidInput, NotFound
 from consentflow.keys import instance_secret
 from consentflow.links import LinkAction
-from consentflow.models import AuditEntry, AuditHead, EmailMessage, EmailSuppression, utcnow
+from consentflow.models import (
+    AuditEntry,
+    AuditHead,
+    EmailMessage,
+    EmailSuppression,
+    Subject,
+    utcnow,
+)
 from tests.support.web import seed
 
 
@@ -96,6 +103,42 @@ def test_known_address_is_matched_trimmed_and_case_blind(ledger):
     assert entry.action == "link.requested" and "example.com" not in str(entry.detail)
 
 
+def _found(engine, typed: str) -> int | None:
+    """The subject id ``request_by_email`` records a message for (rolled back: nothing kept)."""
+    with db.session_scope(engine) as s:
+        pending = link_requests.request_by_email(s, typed)
+        s.rollback()
+    return pending.subject_id if pending else None
+
+
+def test_typed_addresses_go_through_the_address_rule_before_matching(ledger):
+    with db.session_scope(ledger) as s:
+        ann = subjects.add(s, "ann", email="Ann@Bücher.Example").id
+        jorg = subjects.add(s, "jorg", email="jörg@example.org").id
+        alice = subjects.get(s, "alice").id
+    # Stored as the rule normalises it: the domain lowercased, in Unicode; the local part's case
+    # kept.
+    with db.session_scope(ledger) as s:
+        assert s.get(Subject, ann).email == "Ann@bücher.example"
+    # The ASCII (IDNA A-label) form of the domain finds the Unicode form, in any case; the local
+    # part is compared case-blind (as the suppression list compares).
+    assert _found(ledger, "Ann@xn--bcher-kva.example") == ann
+    assert _found(ledger, " ann@XN--BCHER-KVA.EXAMPLE ") == ann
+    assert _found(ledger, "ANN@BÜCHER.example") == ann
+    # A non-ASCII local part typed as stored, with the domain in any case.
+    assert _found(ledger, "jörg@EXAMPLE.org") == jorg
+    assert _found(ledger, "ALICE@example.com") == alice
+    # What the rule refuses matches nobody, even when it contains a known address.
+    for refused in (
+        "alice@example.com, ann@bücher.example",
+        "Alice <alice@example.com>",
+        "alice@example.com.",
+        "alice@",
+    ):
+        assert _found(ledger, refused) is None, refused
+    assert _messages(ledger) == []
+
+
 def test_per_address_limit_counts_the_recorded_messages_of_the_last_hour(ledger, monkeypatch):
     monkeypatch.setenv("CONSENTFLOW_LINK_REQUESTS_PER_ADDRESS", "2")
     from consentflow import settings
@@ -167,3 +210,24 @@ def test_a_server_that_is_down_defers_and_the_person_may_ask_again(ledger, smtp_
     assert row.status == "deferred"
     with db.session_scope(ledger) as s:
         assert link_requests.recent_requests(s, pending.subject_id, utcnow()) == 0
+
+
+def test_an_address_the_rule_refuses_is_recorded_failed_with_its_reason(ledger, smtp_sink):
+    with db.session_scope(ledger) as s:
+        pending = link_requests.request_by_email(s, "alice@example.com")
+    # Between the request and the send, the stored address became one the rule refuses (a value
+    # written before the rule existed behaves the same): this message alone fails.
+    with db.session_scope(ledger) as s:
+        alice = s.get(Subject, pending.subject_id)
+        alice.email = "alice@localhost"
+        s.add(alice)
+    assert link_requests.send(pending) == mail.SendStatus.FAILED
+    assert smtp_sink.received == []
+    (row,) = _messages(ledger)
+    assert row.status == "failed" and row.sent_at is None
+    assert row.error.startswith("not sent: InvalidInput: bad email address")
+    assert "alice" not in row.error and "localhost" not in row.error
+    with db.session_scope(ledger) as s:
+        assert s.exec(select(func.count()).select_from(EmailSuppression)).one() == 0
+        # A failed message went nowhere, but it is not retried: it counts toward the limit.
+        assert link_requests.recent_requests(s, pending.subject_id, utcnow()) == 1
