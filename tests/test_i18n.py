@@ -59,21 +59,38 @@ def _po(lang: str) -> Path:
     return LOCALES / lang / "LC_MESSAGES" / f"{i18n.DOMAIN}.po"
 
 
+def _key(value: str | tuple[str, ...] | list[str]) -> str | tuple[str, ...]:
+    """A message id or string as one comparable value (plural forms as a tuple)."""
+    return value if isinstance(value, str) else tuple(value)
+
+
+def _translated(string: str | tuple[str, ...] | list[str]) -> bool:
+    """Every form is non-empty (a plural message has one string per plural form)."""
+    return bool(string) if isinstance(string, str) else bool(string) and all(string)
+
+
 def test_catalogs_are_complete_and_compiled() -> None:
-    """Every .po translates every message of the .pot, nothing fuzzy, and its committed .mo
-    says exactly the same (run ``python -m consentflow.i18n compile`` after editing a .po)."""
+    """Every .po translates every message of the .pot (each plural form too), nothing fuzzy,
+    and its committed .mo says exactly the same (run ``python -m consentflow.i18n compile``
+    after editing a .po)."""
     with (LOCALES / f"{i18n.DOMAIN}.pot").open("rb") as fh:
-        template = {m.id for m in read_po(fh) if m.id}
+        template = {_key(m.id) for m in read_po(fh) if m.id}
     assert template, "the .pot is empty"
+    assert any(isinstance(key, tuple) for key in template), "no plural message: pluralize counts"
     for lang in TRANSLATED:
         with _po(lang).open("rb") as fh:
             po = read_po(fh)
-        messages = {m.id: m.string for m in po if m.id}
+        messages = {_key(m.id): _key(m.string) for m in po if m.id}
         assert set(messages) == template, f"{lang}: run `python -m consentflow.i18n update`"
-        missing = [m.id for m in po if m.id and (not m.string or m.fuzzy)]
+        missing = [m.id for m in po if m.id and (not _translated(m.string) or m.fuzzy)]
         assert missing == [], f"{lang}: untranslated or fuzzy: {missing}"
+        # Babel's checkers: the same %(placeholders)s in each translation as in its message.
+        problems = [(m.id, [str(e) for e in errors]) for m, errors in po.check()]
+        assert problems == [], f"{lang}: {problems}"
+        plurals = [m for m in po if m.id and isinstance(m.id, tuple)]
+        assert all(len(m.string) == po.num_plurals for m in plurals), f"{lang}: plural forms"
         with _po(lang).with_suffix(".mo").open("rb") as fh:
-            mo = {m.id: m.string for m in read_mo(fh) if m.id}
+            mo = {_key(m.id): _key(m.string) for m in read_mo(fh) if m.id}
         assert mo == messages, f"{lang}: the .mo is stale: run `python -m consentflow.i18n compile`"
 
 

@@ -27,6 +27,12 @@ means (notice, data categories, lawful basis, recipients), the subject's consent
 check sees it (a given consent past its validity end is expired) and, where the notice changed
 since the person agreed, what changed. ``history`` is that one subject's own events. Nothing here
 reads another subject's data. No web dependency: the pages only handle HTTP around these.
+
+Languages: ``rows`` and ``history`` take the page's language (``locale``) and give each purpose's
+title and description in it (``purposes.text_for``: the subject's regional variant when it is of
+that language, then the language, then the default text), with the language each text is
+actually written in (``title_lang``, ``description_lang``), so a page can mark text that fell back
+to the default language with a ``lang`` attribute. Recipients are named by display name.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from typing import Literal
 
 from sqlmodel import Session, col, select
 
-from consentflow import lifecycle, purposes
+from consentflow import i18n, lifecycle, purposes
 from consentflow.errors import NotFound, TransitionNotAllowed
 from consentflow.lifecycle import Actor, effective_state
 from consentflow.links import LinkAction
@@ -67,11 +73,14 @@ DIFF_FIELDS = ("title", "description", "data_categories", "lawful_basis", "valid
 
 @dataclass(frozen=True)
 class Difference:
-    """One notice field that changed between the version agreed to and the current one."""
+    """One notice field that changed between the version agreed to and the current one (the
+    title and description in the reader's language; ``*_lang``: the language of that text)."""
 
     field: str
     before: str | int | list[str]
     after: str | int | list[str]
+    before_lang: str | None = None
+    after_lang: str | None = None
 
 
 @dataclass
@@ -95,6 +104,9 @@ class Row:
     agreed_version: int | None = None
     #: What changed since that version (empty when nothing did, or nothing was agreed).
     changes: list[Difference] = field(default_factory=list)
+    #: The language the title and the description are written in.
+    title_lang: str = i18n.DEFAULT
+    description_lang: str = i18n.DEFAULT
 
     @property
     def asked(self) -> bool:
@@ -116,39 +128,76 @@ class HistoryEntry:
     state: str
     channel: str
     actor_type: str
+    title_lang: str = i18n.DEFAULT
 
 
 def recipients(session: Session, keys: list[str]) -> dict[str, list[str]]:
-    """The names of the systems registered for each purpose (by key), sorted."""
+    """The systems registered for each purpose (by key), by display name (else name), sorted."""
     found: dict[str, list[str]] = {}
-    for key, name in session.exec(
-        select(Purpose.key, System.name)
+    for key, name, display in session.exec(
+        select(Purpose.key, System.name, System.display_name)
         .join(SystemPurpose, col(SystemPurpose.purpose_id) == Purpose.id)
         .join(System, col(System.id) == SystemPurpose.system_id)
         .where(col(Purpose.key).in_(keys))
-        .order_by(col(System.name))
     ).all():
-        found.setdefault(key, []).append(name)
+        found.setdefault(key, []).append(display or name)
+    return {key: sorted(names, key=str.casefold) for key, names in found.items()}
+
+
+def text_locale(subject: Subject, locale: str | None) -> str | None:
+    """The tag to look notice texts up with: the subject's own (``fr-ca``) when it is of the
+    page's language, else the page's language."""
+    page = i18n.supported(locale)
+    return subject.locale if subject.locale and i18n.supported(subject.locale) == page else page
+
+
+def _text(version: PurposeVersion, locale: str | None) -> purposes.NoticeText:
+    return purposes.text_for(version, locale)
+
+
+def differences(
+    before: PurposeVersion, after: PurposeVersion, locale: str | None = None
+) -> list[Difference]:
+    """The notice fields that differ between two versions, in ``DIFF_FIELDS`` order; the title
+    and description as a reader of ``locale`` sees them."""
+    old, new = _text(before, locale), _text(after, locale)
+    langs = {
+        "title": (old.title_locale, new.title_locale),
+        "description": (old.description_locale, new.description_locale),
+    }
+    found = []
+    for name in DIFF_FIELDS:
+        was, now = getattr(before, name), getattr(after, name)
+        if name in langs:
+            was, now = getattr(old, name), getattr(new, name)
+        if was != now:
+            b, a = langs.get(name, (None, None))
+            found.append(
+                Difference(
+                    name,
+                    was,
+                    now,
+                    (b or i18n.DEFAULT) if name in langs else None,
+                    (a or i18n.DEFAULT) if name in langs else None,
+                )
+            )
     return found
 
 
-def differences(before: PurposeVersion, after: PurposeVersion) -> list[Difference]:
-    """The notice fields that differ between two versions, in ``DIFF_FIELDS`` order."""
-    return [
-        Difference(name, getattr(before, name), getattr(after, name))
-        for name in DIFF_FIELDS
-        if getattr(before, name) != getattr(after, name)
-    ]
-
-
-def _changes(session: Session, key: str, agreed: int, current: PurposeVersion) -> list[Difference]:
+def _changes(
+    session: Session, key: str, agreed: int, current: PurposeVersion, locale: str | None
+) -> list[Difference]:
     old = next((v for _, v in purposes.versions(session, key) if v.version == agreed), None)
-    return differences(old, current) if old is not None else []
+    return differences(old, current, locale) if old is not None else []
 
 
-def rows(session: Session, subject: Subject, only: Purpose | None = None) -> list[Row]:
-    """Each purpose (or just ``only``) with the subject's consent for it, as the check sees it."""
+def rows(
+    session: Session, subject: Subject, only: Purpose | None = None, locale: str | None = None
+) -> list[Row]:
+    """Each purpose (or just ``only``) with the subject's consent for it, as the check sees it,
+    its notice in ``locale`` (see ``text_locale``; default: the default text)."""
     now = utcnow()
+    lang = text_locale(subject, locale)
     current = {v.purpose: v for v in lifecycle.current(session, subject.external_id)}
     infos = purposes.info(session)
     notices = [(k, n) for k, n in purposes.list_current(session) if only is None or k == only.key]
@@ -163,11 +212,12 @@ def rows(session: Session, subject: Subject, only: Purpose | None = None) -> lis
             if view and view.state in _AGREED and view.purpose_version < notice.version
             else None
         )
+        text = _text(notice, lang)
         found.append(
             Row(
                 key,
-                notice.title,
-                notice.description,
+                text.title,
+                text.description,
                 state.value if state else None,
                 view.valid_until if view else None,
                 view.purpose_version if view else None,
@@ -183,7 +233,9 @@ def rows(session: Session, subject: Subject, only: Purpose | None = None) -> lis
                 data_categories=list(notice.data_categories),
                 recipients=receivers.get(key, []),
                 agreed_version=agreed,
-                changes=_changes(session, key, agreed, notice) if agreed else [],
+                changes=_changes(session, key, agreed, notice, lang) if agreed else [],
+                title_lang=text.title_locale or i18n.DEFAULT,
+                description_lang=text.description_locale or i18n.DEFAULT,
             )
         )
     return found
@@ -194,21 +246,27 @@ def renewable(row: Row) -> bool:
     return row.state == State.GIVEN.value
 
 
-def history(session: Session, subject: Subject) -> list[HistoryEntry]:
-    """The subject's own consent events, newest first (read from that subject's history only)."""
-    titles = dict((k, n.title) for k, n in purposes.list_current(session))
-    return [
-        HistoryEntry(
-            e.occurred_at,
-            key,
-            titles.get(key, key),
-            e.action,
-            e.state,
-            e.channel,
-            e.actor_type,
+def history(session: Session, subject: Subject, locale: str | None = None) -> list[HistoryEntry]:
+    """The subject's own consent events, newest first (read from that subject's history only),
+    each purpose named by its current title in ``locale``."""
+    lang = text_locale(subject, locale)
+    texts = {k: _text(n, lang) for k, n in purposes.list_current(session)}
+    found = []
+    for key, e in reversed(lifecycle.history(session, subject.external_id)):
+        text = texts.get(key)
+        found.append(
+            HistoryEntry(
+                e.occurred_at,
+                key,
+                text.title if text else key,
+                e.action,
+                e.state,
+                e.channel,
+                e.actor_type,
+                title_lang=(text.title_locale if text else None) or i18n.DEFAULT,
+            )
         )
-        for key, e in reversed(lifecycle.history(session, subject.external_id))
-    ]
+    return found
 
 
 def _current(session: Session, subject: Subject, purpose_key: str) -> lifecycle.ConsentView | None:

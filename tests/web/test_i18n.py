@@ -10,6 +10,9 @@ import pytest
 from sqlalchemy.engine import Engine
 from starlette.requests import Request
 
+from consentflow import db, i18n, lifecycle, links, purposes, settings
+from consentflow.lifecycle import Actor
+from consentflow.links import LinkAction
 from consentflow.web import templating
 from tests.support.web import bearer, client, seed
 
@@ -154,3 +157,171 @@ def test_purpose_texts_through_the_api(engine: Engine) -> None:
             ("billing", "billing"),
             ("crm", "crm"),
         ]
+
+
+# ------------------------------------------------------- the people's pages, language by language
+
+
+def _subject(engine: Engine, external_id: str, locale: str | None) -> None:
+    """A subject with exactly this ``locale`` (None: none stored; written directly, because
+    ``subjects.add`` stores "en" for a subject registered without one)."""
+    from sqlmodel import update
+
+    from consentflow import subjects
+    from consentflow.models import Subject
+
+    with db.session_scope(engine) as s:
+        subjects.add(s, external_id, locale=locale or "en")
+        if locale is None:
+            s.exec(update(Subject).where(Subject.external_id == external_id).values(locale=None))
+
+
+def _link(engine: Engine, action: LinkAction, subject: str, purpose: str | None = None) -> str:
+    from sqlmodel import select
+
+    from consentflow.models import Purpose, Subject
+
+    with db.session_scope(engine) as s:
+        sid = s.exec(select(Subject.id).where(Subject.external_id == subject)).one()
+        pid = s.exec(select(Purpose.id).where(Purpose.key == purpose)).one() if purpose else None
+        return f"/l/{links.issue(s, action, sid, pid)}"
+
+
+def _main(html: str) -> str:
+    """The visible words of the page's main part (tags dropped)."""
+    body = html[html.index('<main id="main"') : html.index("</main>")]
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", body))
+
+
+ENGLISH = re.compile(
+    r"\b(January|February|March|April|May|June|July|August|September|October|November|December"
+    r"|You said|Withdraw|Yes, I agree|No, thanks|Your choices|Valid until)\b"
+)
+
+
+def test_a_french_subject_reads_french_pages(engine: Engine) -> None:
+    seed(engine)
+    _subject(engine, "zoe", "fr")
+    with db.session_scope(engine) as s:
+        lifecycle.grant(s, "zoe", "news", Actor())
+    prefs, grant = (
+        _link(engine, LinkAction.PREFERENCES, "zoe"),
+        _link(engine, LinkAction.GRANT, "zoe", "invoices"),
+    )
+    with client() as c:
+        page = c.get(prefs, headers={"Accept-Language": "de"}).text  # the subject's wins
+        ask = c.get(grant, headers={"Accept-Language": "de"}).text
+    today = i18n.format_date(datetime.now(UTC), "fr")
+    assert '<html lang="fr">' in page and '<html lang="fr">' in ask
+    words = _main(page)
+    assert "Vos choix" in words and f"Vous avez dit oui le {today}" in words
+    assert "Non, merci" in words and "Tout retirer" in words and "Votre historique" in words
+    # The history row: date, purpose, what, how (the grant came through the API).
+    row = f"{today} Monthly newsletter Vous avez dit oui Par notre site web ou notre application"
+    assert row in words
+    assert ENGLISH.search(words) is None, ENGLISH.search(words)
+    asked = _main(ask)
+    apostrophe = "\u2019"  # French typography
+    assert f"Êtes-vous d{apostrophe}accord" in asked and f"Oui, j{apostrophe}accepte" in asked
+    assert "Non, merci" in asked
+    assert ENGLISH.search(asked) is None, ENGLISH.search(asked)
+    # The purpose has no French text: its English title is marked as English.
+    assert '<strong class="purpose-title" lang="en">Invoices by email</strong>' in ask
+
+
+def test_a_subject_without_a_locale_gets_the_browsers_language(engine: Engine) -> None:
+    seed(engine)
+    _subject(engine, "udo", None)
+    url = _link(engine, LinkAction.GRANT, "udo", "news")
+    with client() as c:
+        page = c.get(url, headers={"Accept-Language": "de-DE,de;q=0.9,en;q=0.5"}).text
+        plain = c.get(url).text
+    assert '<html lang="de">' in page
+    assert "Sind Sie einverstanden?" in page and "Ja, ich stimme zu" in page
+    assert "Nein, danke" in page and "Nicht erteilt" in page
+    assert '<html lang="en">' in plain and "Do you agree?" in plain
+
+
+@pytest.mark.parametrize("locale", ["xx", "zz-QQ", "tlh"])
+def test_an_unknown_locale_falls_back_to_english(engine: Engine, locale: str) -> None:
+    seed(engine)
+    _subject(engine, "kim", locale)
+    with client() as c:
+        for url in (
+            _link(engine, LinkAction.PREFERENCES, "kim"),
+            _link(engine, LinkAction.GRANT, "kim", "news"),
+        ):
+            r = c.get(url, headers={"Accept-Language": locale})
+            assert r.status_code == 200
+            assert '<html lang="en">' in r.text and "No, thanks" in r.text
+
+
+def test_purpose_texts_in_the_page_language_with_lang_on_fallbacks(engine: Engine) -> None:
+    seed(engine)
+    _subject(engine, "zoe", "fr-CA")
+    with db.session_scope(engine) as s:
+        purposes.revise(
+            s,
+            "news",
+            material=False,
+            texts={"fr": {"title": "Lettre mensuelle"}, "fr-ca": {"description": "Par courriel."}},
+        )
+    url = _link(engine, LinkAction.GRANT, "zoe", "news")
+    with client() as c:
+        french = c.get(url).text
+        spanish = c.get(f"{url}?lang=es").text
+    assert '<strong class="purpose-title">Lettre mensuelle</strong>' in french
+    assert '<dd lang="fr-ca">Par courriel.</dd>' in french  # the subject's regional text
+    assert '<strong class="purpose-title" lang="en">Monthly newsletter</strong>' in spanish
+
+
+def test_the_language_chosen_on_the_page_survives_the_post(engine: Engine) -> None:
+    seed(engine)
+    _subject(engine, "zoe", "fr")
+    url = _link(engine, LinkAction.GRANT, "zoe", "news")
+    with client() as c:
+        page = c.get(f"{url}?lang=es").text
+        assert '<html lang="es">' in page
+        assert f'action="{url}?lang=es"' in page
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+        r = c.post(f"{url}?lang=es", data={"csrf_token": csrf, "answer": "no"})
+        assert r.status_code == 303 and r.headers["location"].endswith("&lang=es")
+        result = c.get(r.headers["location"]).text
+        # Without the switcher's choice the subject's language is back.
+        r = c.post(url, data={"csrf_token": csrf, "answer": "no"})
+        assert "lang=" not in r.headers["location"]
+        again = c.get(r.headers["location"]).text
+    assert '<html lang="es">' in result and "Usted dijo que no" in result
+    assert '<html lang="fr">' in again and "Déjà enregistré" in again
+
+
+def test_bad_links_and_problems_in_the_readers_language(engine: Engine) -> None:
+    seed(engine)
+    _subject(engine, "zoe", "fr")
+    with client() as c:
+        broken = c.get("/l/not-a-token?lang=de")
+        assert broken.status_code == 400 and "Dieser Link funktioniert nicht" in broken.text
+        assert 'href="/link/new?lang=de"' in broken.text
+        url = _link(engine, LinkAction.GRANT, "zoe", "news")
+        page = c.get(url).text
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+        r = c.post(url, data={"csrf_token": csrf})  # neither yes nor no
+        assert r.status_code == 422 and "Choisissez oui ou non." in r.text
+
+
+def test_the_controller_footer_follows_the_settings(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed(engine)
+    _subject(engine, "zoe", "de")
+    url = _link(engine, LinkAction.PREFERENCES, "zoe")
+    with client() as c:
+        for name in ("Bäckerei Acme GmbH", "Acme <Holding> AG"):
+            monkeypatch.setenv("CONSENTFLOW_CONTROLLER_NAME", name)
+            settings.get_settings.cache_clear()
+            html = c.get(url).text
+            escaped = name.replace("<", "&lt;").replace(">", "&gt;")
+            strong = f'<strong class="controller-name">{escaped}</strong>'
+            assert f"Verantwortlich für Ihre Daten ist {strong}" in html
+            assert f"<title>Ihre Entscheidungen · {escaped}</title>" in html
+    settings.get_settings.cache_clear()

@@ -449,7 +449,7 @@ def test_preference_page_refuse_and_withdraw_everything(web, engine):
     html = web.get(f"/l/{token}").text
     assert 'id="withdraw-all"' in html
     r = web.post(f"/l/{token}", data={"csrf_token": csrf, "op": "withdraw_all"})
-    assert "All your consents are withdrawn (2)" in _follow(web, r).text
+    assert "We withdrew your consent for 2 purposes." in _follow(web, r).text
     revokes = _events(engine, "alice", "revoke")
     assert sorted((e.channel, e.actor_type) for e in revokes) == [("web", "subject")] * 2
     assert 'id="withdraw-all"' not in web.get(f"/l/{token}").text

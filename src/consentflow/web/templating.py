@@ -14,10 +14,16 @@ How a page gets its language (``consentflow.i18n`` decides, see ``i18n.negotiate
 In templates: ``{% trans %}...{% endtrans %}``, ``_("...")``, ``gettext`` / ``ngettext`` (Jinja2's
 i18n extension, new-style: ``_("Hello %(name)s", name=x)``, autoescape-safe; blocks are
 ``trimmed``, as the Babel extraction is); ``current_locale()`` (the page's language, for
-``<html lang>``); ``language_links()`` (the switcher); filters ``format_date``,
-``format_datetime`` (UTC), ``format_number`` in the page's language. Python page code that
-shows text translates it with ``gettext_for(request, "...")`` (mark the literal with ``_`` for
-extraction).
+``<html lang>``); ``language_links()`` (the switcher); ``lang_url(url)`` (a form action or
+link that keeps the switcher's choice); ``site_controller()`` (the controller's identity, for
+pages rendered without ``render``); filters ``format_date``, ``format_datetime`` (UTC),
+``format_number`` in the page's language. Python page code that shows text translates it with
+``gettext_for(request, "...")`` (mark the literal with ``_`` for extraction).
+
+The switcher's choice survives a POST: forms post to ``lang_url(...)`` and redirects after a POST
+go to ``keep_lang(request, url)``, so ``?lang=xx`` travels with them (and nowhere else: it is
+never stored). Every page gets ``controller`` (``settings.Controller``, read per render, so a
+changed configuration shows at once) for its footer and title unless the page passes its own.
 
 Thread safety: one shared environment; nothing per request is installed on it. The gettext
 callables find the language in the render context, so concurrent requests in different
@@ -56,8 +62,20 @@ def locale_for(request: Request, subject_locale: str | None = None) -> str:
     return locale
 
 
-def _request_locale(request: Request) -> str:
+def keep_lang(request: Request, url: str) -> str:
+    """``url`` with the switcher's ``?lang=`` of this request added, when there is a valid one."""
+    chosen = i18n.supported(request.query_params.get(i18n.QUERY_PARAM))
+    if chosen is None:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}{urlencode([(i18n.QUERY_PARAM, chosen)])}"
+
+
+def page_locale(request: Request) -> str:
+    """The language of this request's page (``locale_for``'s, once it ran for the request)."""
     return getattr(request.state, "locale", None) or locale_for(request)
+
+
+_request_locale = page_locale
 
 
 def _locale(ctx: Context) -> str:
@@ -127,6 +145,16 @@ def _language_links(ctx: Context) -> list[LanguageLink]:
 
 
 @pass_context
+def _lang_url(ctx: Context, url: str) -> str:
+    request = ctx.get("request")
+    return keep_lang(request, url) if isinstance(request, Request) else url
+
+
+def _site_controller() -> Any:
+    return get_settings().controller
+
+
+@pass_context
 def _format_date(ctx: Context, value: date | datetime | None, format: str = "long") -> str:
     return i18n.format_date(value, _locale(ctx), format)
 
@@ -151,7 +179,12 @@ def _environment() -> jinja2.Environment:
     env.install_gettext_callables(  # type: ignore[attr-defined]
         _gettext, _ngettext, newstyle=True, pgettext=_pgettext, npgettext=_npgettext
     )
-    env.globals.update(current_locale=_current_locale, language_links=_language_links)
+    env.globals.update(
+        current_locale=_current_locale,
+        language_links=_language_links,
+        lang_url=_lang_url,
+        site_controller=_site_controller,
+    )
     env.filters.update(
         format_date=_format_date, format_datetime=_format_datetime, format_number=_format_number
     )
@@ -169,11 +202,12 @@ def render(
     *,
     locale: str | None = None,
 ) -> HTMLResponse:
-    """A page from a template, in ``locale`` (default: ``locale_for`` the request)."""
+    """A page from a template, in ``locale`` (default: ``locale_for`` the request), with the
+    controller's identity (``controller``) unless ``context`` gives its own."""
     page_locale = i18n.supported(locale) or _request_locale(request)
-    return templates.TemplateResponse(
-        request, name, {**context, "locale": page_locale}, status_code=status_code
-    )
+    full = {**context, "locale": page_locale}
+    full.setdefault("controller", get_settings().controller)
+    return templates.TemplateResponse(request, name, full, status_code=status_code)
 
 
 def secure_cookies() -> bool:

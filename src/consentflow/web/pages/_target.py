@@ -3,7 +3,10 @@ and the redirect to a result page.
 
 A link that is damaged, altered, expired, for another action, or for a subject or purpose that no
 longer exists gets ``bad_link.html`` (400, 410 or 404) with a way to ask for a new link
-(``/link/new``) and changes nothing. The words of every page are in its template.
+(``/link/new``) and changes nothing. The words of every page are in its template: the one-line
+reason (the exception's English text, for logs and the API) is mapped to a ``reason`` code the
+template words in the page's language (``REASONS``; anything else: a general "does not work").
+The switcher's ``?lang=`` travels to the result page and the new-link page (``keep_lang``).
 """
 
 from __future__ import annotations
@@ -21,10 +24,21 @@ from consentflow.errors import NotFound
 from consentflow.links import BadLink, Link, LinkAction
 from consentflow.models import Purpose, Subject
 from consentflow.web.pages import results
-from consentflow.web.templating import locale_for, render
+from consentflow.web.templating import keep_lang, locale_for, render
 
 #: The public page where a person asks for a new link (by email address).
 NEW_LINK_URL = "/link/new"
+#: What a bad link's message says (a phrase in it), as a code ``bad_link.html`` words.
+REASONS = (
+    ("incomplete", "incomplete"),
+    ("damaged", "damaged"),
+    ("not valid for this action", "altered"),
+    ("expired", "expired"),
+    ("record that no longer exists", "no_record"),
+    ("purpose that no longer exists", "no_purpose"),
+    ("cannot unsubscribe", "cannot_unsubscribe"),
+    ("does not name a purpose", "no_purpose_named"),
+)
 
 
 @dataclass
@@ -62,10 +76,11 @@ def bad_link(request: Request, exc: Exception) -> Response:
         status, kind = 410, "expired"
     else:
         status, kind = 400, "broken"
+    message = str(exc)
     context: dict[str, Any] = {
         "kind": kind,
-        "reason": str(exc)[:1].upper() + str(exc)[1:] + ".",
-        "new_link_url": NEW_LINK_URL,
+        "reason": next((code for phrase, code in REASONS if phrase in message), "other"),
+        "new_link_url": keep_lang(request, NEW_LINK_URL),
     }
     return render(request, "bad_link.html", context, status_code=status)
 
@@ -75,7 +90,9 @@ def problem(request: Request, kind: str, status: int, **context: Any) -> Respons
     return render(request, "problem.html", {"kind": kind, **context}, status_code=status)
 
 
-def to_result(session: Session, token: str, result: results.Result) -> Response:
-    """303 to the link's page carrying what happened, signed (``results``)."""
+def to_result(request: Request, session: Session, token: str, result: results.Result) -> Response:
+    """303 to the link's page carrying what happened, signed (``results``), in the language the
+    person chose on the page (its ``?lang=``, if any)."""
     value = results.sign(session, token, result)
-    return RedirectResponse(f"/l/{quote(token)}?r={value}", status_code=303)
+    url = keep_lang(request, f"/l/{quote(token)}?r={value}")
+    return RedirectResponse(url, status_code=303)

@@ -32,7 +32,7 @@ from consentflow.web import security
 from consentflow.web.auth import DbSession, ReadSession
 from consentflow.web.pages import preferences, results
 from consentflow.web.pages._target import Target, bad_link, open_link, problem, to_result
-from consentflow.web.templating import render
+from consentflow.web.templating import keep_lang, page_locale, render
 
 router = APIRouter(include_in_schema=False)
 
@@ -73,7 +73,7 @@ def _link_page(request: Request, token: str, session: Session, r: str | None) ->
     result = results.read(session, token, r)
     if target.link.action is LinkAction.PREFERENCES:
         return preferences.page(request, session, token, target, result)
-    rows = answers.rows(session, target.subject, target.purpose)
+    rows = answers.rows(session, target.subject, target.purpose, page_locale(request))
     if result is not None:
         return render(request, "done.html", {"result": result, "rows": rows, "one_click": False})
     context: dict[str, Any] = {
@@ -86,7 +86,7 @@ def _link_page(request: Request, token: str, session: Session, r: str | None) ->
     }
     if target.link.action is LinkAction.RENEW and not (rows and answers.renewable(rows[0])):
         # Renewing needs a consent in force: say so now rather than fail on the button.
-        context["preferences_url"] = _preferences_url(session, target)
+        context["preferences_url"] = keep_lang(request, _preferences_url(session, target))
     return render(request, "link.html", context)
 
 
@@ -132,7 +132,7 @@ def _confirm(
     if action is LinkAction.REVOKE:
         changed = answers.revoke(session, subject, target.purpose, Channel.EMAIL_LINK)
         found = results.Result("revoke", key, "done" if changed else "unchanged", changed)
-        return to_result(session, token, found)
+        return to_result(request, session, token, found)
     if key is None:
         return bad_link(request, BadLink("this link does not name a purpose"))
     if action is LinkAction.GRANT and answer not in ("yes", "no"):
@@ -145,5 +145,7 @@ def _confirm(
             outcome, _ = answers.act(session, action, subject, key, Channel.EMAIL_LINK)
     except TransitionNotAllowed:
         kind = "not_renewable" if action is LinkAction.RENEW else "not_allowed"
-        return problem(request, kind, 409, preferences_url=_preferences_url(session, target))
-    return to_result(session, token, results.Result(said, key, outcome, int(outcome == "done")))
+        preferences_url = keep_lang(request, _preferences_url(session, target))
+        return problem(request, kind, 409, preferences_url=preferences_url)
+    found = results.Result(said, key, outcome, int(outcome == "done"))
+    return to_result(request, session, token, found)

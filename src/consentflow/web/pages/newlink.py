@@ -84,7 +84,6 @@ def _page(
     binding = request.cookies.get(security.CSRF_COOKIE) or security.new_csrf_binding()
     context = {
         "csrf": security.csrf_token(session, binding),
-        "controller": get_settings().controller,
         "hours": 1,
         **context,
     }

@@ -29,7 +29,7 @@ from consentflow.web import security
 from consentflow.web.auth import ReadSession
 from consentflow.web.pages import results
 from consentflow.web.pages._target import Target, bad_link, open_link, problem, to_result
-from consentflow.web.templating import render
+from consentflow.web.templating import page_locale, render
 
 router = APIRouter(include_in_schema=False)
 
@@ -45,13 +45,14 @@ def page(
     result: results.Result | None,
 ) -> Response:
     """The preference page of the link's subject, with what was just done if ``result``."""
-    rows = answers.rows(session, target.subject)
+    locale = page_locale(request)
+    rows = answers.rows(session, target.subject, locale=locale)
     context = {
         "token": token,
         "csrf": security.csrf_token(session, token),
         "expires_at": target.link.expires_at,
         "rows": rows,
-        "history": answers.history(session, target.subject),
+        "history": answers.history(session, target.subject, locale),
         "titles": {row.key: row.title for row in rows},
         "result": result,
         "any_given": any(row.given for row in rows),
@@ -71,7 +72,7 @@ def post(
     if op == "withdraw_all":
         changed = answers.revoke(session, target.subject, None, Channel.WEB)
         found = results.Result(op, None, "done" if changed else "unchanged", changed)
-        return to_result(session, token, found)
+        return to_result(request, session, token, found)
     if op not in OPERATIONS or not purpose:
         return problem(request, "choose_purpose", 422)
     try:
@@ -80,7 +81,8 @@ def post(
         return problem(request, "unknown_purpose", 404)
     except TransitionNotAllowed:
         return problem(request, "not_allowed", 409)
-    return to_result(session, token, results.Result(op, purpose, outcome, int(outcome == "done")))
+    found = results.Result(op, purpose, outcome, int(outcome == "done"))
+    return to_result(request, session, token, found)
 
 
 @router.get("/l/{token}/receipt")
