@@ -25,6 +25,12 @@ Rebuilding the catalogs (after changing a translatable string; documented in the
 
 Adding a language: add its tag to ``SUPPORTED`` and ``NAMES``, run ``python -m consentflow.i18n
 init xx``, translate ``templates/locale/xx/LC_MESSAGES/messages.po``, then ``compile``.
+
+Domains: ``messages`` (``DOMAIN``) holds the web pages and the Python sources; ``email``
+(``EMAIL_DOMAIN``) the email templates (``templates/email``, mapped by
+``templates/babel-email.cfg``), in ``<lang>/LC_MESSAGES/email.{po,mo}`` and ``email.pot``.
+``translations(locale, domain)`` loads either; every maintenance step above takes
+``--domain email`` first (``python -m consentflow.i18n --domain email extract``, ...).
 """
 
 from __future__ import annotations
@@ -50,6 +56,13 @@ NAMES: dict[str, str] = {"en": "English", "fr": "Français", "de": "Deutsch", "e
 #: The query parameter of the page's language switcher.
 QUERY_PARAM = "lang"
 DOMAIN = "messages"
+#: The catalog domain of the email templates.
+EMAIL_DOMAIN = "email"
+#: Each domain's extraction map (in ``templates/``) and whether the Python sources are scanned.
+_DOMAINS: dict[str, tuple[str, bool]] = {
+    DOMAIN: ("babel.cfg", True),
+    EMAIL_DOMAIN: ("babel-email.cfg", False),
+}
 
 _TAG = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{1,8})*$")
 _Q = re.compile(r"^\s*q\s*=\s*([01](?:\.\d{0,3})?)\s*$", re.IGNORECASE)
@@ -123,12 +136,13 @@ def fallback_chain(locale: str | None) -> list[str]:
 
 
 @lru_cache(maxsize=16)
-def translations(locale: str | None) -> NullTranslations:
-    """The gettext catalog of ``locale`` (a supported language, else English: the message ids)."""
+def translations(locale: str | None, domain: str = DOMAIN) -> NullTranslations:
+    """The gettext catalog of ``locale`` in ``domain`` (a supported language, else English: the
+    message ids)."""
     lang = supported(locale) or DEFAULT
     if lang == DEFAULT:
         return NullTranslations()
-    return Translations.load(str(locale_dir()), [lang], domain=DOMAIN)
+    return Translations.load(str(locale_dir()), [lang], domain=domain)
 
 
 def gettext(locale: str | None, message: str) -> str:
@@ -166,10 +180,10 @@ def format_number(value: float | int, locale: str | None) -> str:
 # ------------------------------------------------------------------------ catalog maintenance
 
 
-def _repo_paths() -> tuple[Path, Path, Path]:
+def _repo_paths(domain: str = DOMAIN) -> tuple[Path, Path, Path]:
     """The babel mapping file, the template tree and the source tree (from a checkout)."""
     templates = locale_dir().parent
-    return templates / "babel.cfg", templates, Path(__file__).resolve().parent
+    return templates / _DOMAINS[domain][0], templates, Path(__file__).resolve().parent
 
 
 def _pybabel(*args: str) -> None:
@@ -178,32 +192,43 @@ def _pybabel(*args: str) -> None:
     CommandLineInterface().run(["pybabel", "-q", *args])
 
 
-def extract(pot: Path) -> None:
-    """Extract every translatable message of the templates and the sources into ``pot``."""
-    cfg, templates, src = _repo_paths()
+def extract(pot: Path, domain: str = DOMAIN) -> None:
+    """Extract every translatable message of ``domain`` (default: the templates and the
+    sources of the web domain) into ``pot``."""
+    cfg, templates, src = _repo_paths(domain)
+    inputs = [str(templates), str(src)] if _DOMAINS[domain][1] else [str(templates)]
     # Paths in the mapping file are relative to each input directory.
     _pybabel(
         "extract", "-F", str(cfg), "-o", str(pot), "--no-location", "--sort-output",
         "--project", "consentflow", "-k", "_", "-k", "gettext", "-k", "ngettext:1,2",
-        str(templates), str(src),
+        *inputs,
     )  # fmt: skip
 
 
-def rebuild(step: str, lang: str | None = None) -> None:
-    """One catalog maintenance step: ``extract``, ``update``, ``compile`` or ``init`` (``lang``)."""
-    pot = str(locale_dir() / f"{DOMAIN}.pot")
+def rebuild(step: str, lang: str | None = None, domain: str = DOMAIN) -> None:
+    """One catalog maintenance step of ``domain``: ``extract``, ``update``, ``compile`` or
+    ``init`` (``lang``)."""
+    pot = str(locale_dir() / f"{domain}.pot")
     out = str(locale_dir())
+    if domain not in _DOMAINS:
+        raise SystemExit(f"unknown domain {domain!r}: use one of {', '.join(_DOMAINS)}")
     if step == "extract":
-        extract(Path(pot))
+        extract(Path(pot), domain)
     elif step == "update":
-        _pybabel("update", "-i", pot, "-d", out, "-D", DOMAIN, "--no-wrap", "--ignore-obsolete")
+        _pybabel("update", "-i", pot, "-d", out, "-D", domain, "--no-wrap", "--ignore-obsolete")
     elif step == "compile":
-        _pybabel("compile", "-d", out, "-D", DOMAIN, "--statistics")
+        _pybabel("compile", "-d", out, "-D", domain, "--statistics")
     elif step == "init" and lang:
-        _pybabel("init", "-i", pot, "-d", out, "-D", DOMAIN, "-l", lang, "--no-wrap")
+        _pybabel("init", "-i", pot, "-d", out, "-D", domain, "-l", lang, "--no-wrap")
     else:
-        raise SystemExit("usage: python -m consentflow.i18n extract|update|compile|init LANG")
+        raise SystemExit(
+            "usage: python -m consentflow.i18n [--domain email] extract|update|compile|init LANG"
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover - a maintainer's tool
-    rebuild(sys.argv[1] if len(sys.argv) > 1 else "", *sys.argv[2:3])
+    args = sys.argv[1:]
+    chosen = DOMAIN
+    if args[:1] == ["--domain"] and len(args) > 1:
+        chosen, args = args[1], args[2:]
+    rebuild(args[0] if args else "", args[1] if len(args) > 1 else None, domain=chosen)

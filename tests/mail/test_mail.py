@@ -43,7 +43,17 @@ def _message(to: str, n: int = 0, unsubscribe: str | None = None) -> mail.Outgoi
 
 @pytest.mark.parametrize(
     ("locale", "expected"),
-    [("en", "en"), ("fr", "fr"), ("fr-CA", "fr"), ("FR_ca", "fr"), ("de", "en"), (None, "en")],
+    [
+        ("en", "en"),
+        ("fr", "fr"),
+        ("fr-CA", "fr"),
+        ("FR_ca", "fr"),
+        ("de", "de"),  # German and Spanish are complete now (issue 9): no longer English
+        ("es-MX", "es"),
+        ("pt", "en"),
+        ("not a tag!", "en"),
+        (None, "en"),
+    ],
 )
 def test_locale_falls_back_to_english(locale: str | None, expected: str) -> None:
     for kind in mail.Kind:

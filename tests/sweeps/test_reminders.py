@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import update
 from sqlmodel import col, select
 
-from consentflow import db, lifecycle, links, mail, purposes, sweeps
+from consentflow import db, i18n, lifecycle, links, mail, purposes, sweeps
 from consentflow.keys import instance_secret
 from consentflow.lifecycle import Actor
 from consentflow.links import LinkAction
@@ -291,7 +291,8 @@ def test_limit_and_purposes(news, smtp_sink: SmtpSink) -> None:  # type: ignore[
         ):
             assert batch.seen <= 2
     assert {(r.message["Subject"]) for r in smtp_sink.received} == {
-        'Your consent for "Ads" ends on ' + (now + 5 * DAY).strftime("%Y-%m-%d")
+        # Dates through Babel in the recipient's language (issue 9), no longer ISO digits.
+        'Your consent for "Ads" ends on ' + i18n.format_date(now + 5 * DAY, "en")
     }
     assert len(smtp_sink.received) == 3
 

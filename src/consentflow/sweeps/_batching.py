@@ -143,7 +143,8 @@ def due_rows(
     subjects are then locked (none are in a dry run) and the page re-read: the items still due
     whose subjects this transaction holds, in id order, as ``columns`` with the subject's
     ``subject_ref`` and the purpose's ``key``. For an email, ``title_version`` is the purpose
-    version whose title it shows; the rows then also carry ``email``, ``locale`` and ``title``.
+    version whose title it shows; the rows then also carry ``email``, ``locale`` and that
+    version's ``title``, ``description`` and per-locale ``texts`` (``email_title`` reads them).
 
     Pages follow the id, so each run walks the due items once and an item skipped here (locked
     by another run, or not mailable) does not hold up the rest.
@@ -160,7 +161,13 @@ def due_rows(
     locked = set(subject_ids) if dry_run else lock_subjects(session, subject_ids)
     extra: list[Any] = [Subject.subject_ref, Purpose.key]
     if title_version is not None:
-        extra += [Subject.email, Subject.locale, PurposeVersion.title]
+        extra += [
+            Subject.email,
+            Subject.locale,
+            PurposeVersion.title,
+            PurposeVersion.description,
+            PurposeVersion.texts,
+        ]
     rows = (
         select(*columns, *extra)
         .join(Subject, col(Subject.id) == model.subject_id)
@@ -179,6 +186,13 @@ def due_rows(
             due,
         ).order_by(col(model.id))
     ).all()
+
+
+def email_title(row: Any) -> str:
+    """The purpose title an email shows: in the recipient's locale (``row.locale``), falling
+    back to the default title (``purposes.title_for``); ``row`` is a ``due_rows`` row read with
+    ``title_version``."""
+    return purposes.title_for(row, row.locale)
 
 
 def close_lapsed(session: Session, request_ids: list[int], now: datetime) -> None:

@@ -25,6 +25,7 @@ from consentflow.sweeps._batching import (
     audit_items,
     close_lapsed,
     due_rows,
+    email_title,
     purpose_ids,
     transaction,
 )
@@ -32,7 +33,6 @@ from consentflow.sweeps._context import SweepContext
 from consentflow.sweeps.claims import (
     Claim,
     deliver,
-    email_date,
     link,
     new_claim,
     suppression,
@@ -104,10 +104,11 @@ def _claim(session: Session, r: Any, max_followups: int) -> Claim:
         stage=number,
         request_id=r.id,
         context={
-            "purpose_title": r.title,
-            "requested_on": email_date(r.requested_at),
+            "purpose_title": email_title(r),
+            "requested_on": r.requested_at,
             "grant_url": link(session, LinkAction.GRANT, r.subject_id, r.purpose_id),
             "preferences_url": link(session, LinkAction.PREFERENCES, r.subject_id, None),
+            "withdraw_all_url": link(session, LinkAction.REVOKE, r.subject_id, None),
             "last": number >= max_followups,
         },
     )

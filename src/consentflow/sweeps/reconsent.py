@@ -41,6 +41,7 @@ from consentflow.sweeps._batching import (
     audit_items,
     close_lapsed,
     due_rows,
+    email_title,
     purpose_ids,
     subscribers,
     table,
@@ -50,7 +51,6 @@ from consentflow.sweeps._context import SweepContext
 from consentflow.sweeps.claims import (
     Claim,
     deliver,
-    email_date,
     link,
     mailable,
     new_claim,
@@ -87,11 +87,12 @@ def _claim(session: Session, r: Any, request_id: int, deadline: datetime) -> Cla
         request_id=request_id,
         unsubscribe_url=revoke_url,
         context={
-            "purpose_title": r.title,
-            "deadline": email_date(deadline),
+            "purpose_title": email_title(r),
+            "deadline": deadline,
             "grant_url": link(session, LinkAction.GRANT, r.subject_id, r.purpose_id),
             "revoke_url": revoke_url,
             "preferences_url": link(session, LinkAction.PREFERENCES, r.subject_id, None),
+            "withdraw_all_url": link(session, LinkAction.REVOKE, r.subject_id, None),
         },
     )
 

@@ -18,12 +18,11 @@ from sqlmodel import Session, col
 from consentflow.links import LinkAction
 from consentflow.mail import Kind
 from consentflow.models import Consent, State, utcnow
-from consentflow.sweeps._batching import Batch, due_rows, purpose_ids, transaction
+from consentflow.sweeps._batching import Batch, due_rows, email_title, purpose_ids, transaction
 from consentflow.sweeps._context import SweepContext
 from consentflow.sweeps.claims import (
     Claim,
     deliver,
-    email_date,
     link,
     mailable,
     new_claim,
@@ -87,11 +86,12 @@ def _claim(session: Session, r: Any, as_of: datetime) -> Claim:
         stage=r.stage,
         unsubscribe_url=revoke_url,
         context={
-            "purpose_title": r.title,
-            "valid_until": email_date(r.valid_until),
+            "purpose_title": email_title(r),
+            "valid_until": r.valid_until,
             "days_left": max(1, math.ceil((r.valid_until - as_of) / timedelta(days=1))),
             "renew_url": link(session, LinkAction.RENEW, r.subject_id, r.purpose_id),
             "revoke_url": revoke_url,
             "preferences_url": link(session, LinkAction.PREFERENCES, r.subject_id, None),
+            "withdraw_all_url": link(session, LinkAction.REVOKE, r.subject_id, None),
         },
     )
