@@ -11,12 +11,12 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
-from sqlmodel import col, func, select
+from sqlmodel import col, func, select, update
 
-from consentflow import db, lifecycle, links, purposes, settings
+from consentflow import db, i18n, lifecycle, links, purposes, settings
 from consentflow.lifecycle import Actor
 from consentflow.links import LinkAction
-from consentflow.models import ConsentEvent, Purpose, Subject
+from consentflow.models import ConsentEvent, Purpose, Subject, utcnow
 from tests.support.net import free_port
 from tests.support.web import bearer, seed, uvicorn_server
 
@@ -179,3 +179,80 @@ def test_a_hand_edited_result_url_confirms_nothing(engine, site, page):
         assert page.locator("h1").inner_text() == "Your choices"
         assert page.locator("#done").count() == 0
     assert _count(engine) == before
+
+
+# ----------------------------------------------------------------------- in the person's language
+
+
+@pytest.fixture(params=[False, True], ids=["js-off", "js-on"])
+def browse(request):
+    """Open a page in a browser whose languages are ``languages`` (its Accept-Language)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+
+        def open_page(languages: str):
+            context = browser.new_context(java_script_enabled=request.param, locale=languages)
+            return context.new_page()
+
+        yield open_page
+        browser.close()
+
+
+def _set_locale(engine, subject, locale):
+    with db.session_scope(engine) as s:
+        s.exec(update(Subject).where(col(Subject.external_id) == subject).values(locale=locale))
+
+
+def test_a_french_subject_sees_french(engine, site, browse):
+    _set_locale(engine, "alice", "fr")
+    page = browse("de-DE")  # the subject's language wins over the browser's
+    page.goto(_url(engine, LinkAction.PREFERENCES))
+    assert page.locator("html").get_attribute("lang") == "fr"
+    assert page.locator("h1").inner_text() == "Vos choix"
+    today = i18n.format_date(utcnow(), "fr")
+    assert page.locator("#purpose-news .state").inner_text() == f"Vous avez dit oui le {today}"
+    assert page.locator("#refuse-invoices").inner_text() == "Non, merci"
+    before = utcnow() + links.DEFAULT_TTL
+    page.goto(_url(engine, LinkAction.GRANT, purpose="invoices"))
+    after = utcnow() + links.DEFAULT_TTL
+    assert page.locator("html").get_attribute("lang") == "fr"
+    assert page.locator("#refuse").inner_text() == "Non, merci"
+    assert page.locator("#confirm").inner_text() == "Oui, j\u2019accepte"
+    until = page.locator("#nothing-yet").inner_text()
+    dates = {i18n.format_date(when, "fr") for when in (before, after)}  # a midnight between
+    assert any(f"Ce lien est valable jusqu\u2019au {d}." in until for d in dates), until
+
+
+def test_a_subject_without_a_locale_gets_the_browsers_language(engine, site, browse):
+    _set_locale(engine, "bob", None)
+    page = browse("de-DE")
+    page.goto(_url(engine, LinkAction.GRANT, "bob", "news"))
+    assert page.locator("html").get_attribute("lang") == "de"
+    assert page.locator("h1").inner_text() == "Sind Sie einverstanden?"
+    assert page.locator("#refuse").inner_text() == "Nein, danke"
+
+
+def test_an_unknown_locale_is_english(engine, site, browse):
+    _set_locale(engine, "bob", "tlh")
+    page = browse("tlh")
+    page.goto(_url(engine, LinkAction.GRANT, "bob", "news"))
+    assert page.locator("html").get_attribute("lang") == "en"
+    assert page.locator("#refuse").inner_text() == "No, thanks"
+
+
+def test_the_switchers_choice_survives_the_post(engine, site, browse):
+    _set_locale(engine, "bob", "fr")
+    page = browse("fr-FR")
+    page.goto(_url(engine, LinkAction.GRANT, "bob", "news"))
+    assert page.locator("#refuse").inner_text() == "Non, merci"
+    page.click("nav.languages a[hreflang=es]")
+    page.wait_for_selector("html[lang=es]")
+    assert page.locator("#refuse").inner_text() == "No, gracias"
+    page.click("#refuse")
+    page.wait_for_selector("#result")
+    assert page.locator("html").get_attribute("lang") == "es"
+    assert page.locator("#result").inner_text() == "Usted dijo que no"
+    (refusal,) = _events(engine, "bob", "refuse")
+    assert refusal.channel == "email_link"
