@@ -53,7 +53,7 @@ class Row:
     line: int
     external_id: str
     email: str | None
-    locale: str
+    locale: str | None
     purpose: str | None
     state: State | None
     given_at: datetime | None

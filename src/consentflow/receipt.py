@@ -7,9 +7,10 @@ the DPV ConsentStatus vocabulary for states. The receipt carries the full record
 the history, so it shows every notice version the subject actually saw.
 
 Contents: ``schema_version``, a ``record_id`` stable per subject (UUIDv5 of the subject
-ref), a fresh ``receipt_id`` per call, ``receipt_issued_at``, the subject's id, ref, language and
-creation time, ``pii_controllers`` (the controller configured in ``CONSENTFLOW_CONTROLLER_*``,
-see ``settings.Controller``), and ``processing``: one block per purpose the subject ever had a
+ref), a fresh ``receipt_id`` per call, ``receipt_issued_at``, the subject's id, ref, language
+(``language``: the subject's locale as recorded, English when none is) and creation time,
+``pii_controllers`` (the controller configured in ``CONSENTFLOW_CONTROLLER_*``, see
+``settings.Controller``), and ``processing``: one block per purpose the subject ever had a
 change on, holding the same ``pii_controllers``, the notice the subject's current state was given
 under (or the latest notice if there is no current state), the lawful basis, data categories, the
 systems that receive the purpose, the validity, the current state and every event of that purpose
@@ -46,6 +47,11 @@ _NAMESPACE = uuid.UUID("1b1d9a1e-6f0c-5a7e-9d43-27560c0a5e11")
 #: The receipt's language when the subject has none recorded.
 DEFAULT_LANGUAGE = "en"
 _EXPRESSED_BY = {"subject": "data-subject", "agent": "delegated-agent", "import": "import"}
+
+
+def language(locale: str | None) -> str:
+    """The receipt's language: the subject's locale as recorded, or ``DEFAULT_LANGUAGE``."""
+    return locale.strip() if locale and locale.strip() else DEFAULT_LANGUAGE
 
 
 def controller_party(controller: Controller) -> dict[str, Any]:
@@ -162,7 +168,7 @@ def build(session: Session, external_id: str) -> dict[str, Any]:
     notices = _notices(session, keys) if keys else {}
     recipients = _recipients(session, keys) if keys else {}
     controllers = [controller_party(get_settings().controller)]
-    language = subject.locale or DEFAULT_LANGUAGE
+    lang = language(subject.locale)
     processing = []
     for key in keys:
         now_view = current.get(key)
@@ -171,7 +177,7 @@ def build(session: Session, external_id: str) -> dict[str, Any]:
         processing.append(
             _processing(
                 key,
-                language,
+                lang,
                 now_view,
                 shown,
                 recipients.get(key, []),
@@ -186,7 +192,7 @@ def build(session: Session, external_id: str) -> dict[str, Any]:
         "receipt_issued_at": iso_z(issued_at),
         "pii_principal_id": subject.external_id,
         "pii_principal_ref": subject.subject_ref,
-        "language": language,
+        "language": lang,
         "record_created_at": iso_z(subject.created_at),
         "pii_controllers": controllers,
         "processing": processing,

@@ -9,21 +9,24 @@ An email address goes through ``check_email``, which is ``addresses.check``: the
 accepted). Every way in uses it: ``add`` (the CLI's ``subject add --email`` and
 ``POST /api/v1/subjects``) and the CSV import (``importer``). A refused address raises
 ``InvalidInput`` before anything is written.
+
+A locale goes through ``check_locale``: none given is stored as None (pages then follow the
+browser's ``Accept-Language``, emails and the receipt use English); a malformed tag is refused;
+a well-formed one is kept even without a catalog (it falls back to English when rendered).
 """
 
 from __future__ import annotations
 
-import re
-
 from sqlmodel import Session, select
 
-from consentflow import addresses, audit
+from consentflow import addresses, audit, i18n
 from consentflow.actors import Actor, audit_fields
 from consentflow.errors import Conflict, InvalidInput, NotFound
 from consentflow.keys import instance_secret, subject_ref
 from consentflow.models import Subject
 
-_LOCALE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
+#: The longest language tag stored (RFC 5646 section 4.4.1 asks to support at least 35).
+MAX_LOCALE = 35
 
 
 def check_external_id(external_id: str) -> str:
@@ -38,11 +41,19 @@ def check_email(email: str | None) -> str | None:
     return addresses.check(email)
 
 
-def check_locale(locale: str | None) -> str:
-    if locale is None or locale == "":
-        return "en"
-    if not _LOCALE.match(locale):
-        raise InvalidInput(f"bad locale {locale!r}: use a language tag such as en or fr-CA")
+def check_locale(locale: str | None) -> str | None:
+    """The stored form of an optional language tag: None (or blank) stays None, so the person's
+    browser decides (``i18n.negotiate``); a tag is kept as given, trimmed.
+
+    Only a malformed tag is refused (``InvalidInput``, one line): not BCP 47-like
+    (``i18n.normalise_tag``: 2-3 letters, then subtags of 1-8 letters or digits) or longer than
+    ``MAX_LOCALE`` characters. A well-formed tag of a language without a catalog (``xx``,
+    ``pt-BR``) is accepted and falls back to English when a page or email is rendered."""
+    if locale is None or not locale.strip():
+        return None
+    locale = locale.strip()
+    if len(locale) > MAX_LOCALE or i18n.normalise_tag(locale) is None:
+        raise InvalidInput(f"bad locale {locale[:40]!r}: use a language tag such as en or fr-CA")
     return locale
 
 
@@ -54,7 +65,8 @@ def add(
     locale: str | None = None,
     actor: Actor | None = None,
 ) -> Subject:
-    """Register a subject. Only what reminders need is stored: an optional email and a locale.
+    """Register a subject. Only what reminders need is stored: an optional email and an
+    optional locale (``check_locale``; None: the browser's language decides).
 
     ``actor`` (who registered it) is recorded in the audit entry."""
     external_id = check_external_id(external_id)

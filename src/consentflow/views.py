@@ -169,7 +169,8 @@ class ConsentOut(View):
 class SubjectOut(View):
     external_id: str
     subject_ref: str
-    locale: str
+    #: None: no language recorded (pages follow the browser's, emails are in English).
+    locale: str | None
     has_email: bool
     created_at: datetime
     consents: list[ConsentOut]

@@ -239,6 +239,19 @@ def test_readme_walkthrough_json(cli: Any, engine: Engine) -> None:
     ]
 
 
+def test_a_subject_without_a_locale_stores_none(cli: Any, engine: Engine) -> None:
+    """No --locale: none is stored (pages follow the browser's Accept-Language), not "en"; a
+    well-formed tag without a catalog is kept (rendered in English, never an error)."""
+    assert js(cli("subject", "add", "dana", "--json"))["locale"] is None
+    assert js(cli("subject", "add", "eve", "--locale", " pt-BR ", "--json"))["locale"] == "pt-BR"
+    assert js(cli("subject", "add", "finn", "--locale", "", "--json"))["locale"] is None
+    from consentflow.models import Subject
+
+    with Session(engine) as s:
+        stored = {e: loc for e, loc in s.execute(sa_select(Subject.external_id, Subject.locale))}
+    assert stored == {"dana": None, "eve": "pt-BR", "finn": None}
+
+
 def test_agent_defaults_to_the_os_user(cli: Any, engine: Engine) -> None:
     import getpass
 
@@ -287,6 +300,7 @@ ERRORS: list[tuple[tuple[str, ...], int, str]] = [
     (("consent", "show", "alice", "--at", "last tuesday"), 2, "bad --at 'last tuesday'"),
     (("subject", "add", "carol", "--email", "not-an-email"), 2, "bad email address"),
     (("subject", "add", "carol", "--locale", "??"), 2, "bad locale"),
+    (("subject", "add", "carol", "--locale", "en-" + "-".join(["abcdefgh"] * 4)), 2, "bad locale"),
     (("subject", "add", "  "), 2, "external id"),
     (("consent", "grant", "bob", "newsletter", "--actor", "robot"), 2, "bad --actor 'robot'"),
     (("consent", "grant", "bob", "newsletter", "--channel", "fax"), 2, "--channel 'fax'"),

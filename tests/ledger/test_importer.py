@@ -46,6 +46,10 @@ BAD_ROWS: dict[int, tuple[str, str | None]] = {
     16: ('lena,"a,b@example.test",,,,,', "bad email address"),
     17: ("mia,Mia <mia@example.com>,,,,,", "bad email address"),
     18: ('nina,"nina@example.com, bob@example.com",,,,,', "bad email address"),
+    # A malformed or overlong locale is refused; a well-formed one without a catalog is kept.
+    19: ("olga,,1x,,,,", "bad locale '1x'"),
+    20: ("pia,,en-" + "-".join(["abcdefgh"] * 4) + ",,,,", "bad locale"),
+    21: ("quinn,,pt-BR,,,,", None),
 }
 
 
@@ -136,6 +140,8 @@ def test_good_file_imports_subjects_and_consents(ledger: Engine, tmp_path: Path)
         assert access.check(s, "alice", "news", "crm").allowed
     assert (people["bob"].email, people["bob"].locale) == (None, "fr")
     assert (people["alice"].email, people["alice"].locale) == ("alice@example.com", "en")
+    # No locale in the file: none is stored (the person's browser decides), not "en".
+    assert (people["carol"].email, people["carol"].locale) == ("carol@example.com", None)
     assert people["alice"].last_seq == 2
     assert {(e.action, e.actor_type, e.channel, e.actor, e.run_id) for e in events} == {
         ("import", "import", "import", "import:consents.csv", report.import_id)
@@ -319,7 +325,8 @@ def test_cli_skip_bad_imports_the_good_rows(cli: Any, ledger: Engine, tmp_path: 
         ("gina", "offers"): "given",
     }
     with Session(ledger) as s:
-        assert set(s.exec(select(Subject.external_id)).all()) == {"alice", "gina"}
+        stored = dict(s.exec(select(Subject.external_id, Subject.locale)).all())
+    assert stored == {"alice": "en", "gina": None, "quinn": "pt-BR"}
     r = cli("subject", "import", str(path), "--skip-bad", "--json")
     assert r.code == 0
     data = json.loads(r.out)
