@@ -2,7 +2,8 @@
 
 Every name is importable as ``consentflow.mail.X``; the modules, one concept each:
 
-- ``rendering``: ``Kind``, ``render`` (templates per locale, with fallback to English);
+- ``rendering``: ``Kind``, ``render`` (one template set per kind, translated through the
+  ``email`` gettext domain into the recipient's language, English as the fallback);
 - ``message``: ``compose`` builds one message with the standard library's ``email.policy.SMTP``
   (or ``SMTPUTF8`` for a non-ASCII address), ``Outgoing``, ``new_message_id``;
 - ``sending``: ``Mailer`` (pooled connections) and the per-message outcome, ``sent``,

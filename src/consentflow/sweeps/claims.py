@@ -142,11 +142,6 @@ def link(session: Session, action: LinkAction, subject_id: int, purpose_id: int 
     return links.url(links.issue(session, action, subject_id, purpose_id))
 
 
-def email_date(ts: datetime) -> str:
-    """A date as an email shows it: ``2026-01-31``."""
-    return ts.strftime("%Y-%m-%d")
-
-
 def new_claim(kind: Kind, r: Any, **fields: Any) -> Claim:
     """A claim on the item in ``r`` (a row of ``due_rows``), under a fresh Message-ID."""
     return Claim(
