@@ -6,21 +6,24 @@ Prefect home unless one is chosen explicitly, see ``cli.run._hermetic_prefect``)
 lifecycle flows run exactly as a deployment would run them, then ``propagate`` delivers the
 withdrawals they produced to two downstream systems (one healthy, one answering 503), one
 request's signature is checked with the public ``standardwebhooks`` package (when installed), and
-the audit chain is verified. It ends with how to open the result in the web app. Nothing outside
-the temporary directory is touched, and consentflow's environment is restored afterwards.
+the audit chain is verified. The subjects speak English, French, German or have no language
+recorded, so the emails come out localised; every email the sink received is kept whole as an
+``.eml`` file in ``<directory>/emails/``. It ends with how to open the result in the web app: the
+``consentflow serve`` command, one signed preference link for a seeded French subject (the
+people's side, no sign-in; issued as a support agent would, audited ``link.issued``) and a
+compliance token for the dashboard. Nothing outside the demo's directory is touched, and
+consentflow's environment is restored afterwards. Failure mode: ``ConsentflowError`` (one line)
+if the directory already holds a demo database, or if the audit chain does not verify.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
 import tempfile
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,6 +35,7 @@ from consentflow import (
     db,
     integrity,
     lifecycle,
+    link_requests,
     purposes,
     settings,
     subjects,
@@ -39,6 +43,7 @@ from consentflow import (
     tokens,
 )
 from consentflow.cli._common import app
+from consentflow.cli._demo_local import Receiver, Sink
 from consentflow.cli.run import _hermetic_prefect, _quiet_prefect_logs, summary_rows
 from consentflow.delivery.health import endpoint_health
 from consentflow.errors import ConsentflowError
@@ -55,91 +60,14 @@ from consentflow.models import (
 )
 
 DAY = timedelta(days=1)
-
-
-# --------------------------------------------------------------------------------------------
-# A local SMTP sink
-# --------------------------------------------------------------------------------------------
-
-
-class _Sink:
-    """Accepts every message on 127.0.0.1 and keeps its headers (aiosmtpd, in a thread)."""
-
-    def __init__(self) -> None:
-        try:
-            from aiosmtpd.controller import Controller
-        except ImportError:  # pragma: no cover - aiosmtpd ships with consentflow
-            raise ConsentflowError(
-                "the demo needs aiosmtpd for its local mail sink: pip install aiosmtpd"
-            ) from None
-        self.messages: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        import email
-        import email.policy
-
-        msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        with self.lock:
-            self.messages.append({k: str(v) for k, v in msg.items()})
-        return "250 2.0.0 kept by the consentflow demo sink"
-
-    def __enter__(self) -> _Sink:
-        self.controller.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.controller.stop()
-
-
-class _Receiver:
-    """Two downstream systems' webhook endpoints on 127.0.0.1 (a threaded ``http.server``):
-    ``/hooks/crm`` answers 200, ``/hooks/ads`` 503 (it is down). Keeps every request."""
-
-    def __init__(self) -> None:
-        self.status = {"/hooks/crm": 200, "/hooks/ads": 503}
-        self.requests: list[tuple[str, dict[str, str], bytes]] = []
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length") or 0))
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                with receiver.lock:
-                    receiver.requests.append((self.path, headers, body))
-                self.send_response(receiver.status.get(self.path, 404))
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def at(self, path: str) -> list[tuple[str, dict[str, str], bytes]]:
-        with self.lock:
-            return [r for r in self.requests if r[0] == path]
-
-    def __enter__(self) -> _Receiver:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+#: The seeded subjects' languages, in turn: the emails come out in each (None: no locale
+#: recorded, so the web pages follow the browser's Accept-Language and emails are in English).
+LOCALES: tuple[str | None, ...] = ("en", "fr", "de", None)
+#: The subject whose preference page the demo links to (French; a reminder, a re-consent
+#: request and a history of several purposes).
+SHOWN = "demo-022"
+#: Where, under the demo's directory, the emails the sink received are kept.
+EMAILS = "emails"
 
 
 class _Notes(logging.Handler):
@@ -194,27 +122,60 @@ def _environment(values: dict[str, str | None]) -> Iterator[None]:
 # --------------------------------------------------------------------------------------------
 
 
-def _seed(engine: Any, now: datetime, receiver: _Receiver) -> dict[str, str]:
+#: The purposes' titles in French and German, per notice version (1: first, 2: revised).
+_TITLES: dict[tuple[str, int], tuple[str, str]] = {
+    ("newsletter", 1): ("Lettre d'information mensuelle", "Monatlicher Newsletter"),
+    ("newsletter", 2): ("Notre lettre d'information mensuelle", "Unser monatlicher Newsletter"),
+    ("analytics", 1): ("Statistiques d'utilisation", "Produktanalyse"),
+    ("analytics", 2): (
+        "Statistiques d'utilisation, partagées avec notre sous-traitant",
+        "Produktanalyse, geteilt mit unserem Auftragsverarbeiter",
+    ),
+    ("profiling", 1): ("Offres personnalisées", "Personalisierte Angebote"),
+    ("profiling", 2): (
+        "Offres personnalisées et partenaires",
+        "Personalisierte Angebote und Partner",
+    ),
+}
+
+
+def _texts(key: str, version: int) -> dict[str, dict[str, str]]:
+    fr, de = _TITLES[(key, version)]
+    return {"fr": {"title": fr}, "de": {"title": de}}
+
+
+def _register(
+    s: Session, people: list[str], receiver: Receiver
+) -> tuple[dict[str, int], dict[str, str]]:
+    """The purposes (with French and German titles), two downstream systems with webhooks to
+    ``receiver`` and the subjects; returns the subjects' ids and each system's webhook secret."""
+    secrets: dict[str, str] = {}
+    for key, title, days in (
+        ("newsletter", "Monthly newsletter", 365),
+        ("analytics", "Product analytics", 180),
+        ("profiling", "Personalised offers", 365),
+    ):
+        purposes.add(s, key, title=title, validity_days=days, texts=_texts(key, 1))
+    for name, keys in (("crm", ["newsletter", "profiling"]), ("ads", ["profiling"])):
+        _, secret = systems.add(s, name, keys, webhook_url=receiver.url(f"/hooks/{name}"))
+        assert secret is not None
+        secrets[name] = secret
+    ids: dict[str, int] = {}
+    for i, name in enumerate(people):
+        email = None if i % 20 == 19 else f"{name}@example.com"
+        added = subjects.add(s, name, email=email, locale=LOCALES[i % 4])
+        assert added.id is not None  # flushed by add
+        ids[name] = added.id
+    return ids, secrets
+
+
+def _seed(engine: Any, now: datetime, receiver: Receiver) -> dict[str, str]:
     """Subjects, purposes and consents in every state, and two downstream systems with webhooks
     to ``receiver``; returns each system's webhook secret."""
     importer = Actor(ActorType.IMPORT, Channel.IMPORT, name="demo-seed")
     people = [f"demo-{i:03d}" for i in range(1, 61)]
-    secrets: dict[str, str] = {}
     with db.session_scope(engine) as s:
-        purposes.add(s, "newsletter", title="Monthly newsletter", validity_days=365)
-        purposes.add(s, "analytics", title="Product analytics", validity_days=180)
-        purposes.add(s, "profiling", title="Personalised offers", validity_days=365)
-        for name, keys in (("crm", ["newsletter", "profiling"]), ("ads", ["profiling"])):
-            _, secret = systems.add(s, name, keys, webhook_url=receiver.url(f"/hooks/{name}"))
-            assert secret is not None
-            secrets[name] = secret
-        ids: dict[str, int] = {}
-        for i, name in enumerate(people):
-            email = None if i % 20 == 19 else f"{name}@example.com"
-            locale = "fr" if i % 4 == 1 else "en"
-            added = subjects.add(s, name, email=email, locale=locale)
-            assert added.id is not None  # flushed by add
-            ids[name] = added.id
+        ids, secrets = _register(s, people, receiver)
 
     def given(name: str, purpose: str, valid_until: datetime, state: State = State.GIVEN) -> Any:
         return ImportRow(ids[name], purpose, state, valid_until - 300 * DAY, valid_until)
@@ -252,10 +213,26 @@ def _seed(engine: Any, now: datetime, receiver: _Receiver) -> dict[str, str]:
         # Material revisions: everyone on an older version must confirm again (the re-consent
         # flow asks them); an editorial one asks nobody.
         purposes.revise(
-            s, "analytics", material=True, title="Product analytics, shared with our processor"
+            s,
+            "analytics",
+            material=True,
+            title="Product analytics, shared with our processor",
+            texts=_texts("analytics", 2),
         )
-        purposes.revise(s, "profiling", material=True, title="Personalised offers and partners")
-        purposes.revise(s, "newsletter", material=False, title="Our monthly newsletter")
+        purposes.revise(
+            s,
+            "profiling",
+            material=True,
+            title="Personalised offers and partners",
+            texts=_texts("profiling", 2),
+        )
+        purposes.revise(
+            s,
+            "newsletter",
+            material=False,
+            title="Our monthly newsletter",
+            texts=_texts("newsletter", 2),
+        )
         lifecycle.invalidate(s, people[45], "profiling", agent)  # invalidated by hand
 
     with db.session_scope(engine) as s:
@@ -333,8 +310,8 @@ def demo(
     url = f"sqlite:///{path}"
     _hermetic_prefect()
     with (
-        _Sink() as sink,
-        _Receiver() as receiver,
+        Sink() as sink,
+        Receiver() as receiver,
         _environment(
             {
                 "CONSENTFLOW_DATABASE_URL": url,
@@ -358,7 +335,7 @@ def demo(
             engine.dispose()
 
 
-def _run(engine: Any, url: str, path: Path, sink: _Sink, receiver: _Receiver) -> None:
+def _run(engine: Any, url: str, path: Path, sink: Sink, receiver: Receiver) -> None:
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     _quiet_prefect_logs()
@@ -372,7 +349,7 @@ def _run(engine: Any, url: str, path: Path, sink: _Sink, receiver: _Receiver) ->
 
 
 def _flows(
-    engine: Any, url: str, path: Path, sink: _Sink, receiver: _Receiver, notes: _Notes
+    engine: Any, url: str, path: Path, sink: Sink, receiver: Receiver, notes: _Notes
 ) -> None:
     from consentflow import runs as flow_runs
 
@@ -411,12 +388,17 @@ def _flows(
         _print_summary(flow_fn(params), what)
 
     _show_webhooks(engine, receiver, secrets)
-    _show_emails(engine, sink, notes)
+    _show_emails(engine, sink, notes, path.parent / EMAILS)
 
     expiry_fn, expiry_params = flow_runs.prepare_flow("expiry-sweep", {})
     again = expiry_fn(expiry_params)
     typer.echo(f"\nexpiry-sweep again: {again.total('expired')} expired (idempotent)")
 
+    with db.session_scope(engine) as s:
+        # The people's side, as a support agent would open it for someone (audited as such).
+        shown = link_requests.issue_for(
+            s, SHOWN, "preferences", actor=Actor(ActorType.AGENT, Channel.SUPPORT, name="demo")
+        )
     with db.session_scope(engine) as s:
         result = integrity.check(s)
         _, token = tokens.create(s, "demo-compliance", "compliance")
@@ -436,12 +418,15 @@ def _flows(
         "  consentflow audit verify\n"
         "\nIn the web app (dashboard, API, the links in the emails):\n"
         f"  CONSENTFLOW_DATABASE_URL={url} consentflow serve\n"
-        "  then open http://127.0.0.1:8000/login and sign in with this compliance token, made\n"
+        f"  then open {SHOWN}'s preference page, the people's side (in French; no sign-in,\n"
+        f"  the link is the key, valid until {shown.expires_at:%Y-%m-%d}):\n"
+        f"  {shown.url}\n"
+        "  or open http://127.0.0.1:8000/login and sign in with this compliance token, made\n"
         f"  for the demo database only: {token}"
     )
 
 
-def _show_webhooks(engine: Any, receiver: _Receiver, secrets: dict[str, str]) -> None:
+def _show_webhooks(engine: Any, receiver: Receiver, secrets: dict[str, str]) -> None:
     crm, ads = receiver.at("/hooks/crm"), receiver.at("/hooks/ads")
     typer.echo(
         f"\nwebhooks received on 127.0.0.1:{receiver.port}: crm {len(crm)} (answered 200), "
@@ -474,7 +459,7 @@ def _show_webhooks(engine: Any, receiver: _Receiver, secrets: dict[str, str]) ->
         )
 
 
-def _show_emails(engine: Any, sink: _Sink, notes: _Notes) -> None:
+def _show_emails(engine: Any, sink: Sink, notes: _Notes, directory: Path) -> None:
     with db.session_scope(engine, readonly=True) as s:
         sent = s.exec(
             select(EmailMessage.kind, EmailMessage.status, func.count())
@@ -489,6 +474,10 @@ def _show_emails(engine: Any, sink: _Sink, notes: _Notes) -> None:
     )
     for kind, status, n in sent:
         typer.echo(f"  {kind:<22} {status:<10} {n:>5}")
+    kept = sink.save(directory)
+    typer.echo(
+        f"  kept whole in {directory}{os.sep} ({len(kept)} .eml files; any mail program opens them)"
+    )
     if sink.messages:
         sample = sink.messages[0]
         typer.echo(f"  e.g. to {sample.get('To')}: {sample.get('Subject')}")
