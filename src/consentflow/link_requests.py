@@ -245,8 +245,7 @@ def _compose(
     )
     context = {
         "preferences_url": links.url(token),
-        "expires_on": (now + EMAILED_LINK_TTL).strftime("%Y-%m-%d"),
-        "controller": get_settings().controller,
+        "expires_on": now + EMAILED_LINK_TTL,
     }
     rendered = mail.render(Kind.PREFERENCE_LINK, subject.locale, context)
     try:

@@ -78,7 +78,7 @@ class Claim:
     purpose_id: int
     purpose_key: str
     address: str = field(repr=False)
-    locale: str
+    locale: str | None
     context: dict[str, Any] = field(repr=False)
     message_id: str = ""
     stage: int | None = None
