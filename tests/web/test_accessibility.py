@@ -33,20 +33,12 @@ from consentflow import db, lifecycle, links, purposes, settings
 from consentflow.lifecycle import Actor
 from consentflow.links import LinkAction
 from consentflow.models import Consent, Purpose, Subject, utcnow
+from tests.support.browser import chromium, needs_chromium
 from tests.support.net import free_port
 from tests.support.web import seed, uvicorn_server
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 AXE_JS = (Path(axe_playwright_python.__file__).parent / "axe.min.js").read_text()
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 #: The rules axe runs: WCAG 2.0, 2.1 and 2.2, levels A and AA; and axe's best practices
 #: (landmarks, heading order, one h1, regions), which the pages meet too.
 WCAG_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa"]
@@ -54,21 +46,15 @@ RULE_TAGS = [*WCAG_TAGS, "best-practice"]
 WIDTHS = [390, 1440]
 
 pytestmark = [
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt install)"
-    ),
+    needs_chromium,
     pytest.mark.parametrize("database_url", ["sqlite"], indirect=True),
 ]
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import time
-from pathlib import Path
 
 import pytest
 from sqlmodel import select
@@ -15,22 +14,11 @@ from sqlmodel import select
 from consentflow import db, settings
 from consentflow.models import EmailMessage
 from consentflow.web.pages import newlink
+from tests.support.browser import chromium, needs_chromium
 from tests.support.net import free_port
 from tests.support.web import seed, uvicorn_server
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt install)"
-)
+pytestmark = needs_chromium
 
 
 @pytest.fixture
@@ -48,14 +36,10 @@ def site(engine, smtp_sink, monkeypatch):
 
 @pytest.fixture(params=[False, True], ids=["js-off", "js-on"])
 def page(request):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+    with chromium() as browser:
         context = browser.new_context(java_script_enabled=request.param)
         yield context.new_page()
         context.close()
-        browser.close()
 
 
 def _ask(page, base: str, address: str) -> str:

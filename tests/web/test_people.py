@@ -6,7 +6,6 @@ hand-edited URL cannot turn into a second change or a false confirmation."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
@@ -17,22 +16,11 @@ from consentflow import db, i18n, lifecycle, links, purposes, settings
 from consentflow.lifecycle import Actor
 from consentflow.links import LinkAction
 from consentflow.models import ConsentEvent, Purpose, Subject, utcnow
+from tests.support.browser import chromium, needs_chromium
 from tests.support.net import free_port
 from tests.support.web import bearer, seed, uvicorn_server
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt install)"
-)
+pytestmark = needs_chromium
 
 
 @pytest.fixture
@@ -50,14 +38,10 @@ def site(engine, monkeypatch):
 
 @pytest.fixture(params=[False, True], ids=["js-off", "js-on"])
 def page(request):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+    with chromium() as browser:
         context = browser.new_context(java_script_enabled=request.param, accept_downloads=True)
         yield context.new_page()
         context.close()
-        browser.close()
 
 
 def _url(engine, action, subject="alice", purpose=None):
@@ -187,17 +171,13 @@ def test_a_hand_edited_result_url_confirms_nothing(engine, site, page):
 @pytest.fixture(params=[False, True], ids=["js-off", "js-on"])
 def browse(request):
     """Open a page in a browser whose languages are ``languages`` (its Accept-Language)."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+    with chromium() as browser:
 
         def open_page(languages: str):
             context = browser.new_context(java_script_enabled=request.param, locale=languages)
             return context.new_page()
 
         yield open_page
-        browser.close()
 
 
 def _set_locale(engine, subject, locale):
