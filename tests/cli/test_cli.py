@@ -321,6 +321,15 @@ ERRORS: list[tuple[tuple[str, ...], int, str]] = [
     (("purpose", "revise", "newsletter", "--locale", "fr"), 2, "give a title or a description"),
     (("purpose", "revise", "newsletter", "--locale", "en", "--title", "N"), 2, "default language"),
     (("purpose", "revise", "newsletter", "--locale", "f r", "--title", "N"), 2, "bad locale"),
+    (("purpose", "add", "p2", "--title", "X"), 2, "needs --title and --validity-days"),
+    (("purpose", "add", "p2", "--validity-days", "3"), 2, "needs --title and --validity-days"),
+    (("purpose", "add", "nothing", "--locale", "fr", "--title", "X"), 2, "default language first"),
+    (("purpose", "add", "newsletter", "--locale", "fr"), 2, "give a title or a description"),
+    (
+        ("purpose", "add", "newsletter", "--locale", "fr", "--title", "X", "--validity-days", "3"),
+        2,
+        "give only --title and --description",
+    ),
     (("system", "add", "erp", "--purposes", "newsletter", "--display-name", " \x01"), 2, "display"),
     (
         ("system", "add", "erp", "--purposes", "newsletter", "--webhook-url", "ftp://x"),
@@ -492,8 +501,12 @@ def test_purpose_translations_and_system_display_names(cli: Any, engine: Engine)
     assert fr["texts"] == {"fr-ca": {"title": "Nouvelles", "description": "Chaque mois."}}
     de = js(cli("purpose", "revise", "news", "--locale", "de", "--title", "Neues", "--json"))
     assert de["texts"] == {**fr["texts"], "de": {"title": "Neues"}}
+    # `purpose add --locale` adds a language's text the same way (an editorial version)
+    es = js(cli("purpose", "add", "news", "--locale", "es", "--title", "Noticias", "--json"))
+    assert (es["version"], es["material"], es["title"]) == (4, False, "News")
+    assert es["texts"] == {**de["texts"], "es": {"title": "Noticias"}}
     listed = js(cli("purpose", "list", "--versions", "--json"))
-    assert [v["texts"] for v in listed] == [{}, fr["texts"], de["texts"]]
+    assert [v["texts"] for v in listed] == [{}, fr["texts"], de["texts"], es["texts"]]
     ok(cli("system", "add", "crm", "--purposes", "news", "--display-name", " Our CRM "))
     ok(cli("system", "add", "erp", "--purposes", "news"))
     systems = js(cli("system", "list", "--json"))

@@ -20,6 +20,7 @@ from consentflow.cli._common import (
     session,
     system_app,
 )
+from consentflow.errors import InvalidInput, NotFound
 from consentflow.models import PurposeVersion
 
 # ----------------------------------------------------------------------------------- purpose
@@ -38,26 +39,69 @@ def _csv_list(value: str | None) -> list[str] | None:
 @purpose_app.command("add")
 def purpose_add(
     key: str,
-    title: Annotated[str, typer.Option(help="Short title shown to people.")],
-    validity_days: Annotated[int, typer.Option(help="How long a consent lasts before renewal.")],
-    lawful_basis: Annotated[str, typer.Option(help="GDPR lawful basis.")] = "consent",
-    description: Annotated[str, typer.Option(help="The notice text.")] = "",
+    title: Annotated[str | None, typer.Option(help="Short title shown to people.")] = None,
+    validity_days: Annotated[
+        int | None, typer.Option(help="How long a consent lasts before renewal (required).")
+    ] = None,
+    lawful_basis: Annotated[
+        str | None, typer.Option(help="GDPR lawful basis (default: consent).")
+    ] = None,
+    description: Annotated[str | None, typer.Option(help="The notice text.")] = None,
     data_categories: Annotated[str | None, typer.Option(help="Comma-separated.")] = None,
+    locale: Annotated[
+        str | None,
+        typer.Option(
+            help="Add this language's --title/--description (fr) to an existing purpose, as "
+            "`purpose revise --locale` does."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Register a purpose with its first notice version."""
+    """Register a purpose with its first notice version; with --locale, add a language's text."""
+    if locale is not None:
+        if validity_days is not None or lawful_basis is not None or data_categories is not None:
+            raise InvalidInput(
+                "with --locale, give only --title and --description: the other fields belong to "
+                "the notice itself (`consentflow purpose revise`)"
+            )
+        _add_text(key, locale, title, description, as_json)
+        return
+    if title is None or validity_days is None:
+        raise InvalidInput("a new purpose needs --title and --validity-days")
     with session() as s:
         v = purposes.add(
             s,
             key,
             title=title,
             validity_days=validity_days,
-            description=description,
-            lawful_basis=lawful_basis,
+            description=description or "",
+            lawful_basis=lawful_basis or "consent",
             data_categories=_csv_list(data_categories),
             actor=lifecycle.agent_actor(),
         )
     emit(_version(key, v), as_json, lambda: typer.echo(f"purpose {key} v1 added"))
+
+
+def _add_text(
+    key: str, locale: str, title: str | None, description: str | None, as_json: bool
+) -> None:
+    """``purpose add KEY --locale fr ...``: the language's text, published as an editorial version
+    (versions are immutable), exactly as ``purpose revise KEY --locale fr ...``."""
+    pairs = (("title", title), ("description", description))
+    texts = {locale: {k: v for k, v in pairs if v is not None}}
+    with session() as s:
+        try:
+            v = purposes.revise(s, key, material=False, texts=texts, actor=lifecycle.agent_actor())
+        except NotFound:
+            raise NotFound(
+                f"unknown purpose {key!r}: add it in its default language first "
+                "(`consentflow purpose add KEY --title ... --validity-days N`)"
+            ) from None
+    emit(
+        _version(key, v),
+        as_json,
+        lambda: typer.echo(f"purpose {key} v{v.version} (text in {locale} added)"),
+    )
 
 
 @purpose_app.command("revise")
