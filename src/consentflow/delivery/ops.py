@@ -157,29 +157,6 @@ def deliveries_page(
     return [_view(*row) for row in rows[:limit]], len(rows) > limit
 
 
-def list_deliveries(
-    session: Session,
-    *,
-    state: str | None = None,
-    system: str | None = None,
-    subject: str | None = None,
-    event: str | None = None,
-    after: int = 0,
-    limit: int = 100,
-) -> list[DeliveryView]:
-    """One page of ``deliveries_page`` (oldest first), without the "more" flag."""
-    found, _more = deliveries_page(
-        session,
-        state=state,
-        system=system,
-        subject=subject,
-        event=event,
-        after=after,
-        limit=limit,
-    )
-    return found
-
-
 def attempts(session: Session, delivery_id: int) -> list[DeliveryAttempt]:
     """Every attempt of one delivery, in the order they were made (a replay restarts the
     attempt numbers, so the order is the row id's)."""
