@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 from sqlalchemy.engine import Engine
 
-from consentflow import db, purposes, subjects, systems, tokens
+from consentflow import db, purposes, settings, subjects, systems, tokens
 from tests.support.net import free_port
 
 with warnings.catch_warnings():
@@ -73,6 +74,21 @@ def client() -> TestClient:
     from consentflow.web.app import create_app
 
     return TestClient(create_app(), follow_redirects=False)
+
+
+@contextlib.contextmanager
+def served(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The app on a real uvicorn server whose public URL (the base of the links in emails and
+    pages) is the server itself; the settings are read afresh on entry and on exit. Yields its
+    base URL. Set any other ``CONSENTFLOW_*`` variable before entering."""
+    port = free_port()
+    monkeypatch.setenv("CONSENTFLOW_PUBLIC_URL", f"http://127.0.0.1:{port}")
+    settings.get_settings.cache_clear()
+    try:
+        with uvicorn_server(port=port) as base:
+            yield base
+    finally:
+        settings.get_settings.cache_clear()
 
 
 @contextlib.contextmanager

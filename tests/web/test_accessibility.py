@@ -29,13 +29,12 @@ import axe_playwright_python
 import pytest
 from sqlmodel import col, select, update
 
-from consentflow import db, lifecycle, links, purposes, settings
+from consentflow import db, lifecycle, links, purposes
 from consentflow.lifecycle import Actor
 from consentflow.links import LinkAction
 from consentflow.models import Consent, Purpose, Subject, utcnow
 from tests.support.browser import chromium, needs_chromium
-from tests.support.net import free_port
-from tests.support.web import seed, uvicorn_server
+from tests.support.web import seed, served
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 AXE_JS = (Path(axe_playwright_python.__file__).parent / "axe.min.js").read_text()
@@ -61,18 +60,14 @@ def browser():
 def site(engine, monkeypatch):
     """The served app, the public URL its own, with a controller identity for the footers, and
     carol, whose purposes are in every state a person can meet."""
-    port = free_port()
-    monkeypatch.setenv("CONSENTFLOW_PUBLIC_URL", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("CONSENTFLOW_CONTROLLER_NAME", "Example Shop Ltd")
     monkeypatch.setenv("CONSENTFLOW_CONTROLLER_PRIVACY_URL", "https://shop.example.com/privacy")
     monkeypatch.setenv("CONSENTFLOW_CONTROLLER_CONTACT", "privacy@shop.example.com")
     monkeypatch.setenv("CONSENTFLOW_CONTROLLER_DPO", "dpo@shop.example.com")
-    settings.get_settings.cache_clear()
-    seed(engine)
-    _carol(engine)
-    with uvicorn_server(port=port) as base:
+    with served(monkeypatch) as base:
+        seed(engine)
+        _carol(engine)
         yield base
-    settings.get_settings.cache_clear()
 
 
 def _carol(engine) -> None:

@@ -21,13 +21,13 @@ from pathlib import Path
 import pytest
 from sqlmodel import col, select
 
-from consentflow import db, lifecycle, links, settings
+from consentflow import db, lifecycle, links
 from consentflow.lifecycle import Actor
 from consentflow.links import LinkAction
 from consentflow.models import ConsentEvent, Purpose, Subject, utcnow
 from tests.support.browser import chromium, needs_chromium
 from tests.support.net import free_port
-from tests.support.web import seed, uvicorn_server
+from tests.support.web import seed, served
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
@@ -70,15 +70,11 @@ def browser():
 @pytest.fixture
 def site(engine, monkeypatch):
     """A served app whose public URL (the base of email links) is the server itself."""
-    port = free_port()
-    monkeypatch.setenv("CONSENTFLOW_PUBLIC_URL", f"http://127.0.0.1:{port}")
-    settings.get_settings.cache_clear()
-    tokens = seed(engine)
-    with db.session_scope(engine) as s:
-        lifecycle.grant(s, "alice", "news", Actor())
-    with uvicorn_server(port=port) as base:
+    with served(monkeypatch) as base:
+        tokens = seed(engine)
+        with db.session_scope(engine) as s:
+            lifecycle.grant(s, "alice", "news", Actor())
         yield base, tokens
-    settings.get_settings.cache_clear()
 
 
 def _send_reminder(engine, smtp: Sink) -> email.message.EmailMessage:

@@ -11,27 +11,22 @@ import time
 import pytest
 from sqlmodel import select
 
-from consentflow import db, settings
+from consentflow import db
 from consentflow.models import EmailMessage
 from consentflow.web.pages import newlink
 from tests.support.browser import chromium, needs_chromium
-from tests.support.net import free_port
-from tests.support.web import seed, uvicorn_server
+from tests.support.web import seed, served
 
 pytestmark = needs_chromium
 
 
 @pytest.fixture
 def site(engine, smtp_sink, monkeypatch):
-    port = free_port()
-    monkeypatch.setenv("CONSENTFLOW_PUBLIC_URL", f"http://127.0.0.1:{port}")
-    settings.get_settings.cache_clear()
-    seed(engine)
     newlink.clients.clear()
-    with uvicorn_server(port=port) as base:
+    with served(monkeypatch) as base:
+        seed(engine)
         yield base, smtp_sink
     newlink.clients.clear()
-    settings.get_settings.cache_clear()
 
 
 @pytest.fixture(params=[False, True], ids=["js-off", "js-on"])

@@ -12,28 +12,23 @@ import httpx
 import pytest
 from sqlmodel import col, func, select, update
 
-from consentflow import db, i18n, lifecycle, links, purposes, settings
+from consentflow import db, i18n, lifecycle, links, purposes
 from consentflow.lifecycle import Actor
 from consentflow.links import LinkAction
 from consentflow.models import ConsentEvent, Purpose, Subject, utcnow
 from tests.support.browser import chromium, needs_chromium
-from tests.support.net import free_port
-from tests.support.web import bearer, seed, uvicorn_server
+from tests.support.web import bearer, seed, served
 
 pytestmark = needs_chromium
 
 
 @pytest.fixture
 def site(engine, monkeypatch):
-    port = free_port()
-    monkeypatch.setenv("CONSENTFLOW_PUBLIC_URL", f"http://127.0.0.1:{port}")
-    settings.get_settings.cache_clear()
-    tokens = seed(engine)
-    with db.session_scope(engine) as s:
-        lifecycle.grant(s, "alice", "news", Actor())
-    with uvicorn_server(port=port) as base:
+    with served(monkeypatch) as base:
+        tokens = seed(engine)
+        with db.session_scope(engine) as s:
+            lifecycle.grant(s, "alice", "news", Actor())
         yield base, tokens
-    settings.get_settings.cache_clear()
 
 
 @pytest.fixture(params=[False, True], ids=["js-off", "js-on"])
