@@ -156,6 +156,12 @@ class Settings(BaseSettings):
     compliance_email: str | None = Field(
         None, description="Where dead-lettered webhook deliveries are reported."
     )
+    alert_urls: str = Field(
+        "",
+        description="Apprise URLs (comma- or space-separated, e.g. `slack://...`, "
+        "`json://host/path`) that operator and compliance alerts are also sent to: failed or "
+        "crashed runs, dead letters, failing endpoints. Empty: email only.",
+    )
 
     # -- email
     smtp_host: str = Field(
@@ -292,7 +298,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "controller_logo_url",
         ),
     ),
-    ("Webhooks", ("webhook_allowed_hosts", "webhook_timeout", "compliance_email")),
+    ("Webhooks", ("webhook_allowed_hosts", "webhook_timeout", "compliance_email", "alert_urls")),
     (
         "Email",
         (
