@@ -1,81 +1,104 @@
-"""Near-real-time propagation: a Prefect event after every commit that enqueued deliveries.
+"""Prefect events about delivery that automations hang notifications and restarts on.
 
-The ledger core knows nothing of Prefect. The operations that make deliveries due note it in the
-session's ``info`` under ``OUTBOX_KEY`` (``ledger.note_outbox``): the write path for every new
-outbox row, ``delivery.ops`` for replays, redeliveries and resumed endpoints. Nobody else emits.
-``install()`` adds session listeners: once such a session has committed, one
-``consentflow.consent.withdrawn`` event is emitted (one per transaction, however many rows); a
-rollback clears the note and emits nothing. The deployment trigger in ``prefect.yaml`` starts the
-``propagate`` deployment on that event within about a second; the frequent schedule remains the
-safety net, so a lost event only delays delivery.
+Emitted only by the ``propagate`` flow, at the end of its run, from what the run's report
+counted; a consent change (CLI, API, web page) never talks to Prefect: the delivery loop is woken
+by the database itself (``delivery.wakeup``).
 
-Events go out only when ``PREFECT_API_URL`` is set: without a server there is nobody to react,
-and emitting would start a temporary Prefect server inside a one-line CLI command. The event
-carries no personal data: just how many deliveries were enqueued.
+- ``consentflow.delivery.dead_lettered``: per endpoint that had deliveries dead-lettered in the
+  run; payload ``{"dead_lettered": n}``.
+- ``consentflow.endpoint.failing``: per endpoint whose every attempt in the run failed (some
+  attempt, none delivered); payload the endpoint's counts per outcome.
+- ``consentflow.propagate.loop-ended``: a run that held a loop slot ended its loop (normally or
+  by failure); the ``propagate/continuous`` deployment's trigger starts the next loop on it.
 
-Importing this module has no side effect. Each process calls ``install()`` once at start-up: the
-CLI (its root callback), every flow run (``flows.common.start``: expiries and invalidations made
-on a Prefect worker wake propagation too) and the web app (its start-up).
+Resources are ``consentflow.endpoint.<system name>`` (``consentflow.propagate.loop`` for the
+last); Prefect adds the flow run as a related resource. Payloads hold counts only: never a
+person, an address, a URL or a secret. ``emit`` never raises: the run's audit entry and state
+are the record, an event is a notification.
+
+``install()`` is a no-op kept for the callers that still call it (it used to add the
+after-commit ``consentflow.consent.withdrawn`` wake-up, now removed); they are to drop the call.
 """
 
 from __future__ import annotations
 
 import logging
-import os
+from collections.abc import Mapping
 from typing import Any
-
-from sqlalchemy import event
-from sqlalchemy.orm import Session
-
-from consentflow.ledger import OUTBOX_KEY
 
 log = logging.getLogger("consentflow.delivery")
 
-EVENT = "consentflow.consent.withdrawn"
-RESOURCE_ID = "consentflow.outbox"
-_installed = False
+DEAD_LETTERED = "consentflow.delivery.dead_lettered"
+ENDPOINT_FAILING = "consentflow.endpoint.failing"
+LOOP_ENDED = "consentflow.propagate.loop-ended"
+LOOP_RESOURCE = "consentflow.propagate.loop"
+
+#: Outcomes of an attempt that reached (or tried to reach) the endpoint and did not succeed.
+FAILED_OUTCOMES = ("retried", "dead_lettered", "disabled_410")
+DELIVERED = "delivered"
 
 
-def emit(rows: int, *, drain: bool = False) -> bool:
-    """Emit the wake-up event now (if a Prefect API is configured). Never raises."""
-    if not os.environ.get("PREFECT_API_URL"):
-        return False
+def endpoint_resource(system: str) -> dict[str, str]:
+    return {
+        "prefect.resource.id": f"consentflow.endpoint.{system}",
+        "prefect.resource.name": system,
+    }
+
+
+def emit(event: str, resource: dict[str, str], payload: Mapping[str, Any]) -> bool:
+    """Emit one Prefect event now; False (and a warning) if it could not be handed over."""
     try:
         from prefect.events import emit_event
 
-        emit_event(
-            event=EVENT,
-            resource={"prefect.resource.id": RESOURCE_ID, "prefect.resource.name": "outbox"},
-            payload={"deliveries": rows},
-        )
-        if drain:
-            from prefect.events.worker import EventsWorker
-
-            EventsWorker.drain_all(timeout=5)
-        return True
-    except Exception as exc:  # the change is committed; the schedule will pick it up
-        log.warning("could not emit %s: %s", EVENT, exc)
+        return emit_event(event=event, resource=resource, payload=dict(payload)) is not None
+    except Exception as exc:  # the run's record stands; a lost event only loses a notification
+        log.warning("could not emit %s: %s", event, type(exc).__name__)
         return False
 
 
-def _after_commit(session: Session) -> None:
-    rows = session.info.pop(OUTBOX_KEY, 0)
-    if rows:
-        try:
-            emit(rows)
-        except Exception as exc:  # never let a notification disturb a committed change
-            log.warning("could not emit %s: %s", EVENT, exc)
+def flush(timeout: float = 5.0) -> None:
+    """Send the events still queued in this process (before it may exit). Never raises."""
+    try:
+        from prefect.events.worker import EventsWorker
+
+        EventsWorker.drain_all(timeout=timeout)
+    except Exception as exc:
+        log.warning("could not flush Prefect events: %s", type(exc).__name__)
 
 
-def _after_rollback(session: Session, previous_transaction: Any) -> None:
-    session.info.pop(OUTBOX_KEY, None)
+def failing(by_system: Mapping[str, Mapping[str, int]]) -> list[str]:
+    """Endpoints whose attempts in this run all failed (at least one attempt, none delivered)."""
+    return sorted(
+        system
+        for system, counts in by_system.items()
+        if not counts.get(DELIVERED) and any(counts.get(o) for o in FAILED_OUTCOMES)
+    )
+
+
+def failures(by_system: Mapping[str, Mapping[str, int]]) -> list[tuple[str, str, dict[str, int]]]:
+    """The events a run's counts per endpoint call for: (event, system, payload)."""
+    out: list[tuple[str, str, dict[str, int]]] = []
+    for system, counts in sorted(by_system.items()):
+        if counts.get("dead_lettered"):
+            out.append((DEAD_LETTERED, system, {"dead_lettered": counts["dead_lettered"]}))
+    for system in failing(by_system):
+        out.append((ENDPOINT_FAILING, system, {k: v for k, v in by_system[system].items() if v}))
+    return out
+
+
+def emit_failures(by_system: Mapping[str, Mapping[str, int]]) -> int:
+    """Emit ``failures(by_system)``; how many were handed over."""
+    return sum(
+        emit(event, endpoint_resource(system), payload)
+        for event, system, payload in failures(by_system)
+    )
+
+
+def loop_ended(payload: Mapping[str, Any]) -> bool:
+    """Emit ``consentflow.propagate.loop-ended`` (counts and the slot number only)."""
+    resource = {"prefect.resource.id": LOOP_RESOURCE, "prefect.resource.name": "propagate loop"}
+    return emit(LOOP_ENDED, resource, payload)
 
 
 def install() -> None:
-    """Start emitting after commits that enqueued deliveries (idempotent, process-wide)."""
-    global _installed
-    if _installed:
-        return
-    event.listen(Session, "after_commit", _after_commit)
-    event.listen(Session, "after_soft_rollback", _after_rollback)
-    _installed = True
+    """No-op (the after-commit wake-up event was removed; see the module docstring)."""

@@ -349,12 +349,21 @@ OUTBOX_KEY = "consentflow.outbox_rows"
 
 
 def note_outbox(session: Session, rows: int) -> None:
-    """Record that this transaction enqueued (or re-queued) ``rows`` deliveries.
+    """Record that this transaction enqueued (or re-queued) ``rows`` deliveries, and wake the
+    delivery loops when it commits.
 
     Called by the write path for new outbox rows, and by ``delivery.ops`` when deliveries are
-    replayed: whichever door asked, the commit wakes ``propagate`` once ``events.install()`` ran.
+    replayed, redelivered or resumed: whichever door asked, the commit wakes ``propagate``. On
+    PostgreSQL this issues ``pg_notify('consentflow_outbox', '')`` in this same transaction, so
+    the notification is delivered exactly at commit and never after a rollback (PostgreSQL folds
+    repeated identical notifications of one transaction into one); the channel is
+    ``delivery.wakeup.CHANNEL``. On SQLite the loops poll (``delivery.wakeup.Poller``).
     """
+    if rows <= 0:
+        return
     session.info[OUTBOX_KEY] = session.info.get(OUTBOX_KEY, 0) + rows
+    if session.get_bind().dialect.name == "postgresql":
+        session.connection().exec_driver_sql("SELECT pg_notify('consentflow_outbox', '')")
 
 
 def webhook_payload(change: Item, recorded_at: datetime) -> dict[str, Any]:
