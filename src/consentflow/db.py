@@ -224,16 +224,27 @@ def alembic_config(engine: Engine) -> Any:
 
 
 def upgrade(engine: Engine | None = None) -> str:
-    """Create or upgrade the schema to the newest migration; returns the revision now applied."""
+    """Create or upgrade the schema to the newest migration; returns the revision now applied.
+
+    Also makes sure the instance secret exists outside the database: unless
+    ``CONSENTFLOW_SECRET_KEY`` is set, the key file (``keys.key_file_path``) is generated now,
+    mode 0600 (or, from a database of an older version, written once from the key it kept:
+    migration 0002), so no later read-only unit of work has to make it. On SQLite the WAL is
+    then checkpointed and truncated, so no copy of a dropped key stays in the ``-wal`` file.
+    """
     from alembic import command
     from alembic.runtime.migration import MigrationContext
 
     engine = engine or get_engine()
     command.upgrade(alembic_config(engine), "head")
-    # Generate the instance secret now (when it is not configured), so that no later read-only
-    # unit of work has to write it.
     with session_scope(engine) as session:
         instance_secret(session)
+    if engine.dialect.name == "sqlite":
+        raw = engine.raw_connection()  # outside any transaction: a checkpoint needs none open
+        try:
+            raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # type: ignore[union-attr]
+        finally:
+            raw.close()
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision() or "base"
 

@@ -149,16 +149,6 @@ class DeliveryState(StrEnum):
     DEAD = "dead"  # retries exhausted; kept for replay, never discarded
 
 
-class InstanceKey(SQLModel, table=True):
-    """The instance's generated secret, used when ``CONSENTFLOW_SECRET_KEY`` is not set."""
-
-    __tablename__ = "instance_key"
-
-    id: int = Field(default=1, primary_key=True)
-    secret: str
-    created_at: datetime = _ts()
-
-
 class Subject(SQLModel, table=True):
     """A person. ``subject_ref`` is the keyed hash that the audit trail uses instead of identity."""
 
@@ -409,6 +399,23 @@ class ApiToken(SQLModel, table=True):
     token_hash: str = Field(unique=True, max_length=64)
     created_at: datetime = _ts()
     last_used_at: datetime | None = _ts(nullable=True)
+    revoked_at: datetime | None = _ts(nullable=True)
+
+
+class WebSession(SQLModel, table=True):
+    """A browser sign-in. The cookie carries a random id; only its SHA-256 hash is stored, so
+    neither a database dump nor this table is enough to present a session. A session counts only
+    while it is not revoked, not expired (``expires_at``, enforced by the server) and its token
+    is active: signing out or revoking the token ends it at once."""
+
+    __tablename__ = "web_session"
+
+    id: int | None = Field(default=None, primary_key=True)
+    id_hash: str = Field(unique=True, max_length=64)
+    token_id: int = Field(foreign_key="api_token.id", index=True)
+    created_at: datetime = _ts()
+    expires_at: datetime = _ts(index=True)
+    last_seen_at: datetime = _ts()
     revoked_at: datetime | None = _ts(nullable=True)
 
 

@@ -19,11 +19,13 @@ from functools import lru_cache
 from typing import Any, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "CONSENTFLOW_"
+#: The shortest ``CONSENTFLOW_SECRET_KEY`` production mode accepts.
+MIN_PRODUCTION_KEY = 32
 
 
 def parse_stages(value: str | Sequence[int]) -> tuple[int, ...]:
@@ -72,7 +74,9 @@ class Settings(BaseSettings):
     """Configuration read from ``CONSENTFLOW_*`` environment variables.
 
     Defaults are chosen so that a fresh checkout works with no configuration at all: a SQLite
-    file in the working directory and a secret generated on first use and kept in that database.
+    file in the working directory and a secret generated on first use into a key file beside it
+    (never into the database). ``CONSENTFLOW_ENV=production`` refuses to start without
+    ``CONSENTFLOW_SECRET_KEY``.
     """
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
@@ -86,10 +90,33 @@ class Settings(BaseSettings):
     secret_key: str | None = Field(
         None,
         description="Key for pseudonymous subject references, signed email links, the "
-        "suppression list's address hashes and the encryption of webhook secrets at rest. "
-        "When unset, a random key is generated once and stored in the database, so references "
-        "stay stable across runs (but a database dump then holds the key too). Choose it once, "
-        "before the first subject, and keep it: see [security](security.md).",
+        "suppression list's address hashes, CSRF tokens and the encryption of webhook secrets "
+        "at rest. When unset, the key is read from the key file (`CONSENTFLOW_KEY_FILE`), "
+        "which `consentflow db upgrade` generates; it is never stored in the database. "
+        "Required (at least 32 characters) when `CONSENTFLOW_ENV` is `production`. Choose it "
+        "once, before the first subject, and keep it: see [security](security.md).",
+    )
+    key_file: str | None = Field(
+        None,
+        description="Where the generated key lives when `CONSENTFLOW_SECRET_KEY` is unset: "
+        "a file readable by its owner only (mode 0600), created by `consentflow db upgrade` "
+        "(or on first use). Unset: beside a SQLite database (`consentflow.db` -> "
+        "`consentflow.db.key`), or for PostgreSQL `<data dir>/<host>-<port>-<database>.key` "
+        "in `CONSENTFLOW_DATA_DIR`. Back it up with the database, but not in the same place: "
+        "see [security](security.md#the-instance-secret-consentflow_secret_key).",
+    )
+    data_dir: str | None = Field(
+        None,
+        description="The directory of the key files of PostgreSQL databases (and of an "
+        "in-memory SQLite one). Unset: `$XDG_DATA_HOME/consentflow`, else "
+        "`~/.local/share/consentflow`.",
+    )
+    env: str = Field(
+        "development",
+        description="`development` or `production`. In production every process refuses to "
+        "start unless `CONSENTFLOW_SECRET_KEY` is set (no key file is generated or read), so "
+        "that each host, worker and the web app are sure to share one key kept outside the "
+        "database.",
     )
 
     # -- web app
@@ -106,7 +133,10 @@ class Settings(BaseSettings):
         "`{url}/runs/flow-run/{id}`.",
     )
     session_max_age: int = Field(
-        8 * 3600, description="How long a web sign-in (session cookie) lasts, in seconds."
+        8 * 3600,
+        description="How long a web sign-in lasts, in seconds from signing in: the server "
+        "ends the session then (its row in `web_session`), whatever the browser keeps. "
+        "Signing out or revoking the token ends it at once.",
     )
 
     # -- the controller: who people are dealing with
@@ -266,6 +296,25 @@ class Settings(BaseSettings):
             logo_url=self.controller_logo_url,
         )
 
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in ("development", "production"):
+            raise ValueError(f"bad environment {value!r}: use development or production")
+        return value
+
+    @model_validator(mode="after")
+    def _production_needs_a_key(self) -> Settings:
+        """Production mode never falls back to a generated key: one missing variable on one
+        worker would otherwise give that worker a key of its own."""
+        if self.env == "production" and len(self.secret_key or "") < MIN_PRODUCTION_KEY:
+            raise ValueError(
+                "CONSENTFLOW_ENV=production needs CONSENTFLOW_SECRET_KEY (at least "
+                f"{MIN_PRODUCTION_KEY} characters, e.g. from `openssl rand -base64 32`)"
+            )
+        return self
+
     @field_validator("reminder_stages")
     @classmethod
     def _stages(cls, value: str) -> str:
@@ -285,7 +334,7 @@ def get_settings() -> Settings:
 
 #: The sections of the reference, in order, and the settings each holds (every field exactly once).
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Storage and keys", ("database_url", "secret_key")),
+    ("Storage and keys", ("database_url", "secret_key", "key_file", "data_dir", "env")),
     ("Web app", ("public_url", "prefect_ui_url", "session_max_age")),
     (
         "The controller",
@@ -414,8 +463,8 @@ def reference_markdown() -> str:
         "",
         "consentflow reads its configuration from environment variables, each prefixed "
         f"`{ENV_PREFIX}`, once per process. Every variable has a default that works on a "
-        "fresh machine (a SQLite file in the working directory, a secret generated on first "
-        "use). A flow run on a Prefect worker inherits the worker's environment, so set them "
+        "fresh machine (a SQLite file in the working directory, a key generated into a file "
+        "beside it). A flow run on a Prefect worker inherits the worker's environment, so set them "
         "there.",
     ]
     for title, names in GROUPS:

@@ -9,6 +9,14 @@ does not reveal usable credentials. Scopes:
   the token's name and a required reason).
 - ``system``: one downstream system; may only call the access check and read the reconciliation
   feed, and only for the purposes that system is registered for.
+
+Web sessions (``web_session``) are the browser's form of a token: signing in with a token starts
+one (``start_session``), and the cookie carries only the session's random id (256 bits), whose
+SHA-256 hash is all the database keeps. A session admits its caller (``session_lookup``) only
+while it is not revoked, not past ``expires_at`` (the server's clock decides, whatever the
+cookie's lifetime in the browser) and its token is active; ``end_session`` (sign-out) and
+``revoke`` (the token: every session of it, in the same transaction) end it at once. So a
+database dump holds no usable session, and a copied cookie dies with its session.
 """
 
 from __future__ import annotations
@@ -21,11 +29,12 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from sqlalchemy import delete, or_, update
 from sqlmodel import Session, col, select
 
 from consentflow import audit, systems
 from consentflow.errors import Conflict, InvalidInput, NotFound
-from consentflow.models import ActorType, ApiToken, System, utcnow
+from consentflow.models import ActorType, ApiToken, System, WebSession, utcnow
 
 PREFIX = "cf_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.@-]{0,99}$")
@@ -106,8 +115,12 @@ def lookup(session: Session, token_hash: str, *, now: datetime | None = None) ->
     ).first()
     if row is None:
         return None
-    token, system_name = row
-    now = now or utcnow()
+    return _info(session, *row, now=now or utcnow())
+
+
+def _info(
+    session: Session, token: ApiToken, system_name: str | None, *, now: datetime
+) -> TokenInfo:
     if token.last_used_at is None or now - token.last_used_at > TOUCH_INTERVAL:
         token.last_used_at = now
         session.add(token)
@@ -136,6 +149,12 @@ def revoke(session: Session, name: str) -> int:
         row.revoked_at = now
         session.add(row)
     session.flush()
+    ids = [row.id for row in rows]
+    session.execute(
+        update(WebSession)
+        .where(col(WebSession.token_id).in_(ids), col(WebSession.revoked_at).is_(None))
+        .values(revoked_at=now)
+    )
     audit.record(
         session,
         "token.revoked",
@@ -163,3 +182,76 @@ def list_all(session: Session) -> list[dict[str, Any]]:
         }
         for t, system in rows
     ]
+
+
+# ------------------------------------------------------------------------------- web sessions
+
+
+def _session_hash(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
+def start_session(session: Session, info: TokenInfo, max_age: int) -> str:
+    """A new web session for ``info``'s token, ending ``max_age`` seconds from now; returns the
+    random id for the cookie (never stored). Sessions that ended are pruned on the way."""
+    now = utcnow()
+    session.execute(
+        delete(WebSession).where(
+            or_(col(WebSession.expires_at) < now, col(WebSession.revoked_at).is_not(None))
+        )
+    )
+    session_id = secrets.token_urlsafe(32)
+    session.add(
+        WebSession(
+            id_hash=_session_hash(session_id),
+            token_id=info.id,
+            created_at=now,
+            expires_at=now + timedelta(seconds=max_age),
+            last_seen_at=now,
+        )
+    )
+    session.flush()
+    return session_id
+
+
+def session_lookup(
+    session: Session, session_id: str, *, now: datetime | None = None
+) -> TokenInfo | None:
+    """The token of a live web session (not revoked, not expired, token active), or None;
+    refreshes ``last_seen_at`` (and the token's ``last_used_at``) now and then."""
+    if not session_id or len(session_id) > 100:
+        return None
+    now = now or utcnow()
+    row = session.exec(
+        select(WebSession, ApiToken, System.name)
+        .join(ApiToken, col(ApiToken.id) == WebSession.token_id)
+        .outerjoin(System, col(System.id) == ApiToken.system_id)
+        .where(
+            col(WebSession.id_hash) == _session_hash(session_id),
+            col(WebSession.revoked_at).is_(None),
+            col(WebSession.expires_at) > now,
+            col(ApiToken.revoked_at).is_(None),
+        )
+    ).first()
+    if row is None:
+        return None
+    web, token, system_name = row
+    if now - web.last_seen_at > TOUCH_INTERVAL:
+        web.last_seen_at = now
+        session.add(web)
+    return _info(session, token, system_name, now=now)
+
+
+def end_session(session: Session, session_id: str) -> bool:
+    """Sign-out: revoke the web session with this id; whether there was a live one."""
+    if not session_id or len(session_id) > 100:
+        return False
+    result = session.execute(
+        update(WebSession)
+        .where(
+            col(WebSession.id_hash) == _session_hash(session_id),
+            col(WebSession.revoked_at).is_(None),
+        )
+        .values(revoked_at=utcnow())
+    )
+    return bool(getattr(result, "rowcount", 0))

@@ -4,17 +4,20 @@ Every route that needs a caller declares ``Depends(Require(...scopes))``; admin 
 A bearer token in ``Authorization`` always works (scripts); the sign-in cookie set by the login page
 works for reading anywhere and for the HTML forms, which carry their own CSRF token. API calls that
 change something need the bearer header: a cookie alone never authorises an unsafe API request.
+The cookie names a server-side web session (``tokens.session_lookup``): it admits its caller only
+while the session is live and its token active, checked on every request.
 
 A route that only reads takes ``ReadSession`` and ``Depends(SCOPE.reading)`` instead: its unit of
 work is read-only (``db.session_scope(readonly=True)``: on SQLite it takes no write lock, so checks
-and dashboards never queue behind a writer). Token lookup refreshes ``last_used_at`` now and then
-(``tokens.TOUCH_INTERVAL``); on a read-only request that refresh is taken out of the request's
-unit of work and committed in a short one of its own, so the request itself writes nothing.
+and dashboards never queue behind a writer). Token and session lookups refresh ``last_used_at``
+and ``last_seen_at`` now and then (``tokens.TOUCH_INTERVAL``); on a read-only request that
+refresh is taken out of the request's unit of work and committed in a short one of its own, so
+the request itself writes nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -22,8 +25,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
 from consentflow import db, tokens
-from consentflow.models import ApiToken
-from consentflow.settings import get_settings
+from consentflow.models import ApiToken, WebSession
 from consentflow.tokens import Scope, TokenInfo
 from consentflow.web import security
 
@@ -60,17 +62,19 @@ _BEARER = HTTPBearer(auto_error=False, description="An API token: consentflow to
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def _touch_apart(session: Session, info: TokenInfo | None) -> TokenInfo | None:
-    """Keep a read-only unit of work read-only: if the lookup refreshed the token's
-    ``last_used_at`` (at most once per ``tokens.TOUCH_INTERVAL``), drop that pending change
-    and commit it in a short unit of work of its own instead."""
-    touched = [row for row in session.dirty if isinstance(row, ApiToken)]
+def _touch_apart(
+    session: Session, info: TokenInfo | None, again: Callable[[Session], object]
+) -> TokenInfo | None:
+    """Keep a read-only unit of work read-only: if the lookup refreshed ``last_used_at`` or
+    ``last_seen_at`` (at most once per ``tokens.TOUCH_INTERVAL``), drop those pending changes and
+    make them again (``again``: the same lookup) in a short unit of work of its own instead."""
+    touched = [row for row in session.dirty if isinstance(row, ApiToken | WebSession)]
     if info is None or not touched:
         return info
     for row in touched:
         session.expire(row)  # discards the unflushed change
     with db.session_scope() as own:
-        tokens.lookup(own, info.token_hash)
+        again(own)
     return info
 
 
@@ -87,15 +91,18 @@ def authenticate(request: Request, session: Session, *, readonly: bool = False) 
         info = tokens.verify(session, value.strip())
         if info is None:
             raise AuthError(401, "unknown or revoked token")
-        return _touch_apart(session, info) if readonly else info
+        if not readonly:
+            return info
+        return _touch_apart(session, info, lambda own: tokens.lookup(own, info.token_hash))
     cookie = request.cookies.get(security.SESSION_COOKIE)
     if not cookie:
         return None
     if request.method not in _SAFE and request.url.path.startswith("/api/"):
         return None
-    token_hash = security.read_session_cookie(session, cookie, get_settings().session_max_age)
-    info = tokens.lookup(session, token_hash) if token_hash else None
-    return _touch_apart(session, info) if readonly else info
+    found = tokens.session_lookup(session, cookie)
+    if not readonly:
+        return found
+    return _touch_apart(session, found, lambda own: tokens.session_lookup(own, cookie))
 
 
 class Require:

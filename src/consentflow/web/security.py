@@ -1,13 +1,14 @@
-"""Signed values for the browser: the session cookie and CSRF tokens.
+"""What the browser holds: the session cookie's name, and signed CSRF tokens.
 
-Both are HMACs under keys derived from the instance secret (``keys.derive``), one key per use, so
-a value made for one purpose is never accepted for another.
-
-- The session cookie carries the signed-in token's *hash* and the sign-in time, never the token.
-  Each request looks the hash up again, so revoking the token ends its sessions at once; the
-  signature means a database dump (which holds the hashes) is not enough to forge a session.
-- A CSRF token is ``TIME.HMAC(binding|TIME)``. For signed-in pages the binding is a random value
-  kept in an HttpOnly cookie (signed double submit); for the email-link pages it is the link token
+- The session cookie (``cf_session``) carries a web session's random id, nothing else: no token,
+  no hash, no signature to forge. The session lives on the server (``tokens.start_session``,
+  table ``web_session``, which stores only the id's hash), so signing out, revoking the token or
+  reaching ``CONSENTFLOW_SESSION_MAX_AGE`` ends it for every copy of the cookie at once, and a
+  database dump holds nothing a browser could present.
+- CSRF tokens are HMACs under a key derived from the instance secret (``keys.derive``, label
+  ``consentflow-web:csrf``), so a value made for another purpose is never accepted. A CSRF
+  token is ``TIME.HMAC(binding|TIME)``. For signed-in pages the binding is a random value kept
+  in an HttpOnly cookie (signed double submit); for the email-link pages it is the link token
   itself, so those forms need no cookie at all.
 """
 
@@ -30,40 +31,13 @@ CSRF_MAX_AGE = 12 * 3600
 
 
 def _key(session: Session, purpose: str) -> bytes:
-    """The key of one use (``session``, ``csrf``), derived from the instance secret."""
+    """The key of one use (``csrf``), derived from the instance secret."""
     return derive(instance_secret(session), f"consentflow-web:{purpose}")
 
 
 def _sign(key: bytes, message: str) -> str:
     """The HMAC of ``message`` under ``key``, URL-safe base64 without padding."""
     return base64.urlsafe_b64encode(derive(key, message)).rstrip(b"=").decode()
-
-
-# ------------------------------------------------------------------------------- session cookie
-
-
-def session_cookie(session: Session, token_hash: str, *, now: float | None = None) -> str:
-    issued = int(now if now is not None else time.time())
-    body = f"{token_hash}.{issued}"
-    return f"{body}.{_sign(_key(session, 'session'), body)}"
-
-
-def read_session_cookie(
-    session: Session, value: str, max_age: int, *, now: float | None = None
-) -> str | None:
-    """The token hash in a genuine, unexpired session cookie, else None."""
-    parts = value.split(".")
-    if len(parts) != 3 or len(value) > 300:
-        return None
-    token_hash, issued, sig = parts
-    if not issued.isdigit():
-        return None
-    expected = _sign(_key(session, "session"), f"{token_hash}.{issued}")
-    if not hmac.compare_digest(expected, sig):
-        return None
-    if int(issued) + max_age < (now if now is not None else time.time()):
-        return None
-    return token_hash
 
 
 # ---------------------------------------------------------------------------------------- CSRF

@@ -1,7 +1,9 @@
 """Sign-in for people at a browser: the form, the session cookie, sign-out.
 
-A token typed once is exchanged for a signed, HttpOnly session cookie (``web.security``); the
-forms carry a CSRF token bound to a cookie. ``next`` is only ever a local path.
+A token typed once starts a server-side web session (``tokens.start_session``); the HttpOnly
+cookie carries only its random id. Signing out revokes that session on the server, so a copy of
+the cookie stops working too; the forms carry a CSRF token bound to a cookie. ``next`` is only
+ever a local path.
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ def login(
     csrf_token: FormText = None,
     next: FormText = None,
 ) -> Response:
-    """Exchange a token typed once for a signed, HttpOnly session cookie."""
+    """Exchange a token typed once for a server-side session, named by an HttpOnly cookie."""
     binding = request.cookies.get(security.CSRF_COOKIE)
     if not security.check_csrf(session, binding, csrf_token):
         return login_page(
@@ -109,11 +111,13 @@ def login(
             next_url=next,
             session=session,
         )
+    max_age = get_settings().session_max_age
+    session_id = tokens.start_session(session, info, max_age)
     response = RedirectResponse(_safe_next(next), status_code=303)
     response.set_cookie(
         security.SESSION_COOKIE,
-        security.session_cookie(session, info.token_hash),
-        max_age=get_settings().session_max_age,
+        session_id,
+        max_age=max_age,
         httponly=True,
         samesite="lax",
         secure=secure_cookies(),
@@ -124,6 +128,7 @@ def login(
 
 @router.post("/logout", response_class=RedirectResponse)
 def logout(request: Request, session: DbSession, csrf_token: FormText = None) -> Response:
+    """End the session on the server (every copy of the cookie), then forget the cookie."""
     if not security.check_csrf(session, request.cookies.get(security.CSRF_COOKIE), csrf_token):
         return render(
             request,
@@ -131,6 +136,9 @@ def logout(request: Request, session: DbSession, csrf_token: FormText = None) ->
             {"title": "Not signed out", "message": "The form expired; please try again."},
             status_code=403,
         )
+    session_id = request.cookies.get(security.SESSION_COOKIE)
+    if session_id:
+        tokens.end_session(session, session_id)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(security.SESSION_COOKIE, path="/")
     return response
