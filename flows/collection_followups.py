@@ -8,15 +8,23 @@ sending, exactly like reminders (see ``consentflow.sweeps``).
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from prefect import flow
-from pydantic import Field
 
 from consentflow import mail, sweeps
 from consentflow.models import utcnow
 from consentflow.runs import RunSummary
 from consentflow.settings import get_settings
 from flows.common import (
-    LifecycleParams,
+    END_HOOKS,
+    AsOf,
+    DryRun,
+    Limit,
+    Purposes,
+    batch_field,
+    checked,
+    form,
     mailing,
     recorded_run,
     run_batches,
@@ -26,51 +34,79 @@ from flows.common import (
 
 FLOW = "collection-followups"
 
+#: Sending is paced by the mail server; past three hours something is stuck.
+TIMEOUT_SECONDS = 3 * 3600
+
 #: One Prefect task run per batch, retried after 10 and 60 seconds (a transient failure only).
 batch_task = sweep_batch.with_options(retry_delay_seconds=[10, 60])
 
-
-class Params(LifecycleParams):
-    """Parameters of a follow-up run (a form in the Prefect UI)."""
-
-    batch_size: int = Field(default=500, ge=1, le=10_000, description="Requests per batch.")
-    after_days: int | None = Field(
-        default=None,
+AfterDays = Annotated[
+    int | None,
+    form(
+        "Days before each follow-up",
+        "Days without an answer before each follow-up and before lapsing (empty: the "
+        "worker's CONSENTFLOW_FOLLOWUP_AFTER_DAYS, by default 7).",
         ge=0,
-        description="Days without an answer before each follow-up and before lapsing "
-        "(default: CONSENTFLOW_FOLLOWUP_AFTER_DAYS, 7).",
-    )
-    max_followups: int | None = Field(
-        default=None,
+        le=3650,
+    ),
+]
+MaxFollowups = Annotated[
+    int | None,
+    form(
+        "Follow-ups at most",
+        "Follow-ups per request at most (empty: the worker's CONSENTFLOW_FOLLOWUP_MAX, "
+        "by default 2).",
         ge=0,
-        description="Follow-ups at most (default: CONSENTFLOW_FOLLOWUP_MAX, 2).",
-    )
+        le=100,
+    ),
+]
 
 
-@flow(name=FLOW)
-def collection_followups(params: Params = Params()) -> RunSummary:
+@flow(name=FLOW, timeout_seconds=TIMEOUT_SECONDS, **END_HOOKS)
+def collection_followups(
+    dry_run: DryRun = False,
+    as_of: AsOf = None,
+    batch_size: Annotated[int, batch_field("Requests", 10_000)] = 500,
+    limit: Limit = None,
+    purposes: Purposes = None,
+    after_days: AfterDays = None,
+    max_followups: MaxFollowups = None,
+) -> RunSummary:
     """Follow up or lapse the collection requests due as of ``as_of``, in batches."""
+    parameters = checked(
+        FLOW,
+        {
+            "dry_run": dry_run,
+            "as_of": as_of,
+            "batch_size": batch_size,
+            "limit": limit,
+            "purposes": purposes,
+            "after_days": after_days,
+            "max_followups": max_followups,
+        },
+    )
     settings = get_settings()
-    as_of = params.as_of or utcnow()
-    after_days = settings.followup_after_days if params.after_days is None else params.after_days
-    max_followups = settings.followup_max if params.max_followups is None else params.max_followups
-    parameters = {
-        **params.model_dump(mode="json"),
+    as_of = as_of or utcnow()
+    after_days = settings.followup_after_days if after_days is None else after_days
+    max_followups = settings.followup_max if max_followups is None else max_followups
+    parameters |= {
         "as_of": as_of.isoformat(),
         "after_days": after_days,
         "max_followups": max_followups,
     }
     with (
-        recorded_run(FLOW, parameters, params.dry_run) as summary,
+        recorded_run(FLOW, parameters, dry_run) as summary,
         mailing(summary, mail.Kind.COLLECTION_FOLLOWUP) as mailer,
     ):
         ctx = sweep_context(
             summary,
-            params,
             as_of,
+            purposes,
             mailer,
             followup_after_days=after_days,
             followup_max=max_followups,
         )
-        summary.counts.update(run_batches(batch_task, sweeps.followup_batch, ctx, params))
+        summary.counts.update(
+            run_batches(batch_task, sweeps.followup_batch, ctx, batch_size, limit)
+        )
     return summary

@@ -1,5 +1,20 @@
-"""The Prefect side shared by every flow: the run's identity and its summary artifact, the batch
-task every lifecycle flow runs its sweeps through, and an email flow's mailer.
+"""The Prefect side shared by every flow: the parameters' form fields, the run's identity, its
+end entry and summary artifact, the batch task every lifecycle flow runs its sweeps through, and
+an email flow's mailer.
+
+Parameters are top-level and typed, each ``Annotated[T, form(title, description, ...)]``, so the
+Prefect UI shows a flat, titled, described form and ``consentflow.runs.load_flow`` derives the
+same model (unknown fields refused). A flow's first step is ``checked(FLOW, values)``: the same
+checks as ``runs.prepare_flow`` for a run started from the UI or a schedule, failing fast with one
+clear message before anything is recorded (no audit entry for a run that never began).
+
+A run ends with exactly one end entry, its outcome agreeing with Prefect's final state:
+``completed``; ``failed`` (an exception in the flow: Prefect's Failed); ``cancelled`` (Prefect
+cancelled it: the runner's SIGTERM with the cancel intent); ``crashed`` (any other interruption:
+SIGTERM, KeyboardInterrupt, SystemExit, which Prefect marks Crashed). ``recorded_run`` writes it
+from inside the run; the ``END_HOOKS`` (``on_crashed`` / ``on_cancellation``) write it from the
+process that still can (the worker's runner after a hard kill) when the run could not, never a
+second time (``runs.record_ended``).
 
 A lifecycle flow never restates a sweep's signature: every sweep has the shape
 ``sweep(ctx, size, cursor) -> Batch`` (``consentflow.sweeps``), so one generic Prefect task,
@@ -10,24 +25,28 @@ own copy of the task with its retry delays (``batch_task``), which tests may swa
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Annotated, Any
 
 from prefect import Task, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import TerminationSignal
 from prefect.runtime import deployment, flow_run
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, StringConstraints
+from pydantic.fields import FieldInfo
 
-from consentflow import db, mail, sweeps
-from consentflow.delivery import events
+from consentflow import db, mail, runs, sweeps
 from consentflow.models import utcnow
-from consentflow.runs import REQUESTED_BY, RunSummary, record_run
+from consentflow.runs import RunSummary, record_run
 from consentflow.sweeps import Batch, Counts, Sweep, SweepContext
 from consentflow.timeutil import as_utc
+
+logger = logging.getLogger("consentflow.flows")
 
 #: What every batch task passes to ``@task`` besides its name and ``retry_delay_seconds``: two
 #: retries, only after a transient failure (the database or the mail server hiccupped), and no
@@ -39,39 +58,51 @@ BATCH_TASK: dict[str, Any] = {
 }
 
 
-class LifecycleParams(BaseModel):
-    """The parameters every lifecycle flow takes (each flow adds its own batch size and more).
-
-    ``as_of`` may lie in the future only for a dry run: previewing what would be due by then is
-    useful, but nothing may expire, lapse or be invalidated before its time.
-    """
-
-    as_of: datetime | None = Field(
-        default=None,
-        description="Judge what is due as of this instant (default: now; UTC if no zone is "
-        "given). A future instant is allowed only for a dry run.",
+def form(title: str, description: str, **constraints: Any) -> FieldInfo:
+    """A flow parameter's field as the Prefect UI shows it. Prefect's ``parameter_schema``
+    replaces a field's own title (with the parameter's name) and description (with the
+    docstring's), but keeps ``json_schema_extra``: so both go there as well."""
+    extra: dict[str, Any] = {"title": title, "description": description}
+    field: FieldInfo = Field(
+        title=title, description=description, json_schema_extra=extra, **constraints
     )
-    dry_run: bool = Field(default=False, description="Report what would change; change nothing.")
-    limit: int | None = Field(default=None, ge=1, description="Stop after this many items.")
-    purposes: list[str] | None = Field(
-        default=None, description="Only these purposes (keys); default: all."
-    )
+    return field
 
-    @field_validator("as_of")
-    @classmethod
-    def _utc(cls, value: datetime | None) -> datetime | None:
-        return as_utc(value)
 
-    @model_validator(mode="after")
-    def _not_ahead_of_time(self) -> LifecycleParams:
-        if self.as_of is not None and not self.dry_run and self.as_of > utcnow():
-            raise ValueError("as_of is in the future: only a dry run may look ahead")
-        return self
+DryRun = Annotated[bool, form("Dry run", "Report what would change; change nothing.")]
+AsOf = Annotated[
+    datetime | None,
+    AfterValidator(as_utc),
+    form(
+        "As of",
+        "Judge what is due as of this instant (empty: now; UTC if no zone is given). "
+        "A future instant is allowed only for a dry run.",
+    ),
+]
+Limit = Annotated[int | None, form("Limit", "Stop after this many items (empty: all).", ge=1)]
+PurposeKey = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
+Purposes = Annotated[
+    list[PurposeKey] | None,
+    form("Purposes", "Only these purposes, by key (empty: every purpose).", max_length=100),
+]
+
+
+def batch_field(what: str, maximum: int) -> FieldInfo:
+    """The form field of a flow's batch size: ``what`` per batch, one task run each."""
+    return form("Batch size", f"{what} per batch (one task run each).", ge=1, le=maximum)
+
+
+def checked(flow: str, values: dict[str, Any]) -> dict[str, Any]:
+    """A flow's first step: its parameters checked as ``runs.prepare_flow`` checks them (a run
+    started from the UI or a schedule never went through it), JSON-ready. Raises
+    ``InvalidInput`` naming the field, before anything is recorded."""
+    _, parameters = runs.prepare_flow(flow, values)
+    return parameters
 
 
 def start(flow: str, parameters: dict[str, object], dry_run: bool) -> RunSummary:
-    """A summary stamped with this flow run's id and deployment (None outside a deployment)."""
-    events.install()  # commits that enqueue webhooks (expiries, invalidations) wake propagate
+    """A summary stamped with this flow run's id, deployment (None outside a deployment) and
+    who asked for it (its ``requested-by:`` tag; None for scheduled and triggered runs)."""
     run_id = flow_run.id
     return RunSummary(
         flow=flow,
@@ -79,19 +110,44 @@ def start(flow: str, parameters: dict[str, object], dry_run: bool) -> RunSummary
         dry_run=dry_run,
         run_id=str(run_id) if run_id else None,
         deployment=f"{flow_run.flow_name}/{deployment.name}" if deployment.name else None,
-        requested_by=REQUESTED_BY.get(),
+        requested_by=runs.requester(flow_run.tags or []) if run_id else None,
     )
+
+
+def outcome_of(exc: BaseException) -> str:
+    """The end entry's outcome for a run interrupted by ``exc``, as Prefect's final state will
+    name it: a cancellation asked of the runner is Cancelled; an exception Failed; any other
+    interruption (a SIGTERM that was not a cancellation, KeyboardInterrupt, SystemExit) Crashed."""
+    if isinstance(exc, TerminationSignal):
+        return "cancelled" if _cancel_intent() else "crashed"
+    if isinstance(exc, Exception):
+        return "failed"
+    return "crashed"
+
+
+def _cancel_intent() -> bool:
+    """Whether the runner asked this process to stop because the run was cancelled (it says so
+    on its control channel before sending SIGTERM)."""
+    try:
+        from prefect._internal.control_listener import get_intent
+    except ImportError:  # pragma: no cover - a Prefect without the control channel
+        return False
+    return get_intent() == "cancel"
 
 
 @contextmanager
 def recorded_run(flow: str, parameters: dict[str, object], dry_run: bool) -> Iterator[RunSummary]:
     """``start`` a run's summary for the block to fill, and ``finish`` it when the block ends:
-    ``completed``, or ``failed`` (then re-raised) if anything in it raised."""
+    ``completed``, or (then re-raised) ``failed``, ``cancelled`` or ``crashed`` as
+    ``outcome_of`` names what interrupted it, with the counts so far."""
     summary = start(flow, parameters, dry_run)
     try:
         yield summary
-    except BaseException:
-        finish(summary, "failed")
+    except BaseException as exc:
+        outcome = outcome_of(exc)
+        if outcome != "failed":
+            summary.reason = f"interrupted by {type(exc).__name__}"
+        finish(summary, outcome)
         raise
     finish(summary)
 
@@ -111,27 +167,41 @@ def finish(summary: RunSummary, outcome: str = "completed") -> RunSummary:
     return summary
 
 
-class Batched(Protocol):
-    """What ``run_batches`` reads of a flow's parameters."""
+def _end_hook(outcome: str) -> Any:
+    def record_end(flow: Any, flow_run: Any, state: Any) -> None:
+        """Record the run's end (``outcome``) if it could not itself (killed, or stopped
+        before its body); never a second end entry."""
+        try:
+            with db.session_scope() as session:
+                runs.record_ended(session, str(flow_run.id), flow.name, outcome, state.message)
+        except Exception as exc:  # a hook must not raise; the operator-alerts flow retries
+            logger.error("could not record run %s as %s: %s", flow_run.id, outcome, exc)
 
-    batch_size: int
-    limit: int | None
+    record_end.__name__ = f"record_{outcome}"
+    return record_end
+
+
+#: The hooks every flow decorator takes (``@flow(..., **END_HOOKS)``).
+END_HOOKS: dict[str, Any] = {
+    "on_crashed": [_end_hook("crashed")],
+    "on_cancellation": [_end_hook("cancelled")],
+}
 
 
 def sweep_context(
     summary: RunSummary,
-    params: LifecycleParams,
     as_of: datetime,
+    purposes: list[str] | None,
     mailer: mail.Mailer | None = None,
     **policy: Any,
 ) -> SweepContext:
-    """The context every batch of this run shares: ``as_of``, the run's id, dry run and purposes
-    from ``params``, the mailer, and the email sweeps' ``policy`` (e.g. ``stages=...``)."""
+    """The context every batch of this run shares: ``as_of``, the run's id, dry run, the
+    ``purposes`` (None: all), the mailer, and the email sweeps' ``policy`` (``stages=...``)."""
     return SweepContext(
         as_of=as_of,
         run_id=summary.run_id,
-        dry_run=params.dry_run,
-        purposes=None if params.purposes is None else tuple(params.purposes),
+        dry_run=summary.dry_run,
+        purposes=None if purposes is None else tuple(purposes),
         mailer=mailer,
         **policy,
     )
@@ -150,17 +220,15 @@ def task_name(sweep: Sweep) -> str:
 
 
 def run_batches(
-    batch_task: Task[..., Batch], sweep: Sweep, ctx: SweepContext, params: Batched
+    batch_task: Task[..., Batch], sweep: Sweep, ctx: SweepContext, size: int, limit: int | None
 ) -> Counts:
-    """Run ``sweep`` batch after batch (``params.batch_size`` items each), one ``batch_task`` run
-    per batch named after the sweep, until nothing is left or ``params.limit`` items were seen;
-    the counts of all its batches."""
+    """Run ``sweep`` batch after batch (``size`` items each), one ``batch_task`` run per batch
+    named after the sweep, until nothing is left or ``limit`` items were seen; the counts of
+    all its batches."""
     named = batch_task.with_options(name=task_name(sweep))
     total: Counts = Counter()
     for batch in sweeps.drain(
-        lambda size, cursor: named(sweep, ctx, size, cursor),
-        batch_size=params.batch_size,
-        limit=params.limit,
+        lambda n, cursor: named(sweep, ctx, n, cursor), batch_size=size, limit=limit
     ):
         total.update(batch.counts)
     return total

@@ -9,15 +9,22 @@ A dry run previews every batch at once in one task (``preview-expiry``).
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from prefect import flow, task
-from pydantic import Field
 
 from consentflow import sweeps
 from consentflow.models import utcnow
 from consentflow.runs import RunSummary
 from flows.common import (
     BATCH_TASK,
-    LifecycleParams,
+    END_HOOKS,
+    AsOf,
+    DryRun,
+    Limit,
+    Purposes,
+    batch_field,
+    checked,
     recorded_run,
     run_batches,
     sweep_batch,
@@ -26,14 +33,11 @@ from flows.common import (
 
 FLOW = "expiry-sweep"
 
+#: A sweep of a few million consents takes minutes; past two hours something is stuck.
+TIMEOUT_SECONDS = 2 * 3600
+
 #: One Prefect task run per batch, retried after 5 and 30 seconds (a transient failure only).
 batch_task = sweep_batch.with_options(retry_delay_seconds=[5, 30])
-
-
-class Params(LifecycleParams):
-    """Parameters of an expiry sweep (a form in the Prefect UI)."""
-
-    batch_size: int = Field(default=5000, ge=1, le=50_000, description="Consents per batch.")
 
 
 @task(name="preview-expiry", retry_delay_seconds=[5, 30], **BATCH_TASK)
@@ -42,15 +46,33 @@ def preview_expiry(ctx: sweeps.SweepContext, limit: int | None) -> sweeps.Batch:
     return sweeps.preview_expiry(ctx, limit)
 
 
-@flow(name=FLOW)
-def expiry_sweep(params: Params = Params()) -> RunSummary:
+@flow(name=FLOW, timeout_seconds=TIMEOUT_SECONDS, **END_HOOKS)
+def expiry_sweep(
+    dry_run: DryRun = False,
+    as_of: AsOf = None,
+    batch_size: Annotated[int, batch_field("Consents", 50_000)] = 5000,
+    limit: Limit = None,
+    purposes: Purposes = None,
+) -> RunSummary:
     """Expire every consent whose validity ended by ``as_of``, in batches."""
-    as_of = params.as_of or utcnow()
-    parameters = {**params.model_dump(mode="json"), "as_of": as_of.isoformat()}
-    with recorded_run(FLOW, parameters, params.dry_run) as summary:
-        ctx = sweep_context(summary, params, as_of)
-        if params.dry_run:
-            summary.counts.update(preview_expiry(ctx, params.limit).counts)
+    parameters = checked(
+        FLOW,
+        {
+            "dry_run": dry_run,
+            "as_of": as_of,
+            "batch_size": batch_size,
+            "limit": limit,
+            "purposes": purposes,
+        },
+    )
+    as_of = as_of or utcnow()
+    parameters["as_of"] = as_of.isoformat()
+    with recorded_run(FLOW, parameters, dry_run) as summary:
+        ctx = sweep_context(summary, as_of, purposes)
+        if dry_run:
+            summary.counts.update(preview_expiry(ctx, limit).counts)
         else:
-            summary.counts.update(run_batches(batch_task, sweeps.expire_batch, ctx, params))
+            summary.counts.update(
+                run_batches(batch_task, sweeps.expire_batch, ctx, batch_size, limit)
+            )
     return summary

@@ -11,15 +11,23 @@ Editorial revisions ask nobody.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from prefect import flow
-from pydantic import Field
 
 from consentflow import mail, sweeps
 from consentflow.models import utcnow
 from consentflow.runs import RunSummary
 from consentflow.settings import get_settings
 from flows.common import (
-    LifecycleParams,
+    END_HOOKS,
+    AsOf,
+    DryRun,
+    Limit,
+    Purposes,
+    batch_field,
+    checked,
+    form,
     mailing,
     recorded_run,
     run_batches,
@@ -28,6 +36,9 @@ from flows.common import (
 )
 
 FLOW = "reconsent"
+
+#: Sending is paced by the mail server; past three hours something is stuck.
+TIMEOUT_SECONDS = 3 * 3600
 
 #: One Prefect task run per batch, retried after 10 and 60 seconds (a transient failure only).
 batch_task = sweep_batch.with_options(retry_delay_seconds=[10, 60])
@@ -40,33 +51,47 @@ STEPS = (
     sweeps.reconsent_deadline_batch,
 )
 
-
-class Params(LifecycleParams):
-    """Parameters of a re-consent run (a form in the Prefect UI)."""
-
-    batch_size: int = Field(default=500, ge=1, le=10_000, description="Items per batch.")
-    deadline_days: int | None = Field(
-        default=None,
+DeadlineDays = Annotated[
+    int | None,
+    form(
+        "Days to confirm",
+        "Days a person has to confirm before the consent is invalidated (empty: the "
+        "worker's CONSENTFLOW_RECONSENT_DEADLINE_DAYS, by default 30).",
         ge=1,
-        description="Days to confirm (default: CONSENTFLOW_RECONSENT_DEADLINE_DAYS, 30).",
-    )
+        le=3650,
+    ),
+]
 
 
-@flow(name=FLOW)
-def reconsent(params: Params = Params()) -> RunSummary:
+@flow(name=FLOW, timeout_seconds=TIMEOUT_SECONDS, **END_HOOKS)
+def reconsent(
+    dry_run: DryRun = False,
+    as_of: AsOf = None,
+    batch_size: Annotated[int, batch_field("Items", 10_000)] = 500,
+    limit: Limit = None,
+    purposes: Purposes = None,
+    deadline_days: DeadlineDays = None,
+) -> RunSummary:
     """Ask for re-consent after material revisions, and enforce the deadlines that passed."""
-    as_of = params.as_of or utcnow()
-    deadline_days = params.deadline_days or get_settings().reconsent_deadline_days
-    parameters = {
-        **params.model_dump(mode="json"),
-        "as_of": as_of.isoformat(),
-        "deadline_days": deadline_days,
-    }
+    parameters = checked(
+        FLOW,
+        {
+            "dry_run": dry_run,
+            "as_of": as_of,
+            "batch_size": batch_size,
+            "limit": limit,
+            "purposes": purposes,
+            "deadline_days": deadline_days,
+        },
+    )
+    as_of = as_of or utcnow()
+    deadline_days = deadline_days or get_settings().reconsent_deadline_days
+    parameters |= {"as_of": as_of.isoformat(), "deadline_days": deadline_days}
     with (
-        recorded_run(FLOW, parameters, params.dry_run) as summary,
+        recorded_run(FLOW, parameters, dry_run) as summary,
         mailing(summary, mail.Kind.RECONSENT_REQUEST) as mailer,
     ):
-        ctx = sweep_context(summary, params, as_of, mailer, reconsent_deadline_days=deadline_days)
+        ctx = sweep_context(summary, as_of, purposes, mailer, reconsent_deadline_days=deadline_days)
         for step in STEPS:
-            summary.counts.update(run_batches(batch_task, step, ctx, params))
+            summary.counts.update(run_batches(batch_task, step, ctx, batch_size, limit))
     return summary

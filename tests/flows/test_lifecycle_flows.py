@@ -72,7 +72,7 @@ def _artifacts(run_id: str) -> list[object]:
 
 
 def test_expiry_sweep_audits_each_item_and_the_run(world) -> None:  # type: ignore[no-untyped-def]
-    summary = expiry_flow.expiry_sweep(expiry_flow.Params(batch_size=4))
+    summary = expiry_flow.expiry_sweep(batch_size=4)
     assert summary.outcome == "completed" and summary.run_id
     assert summary.total("expired") == 6 and summary.total("webhooks_enqueued") == 6
     items = audit_entries(world, "consent.expire")
@@ -102,14 +102,14 @@ def test_crash_mid_sweep_then_rerun(world, monkeypatch) -> None:  # type: ignore
 
     monkeypatch.setattr(sweeps, "expire_batch", dies_in_batch_3)
     with pytest.raises(RuntimeError, match="batch 3"):
-        expiry_flow.expiry_sweep(expiry_flow.Params(batch_size=2))
+        expiry_flow.expiry_sweep(batch_size=2)
     assert len(calls) == 3  # not retried: only transient failures are
     [failed] = audit_entries(world, "flow.run")
     assert failed.detail["outcome"] == "failed"
     assert count(world, Consent, Consent.state == State.EXPIRED.value) == 4
     monkeypatch.setattr(sweeps, "expire_batch", real)
 
-    rerun = expiry_flow.expiry_sweep(expiry_flow.Params(batch_size=2))
+    rerun = expiry_flow.expiry_sweep(batch_size=2)
     assert rerun.total("expired") == 2
     with db.session_scope(world) as s:
         events = s.exec(select(ConsentEvent).where(ConsentEvent.action == "expire")).all()
@@ -132,17 +132,17 @@ def test_a_transient_failure_is_retried(world, monkeypatch) -> None:  # type: ig
     monkeypatch.setattr(
         expiry_flow, "batch_task", expiry_flow.batch_task.with_options(retry_delay_seconds=0)
     )
-    summary = expiry_flow.expiry_sweep(expiry_flow.Params())
+    summary = expiry_flow.expiry_sweep()
     assert summary.outcome == "completed" and summary.total("expired") == 6
     assert len(calls) == 3  # failed, retried, then the empty batch that ends the loop
 
 
 def test_dry_runs_change_nothing_but_one_audit_entry(world) -> None:  # type: ignore[no-untyped-def]
     runs = [
-        (expiry_flow.expiry_sweep, expiry_flow.Params(dry_run=True)),
-        (reminders_flow.renewal_reminders, reminders_flow.Params(dry_run=True)),
-        (followups_flow.collection_followups, followups_flow.Params(dry_run=True)),
-        (reconsent_flow.reconsent, reconsent_flow.Params(dry_run=True)),
+        expiry_flow.expiry_sweep,
+        reminders_flow.renewal_reminders,
+        followups_flow.collection_followups,
+        reconsent_flow.reconsent,
     ]
     expected = [
         {("news", "expired"): 6, ("news", "webhooks_enqueued"): 6},
@@ -150,9 +150,9 @@ def test_dry_runs_change_nothing_but_one_audit_entry(world) -> None:  # type: ig
         {("news", "sent"): 2},
         {("profiling", "requested"): 4, ("profiling", "sent"): 4},
     ]
-    for (flow_fn, params), counts in zip(runs, expected, strict=True):
+    for flow_fn, counts in zip(runs, expected, strict=True):
         before = row_counts(world)
-        summary = flow_fn(params)
+        summary = flow_fn(dry_run=True)
         after = row_counts(world)
         assert summary.dry_run and summary.outcome == "completed"
         assert summary.counts == counts
@@ -165,17 +165,17 @@ def test_dry_runs_change_nothing_but_one_audit_entry(world) -> None:  # type: ig
 
 def test_email_flows_end_to_end(world, smtp_sink: SmtpSink) -> None:  # type: ignore[no-untyped-def]
     smtp_sink.script("p7@example.com", "450 4.2.0 greylisted")
-    first = reminders_flow.renewal_reminders(reminders_flow.Params())
+    first = reminders_flow.renewal_reminders()
     assert first.counts == {("news", "sent"): 2, ("news", "deferred"): 1}
-    again = reminders_flow.renewal_reminders(reminders_flow.Params())
+    again = reminders_flow.renewal_reminders()
     assert again.counts == {("news", "sent"): 1}
     assert [len(smtp_sink.to(f"p{i}@example.com")) for i in (6, 7, 8)] == [1, 1, 1]
     entries = audit_entries(world, "email.sent")
     assert {e.run_id for e in entries} == {first.run_id, again.run_id}
 
-    follow = followups_flow.collection_followups(followups_flow.Params())
+    follow = followups_flow.collection_followups()
     assert follow.counts == {("news", "sent"): 2}
-    recon = reconsent_flow.reconsent(reconsent_flow.Params(batch_size=3))
+    recon = reconsent_flow.reconsent(batch_size=3)
     assert recon.counts == {("profiling", "requested"): 4, ("profiling", "sent"): 4}
     # A month passes: the deadlines are behind us (a flow may not act ahead of time).
     with db.session_scope(world) as s:
@@ -184,7 +184,7 @@ def test_email_flows_end_to_end(world, smtp_sink: SmtpSink) -> None:  # type: ig
             .where(col(ConsentRequest.kind) == "reconsent")
             .values(deadline=utcnow() - DAY)
         )
-    late = reconsent_flow.reconsent(reconsent_flow.Params())
+    late = reconsent_flow.reconsent()
     assert late.counts == {
         ("profiling", "invalidated"): 4,
         ("profiling", "lapsed"): 4,
@@ -202,7 +202,7 @@ def test_smtp_down_fails_the_run_cleanly(world, monkeypatch) -> None:  # type: i
         reminders_flow, "batch_task", reminders_flow.batch_task.with_options(retries=0)
     )
     with pytest.raises(sweeps.MailUnavailable):
-        reminders_flow.renewal_reminders(reminders_flow.Params())
+        reminders_flow.renewal_reminders()
     [run] = audit_entries(world, "flow.run")
     assert run.detail["outcome"] == "failed"
     assert len(audit_entries(world, "email.deferred")) == 3
@@ -271,7 +271,7 @@ def test_reminder_stages_follow_the_settings_rule() -> None:
     """The parameter takes what CONSENTFLOW_REMINDER_STAGES takes (a list, or "30,7,1")."""
     for given in ([30, 7, 1], [1, 7, 7, 30], "30,7,1", 7):
         _, params = runs.prepare_flow("renewal-reminders", {"stages": given})
-        assert sweeps.parse_stages(params.stages) == sweeps.parse_stages(  # type: ignore[attr-defined]
+        assert sweeps.parse_stages(params["stages"]) == sweeps.parse_stages(
             given if not isinstance(given, int) else [given]
         )
 

@@ -379,19 +379,19 @@ def _flows(
         ("reconsent", {}, "re-consent after material revisions; invalidation at the deadline"),
         (
             "propagate",
-            {"max_seconds": 60},
+            {"run_seconds": 1},  # one loop: deliver what is due, then end (nothing more comes)
             "webhooks for the withdrawals, expiries and invalidations above",
         ),
     ]
     for name, values, what in steps:
         flow_fn, params = flow_runs.prepare_flow(name, values)
-        _print_summary(flow_fn(params), what)
+        _print_summary(flow_fn(**params), what)
 
     _show_webhooks(engine, receiver, secrets)
     _show_emails(engine, sink, notes, path.parent / EMAILS)
 
     expiry_fn, expiry_params = flow_runs.prepare_flow("expiry-sweep", {})
-    again = expiry_fn(expiry_params)
+    again = expiry_fn(**expiry_params)
     typer.echo(f"\nexpiry-sweep again: {again.total('expired')} expired (idempotent)")
 
     with db.session_scope(engine) as s:

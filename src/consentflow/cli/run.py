@@ -1,9 +1,16 @@
-"""``consentflow run FLOW``: start a lifecycle flow from the terminal, recorded like any other run.
+"""``consentflow run FLOW``: start a flow from the terminal, recorded like any other run.
 
 Flows are found by name through their entry points (``consentflow.runs.load_flow``), so adding a
-flow needs no change here: ``consentflow run expiry-sweep`` builds ``flows.expiry_sweep.Params``
-from the options and calls
-``expiry_sweep(params)``, which returns a ``consentflow.runs.RunSummary``.
+flow needs no change here: the options become the flow's top-level parameters, checked against
+the model derived from its signature (an option the flow does not take is refused) and the
+flow's own rules (``runs.prepare_flow``) before anything starts (exit 2, one line).
+
+Where it runs: with a Prefect server configured (``PREFECT_API_URL``), on a worker: a run of the
+flow's deployment (``runs.start_deployment_run``; ``--deployment NAME`` when the flow has
+several), tagged ``requested-by:cli:USER`` and audited ``flow.requested`` when created; the
+command prints the run id and its UI link and returns, or with ``--watch`` waits for the final
+state and prints the summary the run recorded (exit 1 unless it completed). ``--local``, or no
+Prefect server, runs the flow in this process as before (tagged the same way).
 
 Which Prefect: the server named by ``PREFECT_API_URL``, or the profile chosen explicitly with
 ``PREFECT_PROFILE``, ``PREFECT_HOME`` or ``PREFECT_PROFILES_PATH``; otherwise an embedded Prefect
@@ -19,6 +26,7 @@ terminal unless ``PREFECT_LOGGING_LEVEL`` is set.
 from __future__ import annotations
 
 import atexit
+import getpass
 import json
 import logging
 import os
@@ -126,7 +134,7 @@ def build_values(fields: Any, options: dict[str, Any], extra: list[str]) -> dict
 
 
 @app.command("run")
-def run_flow(
+def run_flow(  # Long: one typed option per line is what --help reads
     flow: Annotated[str, typer.Argument(help="Which flow: see `consentflow run --help`.")],
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Report what would change; change nothing.")
@@ -140,11 +148,26 @@ def run_flow(
     param: Annotated[
         list[str] | None, typer.Option("--param", help="Any other parameter, KEY=VALUE.")
     ] = None,
+    local: Annotated[
+        bool,
+        typer.Option(
+            "--local", help="Run in this process even when a Prefect server is configured."
+        ),
+    ] = False,
+    deployment: Annotated[
+        str | None,
+        typer.Option(help="Which of the flow's deployments runs it (default: its only one)."),
+    ] = None,
+    watch: Annotated[
+        bool,
+        typer.Option("--watch", help="Wait for the worker's run to end and print its summary."),
+    ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the run's counts as JSON.")
     ] = False,
 ) -> None:
-    """Run a lifecycle flow now (expiry-sweep, renewal-reminders, ...), audited like any run."""
+    """Run a flow now (expiry-sweep, renewal-reminders, ...): on a worker when a Prefect server
+    is configured (PREFECT_API_URL), else (or with --local) in this process; audited either way."""
     _hermetic_prefect()
     from consentflow import runs
 
@@ -158,10 +181,94 @@ def run_flow(
         "purposes": [p.strip() for p in purposes.split(",") if p.strip()] if purposes else None,
     }
     values = build_values(params_model.model_fields, options, param or [])
+    # The variable itself, not Prefect's settings: a profile, a test harness or an embedded
+    # server gives Prefect an API too, but only PREFECT_API_URL says "runs go to the workers".
+    on_worker = not local and (deployment is not None or bool(os.environ.get("PREFECT_API_URL")))
+    if local and (deployment or watch):
+        raise InvalidInput("--deployment and --watch are for a run on a worker, not --local")
+    if not on_worker and watch:
+        raise InvalidInput("--watch needs a Prefect server (PREFECT_API_URL): a local run waits")
     db.ensure_schema(db.get_engine())  # before a run starts, not as its failure
-    flow_fn, params = runs.prepare_flow(flow, values)
+    if on_worker:
+        _on_worker(flow, values, deployment, watch, as_json)
+    else:
+        _in_process(flow, values, as_json)
+
+
+def requester() -> str:
+    """Who asks from this terminal: ``cli:USER`` (the operating-system account)."""
     try:
-        state = flow_fn(params, return_state=True)
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no account name (a container without a passwd entry)
+        user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+    return f"cli:{user}"
+
+
+def _on_worker(
+    flow: str, values: dict[str, Any], deployment: str | None, watch: bool, as_json: bool
+) -> None:
+    """A deployment run: created, printed; with ``watch``, followed to its end."""
+    from consentflow import runs
+
+    started = runs.start_deployment_run(flow, values, requester(), deployment)
+    if not watch:
+        data = started.as_dict()
+        emit(data, as_json, lambda: _print_started(started))
+        return
+    if not as_json:
+        _print_started(started)
+    state = _wait(started.run_id)
+    summary = recorded_summary(started.run_id)
+    if summary is not None:
+        emit(summary, as_json, lambda: _print(flow, summary))
+    if state.type.value != "COMPLETED":
+        where = (
+            f"recorded as {summary['outcome']} in the audit trail"
+            if summary is not None
+            else "left no entry in the audit trail"
+        )
+        reason = f": {failure_line(state.message)}" if state.message else ""
+        raise ConsentflowError(f"{flow} run {started.run_id} ended {state.name}{reason}; {where}")
+
+
+def _print_started(started: Any) -> None:
+    typer.echo(
+        f"{started.flow}: run {started.run_id} created on {started.deployment} "
+        f"({started.state}), requested by {started.requested_by}"
+    )
+    if started.ui_url:
+        typer.echo(f"  {started.ui_url}")
+
+
+#: How often ``--watch`` asks the Prefect server about the run.
+WATCH_POLL_SECONDS = 2.0
+
+
+def _wait(run_id: str) -> Any:
+    """The run's final state, asking the Prefect server every ``WATCH_POLL_SECONDS``."""
+    import time
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        while True:
+            state = client.read_flow_run(UUID(run_id)).state
+            if state is not None and state.is_final():
+                return state
+            time.sleep(WATCH_POLL_SECONDS)
+
+
+def _in_process(flow: str, values: dict[str, Any], as_json: bool) -> None:
+    """Run the flow here, reporting to the configured or an embedded Prefect."""
+    from prefect import tags
+
+    from consentflow import runs
+
+    flow_fn, parameters = runs.prepare_flow(flow, values)
+    try:
+        with tags(f"{runs.REQUESTED_BY_TAG}{requester()}"):
+            state = flow_fn(**parameters, return_state=True)
     except Exception as exc:  # Prefect itself failed (say, its embedded server did not start)
         raise ConsentflowError(f"{flow} failed: {failure_reason(exc)}") from None
     if state.is_completed():
@@ -185,6 +292,11 @@ def run_flow(
     else:
         where = ""
     raise ConsentflowError(f"{flow} failed: {reason}{where}")
+
+
+def failure_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0][:500] if lines else ""
 
 
 def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str, int]]:

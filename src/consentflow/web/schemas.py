@@ -7,6 +7,7 @@ model of the OpenAPI schema from one place. Input models forbid unknown fields (
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
@@ -35,10 +36,10 @@ from consentflow.views import (
     ReplayOut,
     RequestOut,
     RequestsOut,
-    RunAccepted,
     SubjectOut,
     SystemOut,
     VerifyOut,
+    View,
 )
 
 # Printable text without control characters (PostgreSQL refuses NUL; nothing needs the others).
@@ -86,6 +87,29 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 CONFLICT: dict[int | str, dict[str, Any]] = {
     409: {"model": Error, "description": "The lifecycle rules refuse it, or it exists already"}
 }
+
+
+# ------------------------------------------------------------------------------------- runs
+
+
+class RunAccepted(View):
+    """A flow run created on the Prefect server, for a worker to run (``POST /api/v1/runs``)."""
+
+    flow: str
+    #: The Prefect flow run's id; its end entry in the audit trail carries the same run id.
+    run_id: str
+    #: ``FLOW/DEPLOYMENT``, whose worker runs it with its own environment.
+    deployment: str
+    #: Prefect's state when created (``Scheduled``).
+    state: str
+    #: The run's page in the Prefect UI (``prefect_ui_url`` or Prefect's ``PREFECT_UI_URL``).
+    ui_url: str | None
+    #: The parameters given, validated (the deployment's defaults apply to the others).
+    parameters: dict[str, Any]
+    #: Who asked for the run (``api:TOKEN``): the run's tag, ``flow.requested`` and end entry.
+    requested_by: str
+    accepted_at: datetime
+    status: Literal["accepted"] = "accepted"
 
 
 # --------------------------------------------------------------------------------- purposes

@@ -1,14 +1,20 @@
-"""Ad-hoc flow runs (compliance's sweep on demand): validated first, then started in the
-background against the configured Prefect server."""
+"""Ad-hoc flow runs (compliance's sweep on demand), always on a worker: the API creates a
+deployment run on the Prefect server and answers at once with its id and UI link.
+
+The web process never runs a flow itself (a run there would use the web app's settings, ignore
+the deployment's limits, and die with a restart of the web app). Order of checks, each refusing
+with nothing created: the parameters (422 naming the field: unknown fields, out-of-range values,
+unknown purposes or systems, a future ``as_of`` on a real run), then the Prefect server and the
+flow's deployment (409). Who asked (``api:TOKEN``) is the run's ``requested-by:`` tag, the
+``flow.requested`` audit entry written when the run is created, and the run's own end entry.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import Body, Depends, Path
+from fastapi import Body, Depends, Path, Query
 
-from consentflow.errors import Conflict
 from consentflow.tokens import TokenInfo
 from consentflow.web.api._params import api_actor, resource_router
 from consentflow.web.auth import COMPLIANCE
@@ -21,6 +27,15 @@ FlowPath = Annotated[
     str,
     Path(pattern=r"^[a-z][a-z-]{0,63}$", description="A flow, e.g. expiry-sweep", examples=["x"]),
 ]
+DeploymentQuery = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=200,
+        pattern=r"^[^\x00-\x1f\x7f/]+$",
+        description="Which of the flow's deployments (default: its only one)",
+    ),
+]
 
 
 @router.post(
@@ -29,7 +44,11 @@ FlowPath = Annotated[
     response_model=RunAccepted,
     responses={
         **NOT_FOUND,
-        409: {"model": Error, "description": "No Prefect server configured (PREFECT_API_URL)"},
+        409: {
+            "model": Error,
+            "description": "No Prefect server configured (PREFECT_API_URL) or answering, or no "
+            "deployment of the flow on it (`consentflow deploy`)",
+        },
     },
 )
 def start_run(
@@ -39,44 +58,20 @@ def start_run(
         dict[str, Any],
         Body(
             description="The flow's parameters, as in the Prefect UI form (e.g. "
-            '{"dry_run": true, "as_of": "2026-12-31T23:59:59Z"}).',
+            '{"dry_run": true, "as_of": "2026-12-31T23:59:59Z"}); unknown ones are refused.',
         ),
     ],
+    deployment: DeploymentQuery = None,
 ) -> dict[str, Any]:
-    """Start a lifecycle flow now (compliance's ad-hoc sweep), in the background.
+    """Start a flow now on a worker (compliance's ad-hoc sweep): a run of the flow's deployment.
 
-    The parameters are validated first (422 naming the field). The run needs a Prefect server
-    (``PREFECT_API_URL``): without one the answer is 409, since the web process must not start
-    a temporary server of its own. The run then goes on after the answer, reported to that
-    server, and leaves its audit entries like any run, with ``requested_by`` naming the token
-    (the latest runs are on the dashboard).
+    The answer (202) names the run (``run_id``, its ``ui_url`` in the Prefect UI); the run goes
+    on on a worker and leaves its audit entries like any run, with ``requested_by`` naming the
+    token (the latest runs are on the dashboard). The parameters are checked first: unknown or
+    invalid ones are a 422 naming the field. Without a Prefect server, or without a deployment
+    of the flow on it, the answer is 409 and nothing starts.
     """
-    import threading
-
     from consentflow import runs
 
-    flow_fn, params = runs.prepare_flow(flow, parameters)
-    if not prefect_api_url():
-        raise Conflict(
-            "no Prefect server is configured: set PREFECT_API_URL for the web app to start runs"
-        )
-    who = api_actor(caller)
-
-    def run() -> None:
-        with runs.requested_by(who):
-            flow_fn(params)
-
-    threading.Thread(target=run, name=f"run-{flow}", daemon=True).start()
-    return {
-        "flow": flow,
-        "parameters": params.model_dump(mode="json"),
-        "accepted_at": datetime.now(UTC),
-        "requested_by": who,
-    }
-
-
-def prefect_api_url() -> str | None:
-    """The Prefect API the process reports to (``PREFECT_API_URL``), or None if unset."""
-    from prefect.settings import get_current_settings
-
-    return get_current_settings().api.url or None
+    started = runs.start_deployment_run(flow, parameters, api_actor(caller), deployment)
+    return started.as_dict()
