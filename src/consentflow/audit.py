@@ -13,6 +13,17 @@ Callers must keep it that way: append audit entries after every other write of t
 The chain proves the database has not been edited behind consentflow's back, except for cutting
 entries off the end together with rewriting the head; ``verify`` prints the head so that it can be
 anchored outside the database (``--expect SEQ:HASH`` checks such an anchor later).
+
+Format versions. The hashed header (``_FIELDS``) has not changed since the first release; what a
+consent entry's ``detail`` carries has. Entries written since format 2 carry ``"v": 2`` and
+``"evidence"``: the keyed hash of the event's evidence (``evidence_digest``; None when there was
+none), so the evidence is chained without putting an IP address or user agent into the trail.
+``append`` adds both to every ``consent.*`` entry that names its ``event_id`` (reading the
+evidence of those events, written earlier in the same transaction). Entries of format 1 (no
+``v``) verify exactly as before; their evidence was never chained (``integrity`` says which).
+
+Failure modes: a missing ``audit_head`` row (deleted) is reported by ``verify`` as a broken chain,
+never raised.
 """
 
 from __future__ import annotations
@@ -29,9 +40,12 @@ from sqlmodel import Session, col, select
 
 from consentflow.db import Column, Writer
 from consentflow.errors import InvalidInput
-from consentflow.models import AuditEntry, AuditHead, utcnow
+from consentflow.keys import derive, instance_secret
+from consentflow.models import AuditEntry, AuditHead, ConsentEvent, utcnow
 
 GENESIS = "0" * 64
+#: The format of a consent entry's ``detail`` written now (see the module docstring).
+CONSENT_FORMAT = 2
 _FIELDS = (
     "seq",
     "recorded_at",
@@ -94,12 +108,51 @@ _COLUMNS = [
 ]  # fmt: skip
 
 
+def evidence_digest(secret: bytes, evidence: Any) -> str | None:
+    """The keyed hash of an event's evidence (canonical JSON, sorted keys); None for none.
+
+    Keyed with the instance secret (``keys.derive``, label ``"audit-evidence:"``) because evidence
+    is low-entropy personal data (an IP address): a plain hash in an exported trail could be
+    reversed by trying every address.
+    """
+    if evidence is None:
+        return None
+    canonical = orjson.dumps(evidence, option=orjson.OPT_SORT_KEYS)
+    return derive(secret, "audit-evidence:", canonical).hex()
+
+
+def _with_evidence(session: Session, items: list[Entry]) -> list[Entry]:
+    """Format 2: each consent entry naming its event gets ``v`` and its evidence's hash."""
+    chained = [
+        e for e in items if e.action.startswith("consent.") and "event_id" in e.detail
+    ]
+    chained = [e for e in chained if "v" not in e.detail]
+    if not chained:
+        return items
+    evidence: dict[Any, Any] = {}
+    ids = [e.detail["event_id"] for e in chained]
+    for start in range(0, len(ids), 1000):
+        stmt = select(ConsentEvent.id, ConsentEvent.evidence).where(
+            col(ConsentEvent.id).in_(ids[start : start + 1000])
+        )
+        evidence.update((str(i), ev) for i, ev in session.exec(stmt) if ev is not None)
+    secret = instance_secret(session) if evidence else b""
+    for e in chained:
+        found = evidence.get(str(e.detail["event_id"]))
+        e.detail = {
+            **e.detail,
+            "v": CONSENT_FORMAT,
+            "evidence": evidence_digest(secret, found),
+        }
+    return items
+
+
 def append(session: Session, entries: Iterable[Entry], *, now: datetime | None = None) -> int:
     """Chain ``entries`` onto the trail in the caller's transaction; returns the new head seq.
 
     Call it as the last write of the transaction (see the module docstring).
     """
-    items = list(entries)
+    items = _with_evidence(session, list(entries))
     if not items:
         return 0
     recorded_at = now or utcnow()
@@ -164,7 +217,8 @@ def verify(
     match its predecessor). ``expect`` is an anchor recorded earlier: entry SEQ must still hash
     to HASH.
     """
-    head = session.exec(select(AuditHead).where(AuditHead.id == 1)).one()
+    found = session.exec(select(AuditHead).where(AuditHead.id == 1)).first()
+    head = found or AuditHead(id=1, seq=-1, hash="")
     prev_hash, expected_seq, count = GENESIS, 1, 0
 
     def bad(seq: int, problem: str) -> Verification:
@@ -195,6 +249,8 @@ def verify(
             prev_hash, expected_seq, count = entry.hash, expected_seq + 1, count + 1
             last = entry.seq
             session.expunge(entry)
+    if found is None:
+        return bad(count, "the chain's head row (audit_head) is missing (deleted)")
     if count > head.seq:
         return bad(head.seq + 1, f"is past the chain's head at {head.seq} (inserted)")
     if count < head.seq:

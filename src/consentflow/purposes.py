@@ -10,14 +10,23 @@ previous version are NOT carried forward (only those given with the revision are
 reads a translation of an older notice: they get the new default text until it is translated.
 ``text_for`` falls back field by field: ``fr-CA`` -> ``fr`` -> the default text. The default
 locale (``en``) has no entry of its own: its text is the default text.
+
+Publishing chains the notice: the audit entry of every version (``purpose.created``,
+``purpose.revised``) carries ``"v": 2`` and ``"notice"``, the SHA-256 of the whole version as
+people read it (``notice_digest``: title, description, every translation, lawful basis, data
+categories, validity, materiality), so ``integrity`` finds a notice edited after publication.
+Entries of format 1 (before this; no ``v``) chained only the title, basis, categories, validity,
+materiality and the list of locales.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
@@ -249,8 +258,30 @@ def _version(session: Session, purpose_id: int, version: int) -> PurposeVersion:
     ).one()
 
 
+#: The format of a notice version's audit entry (see the module docstring).
+NOTICE_FORMAT = 2
+
+
+def notice_digest(v: PurposeVersion) -> str:
+    """SHA-256 of a notice version's whole content as canonical JSON (sorted keys): what is
+    chained when it is published, and what ``integrity`` recomputes from the stored row."""
+    content = {
+        "version": v.version,
+        "title": v.title,
+        "description": v.description,
+        "lawful_basis": str(v.lawful_basis),
+        "data_categories": list(v.data_categories or []),
+        "texts": v.texts or {},
+        "validity_days": v.validity_days,
+        "material": bool(v.material),
+    }
+    return hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
 def _version_detail(v: PurposeVersion) -> dict[str, Any]:
     return {
+        "v": NOTICE_FORMAT,
+        "notice": notice_digest(v),
         "version": v.version,
         "title": v.title,
         "lawful_basis": v.lawful_basis,
