@@ -313,14 +313,14 @@ def test_slow_endpoint_does_not_hold_up_a_fast_one(engine, receiver):
     revoke(engine, 8)
     delivered_fast = []
 
-    def on_batch(name, outcomes):
-        if name == "fast":
-            delivered_fast.extend(o for o in outcomes if o == eng.DELIVERED)
+    def on_result(name, outcome):
+        if name == "fast" and outcome == eng.DELIVERED:
+            delivered_fast.append(outcome)
             if len(delivered_fast) == 8:
                 fast_done.set()
 
     options = eng.Options(timeout=30.0, per_endpoint=2, batch_size=4)
-    eng.deliver_due(engine, options=options, on_batch=on_batch)
+    eng.deliver_due(engine, options=options, on_result=on_result)
     # every slow request was answered only after all the fast ones had been recorded
     assert seen_while_slow_in_flight and all(seen_while_slow_in_flight)
     assert {d.state for d in deliveries(engine)} == {"delivered"}

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import ipaddress
 import random
 import socket
+import tracemalloc
+import zlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from standardwebhooks import Webhook
 
 from consentflow import settings
-from consentflow.delivery import schedule, signing, ssrf
+from consentflow.delivery import excerpt, schedule, signing, ssrf
 from consentflow.errors import InvalidInput
 
 # The published Standard Webhooks test vector.
@@ -236,3 +239,80 @@ def test_connect_time_guard_refuses_and_allows(allow):
         asyncio.run(ok())
     finally:
         server.close()
+
+
+# ------------------------------------------------------- hostile answers: Retry-After, excerpts
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("99999999999999999999", schedule.MAX_DELAY),  # was OverflowError
+        ("0000000000000000000000120", timedelta(seconds=120)),
+        ("9" * 5000, schedule.MAX_DELAY),  # longer than int() accepts
+        ("²", None),  # a digit to str.isdigit, not to RFC 9110 (was ValueError)
+        ("١٢٠", None),  # Arabic-Indic digits
+        ("-5", None),
+        ("1.5", None),
+        ("12 0", None),
+        ("", None),
+        ("\x00", None),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", schedule.MAX_DELAY),
+        ("Thu, 01 Jan 2026 00:02:00 GMT", timedelta(minutes=2)),
+        ("Thursday, 01-Jan-26 00:02:00 GMT", timedelta(minutes=2)),  # RFC 850
+        ("Thu Jan  1 00:02:00 2026", timedelta(minutes=2)),  # asctime
+        ("Thu, 01 Jan 2025 00:00:00 GMT", timedelta(0)),  # in the past: at once
+        ("Thu, 31 Feb 2026 00:00:00 GMT", None),
+        ("Thu, 01 Jan 2026 25:00:00 GMT", None),
+        ("Thu, 01 Jan 2026 00:02:00 +0100", None),  # HTTP dates are GMT
+        ("01 Jan 2026 00:02:00", None),
+    ],
+)
+def test_retry_after_from_a_hostile_receiver(value, expected):
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert schedule.parse_retry_after(value, now) == expected
+
+
+def test_rfc850_two_digit_years_are_never_more_than_50_years_ahead():
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    # 99 would be 2099 (73 years ahead): it is 1999, in the past
+    assert schedule.parse_retry_after("Friday, 31-Dec-99 23:59:59 GMT", now) == timedelta(0)
+    assert schedule.parse_retry_after("Friday, 01-Jan-27 00:00:00 GMT", now) == schedule.MAX_DELAY
+
+
+def _gzip(data: bytes) -> bytes:
+    return gzip.compress(data, mtime=0)
+
+
+@pytest.mark.parametrize(
+    "raw, encoding, expected",
+    [
+        (b"thanks", None, "thanks"),
+        (b"", None, None),
+        (b"a\x00b\x01c\x7fd", None, "a b c d"),
+        (b"\xff\xfe\x00o\x00k", None, "\ufffd\ufffd o k"),
+        ("line\r\n\tnext\u2028end ".encode(), None, "line next end"),
+        ("bidi\u202eevil\u200b".encode(), None, "bidi evil"),
+        (_gzip(b"accepted, thanks"), "gzip", "accepted, thanks"),
+        (_gzip(b"accepted")[:12], "gzip", "a"),  # truncated: what inflates
+        (zlib.compress(b"deflated"), "deflate", "deflated"),
+        (b"\x1f\x8b not gzip at all", "gzip", "(gzip-encoded body, unreadable)"),
+        (b"\x00\x01\x02", "br", "(br-encoded body, not decoded)"),
+        (b"x", "\x00evil\r\nheader" + "a" * 100, "(encoded body, not decoded)"),
+    ],
+)
+def test_excerpt_of_any_bytes_is_plain_short_text(raw, encoding, expected):
+    assert excerpt.of(raw, encoding) == expected
+
+
+def test_excerpt_is_capped_and_a_gzip_bomb_is_never_inflated_whole():
+    assert excerpt.of(b"x" * 10_000, None) == "x" * excerpt.EXCERPT_CHARS
+    bomb = _gzip(b"\x00" * 50_000_000 + b"tail")  # about 50 KB on the wire
+    tracemalloc.start()
+    try:
+        text = excerpt.of(bomb[: excerpt.EXCERPT_BYTES], "gzip")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert text is None  # nothing but NULs within the bound
+    assert peak < 1_000_000

@@ -4,9 +4,9 @@ One run of ``deliver_due`` (one worker) works like this:
 
 1. **Lanes.** It finds the active systems that have due deliveries and starts one lane (an
    asyncio task) per system; when a lane finishes, it looks again. Each lane claims its system's
-   due rows in batches, sends them with at most ``per_endpoint`` requests in flight, records the
-   results and claims again. Lanes share nothing but one ``httpx.AsyncClient``, so a slow or dead
-   endpoint only ever slows its own lane.
+   due rows in batches, sends them with at most ``per_endpoint`` requests in flight, records each
+   result as its request completes and claims again when the batch is done. Lanes share nothing
+   but one ``httpx.AsyncClient``, so a slow or dead endpoint only ever slows its own lane.
 2. **Claims.** A claim is one short transaction: select due rows (pending, ``next_attempt_at``
    reached, no live lease, system active) ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (SQLite has a
    single writer), set ``leased_until`` and commit. Other workers skip rows under a live lease;
@@ -16,18 +16,31 @@ One run of ``deliver_due`` (one worker) works like this:
    fresh timestamp and signature (``signing.py``, with the system's secrets decrypted at claim
    time: ``secretbox.py``), redirects not followed, a connect timeout of 5 s and a total timeout
    (``CONSENTFLOW_WEBHOOK_TIMEOUT``, default 15 s). ``GuardedBackend`` re-checks the SSRF rules on
-   every connection. Each attempt is logged (in the Prefect run's logs inside a run: ``runlog``).
-4. **Results.** One transaction per batch writes a ``delivery_attempt`` row per attempt and moves
-   each delivery on: 2xx delivered; 410 disables the system (its deliveries are held, never
-   dropped); anything else is retried on the persisted schedule (``schedule.py``) or, when the
-   schedule is exhausted, dead-lettered with an audit entry and an alert. An update only applies
-   while this worker still holds the row's lease (the lease timestamp is the fencing token), so a
-   worker that lost its lease cannot overwrite the result of the one that took over.
+   every connection. Whatever the receiver answers (any bytes, any header) is an attempt: the
+   body's excerpt is made plain, short text (``excerpt.py``: bounded read, bounded inflate, no
+   control characters) and ``Retry-After`` is read strictly (``schedule.py``). Each attempt is
+   logged (in the Prefect run's logs inside a run: ``runlog``).
+4. **Results.** Each result is recorded as soon as its request completes, in a transaction of
+   its own: a ``delivery_attempt`` row, and the delivery moves on: 2xx delivered; 410 disables
+   the system (its deliveries are held, never dropped; the lane sends no more and gives back
+   the leases of what it has not sent); anything else is retried on the persisted schedule
+   (``schedule.py``) or, when the schedule is exhausted, dead-lettered with an audit entry and
+   an alert. An update only applies while this worker still holds the row's lease (the lease
+   timestamp is the fencing token), so a worker that lost its lease cannot overwrite the result
+   of the one that took over. If recording a result fails, the attempt is recorded without what
+   the receiver wrote (status and times kept; error class ``Unrecordable``), so one bad answer
+   never stops the run nor loses other deliveries' results; only a database that refuses that
+   too fails the lane (after its other requests are recorded).
 
 Claims and results (steps 2 and 4) live in ``outbox.py``; this module runs the lanes and sends.
 
-Delivery is at-least-once: a worker killed after sending but before recording sends again after
-the lease. Receivers deduplicate on ``webhook-id``.
+**Cancels and crashes.** A cancel of the run (``asyncio`` cancellation, Ctrl-C through
+``asyncio.run``) cancels the lanes; an answer whose status has arrived is still recorded (the
+record is shielded and awaited) before the cancel goes on, so no acknowledged delivery is sent
+again because of a cancel. Delivery is at-least-once only across a hard kill: a worker killed
+between an answer and its record (at most ``per_endpoint`` requests per lane) sends those again
+after the lease. Receivers deduplicate on ``webhook-id``. The ``Report`` is filled as results are
+recorded; pass one in to keep the counts of a run that is cancelled.
 
 Time is injectable: ``now`` fixes the clock used for claims, leases and the retry schedule (tests
 simulate days of outage without sleeping). The ``webhook-timestamp`` header always carries the
@@ -37,11 +50,11 @@ real time, because receivers check it against their own clock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import math
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -54,6 +67,7 @@ from sqlmodel import Session, col, select
 
 from consentflow import db
 from consentflow.delivery import alerts, runlog, signing, ssrf
+from consentflow.delivery import excerpt as excerpts
 from consentflow.delivery.outbox import (  # re-exported (see __all__)
     DEAD,
     DELIVERED,
@@ -68,7 +82,9 @@ from consentflow.delivery.outbox import (  # re-exported (see __all__)
     due_systems,
     held_counts,
     record,
+    release,
 )
+from consentflow.delivery.report import Report
 from consentflow.delivery.schedule import parse_retry_after
 from consentflow.errors import InvalidInput
 from consentflow.models import (
@@ -101,12 +117,13 @@ __all__ = [
     "make_client",
     "preview",
     "record",
+    "release",
     "send",
 ]
 
 CONNECT_TIMEOUT = 5.0
-EXCERPT_BYTES = 1024
-EXCERPT_CHARS = 200
+EXCERPT_BYTES = excerpts.EXCERPT_BYTES
+EXCERPT_CHARS = excerpts.EXCERPT_CHARS
 USER_AGENT = "consentflow-webhooks/1"
 
 
@@ -137,35 +154,6 @@ class Options:
         return timedelta(seconds=rounds * (self.total_timeout() + 1) + 60)
 
 
-@dataclass
-class Report:
-    """What a run did, per system and outcome, plus the deliveries held back."""
-
-    counts: Counter[tuple[str, str]] = field(default_factory=Counter)
-    dead: list[dict[str, Any]] = field(default_factory=list)
-
-    def add(self, system: str, outcome: str, n: int = 1) -> None:
-        if n:
-            self.counts[(system, outcome)] += n
-
-    def total(self, outcome: str | None = None) -> int:
-        return sum(n for (_, o), n in self.counts.items() if outcome is None or o == outcome)
-
-    def by_system(self) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {}
-        for (system, outcome), n in sorted(self.counts.items()):
-            out.setdefault(system, {})[outcome] = n
-        return out
-
-    def table(self) -> list[dict[str, Any]]:
-        """One row per endpoint, for the run's artifact."""
-        cols = (DELIVERED, RETRIED, DEAD, DISABLED, HELD, SUPERSEDED, DUE)
-        return [
-            {"endpoint": system, **{c: counts.get(c, 0) for c in cols}}
-            for system, counts in self.by_system().items()
-        ]
-
-
 # ------------------------------------------------------------------------------------ sending
 
 
@@ -190,16 +178,6 @@ def make_client(timeout: float, policy: ssrf.Allowed | None = None) -> httpx.Asy
     )
 
 
-async def _excerpt(response: httpx.Response) -> str | None:
-    buf = b""
-    async for chunk in response.aiter_raw():
-        buf += chunk
-        if len(buf) >= EXCERPT_BYTES:
-            break
-    text = buf.decode("utf-8", errors="replace")[:EXCERPT_CHARS]
-    return text or None
-
-
 async def send(
     client: httpx.AsyncClient,
     c: Claimed,
@@ -209,7 +187,9 @@ async def send(
     policy: ssrf.Allowed | None = None,
     logger: runlog.Logger | None = None,
 ) -> Result:
-    """One attempt: POST the stored body, signed now. Never raises for network trouble.
+    """One attempt: POST the stored body, signed now. Never raises for anything the network or
+    the receiver does (any bytes, any header). A cancel before the answer's status arrived is
+    raised; one after it returns the result marked ``interrupted``, for the caller to record.
 
     Each attempt is logged (``logger``, default: the Prefect run's logger inside a run): a
     success at INFO, a failure at WARNING, with the system, webhook id, attempt and outcome.
@@ -220,6 +200,7 @@ async def send(
     status = None
     error_class = error = excerpt = None
     retry_after = None
+    interrupted = False
     try:
         ssrf.check_scheme(c.url, policy)
         if c.secret_error:
@@ -229,7 +210,11 @@ async def send(
             async with client.stream("POST", c.url, content=body, headers=headers) as response:
                 status = response.status_code
                 retry_after = parse_retry_after(response.headers.get("retry-after"), utcnow())
-                excerpt = await _excerpt(response)
+                excerpt = await excerpts.read(response)
+    except asyncio.CancelledError:
+        if status is None:
+            raise
+        interrupted = True  # the receiver has answered: the caller records it, then stops
     except ssrf.SSRFRefused as exc:
         error_class, error = "SSRFRefused", str(exc)
     except InvalidInput as exc:  # a malformed URL or secret: an operator must fix it
@@ -240,8 +225,10 @@ async def send(
         error_class, error = type(exc).__name__, str(exc)
     except OSError as exc:
         error_class, error = type(exc).__name__, str(exc)
+    except Exception as exc:  # whatever else an answer provokes is an attempt, not a crash
+        error_class, error = type(exc).__name__, str(exc)
     if error is not None:
-        error = error.replace(c.url, "<webhook url>")[:300]
+        error = excerpts.clean(error.replace(c.url, "<webhook url>"), 300)
     result = Result(
         claimed=c,
         started_at=started,
@@ -252,6 +239,7 @@ async def send(
         error=error,
         excerpt=excerpt,
         retry_after=retry_after,
+        interrupted=interrupted,
     )
     (logger or runlog.logger()).log(
         logging.INFO if result.ok else logging.WARNING,
@@ -274,9 +262,9 @@ class _Run:
     options: Options
     now: datetime | None
     run_id: str | None
-    on_batch: Callable[[str, list[str]], None] | None
+    on_result: Callable[[str, str], None] | None
+    report: Report
     logger: runlog.Logger = field(default_factory=runlog.logger)
-    report: Report = field(default_factory=Report)
     claimed: int = 0
     deadline: float | None = None
     gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4))
@@ -304,23 +292,74 @@ def _claim_for(
     return claim(s, system_id, now=now, limit=limit, lease=lease)
 
 
-def _record_for(s: Session, *, results: Sequence[Result], run_id: str | None) -> list[str]:
-    return record(s, results, run_id=run_id)
+def _record_for(s: Session, *, result: Result, run_id: str | None) -> str:
+    [outcome] = record(s, [result], run_id=run_id)
+    return outcome
+
+
+def _release_for(s: Session, *, claims: Sequence[Claimed]) -> int:
+    return release(s, claims)
+
+
+async def _record(run: _Run, result: Result) -> str:
+    """Record one result now, in a transaction of its own. A cancel waits for it to commit."""
+    task = asyncio.ensure_future(_record_now(run, result))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise
+
+
+async def _record_now(run: _Run, result: Result) -> str:
+    """``record`` one result; if that fails, record the attempt without what the receiver wrote
+    (``Result.unrecordable``). Only a failure of that too (the database is gone) raises."""
+    try:
+        outcome: str = await run.db(
+            functools.partial(_record_for, result=result, run_id=run.run_id)
+        )
+    except Exception as exc:
+        c = result.claimed
+        run.logger.error(
+            "the answer to webhook %s from %s, attempt %d, could not be recorded (%s): "
+            "recording the attempt without it",
+            c.webhook_id,
+            c.system,
+            c.attempts + 1,
+            type(exc).__name__,
+        )
+        result = result.unrecordable(exc)
+        outcome = await run.db(functools.partial(_record_for, result=result, run_id=run.run_id))
+    run.report.note(result, outcome)
+    if run.on_result:
+        run.on_result(result.claimed.system, outcome)
+    return outcome
 
 
 async def _lane(run: _Run, client: httpx.AsyncClient, system_id: int) -> int:
-    """Claim, send, record, repeat for one system; returns how many deliveries it handled."""
+    """Claim, send and record (each result as it completes), repeat, for one system; returns
+    how many deliveries it claimed. A 410 stops the lane: what it has not sent is given back."""
     opts = run.options
     sem = asyncio.Semaphore(opts.per_endpoint)
     timeout = opts.total_timeout()
     lease = opts.lease_for()
+    gone = asyncio.Event()  # the system answered 410 Gone and is disabled now
     handled = 0
 
-    async def bounded(c: Claimed) -> Result:
+    async def one(c: Claimed) -> str | None:
         async with sem:
-            return await send(client, c, timeout=timeout, clock=run.clock, logger=run.logger)
+            if gone.is_set():
+                return None  # not sent
+            result = await send(client, c, timeout=timeout, clock=run.clock, logger=run.logger)
+        outcome = await _record(run, result)
+        if outcome == DISABLED:
+            gone.set()
+        if result.interrupted:
+            raise asyncio.CancelledError
+        return outcome
 
-    while not run.stopping():
+    while not run.stopping() and not gone.is_set():
         want = opts.batch_size
         if opts.limit is not None:
             want = min(want, opts.limit - run.claimed)
@@ -331,49 +370,27 @@ async def _lane(run: _Run, client: httpx.AsyncClient, system_id: int) -> int:
         if not batch:
             break
         run.claimed += len(batch)
-        results = await asyncio.gather(*(bounded(c) for c in batch))
-        outcomes: list[str] = await run.db(
-            functools.partial(_record_for, results=results, run_id=run.run_id)
-        )
-        name = batch[0].system
-        for outcome in outcomes:
-            run.report.add(name, outcome)
-        dead = [
-            {
-                "system": r.claimed.system,
-                "webhook_id": r.claimed.webhook_id,
-                "id": r.claimed.id,
-                "error": r.describe(),
-            }
-            for r, o in zip(results, outcomes, strict=True)
-            if o == DEAD
-        ]
-        run.report.dead.extend(dead)
         handled += len(batch)
-        if run.on_batch:
-            run.on_batch(name, outcomes)
-        if DISABLED in outcomes:
-            break  # the system is disabled now: the rest of its rows are held
+        # a cancel of the lane cancels each request; each answer already received is recorded
+        outcomes = await asyncio.gather(*(one(c) for c in batch), return_exceptions=True)
+        unsent = [c for c, o in zip(batch, outcomes, strict=True) if o is None]
+        if unsent:
+            await run.db(functools.partial(_release_for, claims=unsent))
+        for o in outcomes:
+            if isinstance(o, BaseException):
+                raise o
     return handled
 
 
-async def adeliver_due(
-    engine: Engine | None = None,
-    *,
-    options: Options | None = None,
-    now: datetime | None = None,
-    run_id: str | None = None,
-    on_batch: Callable[[str, list[str]], None] | None = None,
-) -> Report:
-    """Drain due deliveries until none is left (or the time or count limit); see the module doc."""
-    run = _Run(engine or db.get_engine(), options or Options(), now, run_id, on_batch)
-    if run.options.max_seconds is not None:
-        run.deadline = time.monotonic() + run.options.max_seconds
+async def _drive(run: _Run, client: httpx.AsyncClient) -> BaseException | None:
+    """Run one lane per system with due deliveries until none is left; the first lane failure
+    (the others finish first). If this is cancelled, the lanes are too, and each records the
+    answers it already has before the cancel goes on."""
     names = run.options.systems
     lanes: dict[int, asyncio.Task[int]] = {}
     idle: set[int] = set()  # systems whose last lane found nothing to claim
     failure: BaseException | None = None
-    async with make_client(run.options.total_timeout()) as client:
+    try:
         while True:
             if not run.stopping() and failure is None:
                 due = await run.db(lambda s: due_systems(s, run.clock(), names))
@@ -381,7 +398,7 @@ async def adeliver_due(
                     if system_id not in lanes and system_id not in idle:
                         lanes[system_id] = asyncio.create_task(_lane(run, client, system_id))
             if not lanes:
-                break
+                return failure
             done, _ = await asyncio.wait(lanes.values(), return_when=asyncio.FIRST_COMPLETED)
             for system_id, task in list(lanes.items()):
                 if task in done:
@@ -392,7 +409,36 @@ async def adeliver_due(
                         failure = failure or exc
                     elif task.result() == 0:
                         idle.add(system_id)
-    held = await run.db(lambda s: held_counts(s, names))
+    except BaseException:
+        for task in lanes.values():
+            task.cancel()
+        await asyncio.gather(*lanes.values(), return_exceptions=True)
+        raise
+
+
+async def adeliver_due(
+    engine: Engine | None = None,
+    *,
+    options: Options | None = None,
+    now: datetime | None = None,
+    run_id: str | None = None,
+    on_result: Callable[[str, str], None] | None = None,
+    report: Report | None = None,
+) -> Report:
+    """Drain due deliveries until none is left (or the time or count limit); see the module doc.
+
+    ``on_result(system, outcome)`` is called as each result is recorded. ``report`` (default: a
+    new one) is filled as results are recorded, so a caller still has the counts of a run that
+    was cancelled or failed part-way.
+    """
+    run = _Run(
+        engine or db.get_engine(), options or Options(), now, run_id, on_result, report or Report()
+    )
+    if run.options.max_seconds is not None:
+        run.deadline = time.monotonic() + run.options.max_seconds
+    async with make_client(run.options.total_timeout()) as client:
+        failure = await _drive(run, client)
+    held = await run.db(lambda s: held_counts(s, run.options.systems))
     for name, n in held.items():
         run.report.add(name, HELD, n)
     if run.report.dead:  # one alert per run, after the dead letters are committed
@@ -410,11 +456,14 @@ def deliver_due(
     options: Options | None = None,
     now: datetime | None = None,
     run_id: str | None = None,
-    on_batch: Callable[[str, list[str]], None] | None = None,
+    on_result: Callable[[str, str], None] | None = None,
+    report: Report | None = None,
 ) -> Report:
     """Synchronous ``adeliver_due`` (runs its own event loop)."""
     return asyncio.run(
-        adeliver_due(engine, options=options, now=now, run_id=run_id, on_batch=on_batch)
+        adeliver_due(
+            engine, options=options, now=now, run_id=run_id, on_result=on_result, report=report
+        )
     )
 
 

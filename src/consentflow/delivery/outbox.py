@@ -6,13 +6,15 @@ lease, system active) ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (SQLite has a sin
 ``record`` writes one ``delivery_attempt`` row per attempt and moves each delivery on, only while
 this worker still holds the row's lease (the lease timestamp is the fencing token): 2xx
 delivered, 410 disables the system, anything else retried on the persisted schedule or
-dead-lettered (audited). ``engine`` runs the lanes and re-exports these names.
-"""
+dead-lettered (audited). The engine calls it once per delivery, in a transaction of its own, as
+each attempt completes; if that fails, it records ``Result.unrecordable`` instead (the status
+and times, nothing the receiver wrote). ``release`` gives back the leases of claimed rows that
+were not sent. ``engine`` runs the lanes and re-exports these names."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -32,11 +34,6 @@ from consentflow.models import (
     metadata,
 )
 from consentflow.timeutil import iso_seconds
-
-CONNECT_TIMEOUT = 5.0
-EXCERPT_BYTES = 1024
-EXCERPT_CHARS = 200
-USER_AGENT = "consentflow-webhooks/1"
 
 #: Outcomes counted per system in a run's report.
 DELIVERED, RETRIED, DEAD, DISABLED, HELD, SUPERSEDED, DUE = (
@@ -81,6 +78,8 @@ class Result:
     error: str | None = None
     excerpt: str | None = None
     retry_after: timedelta | None = None
+    #: The run was cancelled after the answer's status arrived (record it, then stop).
+    interrupted: bool = False
 
     @property
     def ok(self) -> bool:
@@ -93,6 +92,17 @@ class Result:
     @property
     def slow_down(self) -> bool:
         return self.status in SLOW_DOWN_STATUSES or self.error_class in _TIMEOUT_CLASSES
+
+    def unrecordable(self, exc: BaseException) -> Result:
+        """This attempt as it can still be recorded after recording it failed with ``exc``:
+        the status (a 2xx is still an acknowledgement) and times, nothing the receiver wrote."""
+        return replace(
+            self,
+            error_class="Unrecordable",
+            error=f"the answer could not be recorded in full ({type(exc).__name__})",
+            excerpt=None,
+            retry_after=None,
+        )
 
     def describe(self) -> str:
         if self.error_class:
@@ -224,6 +234,20 @@ def claim(
             )
         )
     return out
+
+
+def release(session: Session, claims: Sequence[Claimed]) -> int:
+    """Give back leases on claimed deliveries that were not sent (only leases still held)."""
+    released = 0
+    for c in claims:
+        released += _rowcount(
+            session.execute(
+                update(Delivery)
+                .where(col(Delivery.id) == c.id, col(Delivery.leased_until) == c.lease_token)
+                .values(leased_until=None)
+            )
+        )
+    return released
 
 
 def record(session: Session, results: Sequence[Result], *, run_id: str | None = None) -> list[str]:
