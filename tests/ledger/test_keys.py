@@ -1,16 +1,25 @@
-"""Every value derived from the instance secret stays byte-identical across refactors.
+"""Every value derived from the instance secret stays byte-identical across refactors, and the
+secret lives outside the database.
 
 Subject references, suppression hashes, link signatures and sealed webhook secrets are stored (or
 handed out) and must keep matching: these values were computed before the key derivation was
-gathered into ``keys.derive`` and pin it.
+gathered into ``keys.derive`` and pin it, whether the key comes from ``CONSENTFLOW_SECRET_KEY``
+or from the key file. The key file: generated at upgrade with mode 0600, never regenerated over
+keyed data, refused when others may read it; production mode needs an explicit key.
 """
 
+import stat
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+from sqlalchemy import inspect
+from sqlalchemy.engine import Engine
 
-from consentflow import db, keys, links, mail, settings
+from consentflow import db, keys, links, mail, settings, subjects
 from consentflow.delivery import secretbox
+from consentflow.errors import InvalidInput
 
 SECRET = b"pinned-secret-for-tests"
 
@@ -53,3 +62,118 @@ def test_link_tokens_and_sealed_secrets_are_pinned(engine, monkeypatch):
         )
         assert secretbox.open_secret(s, sealed) == "whsec_abc"
     settings.get_settings.cache_clear()
+
+
+# ---------------------------------------------------------------------------- the key file
+
+
+def _fresh_sqlite(tmp_path: Path, name: str = "ledger.db") -> Engine:
+    return db.make_engine(f"sqlite:///{tmp_path / name}")
+
+
+@pytest.fixture
+def no_secret_key(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for var in ("CONSENTFLOW_SECRET_KEY", "CONSENTFLOW_KEY_FILE", "CONSENTFLOW_ENV"):
+        monkeypatch.delenv(var, raising=False)
+    settings.get_settings.cache_clear()
+    yield
+    settings.get_settings.cache_clear()
+
+
+def test_upgrade_generates_an_owner_only_key_file_beside_sqlite(tmp_path, no_secret_key):
+    engine = _fresh_sqlite(tmp_path)
+    db.upgrade(engine)
+    path = tmp_path / "ledger.db.key"
+    assert keys.key_file_path(engine.url) == path
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with db.session_scope(engine) as s:
+        assert keys.instance_secret(s) == path.read_text().strip().encode()
+        assert "instance_key" not in inspect(s.connection()).get_table_names()
+    engine.dispose()
+
+
+def test_postgresql_key_files_live_in_the_data_directory(monkeypatch, tmp_path, no_secret_key):
+    monkeypatch.setenv("CONSENTFLOW_DATA_DIR", str(tmp_path / "data"))
+    settings.get_settings.cache_clear()
+    url = "postgresql://app@db.internal:5433/ledger"
+    assert keys.key_file_path(url) == tmp_path / "data" / "postgresql-db.internal-5433-ledger.key"
+    monkeypatch.setenv("CONSENTFLOW_KEY_FILE", str(tmp_path / "chosen.key"))
+    settings.get_settings.cache_clear()
+    assert keys.key_file_path(url) == tmp_path / "chosen.key"
+
+
+def test_a_key_file_holding_the_pinned_secret_gives_the_pinned_values(
+    engine, monkeypatch, tmp_path, no_secret_key
+):
+    """The file's text is the key's bytes, exactly as the database kept it before."""
+    path = tmp_path / "pinned.key"
+    path.write_text(SECRET.decode() + "\n")
+    path.chmod(0o600)
+    monkeypatch.setenv("CONSENTFLOW_KEY_FILE", str(path))
+    settings.get_settings.cache_clear()
+    now = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    with db.session_scope(engine) as s:
+        assert keys.instance_secret(s) == SECRET
+        token = links.issue(s, links.LinkAction.REVOKE, 7, 3, ttl=timedelta(days=1), now=now)
+    assert token.endswith(".mvZdJBWFB_-eJApLPzwfNhh2smm2A6pQ0JGwSgoZ5-o")
+
+
+def test_a_lost_key_file_is_refused_once_keyed_data_exists(tmp_path, no_secret_key):
+    engine = _fresh_sqlite(tmp_path)
+    db.upgrade(engine)
+    with db.session_scope(engine) as s:
+        subjects.add(s, "cust-1")
+    path = tmp_path / "ledger.db.key"
+    kept = path.read_bytes()
+    path.unlink()
+    with (
+        pytest.raises(InvalidInput, match=r"no key file at .*restore the key file"),
+        db.session_scope(engine) as s,
+    ):
+        keys.instance_secret(s)
+    with pytest.raises(InvalidInput, match="no key file"):
+        db.upgrade(engine)  # not even the upgrade makes a new key then
+    assert not path.exists()
+    path.write_bytes(kept)
+    path.chmod(0o644)
+    with (
+        pytest.raises(InvalidInput, match=r"readable by others .*chmod 600"),
+        db.session_scope(engine) as s,
+    ):
+        keys.instance_secret(s)
+    path.chmod(0o600)
+    with db.session_scope(engine) as s:
+        assert keys.instance_secret(s) == kept.strip()
+    engine.dispose()
+
+
+def test_a_key_made_on_first_use_is_the_one_every_unit_of_work_reads(tmp_path, no_secret_key):
+    engine = _fresh_sqlite(tmp_path)
+    db.upgrade(engine)
+    (tmp_path / "ledger.db.key").unlink()
+    with db.session_scope(engine) as first, db.session_scope(engine, readonly=True) as second:
+        assert keys.instance_secret(first) == keys.instance_secret(second)
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    engine.dispose()
+
+
+@pytest.mark.parametrize("key", [None, "short"])
+def test_production_mode_refuses_to_start_without_a_real_key(cli, monkeypatch, key):
+    monkeypatch.setenv("CONSENTFLOW_ENV", "production")
+    if key:
+        monkeypatch.setenv("CONSENTFLOW_SECRET_KEY", key)
+    else:
+        monkeypatch.delenv("CONSENTFLOW_SECRET_KEY", raising=False)
+    settings.get_settings.cache_clear()
+    try:
+        result = cli("db", "upgrade")
+    finally:
+        settings.get_settings.cache_clear()
+    assert result.code == 2
+    assert result.err.count("\n") == 1 and "needs CONSENTFLOW_SECRET_KEY" in result.err
+    monkeypatch.setenv("CONSENTFLOW_SECRET_KEY", "k" * 32)
+    settings.get_settings.cache_clear()
+    try:
+        assert cli("db", "upgrade").code == 0
+    finally:
+        settings.get_settings.cache_clear()
