@@ -6,11 +6,26 @@ The second imports in batches, each its own transaction, through the ledger's ba
 the same state, history and audit rows as single changes, a few statements per batch. Re-running
 the same file changes nothing (subjects and consents already present are left as they are), which
 also makes an interrupted import safe to finish by running it again.
+
+Invariants:
+
+- The first pass refuses everything the database would: a control character in any field (NUL
+  included: PostgreSQL refuses it), an id breaking the identifier rule
+  (``subjects.check_external_id``), a bad address or locale, a value longer than its column
+  (each rule reads the limit from the model). So a file that validates imports whole, and
+  ``--skip-bad`` imports every other row.
+- A row is named by the physical line its record starts on (1 is the header), also after a
+  quoted field holding line breaks; a malformed CSV names the line where parsing failed.
+- A file with a bad row and no ``skip_bad`` commits nothing, not even an audit entry. Every run
+  that commits leaves one ``import.run`` entry with its counts, even one that stops halfway
+  (``interrupted``: why; see ``import_file``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import re
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -23,12 +38,14 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from consentflow import audit, db, lifecycle, purposes
+from consentflow.actors import column_length, unprintable
 from consentflow.errors import ConsentflowError, InvalidInput
 from consentflow.keys import instance_secret, subject_ref
 from consentflow.models import ActorType, Channel, State, Subject, metadata, utcnow
 from consentflow.subjects import check_email, check_external_id, check_locale
 from consentflow.timeutil import parse_instant
 
+_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 COLUMNS = ("external_id", "email", "locale", "purpose", "state", "given_at", "valid_until")
 
 
@@ -49,6 +66,16 @@ class Report:
 
 
 @dataclass(frozen=True)
+class Record:
+    """One CSV record: the physical line it starts on, its fields by column, and how many
+    fields it has beyond the header's (negative: fewer)."""
+
+    line: int
+    fields: dict[str, str]
+    extra: int
+
+
+@dataclass(frozen=True)
 class Row:
     line: int
     external_id: str
@@ -60,13 +87,19 @@ class Row:
     valid_until: datetime | None
 
 
-def parse_row(
-    line: int, raw: dict[str, str | None], known_purposes: set[str], now: datetime
-) -> Row:
-    """Validate one CSV row; raises ``InvalidInput`` with what is wrong."""
-    if None in raw:
+def parse_row(record: Record, known_purposes: set[str], now: datetime) -> Row:
+    """Validate one CSV record; raises ``InvalidInput`` with what is wrong.
+
+    Every check the database would make is made here first: no field holds a control character
+    (PostgreSQL refuses NUL), and each stored value passes its rule, which holds it to its
+    column's length (``subjects.check_external_id``, ``check_email``, ``check_locale``)."""
+    if record.extra > 0:
         raise InvalidInput("more fields than the header has")
-    v = {k: (raw.get(k) or "").strip() for k in COLUMNS}
+    v = {k: record.fields.get(k, "").strip() for k in COLUMNS}
+    for name, value in v.items():
+        bad = unprintable(value)
+        if bad is not None:
+            raise InvalidInput(f"{name} contains the control character {bad}")
     purpose = v["purpose"] or None
     state = None
     if purpose is not None:
@@ -99,7 +132,7 @@ def parse_row(
         # One that ended before it arrived here comes in as what it is (effective_state).
         state = lifecycle.effective_state(state, valid_until, now)
     return Row(
-        line=line,
+        line=record.line,
         external_id=check_external_id(v["external_id"]),
         email=check_email(v["email"]),
         locale=check_locale(v["locale"]),
@@ -110,23 +143,43 @@ def parse_row(
     )
 
 
-def _reader(path: Path) -> Iterator[tuple[int, dict[str, str | None]]]:
+def _records(path: Path, fh: Iterable[str]) -> Iterator[Record]:
+    """Each record after the header, named by the physical line it starts on (a quoted field
+    may hold line breaks); blank lines are skipped."""
+    reader = csv.reader(fh, strict=True)
+    start = 1
+    try:
+        header = next(reader, [])
+        _check_header(path, header)
+        while True:
+            start = reader.line_num + 1
+            fields = next(reader, None)
+            if fields is None:
+                return
+            if not fields:
+                continue
+            yield Record(start, dict(zip(header, fields, strict=False)), len(fields) - len(header))
+    except csv.Error as exc:
+        where = reader.line_num if reader.line_num > start else start
+        opened = f" (the record starts on line {start})" if where != start else ""
+        raise InvalidInput(f"{path}:{where}: malformed CSV: {exc}{opened}") from None
+
+
+def _check_header(path: Path, header: list[str]) -> None:
+    if "external_id" not in header:
+        raise InvalidInput(
+            f"{path}: the header must name external_id (and {', '.join(COLUMNS[1:])})"
+        )
+    unknown = [h for h in header if h not in COLUMNS]
+    if unknown:
+        shown = ", ".join(repr(h) if unprintable(h) else h for h in unknown)
+        raise InvalidInput(f"{path}: unknown column(s) {shown}")
+
+
+def _reader(path: Path) -> Iterator[Record]:
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh, strict=True)
-            try:
-                header = reader.fieldnames or []
-                if "external_id" not in header:
-                    raise InvalidInput(
-                        f"{path}: the header must name external_id (and {', '.join(COLUMNS[1:])})"
-                    )
-                unknown = [h for h in header if h not in COLUMNS]
-                if unknown:
-                    raise InvalidInput(f"{path}: unknown column(s) {', '.join(unknown)}")
-                for raw in reader:
-                    yield reader.line_num, raw
-            except csv.Error as exc:
-                raise InvalidInput(f"{path}:{reader.line_num}: malformed CSV: {exc}") from None
+            yield from _records(path, fh)
     except FileNotFoundError:
         raise InvalidInput(f"no such file: {path}") from None
     except IsADirectoryError:
@@ -134,7 +187,20 @@ def _reader(path: Path) -> Iterator[tuple[int, dict[str, str | None]]]:
     except PermissionError:
         raise InvalidInput(f"cannot read {path}: permission denied") from None
     except UnicodeDecodeError:
-        raise InvalidInput(f"{path} is not UTF-8 text") from None
+        raise InvalidInput(
+            f"{path}:{_undecodable_line(path)}: this line is not UTF-8 text"
+        ) from None
+
+
+def _undecodable_line(path: Path) -> int:
+    """The physical line of the first byte that is not UTF-8 (text mode decodes a chunk at a time,
+    ahead of the parser, so the parser's line count cannot tell)."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return len(_LINE_BREAK.findall(data, 0, exc.start)) + 1
+    return 1
 
 
 def validate(path: Path, known_purposes: set[str], now: datetime) -> tuple[int, list[RowError]]:
@@ -143,10 +209,11 @@ def validate(path: Path, known_purposes: set[str], now: datetime) -> tuple[int, 
     subjects_seen: dict[str, tuple[int, int]] = {}  # external_id -> (hash of email+locale, line)
     consents_seen: dict[tuple[str, str], int] = {}
     rows = 0
-    for line, raw in _reader(path):
+    for record in _reader(path):
         rows += 1
+        line = record.line
         try:
-            row = parse_row(line, raw, known_purposes, now)
+            row = parse_row(record, known_purposes, now)
         except ConsentflowError as exc:
             errors.append(RowError(line, str(exc)))
             continue
@@ -180,28 +247,81 @@ def import_file(
     propagate: bool = False,
     batch_size: int = 5000,
 ) -> Report:
-    """Validate, then import ``path`` in batches. With bad rows and no ``skip_bad``: nothing."""
+    """Validate, then import ``path`` in batches. With bad rows and no ``skip_bad``: nothing.
+
+    Every run that commits anything leaves an ``import.run`` audit entry with its counts, also
+    one stopped halfway (the database gone, the file changed since it was validated): that entry
+    says ``interrupted`` and why, and the error is raised again."""
     now = utcnow()
     with Session(engine) as s:
         known = set(purposes.info(s))
     report = Report(import_id=uuid.uuid4().hex)
+    actor = lifecycle.Actor(
+        ActorType.IMPORT, Channel.IMPORT, name=_actor_name(path), run_id=report.import_id
+    )
     report.rows, report.errors = validate(path, known, now)
     if report.errors and not skip_bad:
         return report
     bad = {e.line for e in report.errors}
-    actor = lifecycle.Actor(
-        ActorType.IMPORT, Channel.IMPORT, name=f"import:{path.name}", run_id=report.import_id
-    )
-    batch: list[Row] = []
-    for line, raw in _reader(path):
-        if line in bad:
-            continue
-        batch.append(parse_row(line, raw, known, now))
-        if len(batch) >= batch_size:
+    committed = False
+    try:
+        for batch in _batches(path, bad, known, now, batch_size):
             _import_batch(engine, batch, actor, propagate, report)
+            committed = True
+    except BaseException as exc:
+        if committed:
+            with contextlib.suppress(Exception):  # the original error matters more
+                _record_run(engine, actor, report, propagate, interrupted=type(exc).__name__)
+        raise
+    _record_run(engine, actor, report, propagate)
+    return report
+
+
+def _actor_name(path: Path) -> str:
+    """``import:FILE`` as the audit trail records it: printable, cut to the column's length."""
+    name = "".join("?" if unprintable(c) else c for c in f"import:{path.name}")
+    return name[: column_length("consent_event", "actor")]
+
+
+def _batches(
+    path: Path, bad: set[int], known: set[str], now: datetime, size: int
+) -> Iterator[list[Row]]:
+    """The second pass: the good rows, ``size`` at a time."""
+    batch: list[Row] = []
+    for record in _reader(path):
+        if record.line in bad:
+            continue
+        try:
+            batch.append(parse_row(record, known, now))
+        except ConsentflowError as exc:
+            raise InvalidInput(
+                f"{path}:{record.line}: {exc} (the file changed while it was imported)"
+            ) from None
+        if len(batch) >= size:
+            yield batch
             batch = []
     if batch:
-        _import_batch(engine, batch, actor, propagate, report)
+        yield batch
+
+
+def _record_run(
+    engine: Engine,
+    actor: lifecycle.Actor,
+    report: Report,
+    propagate: bool,
+    interrupted: str | None = None,
+) -> None:
+    detail: dict[str, Any] = {
+        "import_id": report.import_id,
+        "rows": report.rows,
+        "subjects_created": report.subjects_created,
+        "consents_created": report.consents_created,
+        "unchanged": report.unchanged,
+        "bad_rows": len(report.errors),
+        "propagate": propagate,
+    }
+    if interrupted is not None:
+        detail["interrupted"] = interrupted
     with db.session_scope(engine) as s:
         audit.record(
             s,
@@ -210,17 +330,8 @@ def import_file(
             actor=actor.name,
             channel=actor.channel.value,
             run_id=report.import_id,
-            detail={
-                "import_id": report.import_id,
-                "rows": report.rows,
-                "subjects_created": report.subjects_created,
-                "consents_created": report.consents_created,
-                "unchanged": report.unchanged,
-                "bad_rows": len(report.errors),
-                "propagate": propagate,
-            },
+            detail=detail,
         )
-    return report
 
 
 def _subject_ids(session: Session, external_ids: Iterable[str]) -> dict[str, int]:

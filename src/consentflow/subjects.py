@@ -10,6 +10,16 @@ accepted). Every way in uses it: ``add`` (the CLI's ``subject add --email`` and
 ``POST /api/v1/subjects``) and the CSV import (``importer``). A refused address raises
 ``InvalidInput`` before anything is written.
 
+An external id (your own identifier for the person) goes through ``check_external_id``, the one
+identifier rule for every way in (``add``: the CLI's ``subject add`` and ``POST /api/v1/subjects``;
+the CSV import; the API's ``{subject}`` path and ``subject`` query parameters take
+``EXTERNAL_ID_PATTERN``): 1 to ``MAX_EXTERNAL_ID`` (the column's length, 200) of the characters
+``A-Z a-z 0-9 . _ : + -``, starting with a letter or a digit. So an id is always one URL path
+segment (no ``/``, no ``.``/``..``), never holds control characters, and is never an email
+address (no ``@``): ids appear in URLs, error messages and webhook bodies, where an address
+must not. A refused id raises ``InvalidInput`` naming the first character refused (never
+echoing the id). Subjects stored before this rule keep their id; only new ones must follow it.
+
 A locale goes through ``check_locale``: none given is stored as None (pages then follow the
 browser's ``Accept-Language``, emails and the receipt use English); a malformed tag is refused;
 a well-formed one is kept even without a catalog (it falls back to English when rendered).
@@ -17,28 +27,54 @@ a well-formed one is kept even without a catalog (it falls back to English when 
 
 from __future__ import annotations
 
+import re
+
 from sqlmodel import Session, select
 
 from consentflow import addresses, audit, i18n
-from consentflow.actors import Actor, audit_fields
+from consentflow.actors import Actor, audit_fields, check_text, column_length
 from consentflow.errors import Conflict, InvalidInput, NotFound
 from consentflow.keys import instance_secret, subject_ref
 from consentflow.models import Subject
 
-#: The longest language tag stored (RFC 5646 section 4.4.1 asks to support at least 35).
-MAX_LOCALE = 35
+#: The longest external id: the column's length.
+MAX_EXTERNAL_ID = column_length("subject", "external_id")
+#: The identifier rule as a regular expression (the API's path and query parameters use it).
+EXTERNAL_ID_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9._:+-]{{0,{MAX_EXTERNAL_ID - 1}}}$"
+_EXTERNAL_ID = re.compile(EXTERNAL_ID_PATTERN)
+_ID_CHAR = re.compile(r"[A-Za-z0-9._:+-]")
+#: The longest language tag stored: the column's length (RFC 5646 section 4.4.1 asks for 35).
+MAX_LOCALE = column_length("subject", "locale")
 
 
 def check_external_id(external_id: str) -> str:
+    """The id as stored (surrounding blanks trimmed), or ``InvalidInput`` saying what breaks the
+    identifier rule (see the module docstring); the id itself is never echoed."""
     external_id = external_id.strip()
-    if not external_id or len(external_id) > 200:
-        raise InvalidInput("the external id must be 1 to 200 characters")
-    return external_id
+    if _EXTERNAL_ID.match(external_id):
+        return external_id
+    rule = (
+        f"use 1 to {MAX_EXTERNAL_ID} letters, digits or . _ : + - (starting with a letter or digit)"
+    )
+    if not external_id or len(external_id) > MAX_EXTERNAL_ID:
+        raise InvalidInput(f"bad external id: {rule}")
+    if "@" in external_id:
+        raise InvalidInput(
+            "bad external id: an email address cannot be an id (no '@'); give your own "
+            "identifier for the person, and the address as their email"
+        )
+    bad = next((c for c in external_id if not _ID_CHAR.match(c)), None)
+    if bad is None:
+        raise InvalidInput(f"bad external id: it must start with a letter or digit; {rule}")
+    raise InvalidInput(f"bad external id: {bad!r} is not allowed; {rule}")
 
 
 def check_email(email: str | None) -> str | None:
     """The stored form of an optional address (``addresses.check``); ``InvalidInput`` if bad."""
-    return addresses.check(email)
+    stored = addresses.check(email)
+    if stored is not None:
+        check_text(stored, "subject", "email", "the email address")
+    return stored
 
 
 def check_locale(locale: str | None) -> str | None:

@@ -6,27 +6,22 @@ import base64
 import re
 import secrets
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from sqlmodel import Session, col, select
 
 from consentflow import audit, purposes, secretbox, webhook_urls
-from consentflow.actors import Actor, audit_fields
+from consentflow.actors import Actor, audit_fields, check_text, column_length
 from consentflow.errors import Conflict, InvalidInput, NotFound
 from consentflow.models import Purpose, System, SystemPurpose
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_NAME = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{column_length('system', 'name') - 1}}}$")
 
 
 def check_display_name(display_name: str | None) -> str | None:
     """The name people see, trimmed (None or blank: the system's name is shown)."""
     if display_name is None or not display_name.strip():
         return None
-    display_name = display_name.strip()
-    if len(display_name) > 200 or _CONTROL.search(display_name):
-        raise InvalidInput("the display name must be 1 to 200 printable characters")
-    return display_name
+    return check_text(display_name.strip(), "system", "display_name", "the display name")
 
 
 def new_secret() -> str:
@@ -35,10 +30,12 @@ def new_secret() -> str:
 
 
 def check_webhook_url(url: str) -> str:
-    """Shape check, then the SSRF rules (``webhook_urls``; checked again at every send)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidInput(f"bad webhook URL {url!r}: expected https://host/path")
+    """Length (the column's) and printable text, then shape and the SSRF rules
+    (``webhook_urls.check_registration``; checked again at every send). ``InvalidInput`` in one
+    line for any URL that breaks them, however malformed."""
+    check_text(url, "system", "webhook_url", "the webhook URL")
+    if any(c.isspace() for c in url):
+        raise InvalidInput("bad webhook URL: it must not contain spaces")
     return webhook_urls.check_registration(url)
 
 

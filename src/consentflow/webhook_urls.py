@@ -158,11 +158,15 @@ def permitted(host: str, addresses: Iterable[IPAddress], policy: Allowed) -> lis
 
 
 def _split(url: str) -> tuple[str, str, int]:
-    parts = urlsplit(url)
+    """(scheme, host, port) of a well-formed URL; ``InvalidInput`` (one line) for any other."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unclosed '[' of an IPv6 address, say
+        raise InvalidInput(f"bad webhook URL {url[:100]!r}: {exc}") from None
     try:
         port = parts.port
     except ValueError:
-        raise InvalidInput(f"bad webhook URL {url!r}: the port is not a number") from None
+        raise InvalidInput(f"bad webhook URL {url[:100]!r}: the port is not a number") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidInput(f"bad webhook URL {url!r}: expected https://host/path")
     if parts.username or parts.password:

@@ -165,8 +165,6 @@ def test_system_pause_resume_disable_enable_rotate(cli, receiver, engine):
 def test_commit_hook_emits_one_prefect_event_per_commit_and_none_on_rollback(
     prefect_harness, engine, monkeypatch
 ):
-    events.install()
-
     def commits() -> None:
         with pytest.raises(RuntimeError), db.session_scope(engine) as s:
             lifecycle.note_outbox(s, 3)
@@ -189,7 +187,6 @@ def test_a_committed_revocation_wakes_propagation_and_a_rolled_back_one_does_not
 ):
     from consentflow import purposes, subjects, systems
 
-    events.install()
     with db.session_scope(engine) as s:
         purposes.add(s, "news", title="News", validity_days=30)
         systems.add(s, "a", ["news"], webhook_url="http://127.0.0.1:9/a")

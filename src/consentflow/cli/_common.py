@@ -1,4 +1,15 @@
-"""What every command module shares: the Typer apps, output helpers, one session per command."""
+"""What every command module shares: the Typer apps, output helpers, one session per command.
+
+Bad input is one line on stderr and exit 2 before anything is written, whatever its kind:
+
+- an argument that is not valid UTF-8 (its undecodable bytes arrive as lone surrogates, which no
+  column can store) is refused before any command runs (``_Arguments.parse_args``);
+- a database that cannot be reached (wrong name, user, host, a missing SQLite directory) says
+  ``cannot connect to the database: ...`` (``connect``), not that the schema is missing;
+- a value the database itself refuses (``DataError``: too long, NUL, a bad encoding) that got
+  past the services' checks becomes ``InvalidInput`` in ``session`` rather than a
+  ``database error`` (exit 1), which is kept for faults that are not the request's.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +21,34 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
 from sqlmodel import Session
+from typer.core import TyperGroup
 
 from consentflow import db, timeutil, views
-from consentflow.delivery import events
+from consentflow.errors import InvalidInput
 from consentflow.settings import ENV_PREFIX, get_settings
 
+
+class _Arguments(TyperGroup):
+    """The root group: refuses an argument that is not valid UTF-8 before anything runs."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        for position, arg in enumerate(args, 1):
+            try:
+                arg.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                byte = ord(arg[exc.start]) - 0xDC00  # surrogateescape: U+DC80..U+DCFF
+                raise InvalidInput(
+                    f"argument {position} is not valid UTF-8 (byte 0x{byte:02x}): "
+                    "give every argument as UTF-8 text"
+                ) from None
+        return list(super().parse_args(ctx, args))
+
+
 app = typer.Typer(
+    cls=_Arguments,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -41,11 +73,6 @@ for sub, name in (
 
 @app.callback()
 def startup() -> None:
-    # The entry point's one side effect, explicit rather than on import: after a commit that
-    # enqueued deliveries (a revoke, a replay, an import with --propagate, resuming an
-    # endpoint), emit the event that wakes the propagate deployment. Commands that write no
-    # outbox rows never trigger it; nothing is emitted without PREFECT_API_URL.
-    events.install()
     _check_settings()
 
 
@@ -89,13 +116,40 @@ def parse_time(value: str | None, option: str) -> datetime | None:
     return timeutil.parse_instant(value, option)
 
 
+def connect(*, schema: bool = True) -> Engine:
+    """The configured database's engine, once it answers (and, with ``schema``, has ours).
+
+    A server that refuses the connection (an unknown database or role, a bad password, nothing
+    listening, a SQLite file in a missing directory) raises ``InvalidInput``
+    ``cannot connect to the database: WHY``, the driver's first line."""
+    engine = db.get_engine()
+    try:
+        with engine.connect():
+            pass
+    except (OperationalError, InterfaceError) as exc:
+        raise InvalidInput(f"cannot connect to the database: {first_line(exc)}") from None
+    if schema:
+        db.ensure_schema(engine)
+    return engine
+
+
 @contextmanager
 def session(*, readonly: bool = False) -> Iterator[Session]:
-    """One transaction for the whole command, on a database that has a schema."""
-    engine = db.get_engine()
-    db.ensure_schema(engine)
-    with db.session_scope(engine, readonly=readonly) as s:
-        yield s
+    """One transaction for the whole command, on a database that has a schema.
+
+    A value the database refuses (``DataError``) rolls the command back and is a mistake in the
+    request (exit 2), named in one line."""
+    engine = connect()
+    try:
+        with db.session_scope(engine, readonly=readonly) as s:
+            yield s
+    except DataError as exc:
+        raise InvalidInput(f"the database refused a value: {first_line(exc)}") from None
+
+
+def first_line(exc: DBAPIError) -> str:
+    """The first line of what the database driver said, spaces collapsed."""
+    return " ".join(str(exc.orig or exc).split("\n")[0].split())
 
 
 def fmt_time(ts: datetime | None) -> str:

@@ -1,9 +1,8 @@
 """Webhook commands: ``consentflow deliveries ...`` and the endpoint controls on ``system``.
 
 Sending itself is the ``propagate`` flow (``consentflow run propagate``). Loading this module has
-no side effect: the hook that emits a Prefect event after every commit that enqueued deliveries
-(so a ``consent revoke`` wakes the propagate deployment when a Prefect server is configured) is
-installed by the CLI's entry point (``consentflow.cli._common.startup``).
+no side effect. A ``--reason`` is held to the rule of every stored reason
+(``actors.check_reason``: printable, within its column) before anything is written.
 
 ``--json`` prints the views of ``consentflow.views``, with the API's field names.
 """
@@ -19,6 +18,7 @@ from typing import Annotated
 import typer
 
 from consentflow import feed, views
+from consentflow.actors import check_reason
 from consentflow.cli._common import JsonOpt, app, emit, fmt_time, parse_time, session, system_app
 from consentflow.delivery import health, ops
 from consentflow.errors import InvalidInput
@@ -27,6 +27,9 @@ deliveries_app = typer.Typer(
     no_args_is_help=True, help="Webhook deliveries: list, replay, redeliver, health, feed."
 )
 app.add_typer(deliveries_app, name="deliveries")
+
+
+_MAX_GRACE_HOURS = 24 * 366
 
 
 def _operator() -> str:
@@ -191,6 +194,8 @@ def _status_command(verb: str, doc: str) -> Callable[..., None]:
         reason: Annotated[str | None, typer.Option(help="Why, recorded with the change.")] = None,
         as_json: JsonOpt = False,
     ) -> None:
+        if reason is not None:
+            check_reason(reason)
         with session() as s:
             system, pending = ops.set_status(s, name, verb, reason=reason, actor=_operator())
         data = views.SystemStatusOut(
@@ -227,13 +232,16 @@ system_app.command("enable")(
 def system_rotate_secret(
     name: str,
     grace_hours: Annotated[
-        float, typer.Option(help="How long the old secret keeps signing alongside the new one.")
+        float,
+        typer.Option(
+            help="How long the old secret keeps signing alongside the new one (at most a year)."
+        ),
     ] = 24,
     as_json: JsonOpt = False,
 ) -> None:
     """A new webhook secret, printed once; the old one also signs during the grace period."""
-    if grace_hours < 0:
-        raise InvalidInput("--grace-hours must be 0 or more")
+    if not 0 <= grace_hours <= _MAX_GRACE_HOURS:  # also refuses nan
+        raise InvalidInput(f"--grace-hours must be 0 to {_MAX_GRACE_HOURS}")
     with session() as s:
         secret = ops.rotate_secret(s, name, grace=timedelta(hours=grace_hours), actor=_operator())
     data = views.SecretRotated(name=name, webhook_secret=secret, grace_hours=grace_hours)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from sqlalchemy.exc import DataError
 
 from consentflow import (
     access,
@@ -26,10 +27,12 @@ from consentflow.cli._common import (
     JsonOpt,
     app,
     audit_app,
+    connect,
     consent_app,
     db_app,
     emit,
     fail,
+    first_line,
     fmt_time,
     parse_time,
     session,
@@ -44,6 +47,7 @@ from consentflow.models import ActorType, Channel
 @db_app.command("upgrade")
 def db_upgrade(as_json: JsonOpt = False) -> None:
     """Create the schema, or upgrade it to this version of consentflow."""
+    connect(schema=False)
     revision = db.upgrade()
     emit(
         views.Revision(revision=revision),
@@ -97,11 +101,12 @@ def subject_import(
     """Bulk-migrate subjects and consents from another platform (idempotent on re-run)."""
     from consentflow import importer
 
-    engine = db.get_engine()
-    db.ensure_schema(engine)
-    report = importer.import_file(
-        engine, file, skip_bad=skip_bad, propagate=propagate, batch_size=batch_size
-    )
+    try:
+        report = importer.import_file(
+            connect(), file, skip_bad=skip_bad, propagate=propagate, batch_size=batch_size
+        )
+    except DataError as exc:  # validation should have caught it: say so, no traceback
+        fail(f"{file}: the database refused a value: {first_line(exc)}", 2)
     if report.errors and not skip_bad:
         for err in report.errors[:1000]:
             typer.echo(f"{file}:{err.line}: {err.message}", err=True)

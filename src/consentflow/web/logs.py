@@ -1,12 +1,19 @@
-"""What the access log may say: no link tokens, no subject ids, no query strings.
+"""What the access log may say: no link tokens, no subject ids, no query strings, no addresses.
 
 A link token (``/l/TOKEN``) lets anyone who holds it act on a person's consent, a subject's
-external id (``/api/v1/subjects/ID/...``) may be an email address, and query strings carry both
+external id (``/api/v1/subjects/ID/...``) names a person, and query strings carry both
 (``check?subject=...``). ``consentflow serve`` attaches ``AccessLogRedactor`` to uvicorn's access
 logger (by name, in its logging configuration), so each line keeps the client, method, route,
 protocol and status, and loses the rest:
 ``GET /l/{token}``, ``POST /api/v1/subjects/{subject}/consents/news/grant``,
 ``GET /api/v1/check``.
+
+The rules hold wherever the app is mounted (a ``--root-path`` or proxy prefix comes before
+them) and whatever the client sends: an id holding an encoded ``/`` (``%2F``, which uvicorn logs
+decoded) is redacted up to the route's known tail, so none of it is kept; and any other path
+segment that holds an ``@`` (``%40``) is logged as ``{redacted}``, so an email address never
+reaches the log, even on a path no route serves. (New ids cannot hold ``/`` or ``@`` at all:
+``subjects.check_external_id``.)
 """
 
 from __future__ import annotations
@@ -16,18 +23,21 @@ import re
 
 ACCESS_LOGGER = "uvicorn.access"
 
+#: What may follow a subject's id: the routes of ``web/api/subjects.py`` and ``consents.py``.
+_SUBJECT_TAIL = r"(?:/consents(?:/[^/]+/[^/]+)?|/history|/receipt|/links)?/?$"
 _REDACTIONS = [
-    (re.compile(r"^/l/[^/]*"), "/l/{token}"),
-    (re.compile(r"^/api/v1/subjects/[^/]+"), "/api/v1/subjects/{subject}"),
+    (re.compile(r"/l/[^/]*"), "/l/{token}"),
+    (re.compile(rf"/api/v1/subjects/.+?(?={_SUBJECT_TAIL})"), "/api/v1/subjects/{subject}"),
 ]
+_ADDRESS_SEGMENT = re.compile(r"(?<=/)[^/]*(?:@|%40)[^/]*", re.IGNORECASE)
 
 
 def redact_path(path: str) -> str:
-    """The path without its query string, link token or subject id."""
+    """The path without its query string, link token, subject id or anything like an address."""
     path = path.partition("?")[0]
     for pattern, replacement in _REDACTIONS:
         path = pattern.sub(replacement, path, count=1)
-    return path
+    return _ADDRESS_SEGMENT.sub("{redacted}", path)
 
 
 class AccessLogRedactor(logging.Filter):

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 
+from consentflow import subjects
 from consentflow.errors import InvalidInput
 from consentflow.timeutil import parse_instant
 from consentflow.tokens import TokenInfo
@@ -21,10 +22,12 @@ API_PREFIX = "/api/v1"
 MAX_ID = 2**31 - 1
 MAX_CURSOR = 2**63 - 1
 
+#: The identifier rule (``subjects.check_external_id``), so an id the ledger would refuse is a
+#: 422 naming the parameter before a route runs, whether it is in the path or the query.
 _SUBJECT: dict[str, Any] = {
     "min_length": 1,
-    "max_length": 200,
-    "pattern": _PRINTABLE,
+    "max_length": subjects.MAX_EXTERNAL_ID,
+    "pattern": subjects.EXTERNAL_ID_PATTERN,
     "examples": ["alice"],
 }
 _SYSTEM: dict[str, Any] = {"pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", "examples": ["crm"]}
@@ -36,6 +39,7 @@ PurposePath = Annotated[
 SystemPath = Annotated[str, Path(**_SYSTEM)]
 IdPath = Annotated[int, Path(ge=1, le=MAX_ID, examples=[1])]
 SubjectQuery = Annotated[str, Query(**_SUBJECT)]
+SubjectFilter = Annotated[str | None, Query(description="Only this subject", **_SUBJECT)]
 PurposeQuery = Annotated[
     str, Query(min_length=1, max_length=64, pattern=_PRINTABLE, examples=["news"])
 ]
