@@ -1,12 +1,17 @@
-"""Alembic migrations: they build exactly the schema the models describe, on both databases."""
+"""Alembic migrations: they build exactly the schema the models describe, on both databases, and
+an older database's key leaves it for the key file (0002)."""
 
 from __future__ import annotations
 
+import json
+import secrets
+import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -15,7 +20,8 @@ from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session
 
-from consentflow import audit, db, models
+from consentflow import audit, db, keys, links, models, settings
+from consentflow.errors import InvalidInput
 
 
 def differences(engine: Engine) -> list[object]:
@@ -93,3 +99,56 @@ def test_upgrade_is_idempotent(engine: Engine) -> None:
     with engine.connect() as conn:
         versions = conn.execute(text("SELECT version_num FROM alembic_version")).all()
     assert [v[0] for v in versions] == [first]
+
+
+def _link_signed_with(secret: bytes) -> str:
+    """A preference link for subject 1 as ``links.issue`` signs it under ``secret``."""
+    claims = {"a": "preferences", "s": 1, "p": None, "e": 4102444800}
+    body = links._b64(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
+    sig = keys.derive(links._key(secret, links.LinkAction.PREFERENCES), body)
+    return f"{body}.{links._b64(sig)}"
+
+
+def test_upgrade_moves_an_older_databases_key_to_the_key_file(
+    empty_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An installation from before 0002 kept its generated key in ``instance_key``: the upgrade
+    writes it to the key file once (links already sent keep working) and drops it from the
+    database; a different key already in the file stops the upgrade before anything changes."""
+    for var in ("CONSENTFLOW_SECRET_KEY", "CONSENTFLOW_KEY_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("CONSENTFLOW_DATA_DIR", str(tmp_path / "data"))
+    settings.get_settings.cache_clear()
+    command.upgrade(db.alembic_config(empty_engine), "0001")
+    legacy = "legacy-" + secrets.token_urlsafe(32)
+    with empty_engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO instance_key (id, secret, created_at) VALUES (1, :s, :t)"),
+            {"s": legacy, "t": "2025-01-01 00:00:00"},
+        )
+    sent = _link_signed_with(legacy.encode())  # a link emailed before the upgrade
+    path = keys.key_file_path(empty_engine.url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("another-key-entirely-0123456789\n")
+    path.chmod(0o600)
+    with pytest.raises(InvalidInput, match="holds a different key"):
+        db.upgrade(empty_engine)
+    with empty_engine.connect() as conn:
+        assert conn.execute(text("SELECT secret FROM instance_key")).scalar_one() == legacy
+        assert MigrationContext.configure(conn).get_current_revision() == "0001"
+    path.unlink()
+
+    assert db.upgrade(empty_engine) == head_revision(empty_engine)
+    assert path.read_text().strip() == legacy
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert "instance_key" not in inspect(empty_engine).get_table_names()
+    assert differences(empty_engine) == []
+    with db.session_scope(empty_engine) as s:
+        assert keys.instance_secret(s) == legacy.encode()
+        assert links.verify(s, sent, links.LinkAction.PREFERENCES).subject_id == 1
+    if empty_engine.dialect.name == "sqlite":
+        empty_engine.dispose()
+        file = Path(str(empty_engine.url.database))
+        raw = b"".join(p.read_bytes() for p in file.parent.glob(file.name + "*") if p != path)
+        assert legacy.encode() not in raw
+    settings.get_settings.cache_clear()
