@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func
+from sqlalchemy import func, text
 from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -407,3 +407,145 @@ def test_twenty_thousand_rows(ledger: Engine, tmp_path: Path) -> None:
     assert seqs == {2}
     again = importer.import_file(ledger, path)
     assert (again.subjects_created, again.consents_created, again.unchanged) == (0, 0, 20_000)
+
+
+# ------------------------------------------------------- what the database would refuse (14.2)
+
+#: Issue 14, defect 2: each of these passed validation and failed mid-import (PostgreSQL refuses
+#: NUL; every database refuses the identifier rule now) after earlier batches had committed.
+REFUSED: list[tuple[str, str]] = [
+    ("nul\x00id,,,news,given,2026-01-01,", "external_id contains the control character '\\x00'"),
+    ("tab,,,news\x01,given,,", "purpose contains the control character '\\x01'"),
+    ("longloc,,en-" + "-".join(["abcdefgh"] * 4) + ",,,,", "bad locale"),
+    ("longmail," + "a" * 300 + "@example.com,,,,,", "bad email address"),
+    ("a/b,,,news,given,,", "bad external id: '/' is not allowed"),
+    ("ann@example.com,,,,,,", "an email address cannot be an id"),
+    ("x" * 201 + ",,,,,,", "bad external id: use 1 to 200"),
+]
+
+
+def _refused_file(tmp_path: Path) -> tuple[Path, dict[int, str], int]:
+    """Good rows around the refused ones; one good record spans two physical lines (a quoted
+    field with a line break), so every later row's line differs from its record number."""
+    lines = [HEADER.rstrip("\n")]
+    lines += [f"s{i},,,news,given,2026-01-01," for i in range(5)]
+    lines += ['"spread\n",,,news,refused,,']  # two physical lines, one record
+    expected: dict[int, str] = {}
+    for row, phrase in REFUSED:
+        expected[sum(part.count("\n") + 1 for part in lines) + 1] = phrase
+        lines.append(row)
+        lines.append(f"after{len(expected)},,,news,given,,")
+    path = tmp_path / "refused.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path, expected, 6 + len(REFUSED)
+
+
+def test_a_file_the_database_would_refuse_commits_nothing_and_names_each_line(
+    cli: Any, ledger: Engine, tmp_path: Path
+) -> None:
+    path, expected, good = _refused_file(tmp_path)
+    before = counts(ledger)
+    r = cli("subject", "import", str(path), "--batch-size", "2")
+    assert r.code == 2 and "Traceback" not in r.err, r.err
+    named = {int(line.split(":")[1]): line for line in r.err.splitlines()[:-1]}
+    assert sorted(named) == sorted(expected), r.err
+    for line, phrase in expected.items():
+        assert phrase in named[line], (line, named[line])
+    assert counts(ledger) == before  # not one batch, not even the run's audit entry
+
+    r = cli("subject", "import", str(path), "--batch-size", "2", "--skip-bad", "--json")
+    assert r.code == 0, r.err
+    data = json.loads(r.out)
+    assert (data["subjects_created"], data["consents_created"]) == (good, good)
+    assert sorted(b["line"] for b in data["bad_rows"]) == sorted(expected)
+    with Session(ledger) as s:
+        assert subjects_named(s) >= {"s0", "spread", "after1", f"after{len(REFUSED)}"}
+        [run] = s.exec(select(AuditEntry).where(AuditEntry.action == "import.run")).all()
+        assert run.detail["bad_rows"] == len(REFUSED) and "interrupted" not in run.detail
+        assert audit.verify(s).ok
+
+
+def subjects_named(s: Session) -> set[str]:
+    return set(s.exec(select(Subject.external_id)).all())
+
+
+def _refuse_subject_inserts_named(engine: Engine, name: str) -> None:
+    """A real fault: the database itself refuses one subject (a trigger), as it would a value
+    that got past validation, or a connection lost halfway."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.execute(
+                text(
+                    "CREATE TRIGGER refuse_one BEFORE INSERT ON subject "
+                    f"WHEN NEW.external_id = '{name}' "
+                    "BEGIN SELECT RAISE(ABORT, 'refused by the test trigger'); END"
+                )
+            )
+            return
+        conn.execute(
+            text(
+                "CREATE FUNCTION refuse_one() RETURNS trigger AS $$ BEGIN "
+                f"IF NEW.external_id = '{name}' THEN "
+                "RAISE EXCEPTION 'refused by the test trigger'; END IF; RETURN NEW; END $$ "
+                "LANGUAGE plpgsql"
+            )
+        )
+        conn.execute(
+            text(
+                "CREATE TRIGGER refuse_one BEFORE INSERT ON subject "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_one()"
+            )
+        )
+
+
+def test_an_import_stopped_halfway_leaves_its_run_entry_and_finishes_on_a_rerun(
+    cli: Any, ledger: Engine, tmp_path: Path
+) -> None:
+    path = write(tmp_path, HEADER + "".join(f"p{i},,,news,given,,\n" for i in range(5)))
+    _refuse_subject_inserts_named(ledger, "p3")
+    r = cli("subject", "import", str(path), "--batch-size", "2")
+    assert r.code == 1 and "Traceback" not in r.err and len(r.err.splitlines()) == 1, r.err
+    assert "refused by the test trigger" in r.err
+    with Session(ledger) as s:
+        assert subjects_named(s) == {"p0", "p1"}  # the first batch committed
+        [run] = s.exec(select(AuditEntry).where(AuditEntry.action == "import.run")).all()
+        assert run.detail["interrupted"] and run.detail["subjects_created"] == 2
+        assert audit.verify(s).ok
+    with ledger.begin() as conn:
+        conn.execute(text("DROP TRIGGER refuse_one" + ("" if _sqlite(ledger) else " ON subject")))
+    r = cli("subject", "import", str(path), "--json")
+    assert r.code == 0, r.err
+    assert (json.loads(r.out)["subjects_created"], json.loads(r.out)["unchanged"]) == (3, 2)
+
+
+def _sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "phrase"),
+    [
+        ('a,,,news,given,,\nb,,,news,given,,\n"c"x,,,,,,\n', 4, "',' expected after '\"'"),
+        ('a,,,news,given,,\n"b\n\nc",,,,,,\nd,"open,,,,,\n', 6, "unexpected end of data"),
+        ('a,,,news,given,,\n"b\n\nc",,,,,,\n"d\nx,,,,,,\n', 7, "starts on line 6"),
+    ],
+    ids=["bad-quote", "unclosed-at-the-end", "unclosed-spanning"],
+)
+def test_a_malformed_csv_names_the_line_it_breaks_on(
+    cli: Any, ledger: Engine, tmp_path: Path, body: str, line: int, phrase: str
+) -> None:
+    """Issue 14, defect 10: CSV parse errors pointed at line 1 (or the line before)."""
+    path = write(tmp_path, HEADER + body)
+    before = counts(ledger)
+    r = cli("subject", "import", str(path))
+    assert r.code == 2 and len(r.err.splitlines()) == 1, r.err
+    assert r.err.startswith(f"consentflow: {path}:{line}: malformed CSV") and phrase in r.err
+    assert counts(ledger) == before
+
+
+def test_a_line_that_is_not_utf8_is_named(cli: Any, ledger: Engine, tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    rows = "".join(f"u{i},,,news,given,,\r\n" for i in range(3000)).encode()  # past one chunk
+    path.write_bytes(HEADER.encode() + rows + "z\xe9,,,,,,\n".encode("latin-1"))
+    r = cli("subject", "import", str(path))
+    assert r.code == 2 and r.err.strip() == f"consentflow: {path}:3002: this line is not UTF-8 text"
