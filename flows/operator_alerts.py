@@ -2,10 +2,11 @@
 were dead-lettered, or that an endpoint is failing.
 
 Started by the deployment ``operator-alerts/on-event`` (``prefect.yaml``), whose triggers fire on
-``prefect.flow-run.Failed`` / ``prefect.flow-run.Crashed`` of the consentflow flows and on the
-events ``consentflow.delivery.dead_lettered`` / ``consentflow.endpoint.failing``; the trigger fills
-the parameters from the event (event name, resource, run id, flow, state, state message). An
-operator may also start it by hand from the UI to test the channels.
+``prefect.flow-run.Failed`` / ``TimedOut`` / ``Crashed`` of the consentflow flows and on the
+events ``consentflow.delivery.dead_lettered`` / ``consentflow.endpoint.failing``; the trigger
+fills the parameters from the event (event name, resource, run id, flow, state, state message).
+An operator may also start it by hand with no parameters (event ``consentflow.alert.test``) to
+check the channels.
 
 What one run does:
 
@@ -46,6 +47,8 @@ FLOW = "operator-alerts"
 #: A flow run id as the trigger passes it: a UUID, or Prefect's resource id for it.
 _HEX = "[0-9a-fA-F]"
 RUN_ID = rf"^((prefect\.flow-run\.)?{_HEX}{{8}}(-{_HEX}{{4}}){{3}}-{_HEX}{{12}})?$"
+#: The event of a run started by hand to check the channels.
+TEST_EVENT = "consentflow.alert.test"
 #: The most of a state message an alert quotes.
 MESSAGE_MAX = 500
 
@@ -106,6 +109,8 @@ def compose(event: str, resource: str, run_id: str, flow: str, state: str, messa
 def title_for(event: str, resource: str, flow: str, state: str) -> str:
     """A subject line that says what happened: ``consentflow: propagate run Crashed``."""
     system = resource.removeprefix("consentflow.endpoint.")
+    if event == TEST_EVENT:
+        return "consentflow: test alert (the alert channels work)"
     if event == "consentflow.delivery.dead_lettered":
         return f"consentflow: deliveries dead-lettered at endpoint {system}"
     if event == "consentflow.endpoint.failing":
@@ -197,9 +202,10 @@ def operator_alerts(
             min_length=1,
             max_length=200,
             description="What happened: the Prefect event's name, e.g. prefect.flow-run.Crashed "
-            "or consentflow.delivery.dead_lettered.",
+            f"or consentflow.delivery.dead_lettered; {TEST_EVENT} (the default) sends a test "
+            "alert.",
         ),
-    ],
+    ] = TEST_EVENT,
     resource: Annotated[
         str,
         Field(

@@ -44,4 +44,5 @@ pytest_plugins = [
     "tests.support.cli",
     "tests.support.smtp",
     "tests.support.webhooks",
+    "tests.support.prefect_server",
 ]
