@@ -56,6 +56,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -267,7 +268,10 @@ class _Run:
     logger: runlog.Logger = field(default_factory=runlog.logger)
     claimed: int = 0
     deadline: float | None = None
-    gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4))
+    #: The threads that talk to the database (at most 4 sessions at a time).
+    pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(4, thread_name_prefix="consentflow-delivery")
+    )
 
     def clock(self) -> datetime:
         return self.now or utcnow()
@@ -277,13 +281,27 @@ class _Run:
             return True
         return self.options.limit is not None and self.claimed >= self.options.limit
 
-    async def db(self, fn: Callable[[Session], Any]) -> Any:
+    def _submit(self, fn: Callable[[Session], Any]) -> Future[Any]:
         def work() -> Any:
             with db.session_scope(self.engine) as session:
                 return fn(session)
 
-        async with self.gate:
-            return await asyncio.to_thread(work)
+        return self.pool.submit(work)
+
+    async def db(self, fn: Callable[[Session], Any]) -> Any:
+        """``fn`` in a transaction of its own, in a database thread."""
+        return await asyncio.wrap_future(self._submit(fn))
+
+    async def db_committed(self, fn: Callable[[Session], Any]) -> Any:
+        """Like ``db``, but a cancel (even the event loop's shutdown cancelling every task) does
+        not stop it: the transaction is waited for, then the cancel goes on."""
+        work = self._submit(fn)
+        try:
+            return await asyncio.shield(asyncio.wrap_future(work))
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                work.result()  # blocks: a few milliseconds, once, while the run stops
+            raise
 
 
 def _claim_for(
@@ -316,7 +334,7 @@ async def _record_now(run: _Run, result: Result) -> str:
     """``record`` one result; if that fails, record the attempt without what the receiver wrote
     (``Result.unrecordable``). Only a failure of that too (the database is gone) raises."""
     try:
-        outcome: str = await run.db(
+        outcome: str = await run.db_committed(
             functools.partial(_record_for, result=result, run_id=run.run_id)
         )
     except Exception as exc:
@@ -330,7 +348,9 @@ async def _record_now(run: _Run, result: Result) -> str:
             type(exc).__name__,
         )
         result = result.unrecordable(exc)
-        outcome = await run.db(functools.partial(_record_for, result=result, run_id=run.run_id))
+        outcome = await run.db_committed(
+            functools.partial(_record_for, result=result, run_id=run.run_id)
+        )
     run.report.note(result, outcome)
     if run.on_result:
         run.on_result(result.claimed.system, outcome)
@@ -436,11 +456,14 @@ async def adeliver_due(
     )
     if run.options.max_seconds is not None:
         run.deadline = time.monotonic() + run.options.max_seconds
-    async with make_client(run.options.total_timeout()) as client:
-        failure = await _drive(run, client)
-    held = await run.db(lambda s: held_counts(s, run.options.systems))
-    for name, n in held.items():
-        run.report.add(name, HELD, n)
+    try:
+        async with make_client(run.options.total_timeout()) as client:
+            failure = await _drive(run, client)
+        held = await run.db(lambda s: held_counts(s, run.options.systems))
+        for name, n in held.items():
+            run.report.add(name, HELD, n)
+    finally:
+        run.pool.shutdown(wait=True)  # every record started is committed (or failed) first
     if run.report.dead:  # one alert per run, after the dead letters are committed
         await asyncio.to_thread(
             alerts.dead_lettered, run.report.dead, run_id=run.run_id, logger=run.logger
