@@ -14,7 +14,8 @@ by the database itself (``delivery.wakeup``).
 Resources are ``consentflow.endpoint.<system name>`` (``consentflow.propagate.loop`` for the
 last); Prefect adds the flow run as a related resource. Payloads hold counts only: never a
 person, an address, a URL or a secret. ``emit`` never raises: the run's audit entry and state
-are the record, an event is a notification.
+are the record, an event is a notification. Events are queued and sent in the background;
+Prefect sends what is still queued when the process exits.
 
 ``install()`` is a no-op kept for the callers that still call it (it used to add the
 after-commit ``consentflow.consent.withdrawn`` wake-up, now removed); they are to drop the call.
@@ -54,16 +55,6 @@ def emit(event: str, resource: dict[str, str], payload: Mapping[str, Any]) -> bo
     except Exception as exc:  # the run's record stands; a lost event only loses a notification
         log.warning("could not emit %s: %s", event, type(exc).__name__)
         return False
-
-
-def flush(timeout: float = 5.0) -> None:
-    """Send the events still queued in this process (before it may exit). Never raises."""
-    try:
-        from prefect.events.worker import EventsWorker
-
-        EventsWorker.drain_all(timeout=timeout)
-    except Exception as exc:
-        log.warning("could not flush Prefect events: %s", type(exc).__name__)
 
 
 def failing(by_system: Mapping[str, Mapping[str, int]]) -> list[str]:
