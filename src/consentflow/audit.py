@@ -123,9 +123,7 @@ def evidence_digest(secret: bytes, evidence: Any) -> str | None:
 
 def _with_evidence(session: Session, items: list[Entry]) -> list[Entry]:
     """Format 2: each consent entry naming its event gets ``v`` and its evidence's hash."""
-    chained = [
-        e for e in items if e.action.startswith("consent.") and "event_id" in e.detail
-    ]
+    chained = [e for e in items if e.action.startswith("consent.") and "event_id" in e.detail]
     chained = [e for e in chained if "v" not in e.detail]
     if not chained:
         return items

@@ -191,10 +191,10 @@ def _check_subjects(walk: _Walk, subjects: Sequence[Any]) -> None:
     ):
         events[ev.subject_id].append(ev)
     walk.events += sum(len(v) for v in events.values())
-    entries = s.exec(
+    entries: Sequence[Any] = s.exec(
         select(*_ENTRY_COLUMNS).where(
             col(AuditEntry.subject_ref).in_(list(refs.values())),
-            or_(col(AuditEntry.action).startswith("consent."), AuditEntry.action == _CREATED),
+            or_(col(AuditEntry.action).startswith("consent."), col(AuditEntry.action) == _CREATED),
         )
     ).all()
     anchored = {e.subject_ref for e in entries if e.action == _CREATED}

@@ -20,7 +20,7 @@ from sqlalchemy import delete, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from consentflow import audit, db, integrity, lifecycle, purposes, subjects
+from consentflow import audit, db, importer, integrity, lifecycle, purposes, subjects
 from consentflow.lifecycle import Actor
 from consentflow.models import (
     ActorType,
@@ -162,6 +162,37 @@ def test_untouched_record_verifies(record: Engine, cli: Any) -> None:
     assert result["ok"] and result["history_ok"] and result["findings"] == []
 
 
+def test_a_busy_record_verifies(record: Engine, tmp_path: Any) -> None:
+    """Every way the ledger writes (imports of each state, requests, refusals, renewals, batch
+    expiry, a material revision and invalidation) leaves a record that verifies: no finding is
+    a false alarm."""
+    csv = tmp_path / "in.csv"
+    csv.write_text(
+        "external_id,email,locale,purpose,state,given_at,valid_until\n"
+        "imp-1,,,news,given,2025-01-01,\n"
+        "imp-2,,,news,expired,,2025-02-01\n"
+        "imp-3,,fr,offers,withdrawn,2025-01-01,\n"
+        "imp-4,,,offers,refused,,\n"
+        "imp-5,,,news,requested,,\n"
+    )
+    assert not importer.import_file(record, csv).errors
+    with db.session_scope(record) as s:
+        lifecycle.request(s, "bob", "news", Actor())
+        lifecycle.refuse(s, "bob", "news", Actor())
+        lifecycle.grant(s, "imp-5", "news", Actor())
+        lifecycle.renew(s, "bob", "offers", Actor(reason="still keen"))
+        lifecycle.grant(s, "alice", "offers", Actor())
+    with db.session_scope(record) as s:
+        assert lifecycle.expire_due(s, as_of=datetime.now(UTC) + timedelta(days=40))
+    with db.session_scope(record) as s:
+        lifecycle.grant(s, "alice", "news", Actor())
+        purposes.revise(s, "offers", material=True, title="Offers and deals")
+    with db.session_scope(record) as s:
+        assert lifecycle.invalidate_stale(s, "offers")
+    with Session(record) as s:
+        assert integrity.check(s, chunk=2)["findings"] == []
+
+
 @pytest.mark.parametrize("edit", list(EDITS))
 def test_each_edit_of_the_record_is_reported(record: Engine, cli: Any, edit: str) -> None:
     EDITS[edit](record)
@@ -230,9 +261,7 @@ def _rechain(engine: Engine, seq: int, change: Callable[[dict[str, Any]], None])
 
 def _consent_entry(engine: Engine) -> int:
     with Session(engine) as s:
-        return s.exec(
-            select(AuditEntry.seq).where(AuditEntry.action == "consent.revoke")
-        ).one()
+        return s.exec(select(AuditEntry.seq).where(AuditEntry.action == "consent.revoke")).one()
 
 
 @pytest.mark.parametrize("missing", ["event_id", "to", "v"])

@@ -47,7 +47,11 @@ def test_add_records_version_one(engine: Engine) -> None:
     assert (info.current_version, info.material_version, info.validity_days) == (1, 1, 30)
     ((action, key, detail),) = audit_actions(engine)
     assert (action, key) == ("purpose.created", "news")
+    with Session(engine) as s:
+        stored = s.exec(select(PurposeVersion)).one()
     assert detail == {
+        "v": 2,
+        "notice": purposes.notice_digest(stored),
         "version": 1,
         "title": "News",
         "lawful_basis": "consent",
@@ -264,3 +268,20 @@ def test_bad_texts_change_nothing(engine: Engine, texts: Any, phrase: str) -> No
     with pytest.raises(InvalidInput, match="nothing to revise"), db.session_scope(engine) as s:
         purposes.revise(s, "news", material=False, texts={"FR": {"title": "A"}})  # the same
     assert version_rows(engine) == before
+
+
+def test_published_notice_text_is_chained(engine: Engine) -> None:
+    """The whole notice (description and every translation included) is hashed into the entry
+    that publishes it, so an edit of the stored text no longer matches the chain."""
+    with db.session_scope(engine) as s:
+        purposes.add(s, "news", title="News", validity_days=30, description="Weekly.")
+        purposes.revise(s, "news", material=False, texts={"fr": {"title": "Infos"}})
+    with Session(engine) as s:
+        stored = s.exec(select(PurposeVersion).order_by(col(PurposeVersion.version))).all()
+    chained = [d["notice"] for a, _, d in audit_actions(engine) if a.startswith("purpose.")]
+    assert chained == [purposes.notice_digest(v) for v in stored]
+    assert len(set(chained)) == 2
+    edited = stored[1].model_copy(update={"texts": {"fr": {"title": "Autre"}}})
+    assert purposes.notice_digest(edited) != chained[1]
+    edited = stored[0].model_copy(update={"description": "Daily."})
+    assert purposes.notice_digest(edited) != chained[0]
