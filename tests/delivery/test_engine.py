@@ -356,6 +356,26 @@ def test_disabled_by_410_enable_delivers_the_held_rows(engine, receiver):
     assert {d.state for d in deliveries(engine)} == {"delivered"}
 
 
+def test_410_mid_batch_sends_no_more_and_gives_back_the_leases(engine, receiver):
+    ledger(engine, receiver, {"crm": "/hook"}, subjects_n=5)
+    receiver.set("/hook", status=410)
+    revoke(engine, 5)
+    now = utcnow()
+    report = eng.deliver_due(
+        engine, options=eng.Options(timeout=5.0, per_endpoint=1, batch_size=5), now=now
+    )
+    assert len(receiver.requests) == 1 and report.by_system() == {
+        "crm": {eng.DISABLED: 1, eng.HELD: 5}
+    }
+    assert report.failing_systems() == ["crm"] and report.attempted() == 1
+    assert {d.leased_until for d in deliveries(engine)} == {None}  # held, not leased
+    receiver.set("/hook", status=200)
+    with db.session_scope(engine) as s:
+        ops.set_status(s, "crm", "enable", actor="test")
+    eng.deliver_due(engine, options=FAST, now=now)  # at once: no lease to wait out
+    assert {d.state for d in deliveries(engine)} == {"delivered"}
+
+
 def test_rolled_back_revocation_produces_no_delivery(engine, receiver):
     ledger(engine, receiver, {"crm": "/hook"})
     with pytest.raises(RuntimeError), db.session_scope(engine) as s:

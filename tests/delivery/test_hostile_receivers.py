@@ -136,6 +136,7 @@ def test_any_answer_becomes_a_recorded_attempt(engine, receiver, hostile, case):
 
     assert report.by_system()["evil"] == {outcome: 3}
     assert report.by_system()["crm"] == {eng.DELIVERED: 3}  # the healthy endpoint's counts
+    assert report.failing_systems() == ([] if outcome == eng.DELIVERED else ["evil"])
     for d, attempts in rows_of(engine, system_id(engine, "crm")):
         assert d.state == "delivered" and len(attempts) == 1
     for d, [a] in rows_of(engine, evil):

@@ -16,6 +16,16 @@ from standardwebhooks import Webhook
 
 from consentflow import settings
 from consentflow.delivery import excerpt, schedule, signing, ssrf
+from consentflow.delivery.outbox import (
+    DEAD,
+    DELIVERED,
+    HELD,
+    RETRIED,
+    SUPERSEDED,
+    Claimed,
+    Result,
+)
+from consentflow.delivery.report import Report
 from consentflow.errors import InvalidInput
 
 # The published Standard Webhooks test vector.
@@ -316,3 +326,25 @@ def test_excerpt_is_capped_and_a_gzip_bomb_is_never_inflated_whole():
         tracemalloc.stop()
     assert text is None  # nothing but NULs within the bound
     assert peak < 1_000_000
+
+
+def _result(system: str, status: int | None, attempts: int = 0) -> Result:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    c = Claimed(1, 1, system, "https://x.example/h", "msg_1", "{}", attempts, now, ())
+    return Result(c, now, now, 5, status=status, error_class=None if status else "Timeout")
+
+
+def test_report_says_what_failed_in_this_run():
+    report = Report()
+    assert report.attempted() == 0 and report.failing_systems() == []
+    report.note(_result("crm", 200), DELIVERED)
+    report.note(_result("crm", 500), RETRIED)
+    report.note(_result("ads", 500, attempts=9), DEAD)
+    report.note(_result("ads", None), RETRIED)
+    report.note(_result("erp", 503), SUPERSEDED)  # another worker's lease: still an attempt
+    report.add("crm", HELD, 3)  # held rows are not attempts
+    assert report.attempted() == 5 and report.attempted("ads") == 2
+    assert report.dead_lettered() == {"ads": 1}
+    assert report.failing_systems() == ["ads", "erp"]  # crm had a success
+    assert [d["system"] for d in report.dead] == ["ads"]
+    assert report.by_system()["crm"] == {DELIVERED: 1, HELD: 3, RETRIED: 1}

@@ -372,9 +372,9 @@ async def _lane(run: _Run, client: httpx.AsyncClient, system_id: int) -> int:
             if gone.is_set():
                 return None  # not sent
             result = await send(client, c, timeout=timeout, clock=run.clock, logger=run.logger)
+            if result.gone:
+                gone.set()  # before the next request may start
         outcome = await _record(run, result)
-        if outcome == DISABLED:
-            gone.set()
         if result.interrupted:
             raise asyncio.CancelledError
         return outcome
