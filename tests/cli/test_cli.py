@@ -521,3 +521,102 @@ def test_purpose_translations_and_system_display_names(cli: Any, engine: Engine)
         ("crm", "Our CRM"),
         ("erp", "erp"),
     ]
+
+
+# ------------------------------------------------------ robustness: issue 14, defect 10
+
+
+def one_line_exit_2(r: Any, phrase: str) -> None:
+    assert r.code == 2 and r.out == "" and "Traceback" not in r.err, (r.code, r.err)
+    assert len(r.err.strip().splitlines()) == 1 and r.err.startswith("consentflow: "), r.err
+    assert phrase in r.err, r.err
+
+
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(cli: Any, engine: Engine) -> None:
+    """Each of these was a traceback (or ``database error``, exit 1) before."""
+    ok(cli("purpose", "add", "news", "--title", "News", "--validity-days", "30"))
+    ok(cli("subject", "add", "alice"))
+    ok(cli("system", "add", "crm", "--purposes", "news"))
+    before = counts(engine)
+    cases = [
+        (("consent", "grant", "alice", "news", "--reason", "r" * 501), "at most 500 characters"),
+        (("consent", "grant", "alice", "news", "--reason", "a\x00b"), "printable text"),
+        (("consent", "revoke", "alice", "news", "--agent", "a" * 201), "at most 200 characters"),
+        (("link", "alice", "--agent", "a" * 201), "at most 200 characters"),
+        (("system", "pause", "crm", "--reason", "r" * 501), "at most 500 characters"),
+        (("system", "pause", "crm", "--reason", "line\nbreak"), "printable text"),
+        (("system", "rotate-secret", "crm", "--grace-hours", "nan"), "--grace-hours must be"),
+        (("system", "rotate-secret", "crm", "--grace-hours", "1e30"), "--grace-hours must be"),
+        (
+            ("system", "add", "erp", "--purposes", "news", "--webhook-url", "https://[::1"),
+            "bad webhook URL",
+        ),
+        (
+            ("system", "add", "erp", "--purposes", "news", "--webhook-url", "https://h:x/"),
+            "the port is not a number",
+        ),
+        (
+            ("system", "add", "erp", "--purposes", "news", "--webhook-url", "https://a.example/ b"),
+            "must not contain spaces",
+        ),
+        (
+            (
+                "system",
+                "add",
+                "erp",
+                "--purposes",
+                "news",
+                "--webhook-url",
+                "https://a.example/" + "p" * 2000,
+            ),
+            "at most 2000 characters",
+        ),
+        (
+            ("system", "add", "erp", "--purposes", "news", "--display-name", "d" * 201),
+            "at most 200",
+        ),
+        # a non-UTF-8 argument reaches Python as lone surrogates (surrogateescape)
+        (("subject", "add", "caf\udce9"), "argument 3 is not valid UTF-8 (byte 0xe9)"),
+        (("consent", "grant", "alice", "news", "--reason", "\udcff"), "not valid UTF-8"),
+    ]
+    for args, phrase in cases:
+        one_line_exit_2(cli(*args), phrase)
+    assert counts(engine) == before
+
+
+@pytest.mark.parametrize("wrong", ["database", "user"])
+def test_a_wrong_database_name_or_user_cannot_connect(
+    cli: Any, database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, wrong: str
+) -> None:
+    """Not "no consentflow schema: run db upgrade", which sent people to create a new one."""
+    url = make_url(db.normalise_url(database_url))
+    if url.get_backend_name() == "sqlite":  # SQLite's own way to be wrong: a missing directory
+        bad = f"sqlite:///{tmp_path / 'no-such-dir' / wrong / 'c.db'}"
+    elif wrong == "database":
+        bad = url.set(database=f"nosuch_{uuid.uuid4().hex[:8]}").render_as_string(False)
+    else:
+        bad = url.set(username=f"nosuch_{uuid.uuid4().hex[:8]}").render_as_string(False)
+    monkeypatch.setenv("CONSENTFLOW_DATABASE_URL", bad)
+    settings.get_settings.cache_clear()
+    db._cached_engine.cache_clear()
+    csv = tmp_path / "in.csv"
+    csv.write_text("external_id\nalice\n")
+    try:
+        for args in [*NO_SCHEMA_COMMANDS, ("subject", "import", str(csv)), ("db", "upgrade")]:
+            one_line_exit_2(cli(*args), "consentflow: cannot connect to the database: ")
+    finally:
+        db._cached_engine.cache_clear()
+        settings.get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_a_value_the_database_refuses_is_exit_2_not_a_database_error(
+    cli: Any, pg_url: str, database_url: str, engine: Engine
+) -> None:
+    """PostgreSQL enforces every column's length (SQLite stores anything): a value that gets
+    past a service's own checks is still the request's mistake, exit 2, not exit 1. (Here a
+    purpose title, which ``purposes`` does not hold to its column yet.)"""
+    before = counts(engine)
+    r = cli("purpose", "add", "news", "--title", "t" * 201, "--validity-days", "30")
+    one_line_exit_2(r, "the database refused a value: value too long")
+    assert counts(engine) == before
