@@ -192,7 +192,7 @@ def run_flow(url: str, as_of: datetime, batch: int) -> int:
 
     os.environ["CONSENTFLOW_DATABASE_URL"] = url  # the flow's tasks use the default engine
     settings.get_settings.cache_clear()
-    summary = expiry_sweep.expiry_sweep(expiry_sweep.Params(as_of=as_of, batch_size=batch))
+    summary = expiry_sweep.expiry_sweep(as_of=as_of, batch_size=batch)
     assert summary.outcome == "completed", summary.outcome
     return summary.total("expired")
 

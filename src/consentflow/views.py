@@ -430,18 +430,6 @@ class ReplayOut(View):
     ids: list[int]
 
 
-# ---------------------------------------------------------------------------------------- runs
-
-
-class RunAccepted(View):
-    flow: str
-    parameters: dict[str, Any]
-    accepted_at: datetime
-    #: Who asked for the run (``api:TOKEN``), as the run's audit entry records it.
-    requested_by: str
-    status: Literal["accepted"] = "accepted"
-
-
 # -------------------------------------------------------------------------------------- tokens
 
 
