@@ -31,6 +31,8 @@ import tempfile
 _PREFECT_HOME = tempfile.mkdtemp(prefix="consentflow-prefect-")
 atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
+# Key files of PostgreSQL test databases go here, not into ~/.local/share/consentflow.
+os.environ["CONSENTFLOW_DATA_DIR"] = os.path.join(_PREFECT_HOME, "consentflow-data")
 os.environ.pop("PREFECT_API_URL", None)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"

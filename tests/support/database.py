@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 
-from consentflow import db, models, settings
+from consentflow import db, keys, models, settings
 
 PG_URL = os.environ.get("CONSENTFLOW_TEST_POSTGRES_URL")
 BACKENDS = ["sqlite", "postgres"] if PG_URL else ["sqlite"]
@@ -68,9 +68,8 @@ def pg_database() -> Iterator[str]:
 def _truncate_pg(url: str) -> None:
     engine = create_engine(url)
     # Like a freshly upgraded database (and like the SQLite template): empty, but for the
-    # instance secret that `db upgrade` generates and the chain's genesis head.
-    kept = {"instance_key"}
-    tables = ", ".join(f'"{t.name}"' for t in models.metadata.sorted_tables if t.name not in kept)
+    # chain's genesis head. (The key lives in a key file, never in the database.)
+    tables = ", ".join(f'"{t.name}"' for t in models.metadata.sorted_tables)
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
         conn.execute(
@@ -86,8 +85,12 @@ def database_url(
     """A URL to an empty, migrated database, also set as ``CONSENTFLOW_DATABASE_URL``."""
     if request.param == "sqlite":
         path = tmp_path / "consentflow.db"
-        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        template = request.getfixturevalue("sqlite_template")
+        shutil.copy(template, path)
         url = f"sqlite:///{path}"
+        template_key = keys.key_file_path(f"sqlite:///{template}")
+        if template_key.exists():  # the key `db upgrade` made travels with its database
+            shutil.copy2(template_key, keys.key_file_path(url))
     else:
         url = request.getfixturevalue("pg_database")
         _truncate_pg(url)
