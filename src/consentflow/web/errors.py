@@ -30,7 +30,8 @@ from consentflow.web.templating import templates
 
 
 def _is_api(request: Request) -> bool:
-    return request.url.path.startswith("/api/") or request.url.path == "/openapi.json"
+    """Machine routes answer errors in JSON (with ``WWW-Authenticate`` on a 401), pages in HTML."""
+    return request.url.path.startswith("/api/") or request.url.path in {"/openapi.json", "/metrics"}
 
 
 def error_response(
