@@ -53,11 +53,16 @@ def consentflow(
 
 @pytest.fixture(scope="module")
 def deployed(prefect_server: PrefectServer, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The repository's prefect.yaml deployed once for the module; the command's stdout."""
+    """The repository's prefect.yaml deployed once for the module; the command's stdout. Its
+    environment keeps Prefect's default heartbeat (180 s), which it warns about."""
     env = prefect_server.client_env()
     env["CONSENTFLOW_DATABASE_URL"] = f"sqlite:///{tmp_path_factory.mktemp('db')}/cf.db"
     done = consentflow("deploy", "--project-dir", str(ROOT), env=env)
     assert done.returncode == 0, done.stderr + prefect_server.log_tail()
+    assert done.stderr.splitlines() == [
+        "consentflow: warning: PREFECT_FLOWS_HEARTBEAT_FREQUENCY is 180 s here: set it to 30 on "
+        "every worker, or their runs are marked Crashed after 90 s"
+    ]
     return done.stdout
 
 
@@ -154,9 +159,10 @@ def test_deploying_again_changes_nothing_but_the_zombie_window(
 ) -> None:
     before = _deployments(prefect_server)
     count = len(_automations(prefect_server))
-    env = prefect_server.client_env()
+    env = {**prefect_server.client_env(), "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
     done = consentflow("deploy", "--project-dir", str(ROOT), "--zombie-after", "120", env=env)
     assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # a 30 s heartbeat suits a 120 s window
     assert "work pool consentflow-pool: exists" in done.stdout
     assert f"automation {ZOMBIE!r}: updated" in done.stdout
     after = _deployments(prefect_server)

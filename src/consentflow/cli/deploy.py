@@ -103,6 +103,22 @@ def deploy(
             typer.echo(f"deployment {name}: deployed")
         action = upsert_automation(client, zombie_automation(zombie_after))
     typer.echo(f"automation {ZOMBIE_AUTOMATION!r}: {action}")
+    heartbeat_warning(zombie_after)
+
+
+def heartbeat_warning(zombie_after: int) -> None:
+    """Warn (one line) when this environment's heartbeat is too slow for ``zombie_after``: a
+    worker with the same environment would have its healthy runs marked Crashed."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+
+    beat = PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value()
+    if beat is None or beat * 3 > zombie_after:
+        shown = "off" if beat is None else f"{beat} s"
+        typer.echo(
+            f"consentflow: warning: PREFECT_FLOWS_HEARTBEAT_FREQUENCY is {shown} here: set it to "
+            f"30 on every worker, or their runs are marked Crashed after {zombie_after} s",
+            err=True,
+        )
 
 
 def work_pools(spec: Path) -> list[str]:
