@@ -151,22 +151,32 @@ def run_loop(
     stats: LoopStats,
     loop: bool = True,
     on_pass: Callable[[delivery.Report], None] | None = None,
+    total: delivery.Report | None = None,
 ) -> delivery.Report:
     """Deliver what is due, wait for a wake-up, repeat until ``run_seconds`` have passed (one
     pass only when not ``loop``). The waiter is opened before the first pass, so a commit made
-    while a pass runs wakes the next wait at once. ``on_pass`` sees each pass's report."""
+    while a pass runs wakes the next wait at once. ``on_pass`` sees each pass's report.
+
+    The counts go into ``total`` (default: a new report) as each result is recorded, so a caller
+    keeps the counts of a loop that an exception or a cancellation interrupted."""
     names = list(options.systems) if options.systems is not None else None
     deadline = time.monotonic() + run_seconds
-    total = delivery.Report()
+    total = total if total is not None else delivery.Report()
     with wakeup.waiter(engine, names) if loop else nullcontext() as waiter:
         while True:
             left = deadline - time.monotonic()
             budget = max(left, MIN_PASS_SECONDS)
-            part = delivery.deliver_due(
-                engine, options=replace(options, max_seconds=budget), run_id=run_id
-            )
+            part = delivery.Report()
+            try:
+                delivery.deliver_due(
+                    engine,
+                    options=replace(options, max_seconds=budget),
+                    run_id=run_id,
+                    report=part,
+                )
+            finally:
+                merge(total, part)
             stats.passes += 1
-            merge(total, part)
             if on_pass is not None:
                 on_pass(part)
             left = deadline - time.monotonic()
@@ -205,9 +215,8 @@ def failure(report: delivery.Report) -> str | None:
     return None
 
 
-def conclude(summary: PropagateSummary, report: delivery.Report) -> str | None:
-    """Fill the summary from the run's report, publish the endpoints artifact, and emit the
-    failure events; the failure message, if the run failed."""
+def fill(summary: PropagateSummary, report: delivery.Report) -> None:
+    """The run's counts and endpoints from its report; the endpoints artifact."""
     for (_, outcome), n in sorted(report.counts.items()):
         summary.add(ALL_PURPOSES, outcome, n)
     summary.endpoints = report.table()
@@ -216,8 +225,11 @@ def conclude(summary: PropagateSummary, report: delivery.Report) -> str | None:
         table=summary.endpoints or [{"endpoint": "-", "delivered": 0}],
         description="Webhook deliveries per endpoint in this run",
     )
-    if summary.dry_run:
-        return None
+
+
+def conclude(summary: PropagateSummary, report: delivery.Report) -> str | None:
+    """``fill`` the summary and emit the failure events; the failure message, if it failed."""
+    fill(summary, report)
     events.emit_failures(report.by_system())
     return failure(report)
 
@@ -288,7 +300,7 @@ def propagate(
     summary = PropagateSummary(**{f.name: getattr(base, f.name) for f in fields(base)})
     if dry_run:
         with db.session_scope(readonly=True) as session:
-            conclude(summary, delivery.preview(session, now=as_utc(as_of), names=systems))
+            fill(summary, delivery.preview(session, now=as_utc(as_of), names=systems))
         return finish(summary)
     options = delivery.Options(batch_size=batch_size, per_endpoint=per_endpoint, systems=systems)
     return deliver(summary, options, run_seconds=run_seconds, loops=loops)
@@ -301,20 +313,22 @@ def deliver(
     engine = db.get_engine()
     slot = wakeup.acquire_slot(engine, loops)
     summary.loop.slot = slot.index if slot is not None else None
+    report = delivery.Report()
     try:
         with slot if slot is not None else nullcontext():
-            report = run_loop(
+            run_loop(
                 engine,
                 options,
                 run_id=summary.run_id,
                 run_seconds=run_seconds,
                 stats=summary.loop,
                 loop=slot is not None,
+                total=report,
             )
     except BaseException as exc:
         outcome = outcome_of(exc)
-        if outcome != "failed":
-            summary.reason = f"interrupted by {type(exc).__name__}"
+        summary.reason = f"interrupted by {type(exc).__name__}"
+        fill(summary, report)  # what was recorded before the interruption
         finish(summary, outcome)
         _loop_ended(summary, outcome)
         raise
