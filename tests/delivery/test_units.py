@@ -348,3 +348,13 @@ def test_report_says_what_failed_in_this_run():
     assert report.failing_systems() == ["ads", "erp"]  # crm had a success
     assert [d["system"] for d in report.dead] == ["ads"]
     assert report.by_system()["crm"] == {DELIVERED: 1, HELD: 3, RETRIED: 1}
+
+
+def test_reports_of_several_passes_add_up():
+    first, second = Report(), Report()
+    first.note(_result("crm", 500), RETRIED)
+    second.note(_result("crm", 200), DELIVERED)
+    second.note(_result("ads", 500, attempts=9), DEAD)
+    first.extend(second)
+    assert first.attempted() == 3 and first.failing_systems() == ["ads"]
+    assert first.dead_lettered() == {"ads": 1} and len(first.dead) == 1

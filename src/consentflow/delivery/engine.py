@@ -32,7 +32,8 @@ One run of ``deliver_due`` (one worker) works like this:
    never stops the run nor loses other deliveries' results; only a database that refuses that
    too fails the lane (after its other requests are recorded).
 
-Claims and results (steps 2 and 4) live in ``outbox.py``; this module runs the lanes and sends.
+Claims and results (steps 2 and 4) live in ``outbox.py``, one attempt (step 3) in ``attempt.py``,
+the run's counts in ``report.py``; this module runs the lanes.
 
 **Cancels and crashes.** A cancel of the run (``asyncio`` cancellation, Ctrl-C through
 ``asyncio.run``) cancels the lanes; an answer whose status has arrived is still recorded (the
@@ -52,7 +53,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -61,14 +61,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import httpcore
 import httpx
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from consentflow import db
-from consentflow.delivery import alerts, runlog, signing, ssrf
+from consentflow.delivery import alerts, runlog
 from consentflow.delivery import excerpt as excerpts
+from consentflow.delivery.attempt import CONNECT_TIMEOUT, USER_AGENT, make_client, send
 from consentflow.delivery.outbox import (  # re-exported (see __all__)
     DEAD,
     DELIVERED,
@@ -86,8 +86,6 @@ from consentflow.delivery.outbox import (  # re-exported (see __all__)
     release,
 )
 from consentflow.delivery.report import Report
-from consentflow.delivery.schedule import parse_retry_after
-from consentflow.errors import InvalidInput
 from consentflow.models import (
     System,
     utcnow,
@@ -122,10 +120,8 @@ __all__ = [
     "send",
 ]
 
-CONNECT_TIMEOUT = 5.0
 EXCERPT_BYTES = excerpts.EXCERPT_BYTES
 EXCERPT_CHARS = excerpts.EXCERPT_CHARS
-USER_AGENT = "consentflow-webhooks/1"
 
 
 @dataclass(frozen=True)
@@ -153,105 +149,6 @@ class Options:
             return self.lease
         rounds = math.ceil(self.batch_size / self.per_endpoint)
         return timedelta(seconds=rounds * (self.total_timeout() + 1) + 60)
-
-
-# ------------------------------------------------------------------------------------ sending
-
-
-def make_client(timeout: float, policy: ssrf.Allowed | None = None) -> httpx.AsyncClient:
-    """The worker's one long-lived client: no redirects, no proxies from the environment,
-    the SSRF guard on every connection."""
-    transport = httpx.AsyncHTTPTransport(trust_env=False)
-    # httpx does not expose httpcore's network backend; the pool is rebuilt with the guard.
-    transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=httpx.create_ssl_context(),
-        max_connections=None,
-        max_keepalive_connections=200,
-        keepalive_expiry=30.0,
-        network_backend=ssrf.GuardedBackend(policy),
-    )
-    return httpx.AsyncClient(
-        transport=transport,
-        follow_redirects=False,
-        trust_env=False,
-        timeout=httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout)),
-        headers={"user-agent": USER_AGENT},
-    )
-
-
-async def send(
-    client: httpx.AsyncClient,
-    c: Claimed,
-    *,
-    timeout: float,
-    clock: Callable[[], datetime],
-    policy: ssrf.Allowed | None = None,
-    logger: runlog.Logger | None = None,
-) -> Result:
-    """One attempt: POST the stored body, signed now. Never raises for anything the network or
-    the receiver does (any bytes, any header). A cancel before the answer's status arrived is
-    raised; one after it returns the result marked ``interrupted``, for the caller to record.
-
-    Each attempt is logged (``logger``, default: the Prefect run's logger inside a run): a
-    success at INFO, a failure at WARNING, with the system, webhook id, attempt and outcome.
-    """
-    started = clock()
-    t0 = time.perf_counter()
-    body = c.payload.encode("utf-8")
-    status = None
-    error_class = error = excerpt = None
-    retry_after = None
-    interrupted = False
-    try:
-        ssrf.check_scheme(c.url, policy)
-        if c.secret_error:
-            raise InvalidInput(c.secret_error)
-        headers = signing.headers(c.secrets, c.webhook_id, body)
-        async with asyncio.timeout(timeout):
-            async with client.stream("POST", c.url, content=body, headers=headers) as response:
-                status = response.status_code
-                retry_after = parse_retry_after(response.headers.get("retry-after"), utcnow())
-                excerpt = await excerpts.read(response)
-    except asyncio.CancelledError:
-        if status is None:
-            raise
-        interrupted = True  # the receiver has answered: the caller records it, then stops
-    except ssrf.SSRFRefused as exc:
-        error_class, error = "SSRFRefused", str(exc)
-    except InvalidInput as exc:  # a malformed URL or secret: an operator must fix it
-        error_class, error = "Misconfigured", str(exc)
-    except TimeoutError:
-        error_class, error = "Timeout", f"no complete response within {timeout:g} s"
-    except httpx.HTTPError as exc:
-        error_class, error = type(exc).__name__, str(exc)
-    except OSError as exc:
-        error_class, error = type(exc).__name__, str(exc)
-    except Exception as exc:  # whatever else an answer provokes is an attempt, not a crash
-        error_class, error = type(exc).__name__, str(exc)
-    if error is not None:
-        error = excerpts.clean(error.replace(c.url, "<webhook url>"), 300)
-    result = Result(
-        claimed=c,
-        started_at=started,
-        finished_at=clock(),
-        latency_ms=round((time.perf_counter() - t0) * 1000),
-        status=status,
-        error_class=error_class,
-        error=error,
-        excerpt=excerpt,
-        retry_after=retry_after,
-        interrupted=interrupted,
-    )
-    (logger or runlog.logger()).log(
-        logging.INFO if result.ok else logging.WARNING,
-        "webhook %s to %s, attempt %d: %s in %d ms",
-        c.webhook_id,
-        c.system,
-        c.attempts + 1,
-        "ok" if result.ok else result.describe(),
-        result.latency_ms,
-    )
-    return result
 
 
 # --------------------------------------------------------------------------------------- runs

@@ -56,6 +56,13 @@ class Report:
                 }
             )
 
+    def extend(self, other: Report) -> None:
+        """Add ``other``'s counts, attempts and dead letters to this report (one run's passes)."""
+        self.counts.update(other.counts)
+        self.dead.extend(other.dead)
+        self.attempts.update(other.attempts)
+        self.succeeded.update(other.succeeded)
+
     def total(self, outcome: str | None = None) -> int:
         return sum(n for (_, o), n in self.counts.items() if outcome is None or o == outcome)
 
