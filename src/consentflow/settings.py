@@ -383,11 +383,18 @@ class OtherVariable:
 OTHER_VARIABLES: tuple[OtherVariable, ...] = (
     OtherVariable(
         "PREFECT_API_URL",
-        "The Prefect server. `consentflow run` runs flows there (unset: on an embedded Prefect "
-        "in a temporary `PREFECT_HOME`, removed at exit). After a commit that enqueued webhook "
-        "deliveries, consentflow emits the `consentflow.consent.withdrawn` event only when it is "
-        "set (the trigger in `prefect.yaml` then starts `propagate`). The web app needs it to "
-        "start runs: without it `POST /api/v1/runs/{flow}` answers 409.",
+        "The Prefect server. When it is set, `consentflow run FLOW` creates a run of the "
+        "flow's deployment for a worker (`--local` runs it in this process), `consentflow "
+        "deploy` installs the deployments and automations there, and the web app's `POST "
+        "/api/v1/runs/{flow}` creates deployment runs (without it: 409). Unset: `consentflow "
+        "run` runs flows on an embedded Prefect in a temporary `PREFECT_HOME`, removed at exit. "
+        "A consent change never talks to Prefect: `propagate` is woken through the database.",
+    ),
+    OtherVariable(
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY",
+        "Seconds between a flow run's heartbeats. Set it to 30 on workers: the zombie "
+        "automation `consentflow deploy` installs marks a run Crashed after 90 s without one, "
+        "which releases what the run held and restarts `propagate`.",
     ),
     OtherVariable(
         "PREFECT_HOME, PREFECT_PROFILES_PATH, PREFECT_PROFILE",
