@@ -9,6 +9,8 @@ does not reveal usable credentials. Scopes:
   the token's name and a required reason).
 - ``system``: one downstream system; may only call the access check and read the reconciliation
   feed, and only for the purposes that system is registered for.
+- ``metrics``: a Prometheus scraper; may only read ``GET /metrics`` (system names and counts,
+  nothing about a person) and ask who it is (``/api/v1/me``).
 
 Web sessions (``web_session``) are the browser's form of a token: signing in with a token starts
 one (``start_session``), and the cookie carries only the session's random id (256 bits), whose
@@ -47,6 +49,7 @@ class Scope(StrEnum):
     COMPLIANCE = "compliance"
     SUPPORT = "support"
     SYSTEM = "system"
+    METRICS = "metrics"
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import pytest
 from fastapi.routing import APIRoute
@@ -12,9 +13,9 @@ from consentflow.errors import Conflict, InvalidInput, NotFound
 from consentflow.web import security
 from consentflow.web.app import create_app
 from consentflow.web.auth import Require
-from tests.support.web import bearer, client, seed
+from tests.support.web import Tokens, bearer, client, seed
 
-SCOPES = ("admin", "compliance", "support", "system")
+SCOPES = ("admin", "compliance", "support", "system", "metrics")
 #: Routes anyone may call: their own proof is elsewhere (a signed link, a CSRF-checked form).
 PUBLIC = {
     ("GET", "/api/v1/health"),
@@ -79,9 +80,26 @@ def test_every_route_is_covered():
     assert {"/dashboard", "/dashboard/{name}.csv", "/api/v1/check", "/api/v1/feed"} <= paths
 
 
+@dataclass
+class AllTokens(Tokens):
+    """``seed``'s tokens and a ``metrics`` one (a Prometheus scraper's)."""
+
+    metrics: str = ""
+
+    def by_scope(self, scope: str) -> str:
+        return self.metrics if scope == "metrics" else super().by_scope(scope)
+
+
+def seed_all(engine) -> AllTokens:
+    toks = seed(engine)
+    with db.session_scope(engine) as s:
+        _, metrics = tokens.create(s, "prometheus", "metrics")
+    return AllTokens(**vars(toks), metrics=metrics)
+
+
 @pytest.fixture
 def app_client(engine):
-    toks = seed(engine)
+    toks = seed_all(engine)
     with client() as c:
         yield c, toks
 
@@ -114,6 +132,12 @@ def test_scope_matrix_is_as_designed():
     # A system token may do nothing but check and read the feed (and ask who it is).
     system_routes = {p for (m, p), a in by.items() if "system" in a}
     assert system_routes == {"/api/v1/check", "/api/v1/feed", "/api/v1/me"}
+    # A metrics token may scrape (and ask who it is), nothing else: no personal data.
+    assert {(m, p) for (m, p), a in by.items() if "metrics" in a} == {
+        ("GET", "/metrics"),
+        ("GET", "/api/v1/me"),
+    }
+    assert by[("GET", "/metrics")] == {"admin", "compliance", "metrics"}
 
 
 def test_token_create_validates(engine):
@@ -129,6 +153,8 @@ def test_token_create_validates(engine):
             tokens.create(s, "x", "system", system="nope")
         with pytest.raises(Conflict):
             tokens.create(s, "root", "admin")
+        with pytest.raises(InvalidInput, match="system tokens only"):
+            tokens.create(s, "x", "metrics", system="crm")
 
 
 def test_cli_token_create_prints_once_and_json(cli, engine):
@@ -146,6 +172,14 @@ def test_cli_token_create_prints_once_and_json(cli, engine):
     assert {"dora", "crm2"} <= {x["name"] for x in listed}
     assert all("token" not in x for x in listed)  # never shown again
     assert cli("token", "create", "x", "--scope", "system").code == 2
+    r = cli("token", "create", "prometheus", "--scope", "metrics")
+    assert r.code == 0 and r.out.strip().startswith("cf_"), r.err
+    assert "(metrics)" in r.err
+    listed = {x["name"]: x["scope"] for x in json.loads(cli("token", "list", "--json").out)}
+    assert listed["prometheus"] == "metrics"
+    r = cli("token", "create", "x", "--scope", "root")
+    assert r.code == 2 and "metrics" in r.err  # the choices come from tokens.Scope
+    assert "metrics" in cli("token", "create", "--help").out
     assert cli("token", "revoke", "dora").code == 0
     with db.session_scope(engine) as s:
         assert tokens.verify(s, data["token"]) is None
@@ -190,6 +224,37 @@ def test_sign_in_refuses_bad_tokens_missing_csrf_and_open_redirects(app_client):
     # A support token may sign in, but the dashboard is for compliance.
     c.cookies.clear()
     _sign_in(c, t.support)
+    assert c.get("/dashboard").status_code == 403
+
+
+def test_a_metrics_token_scrapes_and_reads_no_personal_data(app_client):
+    c, t = app_client
+    m = bearer(t.metrics)
+    scrape = c.get("/metrics", headers=m)
+    assert scrape.status_code == 200 and scrape.text.startswith("# HELP consentflow_")
+    assert c.get("/api/v1/me", headers=m).json() == {
+        "name": "prometheus",
+        "scope": "metrics",
+        "system": None,
+    }
+    for path in (
+        "/api/v1/subjects/alice",
+        "/api/v1/subjects/alice/consents",
+        "/api/v1/subjects/alice/history",
+        "/api/v1/subjects/alice/receipt",
+        "/api/v1/check?subject=alice&purpose=news",
+        "/api/v1/feed",
+        "/api/v1/requests",
+        "/api/v1/audit/export",
+        "/api/v1/deliveries",
+    ):
+        answer = c.get(path, headers=m)
+        assert answer.status_code == 403, (path, answer.status_code)
+        assert "a metrics token may not do this" in answer.json()["detail"]
+    changed = c.post("/api/v1/subjects/alice/consents/news/grant", headers=m)
+    assert changed.status_code == 403
+    # Signed in at a browser it is no better: the dashboard is for compliance.
+    _sign_in(c, t.metrics)
     assert c.get("/dashboard").status_code == 403
 
 

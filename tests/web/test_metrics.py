@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import col, func, select
 
 from consentflow import db, lifecycle, mail, purposes, runs, subjects, sweeps, systems
+from consentflow import tokens as cf_tokens
 from consentflow.delivery import engine as eng
 from consentflow.delivery.schedule import MAX_ATTEMPTS
 from consentflow.lifecycle import Actor
@@ -234,11 +235,23 @@ def test_an_empty_database_scrapes(engine) -> None:  # type: ignore[no-untyped-d
 
 @pytest.mark.parametrize(
     ("scope", "status"),
-    [(None, 401), ("support", 403), ("system", 403), ("compliance", 200), ("admin", 200)],
+    [
+        (None, 401),
+        ("support", 403),
+        ("system", 403),
+        ("metrics", 200),
+        ("compliance", 200),
+        ("admin", 200),
+    ],
 )
-def test_metrics_need_a_compliance_or_admin_token(engine, scope: str | None, status: int) -> None:  # type: ignore[no-untyped-def]
+def test_metrics_need_a_metrics_compliance_or_admin_token(  # type: ignore[no-untyped-def]
+    engine, scope: str | None, status: int
+) -> None:
     tokens = seed_tokens(engine)
-    headers = bearer(tokens.by_scope(scope)) if scope else {}
+    with db.session_scope(engine) as s:
+        scraper = cf_tokens.create(s, "prometheus", "metrics")[1]
+    token = scraper if scope == "metrics" else tokens.by_scope(scope) if scope else None
+    headers = bearer(token) if token else {}
     answer = client().get("/metrics", headers=headers)
     assert answer.status_code == status
     if status == 200:

@@ -13,6 +13,9 @@ from consentflow.cli._common import JsonOpt, app, emit, session
 token_app = typer.Typer(no_args_is_help=True, help="API tokens for the web app and its API.")
 app.add_typer(token_app, name="token")
 
+#: The scopes a token may have, as ``tokens.Scope`` lists them (``metrics``: a Prometheus scraper).
+_SCOPES = ", ".join(s.value for s in tokens.Scope)
+
 
 @app.command("serve")
 def serve(
@@ -63,9 +66,7 @@ def _log_config() -> dict[str, Any]:
 @token_app.command("create")
 def token_create(
     name: Annotated[str, typer.Argument(help="Who or what uses it, e.g. alice or crm-prod.")],
-    scope: Annotated[
-        str, typer.Option(help="admin, compliance, support or system.", show_default=False)
-    ],
+    scope: Annotated[str, typer.Option(help=f"One of: {_SCOPES}.", show_default=False)],
     system: Annotated[
         str | None, typer.Option(help="For --scope system: the system it acts for.")
     ] = None,

@@ -157,8 +157,11 @@ READ = Require(Scope.COMPLIANCE, Scope.SUPPORT)
 ADMIN = Require()
 ACT = Require(Scope.SUPPORT)
 COMPLIANCE = Require(Scope.COMPLIANCE)
+#: ``GET /metrics``: a scraper's own ``metrics`` token, or one that may read everything anyway.
+METRICS = Require(Scope.METRICS, Scope.COMPLIANCE)
 CHECK = Require(Scope.COMPLIANCE, Scope.SUPPORT, Scope.SYSTEM)
 FEED = Require(Scope.COMPLIANCE, Scope.SYSTEM)
-ANY = Require(Scope.COMPLIANCE, Scope.SUPPORT, Scope.SYSTEM)
+#: Every scope: who am I (``/api/v1/me``).
+ANY = Require(*Scope)
 
 Caller = TokenInfo
