@@ -6,6 +6,18 @@ revoke token (or the other way round); it expires; and it carries opaque databas
 an email address or external id, because links end up in mail logs and browser histories.
 
 Format: ``base64url(json claims) "." base64url(HMAC-SHA256(action key, claims))``.
+
+Binding (issue 14): a link that would give consent (``grant``, ``renew``: ``BOUND``) also carries
+``c``, the sequence number of the person's latest *choice* for that purpose when it was issued
+(``latest_choice``: the last ``grant``, ``refuse``, ``revoke``, ``renew`` or ``import`` event; 0
+if none). Requests, expiries and invalidations are not choices. ``superseded`` is true when a
+choice recorded since then said no (the consent is ``refused`` or ``withdrawn`` by it): the
+person's later no stands, so the link must not give consent. A later yes does not supersede a
+link that says yes (pressing "Yes" twice, or renewing after saying yes again, stays harmless).
+Links without the binding (issued before it existed) count as issued before every choice: they
+still act unless the person's latest choice for the purpose is a no. ``revoke`` and
+``preferences`` links are never bound: withdrawing is always allowed, and the preference page
+shows the current state.
 """
 
 from __future__ import annotations
@@ -18,12 +30,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from consentflow import keys
 from consentflow.errors import InvalidInput
 from consentflow.keys import instance_secret
-from consentflow.models import utcnow
+from consentflow.models import Action, ConsentEvent, State, Subject, utcnow
 from consentflow.settings import get_settings
 
 
@@ -33,6 +45,13 @@ class LinkAction(StrEnum):
     GRANT = "grant"  # answering a consent request (collection or re-consent)
     PREFERENCES = "preferences"
 
+
+#: The links that would give consent: bound to the person's latest choice when issued.
+BOUND = frozenset({LinkAction.GRANT, LinkAction.RENEW})
+#: The events that record a choice of the person (theirs, or made for them: an agent, an import).
+CHOICES = (Action.GRANT, Action.REFUSE, Action.REVOKE, Action.RENEW, Action.IMPORT)
+#: The states a choice leaves when it said no.
+_SAID_NO = frozenset({State.REFUSED.value, State.WITHDRAWN.value})
 
 #: How long a link stays valid unless the caller says otherwise.
 DEFAULT_TTL = timedelta(days=45)
@@ -48,6 +67,9 @@ class Link:
     subject_id: int
     purpose_id: int | None
     expires_at: datetime
+    #: The sequence number of the latest choice when issued (``BOUND`` actions only); None for
+    #: other links and for links issued before the binding existed.
+    choice: int | None = None
 
 
 def _b64(data: bytes) -> str:
@@ -70,10 +92,18 @@ def issue(
     *,
     ttl: timedelta = DEFAULT_TTL,
     now: datetime | None = None,
+    choice: int | None = None,
 ) -> str:
-    """A token for ``action`` on one subject (and purpose), valid for ``ttl``."""
+    """A token for ``action`` on one subject (and purpose), valid for ``ttl``. A ``BOUND`` link
+    with a purpose is bound to the latest choice (``choice``: its sequence number, if the caller
+    has it at hand; else read here)."""
     expires = int(((now or utcnow()) + ttl).timestamp())
-    claims = {"a": action.value, "s": subject_id, "p": purpose_id, "e": expires}
+    claims: dict[str, object] = {"a": action.value, "s": subject_id, "p": purpose_id, "e": expires}
+    if action in BOUND and purpose_id is not None:
+        if choice is None:
+            latest = latest_choice(session, subject_id, purpose_id)
+            choice = latest[0] if latest else 0
+        claims["c"] = choice
     body = _b64(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
     sig = keys.derive(_key(instance_secret(session), action), body)
     return f"{body}.{_b64(sig)}"
@@ -102,7 +132,49 @@ def verify(
     expires_at = datetime.fromtimestamp(claims["e"], tz=(now or utcnow()).tzinfo)
     if expires_at <= (now or utcnow()):
         raise BadLink("this link has expired: use the link in a newer email, or ask us for one")
-    return Link(LinkAction(claims["a"]), int(claims["s"]), claims.get("p"), expires_at)
+    choice = claims.get("c")
+    return Link(
+        LinkAction(claims["a"]),
+        int(claims["s"]),
+        claims.get("p"),
+        expires_at,
+        int(choice) if choice is not None else None,
+    )
+
+
+def latest_choice(session: Session, subject_id: int, purpose_id: int) -> tuple[int, str] | None:
+    """The sequence number and resulting state of the subject's latest choice for the purpose
+    (``CHOICES``), or None if there was none. Reads the subject's events through the
+    (subject, seq) index, newest first."""
+    row = session.exec(
+        select(ConsentEvent.seq, ConsentEvent.state)
+        .where(
+            ConsentEvent.subject_id == subject_id,
+            ConsentEvent.purpose_id == purpose_id,
+            col(ConsentEvent.action).in_([a.value for a in CHOICES]),
+        )
+        .order_by(col(ConsentEvent.seq).desc())
+        .limit(1)
+    ).first()
+    return (int(row[0]), str(row[1])) if row is not None else None
+
+
+def superseded(session: Session, link: Link, *, lock: bool = False) -> bool:
+    """Whether a later no of the person supersedes ``link``: it would give consent (``BOUND``)
+    and a choice recorded after the one it was issued for (any, for an unbound link) said no.
+
+    ``lock``: first lock the subject's row (PostgreSQL; SQLite's writers already hold the
+    database), the lock every consent change of the subject takes, so a concurrent choice is
+    either seen here or waits until this transaction, which acts on the answer, ends."""
+    if link.action not in BOUND or link.purpose_id is None:
+        return False
+    if lock:
+        session.exec(select(Subject.id).where(Subject.id == link.subject_id).with_for_update())
+    latest = latest_choice(session, link.subject_id, link.purpose_id)
+    if latest is None:
+        return False
+    seq, state = latest
+    return seq > (link.choice or 0) and state in _SAID_NO
 
 
 def peek_action(token: str) -> LinkAction | None:

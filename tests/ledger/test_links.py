@@ -50,7 +50,8 @@ def verify(engine: Engine, token: str, action: LinkAction, now: datetime = NOW) 
 def test_roundtrip(engine: Engine, ids: tuple[int, int], action: LinkAction) -> None:
     token = issue(engine, action, ids)
     link = verify(engine, token, action, NOW + timedelta(days=44))
-    assert link == links.Link(action, ids[0], ids[1], NOW + links.DEFAULT_TTL)
+    choice = 0 if action in links.BOUND else None  # nothing chosen yet
+    assert link == links.Link(action, ids[0], ids[1], NOW + links.DEFAULT_TTL, choice)
     assert links.peek_action(token) is action
     without_purpose = None
     with Session(engine) as s:
@@ -186,3 +187,39 @@ def test_token_from_another_instance_key_is_rejected(
     finally:
         monkeypatch.delenv("CONSENTFLOW_SECRET_KEY")
         settings.get_settings.cache_clear()
+
+
+def test_links_that_give_consent_are_bound_to_the_latest_choice(
+    engine: Engine, ids: tuple[int, int]
+) -> None:
+    """Issue 14, defect 6: grant and renew links carry the sequence number of the person's latest
+    choice for the purpose (requests and expiries are no choices); revoke and preference links
+    carry none. A later no supersedes a bound link; a later yes does not."""
+    from consentflow import lifecycle
+    from consentflow.lifecycle import Actor
+
+    def claims(token: str) -> dict[str, object]:
+        return dict(json.loads(unb64(token.split(".")[0])))
+
+    with db.session_scope(engine) as s:
+        lifecycle.request(s, "alice-ext-77", "news", Actor())
+    request_link = issue(engine, LinkAction.GRANT, ids)
+    assert claims(request_link)["c"] == 0  # a request is not a choice
+    with db.session_scope(engine) as s:
+        granted = lifecycle.grant(s, "alice-ext-77", "news", Actor())
+    renew = issue(engine, LinkAction.RENEW, ids)
+    assert claims(renew)["c"] == granted.seq
+    for action in (LinkAction.REVOKE, LinkAction.PREFERENCES):
+        assert "c" not in claims(issue(engine, action, ids))
+
+    def superseded(token: str, action: LinkAction) -> bool:
+        with Session(engine) as s:
+            return links.superseded(s, links.verify(s, token, action, now=NOW))
+
+    assert not superseded(request_link, LinkAction.GRANT)  # the later choice said yes
+    with db.session_scope(engine) as s:
+        lifecycle.revoke(s, "alice-ext-77", "news", Actor())
+    assert superseded(request_link, LinkAction.GRANT) and superseded(renew, LinkAction.RENEW)
+    assert not superseded(issue(engine, LinkAction.GRANT, ids), LinkAction.GRANT)
+    revoke = issue(engine, LinkAction.REVOKE, ids)
+    assert not superseded(revoke, LinkAction.REVOKE)  # withdrawing is never stale

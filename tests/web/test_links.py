@@ -305,7 +305,10 @@ def test_renew_link_for_a_consent_no_longer_in_force_says_so(web, engine, how):
     page = web.get(f"/l/{token}")
     assert page.status_code == 200
     assert "Renew your consent?" not in page.text and 'id="confirm"' not in page.text
-    assert "This consent is no longer active" in page.text
+    # Changed in issue 14: a withdrawal after the link was sent supersedes it (the person's
+    # later answer stands); a lapsed consent is simply no longer active. Both offer preferences.
+    said = "Your later answer stands" if how == "withdrawn" else "This consent is no longer active"
+    assert said in page.text
     prefs = web.get(_preferences_link(page.text))
     assert prefs.status_code == 200 and "Your choices" in prefs.text
     assert _footprint(engine) == before

@@ -11,7 +11,13 @@ A tampered, expired or wrong-action token gets a clear page with a way to ask fo
 and changes nothing.
 
 A grant link (collection request, follow-up, re-consent) asks yes or no, both buttons alike and
-neither pre-selected; a POST must say which (``answer``). Changes from a link are recorded with
+neither pre-selected; a POST must say which (``answer``).
+
+A link that would give consent (grant, renew) is bound to the person's latest choice when it was
+issued (``links.superseded``): once they have said no since (withdrawn or refused, by any way),
+its page explains that their later answer stands and offers the preference page instead of the
+buttons, and its "yes" or "renew" (from a page left open) is a 409 that changes nothing. Its
+"No, thanks", a revoke link and RFC 8058 one-click are never refused as stale: they give nothing. Changes from a link are recorded with
 channel ``email_link``, the subject as the actor. What an answer means is ``consentflow.answers``;
 this module handles HTTP around it.
 """
@@ -76,6 +82,11 @@ def _link_page(request: Request, token: str, session: Session, r: str | None) ->
     rows = answers.rows(session, target.subject, target.purpose, page_locale(request))
     if result is not None:
         return render(request, "done.html", {"result": result, "rows": rows, "one_click": False})
+    if links.superseded(session, target.link):
+        # The person said no after this link was sent: the buttons would act against it.
+        preferences_url = keep_lang(request, _preferences_url(session, target))
+        context_stale = {"superseded": True, "rows": rows, "preferences_url": preferences_url}
+        return render(request, "link.html", {"action": target.link.action.value, **context_stale})
     context: dict[str, Any] = {
         "token": token,
         "csrf": security.csrf_token(session, token),
@@ -137,6 +148,10 @@ def _confirm(
         return bad_link(request, BadLink("this link does not name a purpose"))
     if action is LinkAction.GRANT and answer not in ("yes", "no"):
         return problem(request, "choose", 422)
+    gives = action is LinkAction.RENEW or answer == "yes"
+    if gives and links.superseded(session, target.link, lock=True):
+        preferences_url = keep_lang(request, _preferences_url(session, target))
+        return problem(request, "superseded", 409, preferences_url=preferences_url)
     try:
         if answer == "no" and action is LinkAction.GRANT:
             said, outcome = answers.say_no(session, subject, key, Channel.EMAIL_LINK)
