@@ -329,9 +329,9 @@ def test_consentflow_run_propagate(prefect_harness, cli, receiver):
     assert dry["counts"] == [{"purpose": "-", "outcome": "due", "count": 1}]
     assert dry["endpoints"][0]["endpoint"] == "crm" and dry["endpoints"][0]["due"] == 1
     # a real run refuses as_of (it would send scheduled retries early) before it starts
-    later = (utcnow() + timedelta(days=1)).isoformat()
-    refused = cli("run", "propagate", "--local", "--as-of", later)
-    assert refused.code == 2 and "only with dry_run" in refused.err
+    earlier = (utcnow() - timedelta(days=1)).isoformat()
+    refused = cli("run", "propagate", "--local", "--as-of", earlier)
+    assert refused.code == 2 and "as_of: allowed only with dry_run" in refused.err
     r = cli("run", "propagate", "--local", "--json", "--param", "run_seconds=0.5")
     assert r.code == 0, r.err
     out = json.loads(r.out)
