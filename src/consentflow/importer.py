@@ -190,6 +190,8 @@ def _reader(path: Path) -> Iterator[Record]:
         raise InvalidInput(
             f"{path}:{_undecodable_line(path)}: this line is not UTF-8 text"
         ) from None
+    except OSError as exc:  # a device, a vanished mount...
+        raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _undecodable_line(path: Path) -> int:

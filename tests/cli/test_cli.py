@@ -575,6 +575,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(cli: Any, engine: Engin
             ("system", "add", "erp", "--purposes", "news", "--display-name", "d" * 201),
             "at most 200",
         ),
+        (("deliveries", "replay", "9" * 23), "Invalid value for 'ID'"),
+        (("deliveries", "feed", "crm", "--cursor", "9" * 30), "Invalid value for '--cursor'"),
+        (("subject", "import", "/proc/self/mem"), "cannot read /proc/self/mem"),
         # a non-UTF-8 argument reaches Python as lone surrogates (surrogateescape)
         (("subject", "add", "caf\udce9"), "argument 3 is not valid UTF-8 (byte 0xe9)"),
         (("consent", "grant", "alice", "news", "--reason", "\udcff"), "not valid UTF-8"),
@@ -611,7 +614,7 @@ def test_a_wrong_database_name_or_user_cannot_connect(
 
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 def test_a_value_the_database_refuses_is_exit_2_not_a_database_error(
-    cli: Any, pg_url: str, database_url: str, engine: Engine
+    pg_url: str, cli: Any, database_url: str, engine: Engine
 ) -> None:
     """PostgreSQL enforces every column's length (SQLite stores anything): a value that gets
     past a service's own checks is still the request's mistake, exit 2, not exit 1. (Here a

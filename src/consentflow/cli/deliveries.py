@@ -30,6 +30,11 @@ app.add_typer(deliveries_app, name="deliveries")
 
 
 _MAX_GRACE_HOURS = 24 * 366
+#: Ids and cursors beyond what the columns hold are refused by the parser (exit 2), not sent
+#: to the driver (an OverflowError on SQLite).
+_MAX_ID = 2**31 - 1
+_MAX_CURSOR = 2**63 - 1
+DeliveryId = Annotated[int, typer.Argument(min=1, max=_MAX_ID, metavar="ID")]
 
 
 def _operator() -> str:
@@ -53,7 +58,10 @@ def deliveries_list(
         str | None, typer.Option(metavar="EVENT_ID", help="Only deliveries of this consent event.")
     ] = None,
     after: Annotated[
-        int, typer.Option(metavar="ID", help="Only deliveries after this id (the next page).")
+        int,
+        typer.Option(
+            min=0, max=_MAX_ID, metavar="ID", help="Only deliveries after this id (the next page)."
+        ),
     ] = 0,
     limit: Annotated[int, typer.Option(help="At most this many, oldest first.")] = 100,
     as_json: JsonOpt = False,
@@ -95,7 +103,7 @@ def deliveries_list(
 
 
 @deliveries_app.command("show")
-def deliveries_show(delivery_id: int, as_json: JsonOpt = False) -> None:
+def deliveries_show(delivery_id: DeliveryId, as_json: JsonOpt = False) -> None:
     """One delivery with every attempt (time, status, latency, error class, response excerpt)."""
     with session() as s:
         view = ops.detail(s, delivery_id)
@@ -118,7 +126,7 @@ def deliveries_show(delivery_id: int, as_json: JsonOpt = False) -> None:
 
 
 @deliveries_app.command("replay")
-def deliveries_replay(delivery_id: int, as_json: JsonOpt = False) -> None:
+def deliveries_replay(delivery_id: DeliveryId, as_json: JsonOpt = False) -> None:
     """Send one delivery again (same webhook-id and body), with a fresh retry schedule."""
     with session() as s:
         view = ops.replay(s, delivery_id, actor=_operator())
@@ -174,7 +182,10 @@ def deliveries_health(as_json: JsonOpt = False) -> None:
 @deliveries_app.command("feed")
 def deliveries_feed(
     system: str,
-    cursor: Annotated[int, typer.Option(help="Resume after this cursor (0: from the start).")] = 0,
+    cursor: Annotated[
+        int,
+        typer.Option(min=0, max=_MAX_CURSOR, help="Resume after this cursor (0: from the start)."),
+    ] = 0,
     limit: Annotated[int, typer.Option(help="At most this many events.")] = 1000,
 ) -> None:
     """Withdrawals for a system's purposes since a cursor, as JSON Lines (for reconciliation)."""
