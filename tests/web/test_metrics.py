@@ -8,6 +8,7 @@ recorded by ``runs.record_run`` as the flows do; the scrape is parsed with
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from datetime import timedelta
 from typing import Any
@@ -15,9 +16,10 @@ from typing import Any
 import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
 from sqlmodel import col, func, select
 
-from consentflow import db, lifecycle, mail, purposes, runs, subjects, sweeps, systems
+from consentflow import audit, db, lifecycle, mail, purposes, runs, subjects, sweeps, systems
 from consentflow import tokens as cf_tokens
 from consentflow.delivery import engine as eng
 from consentflow.delivery.schedule import MAX_ATTEMPTS
@@ -264,3 +266,81 @@ def test_the_openapi_schema_lists_metrics_as_text(engine) -> None:  # type: igno
     assert list(get["responses"]["200"]["content"]) == [CONTENT_TYPE_LATEST]
     assert {"401", "403"} <= set(get["responses"])
     assert get["security"] == [{"HTTPBearer": []}]
+
+
+def test_counters_fold_what_is_new_and_start_over_on_another_history(engine) -> None:  # type: ignore[no-untyped-def]
+    """Each scrape adds what was committed since the last; a history that is not the one the
+    totals were folded from (restored, truncated, another database under the same URL) is
+    folded again from nothing, never added to the old counts."""
+    tokens = seed_tokens(engine)
+    run = {"flow": "expiry-sweep", "outcome": "completed"}
+    _record_run(engine, "expiry-sweep", 3, "completed")
+    assert value(scrape(tokens.admin), "consentflow_flow_run_duration_seconds_count", **run) == 1
+    _record_run(engine, "expiry-sweep", 3, "completed")
+    m = scrape(tokens.admin)
+    assert value(m, "consentflow_flow_run_duration_seconds_count", **run) == 2
+    folded = int(value(m, "consentflow_audit_head_seq"))
+
+    # Another history, longer than the one folded: the entry at the old head has another hash.
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM audit_entry"))
+        conn.execute(text("UPDATE audit_head SET seq = 0, hash = :g"), {"g": audit.GENESIS})
+    for _ in range(folded + 2):
+        _record_run(engine, "expiry-sweep", 3, "completed")
+    m = scrape(tokens.admin)
+    assert value(m, "consentflow_flow_run_duration_seconds_count", **run) == folded + 2
+    # And a shorter one (its head below the old one).
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM audit_entry"))
+        conn.execute(text("UPDATE audit_head SET seq = 0, hash = :g"), {"g": audit.GENESIS})
+    _record_run(engine, "propagate", 3, "completed")
+    m = scrape(tokens.admin)
+    assert endpoints(m, "consentflow_flow_run_duration_seconds_count") == {
+        ("propagate", "completed"): 1
+    }
+
+
+def _email_row(conn: Any, subject_id: int, status: str) -> int:
+    return int(
+        conn.execute(
+            text(
+                "INSERT INTO email_message (message_id, subject_id, kind, status, created_at) "
+                "VALUES (:m, :s, 'renewal_reminder', :st, :at) RETURNING id"
+            ),
+            {"m": f"<{uuid.uuid4().hex}@test>", "s": subject_id, "st": status, "at": utcnow()},
+        ).scalar_one()
+    )
+
+
+def test_a_claimed_email_counts_once_its_outcome_is_recorded(engine) -> None:  # type: ignore[no-untyped-def]
+    tokens = seed_tokens(engine)
+    (subject,) = seed_subjects(engine, 1, prefix="c")
+    with engine.begin() as conn:
+        claimed = _email_row(conn, subject, "claimed")
+    m = scrape(tokens.admin)
+    assert endpoints(m, "consentflow_emails_claimed") == {("renewal_reminder",): 1}
+    assert value(m, "consentflow_emails_total", kind="renewal_reminder", outcome="sent") == 0
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE email_message SET status = 'sent' WHERE id = :i"), {"i": claimed})
+    m = scrape(tokens.admin)
+    assert endpoints(m, "consentflow_emails_claimed") == {("renewal_reminder",): 0}
+    assert value(m, "consentflow_emails_total", kind="renewal_reminder", outcome="sent") == 1
+    assert value(scrape(tokens.admin), "consentflow_emails_total", kind="renewal_reminder",
+                 outcome="sent") == 1  # fmt: skip
+
+
+def test_a_row_committed_after_a_later_id_is_counted_when_it_appears(pg_engine) -> None:  # type: ignore[no-untyped-def]
+    """PostgreSQL hands out ids before commit: an id below the highest one counted that is not
+    visible yet is looked up again on the next scrapes, and counted once it commits."""
+    tokens = seed_tokens(pg_engine)
+    (subject,) = seed_subjects(pg_engine, 1, prefix="g")
+    sent = {"kind": "renewal_reminder", "outcome": "sent"}
+    with pg_engine.connect() as slow:
+        with slow.begin():
+            early = _email_row(slow, subject, "sent")  # open: not visible to a scrape
+            with pg_engine.begin() as conn:
+                late = _email_row(conn, subject, "sent")
+            assert early < late
+            assert value(scrape(tokens.admin), "consentflow_emails_total", **sent) == 1
+        assert value(scrape(tokens.admin), "consentflow_emails_total", **sent) == 2
+    assert value(scrape(tokens.admin), "consentflow_emails_total", **sent) == 2

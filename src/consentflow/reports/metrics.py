@@ -22,8 +22,9 @@ The families (endpoints are named by system name; nothing here identifies a pers
   pending, held or dead (0 when there is none), the ``deliveries health`` definition.
 - ``consentflow_emails_total{kind,outcome}`` (counter): consent emails by their recorded outcome
   (``sent``, ``deferred``, ``bounced``, ``failed``). A message row leaves ``claimed`` exactly once
-  and a retry is a new row, so it only grows. ``consentflow_emails_claimed{kind}`` (gauge): claimed
-  and not yet recorded (a stuck value means a run died mid-send; see ``sweeps.claims``).
+  for an outcome that never changes and a retry is a new row, so it only grows.
+  ``consentflow_emails_claimed{kind}`` (gauge): claimed and not yet recorded (a stuck value
+  means a run died mid-send; see ``sweeps.claims``).
 - ``consentflow_flow_run_duration_seconds{flow,outcome}`` (histogram): every real run's duration
   (``finished_at - started_at`` of its ``flow.run`` audit entry; dry runs are left out), over
   all runs ever recorded: the audit trail is append-only, so buckets, count and sum only grow and
@@ -34,11 +35,12 @@ The families (endpoints are named by system name; nothing here identifies a pers
   such run was recorded (alert on ``time() - ...{outcome="completed"}`` for a flow that stopped).
 - ``consentflow_audit_head_seq`` (gauge): the audit chain's length.
 
-Cost: eight set-based statements per scrape, none looping over rows in Python. The outbox
-gauges read only undelivered rows (through ``ix_delivery_state_next_attempt_at``), the audit
-families through ``ix_audit_entry_action``; the attempt and email counters scan their tables
-(one grouped pass each), which is what a true all-time counter costs without a table of
-running totals (``bench/metrics.py`` measures it at a million consents).
+Cost: the counters (deliveries, dead letters, emails, runs) are running totals folded
+incrementally (``reports._totals``): a scrape reads only the audit entries, attempts and email
+rows committed since the process's previous scrape, plus the ids still open (not visible yet, or
+an email still claimed); the first scrape of a process folds the whole history once. The outbox
+gauges read only undelivered rows (through ``ix_delivery_state_next_attempt_at``).
+``bench/metrics.py`` measures both (bench/RESULTS.md, "Metrics scrape").
 
 Failure modes: none of their own; a database that cannot be read fails the scrape (Prometheus
 records ``up == 0``).
@@ -46,7 +48,6 @@ records ``up == 0``).
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -60,23 +61,12 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector, CollectorRegistry
-from sqlalchemy import Float, case, cast, func, literal_column, select
-from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.dialects.postgresql import TIMESTAMP
+from sqlalchemy import func, select
 from sqlmodel import Session, col
 
-from consentflow.db import is_postgres
-from consentflow.models import (
-    AuditEntry,
-    AuditHead,
-    Delivery,
-    DeliveryAttempt,
-    DeliveryState,
-    EmailMessage,
-    System,
-    SystemStatus,
-    utcnow,
-)
+from consentflow.models import Delivery, DeliveryState, System, SystemStatus, utcnow
+from consentflow.reports import _totals
+from consentflow.reports._totals import CLAIMED, RUN_BUCKETS, Totals
 from consentflow.timeutil import as_utc
 
 PREFIX = "consentflow"
@@ -86,9 +76,7 @@ DELIVERY_OUTCOMES = ("delivered", "failed", "error")
 QUEUE_STATES = ("pending", "retrying", "held")
 #: Recorded email outcomes (``mail.SendStatus``); ``claimed`` is in flight, not an outcome.
 EMAIL_OUTCOMES = ("sent", "deferred", "bounced", "failed")
-CLAIMED = "claimed"
-#: Upper bounds of the run-duration buckets, in seconds (``+Inf`` is added).
-RUN_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
+__all__ = ["CLAIMED", "RUN_BUCKETS", "DatabaseCollector", "exposition"]
 
 
 def exposition(session: Session, *, now: datetime | None = None) -> bytes:
@@ -99,7 +87,8 @@ def exposition(session: Session, *, now: datetime | None = None) -> bytes:
 
 
 class DatabaseCollector(Collector):
-    """A custom collector over one unit of work: each ``collect`` reads the tables afresh."""
+    """A custom collector over one unit of work: each ``collect`` reads the tables afresh (the
+    counters from this process's running totals, brought up to date first)."""
 
     def __init__(self, session: Session, *, now: datetime | None = None) -> None:
         self.session = session
@@ -108,12 +97,17 @@ class DatabaseCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         now = self.now or utcnow()
         systems = _Systems.read(self.session)
-        yield _deliveries(self.session, systems)
-        yield _dead_letters(self.session, systems)
+        totals = _totals.current(self.session, now=now)
+        yield _deliveries(totals, systems)
+        yield _dead_letters(totals, systems)
         yield from _outbox(self.session, systems, now)
-        yield from _emails(self.session)
-        yield from _runs(self.session)
-        yield _audit_head(self.session)
+        yield from _emails(totals)
+        yield from _runs(totals)
+        yield GaugeMetricFamily(
+            f"{PREFIX}_audit_head_seq",
+            "Sequence number of the audit chain's latest entry.",
+            value=totals.audit_seq,
+        )
 
 
 @dataclass(frozen=True)
@@ -141,20 +135,10 @@ class _Systems:
         return [self.names[sid] for sid in self.held]
 
 
-def _deliveries(session: Session, systems: _Systems) -> Metric:
-    status = col(DeliveryAttempt.status_code)
-    outcome = case(
-        ((status >= 200) & (status < 300), literal_column("'delivered'")),
-        (status.is_not(None), literal_column("'failed'")),
-        else_=literal_column("'error'"),
-    ).label("outcome")
-    stmt = (
-        select(col(Delivery.system_id), outcome, func.count())
-        .join(Delivery, col(Delivery.id) == col(DeliveryAttempt.delivery_id))
-        .group_by(col(Delivery.system_id), outcome)
-    )
+def _deliveries(totals: Totals, systems: _Systems) -> Metric:
     counts = {(e, o): 0 for e in systems.endpoints() for o in DELIVERY_OUTCOMES}
-    counts.update({(systems.name(sid), o): n for sid, o, n in session.execute(stmt)})
+    for (sid, o), n in totals.attempts.counts.items():
+        counts[(systems.name(sid), o)] = counts.get((systems.name(sid), o), 0) + n
     family = CounterMetricFamily(
         f"{PREFIX}_deliveries",
         "Webhook delivery attempts by endpoint (system name) and outcome: delivered (2xx), "
@@ -166,20 +150,8 @@ def _deliveries(session: Session, systems: _Systems) -> Metric:
     return family
 
 
-def _detail() -> Any:
-    """The audit entry's JSON ``detail`` column (its SQL JSON operators are not typed)."""
-    return sa_inspect(AuditEntry).columns["detail"]
-
-
-def _dead_letters(session: Session, systems: _Systems) -> Metric:
-    system = _detail()["system"].as_string()
-    stmt = (
-        select(system, func.count())
-        .where(col(AuditEntry.action) == "delivery.dead_lettered")
-        .group_by(system)
-    )
-    counts = dict.fromkeys(systems.endpoints(), 0)
-    counts.update({str(name): n for name, n in session.execute(stmt)})
+def _dead_letters(totals: Totals, systems: _Systems) -> Metric:
+    counts = dict.fromkeys(systems.endpoints(), 0) | dict(totals.dead_letters)
     family = CounterMetricFamily(
         f"{PREFIX}_dead_letters",
         "Deliveries given up after their retry schedule, by endpoint (audit entries "
@@ -243,18 +215,13 @@ def _per_endpoint(name: str, documentation: str, values: dict[str, Any]) -> Metr
     return family
 
 
-def _emails(session: Session) -> Iterator[Metric]:
-    stmt = select(col(EmailMessage.kind), col(EmailMessage.status), func.count()).group_by(
-        col(EmailMessage.kind), col(EmailMessage.status)
-    )
-    outcomes: dict[tuple[str, str], int] = {}
-    claimed: dict[str, int] = defaultdict(int)
-    for kind, status, n in session.execute(stmt):
-        for o in EMAIL_OUTCOMES:
-            outcomes.setdefault((kind, o), 0)
-        claimed[kind] += n if status == CLAIMED else 0
-        if status != CLAIMED:
-            outcomes[(kind, status)] = n
+def _emails(totals: Totals) -> Iterator[Metric]:
+    kinds = {kind for kind, _ in totals.emails.counts} | set(totals.emails.claimed.values())
+    outcomes = {(kind, o): 0 for kind in kinds for o in EMAIL_OUTCOMES}
+    outcomes.update(totals.emails.counts)
+    claimed = dict.fromkeys(kinds, 0)
+    for kind in totals.emails.claimed.values():
+        claimed[kind] += 1
     total = CounterMetricFamily(
         f"{PREFIX}_emails",
         "Consent emails by kind and recorded outcome (sent, deferred, bounced, failed).",
@@ -273,40 +240,7 @@ def _emails(session: Session) -> Iterator[Metric]:
     yield gauge
 
 
-def _seconds(session: Session, later: Any, earlier: Any) -> Any:
-    """``later - earlier`` in seconds, for two ISO-8601 strings, in SQL (millisecond precision
-    on SQLite, whose ``julianday`` keeps milliseconds)."""
-    if is_postgres(session):
-        stamp = TIMESTAMP(timezone=True)
-        return func.extract("epoch", cast(later, stamp) - cast(earlier, stamp))
-    return cast((func.julianday(later) - func.julianday(earlier)) * 86400.0, Float)
-
-
-def _runs(session: Session) -> Iterator[Metric]:
-    detail = _detail()
-    flow, outcome = detail["flow"].as_string(), detail["outcome"].as_string()
-    inner = (
-        select(
-            flow.label("flow"),
-            outcome.label("outcome"),
-            _seconds(
-                session, detail["finished_at"].as_string(), detail["started_at"].as_string()
-            ).label("seconds"),
-            col(AuditEntry.recorded_at).label("recorded_at"),
-        )
-        .where(col(AuditEntry.action) == "flow.run")
-        .subquery()
-    )
-    seconds = inner.c.seconds
-    buckets = [func.count().filter(seconds <= bound) for bound in RUN_BUCKETS]
-    stmt = select(
-        inner.c.flow,
-        inner.c.outcome,
-        func.count(seconds),
-        func.coalesce(func.sum(seconds), 0.0),
-        func.max(inner.c.recorded_at),
-        *buckets,
-    ).group_by(inner.c.flow, inner.c.outcome)
+def _runs(totals: Totals) -> Iterator[Metric]:
     histogram = HistogramMetricFamily(
         f"{PREFIX}_flow_run_duration_seconds",
         "Duration of every recorded real flow run (audit entries flow.run), by flow and outcome.",
@@ -317,24 +251,10 @@ def _runs(session: Session) -> Iterator[Metric]:
         "When the latest real run of each flow with each outcome was recorded (Unix time).",
         labels=["flow", "outcome"],
     )
-    for row in session.execute(stmt):
-        name, result, n, total, latest, *cumulative = row
-        edges = [str(b) for b in RUN_BUCKETS] + ["+Inf"]
-        histogram.add_metric(
-            [str(name), str(result)],
-            list(zip(edges, [*cumulative, n], strict=True)),
-            float(total),
-        )
-        at = as_utc(latest)
-        last.add_metric([str(name), str(result)], at.timestamp() if at else 0.0)
+    edges = [str(b) for b in RUN_BUCKETS] + ["+Inf"]
+    for (flow, outcome), stats in sorted(totals.runs.items()):
+        buckets = list(zip(edges, stats.cumulative(), strict=True))
+        histogram.add_metric([flow, outcome], buckets, stats.total)
+        last.add_metric([flow, outcome], stats.last.timestamp() if stats.last else 0.0)
     yield histogram
     yield last
-
-
-def _audit_head(session: Session) -> Metric:
-    seq = session.execute(select(col(AuditHead.seq)).where(col(AuditHead.id) == 1)).scalar()
-    return GaugeMetricFamily(
-        f"{PREFIX}_audit_head_seq",
-        "Sequence number of the audit chain's latest entry.",
-        value=seq or 0,
-    )
