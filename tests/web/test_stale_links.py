@@ -209,5 +209,5 @@ def test_the_stale_page_speaks_the_persons_language(web, engine):
         lifecycle.revoke(s, "zoe", "news", Actor())
     html = web.get(f"/l/{renew}").text
     assert '<html lang="fr"' in html and STALE not in html
-    assert "Après l’envoi de cet e-mail, vous avez dit non à cette finalité." in html
+    assert "Après l\u2019envoi de cet e-mail, vous avez dit non à cette finalité." in html
     _preferences_link(html)

@@ -3,7 +3,7 @@
 ``create_app()`` builds it; ``consentflow serve`` runs it with uvicorn. Every expected failure is a
 4xx with a one-line message (JSON ``{"detail": ...}`` under /api, a page elsewhere; see
 ``web.errors``); bad input is a 422 that names the field. Wiring only: routers from ``web.api`` and
-``web.pages``, headers from ``web.middleware``, error answers from ``web.errors``.
+``web.pages``, headers and body limits from ``web.middleware``, error answers from ``web.errors``.
 """
 
 from __future__ import annotations
@@ -11,19 +11,16 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from consentflow.web import api, errors, pages
-from consentflow.web.middleware import SecurityHeaders
+from consentflow.web.middleware import BodyLimits, SecurityHeaders
 from consentflow.web.templating import TEMPLATES_DIR, templates
 
 __all__ = ["TEMPLATES_DIR", "create_app", "templates"]
 
 
 def create_app() -> FastAPI:
-    """The app. Also installs the commit hook that wakes the ``propagate`` deployment after a
-    withdrawal (``consentflow.delivery.events``; it emits only when ``PREFECT_API_URL`` is set)."""
-    from consentflow.delivery import events
-
-    events.install()
-
+    """The app: its routers, ``BodyLimits`` (authentication before any body is read, a cap on
+    every body) inside ``SecurityHeaders`` (so its answers get the headers too), and the error
+    handlers."""
     app = FastAPI(
         title="consentflow",
         version="1",
@@ -33,6 +30,7 @@ def create_app() -> FastAPI:
     )
     app.include_router(api.router)
     app.include_router(pages.router)
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(BodyLimits)
+    app.add_middleware(SecurityHeaders)  # added last: outermost
     errors.install(app)
     return app

@@ -11,15 +11,43 @@ configured) and ``Cache-Control: no-store``. A header the route set itself is ke
 
 The header values are computed once per app (``SecurityHeaders`` reads the settings when the app
 is built), so a request never pays for them.
+
+Bodies: the ``BodyLimits`` ASGI middleware (issue 14, defect 8). FastAPI reads a route's body
+before it runs the route's dependencies, authentication included, so without it anyone could
+make the server read (and hold) any amount of data before the 401. Here, before the app sees the
+request:
+
+- an unsafe API request (``POST``, ``PUT``, ``PATCH``, ``DELETE`` under ``/api/``) that has a body
+  is authenticated first, from its headers alone (``auth.authenticate``: a bearer token; a cookie
+  never authorises an unsafe API call), and answered 401 without a byte of its body being read;
+  the route then checks the token's scope as before;
+- every body is capped per route (``limit_for``): ``API_LIMIT`` (64 KiB) for the API,
+  ``PURPOSE_LIMIT`` (4 MiB) for ``/api/v1/purposes`` (a notice may carry 50 translations of
+  10,000 characters), ``PAGE_LIMIT`` (16 KiB) for the pages' forms. A declared
+  ``Content-Length`` over the limit is a 413 at once; a body without one (chunked) is counted as
+  it streams in and cut off at the limit: the app's answer to the cut-off body is dropped and a
+  413 sent instead. Nothing ever reads a whole oversize body.
+
+These answers have the app's usual shape (``errors.error_response``: one-line JSON ``detail``
+under /api, a page elsewhere) and say ``Connection: close``, so the server drops the connection
+instead of reading the rest of the body. Failure mode: if the database cannot be reached for the
+early authentication, the request fails (500) as the route itself would have.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
+import anyio.to_thread
+from starlette.datastructures import Headers
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from consentflow import db
 from consentflow.settings import Settings, get_settings
+from consentflow.web import auth
+from consentflow.web.errors import error_response
 
 Header = tuple[bytes, bytes]
 
@@ -101,3 +129,109 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+#: The cap of an API body: every JSON request the API takes fits many times over.
+API_LIMIT = 64 * 1024
+#: The cap of a purpose's body: 51 texts of 10,200 characters, even \u-escaped (6 bytes each).
+PURPOSE_LIMIT = 4 * 1024 * 1024
+#: The cap of a page's form post (a link answer, sign-in, asking for a new link).
+PAGE_LIMIT = 16 * 1024
+#: Path prefixes and their caps, first match wins; anything else: ``PAGE_LIMIT``.
+ROUTE_LIMITS: tuple[tuple[str, int], ...] = (
+    ("/api/v1/purposes", PURPOSE_LIMIT),
+    ("/api/", API_LIMIT),
+)
+_SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def limit_for(path: str, limits: Sequence[tuple[str, int]] = ROUTE_LIMITS) -> int:
+    """The most bytes a request to ``path`` may send as its body."""
+    return next((cap for prefix, cap in limits if path.startswith(prefix)), PAGE_LIMIT)
+
+
+class BodyTooLarge(Exception):
+    """Raised from ``receive`` when a streamed body passes its cap."""
+
+
+def _too_large(limit: int) -> str:
+    return f"request body too large: at most {limit} bytes here"
+
+
+def _declared_length(headers: Headers) -> int | None:
+    value = headers.get("content-length")
+    return int(value) if value is not None and value.strip().isdigit() else None
+
+
+def _refusal(scope: Scope) -> auth.AuthError | None:
+    """The 401 an unsafe API request gets from its headers alone, or None if it may go on.
+    Blocking (a database lookup): run in a worker thread."""
+    try:
+        with db.session_scope(readonly=True) as session:
+            auth.ANY.admit(auth.authenticate(Request(scope), session, readonly=True))
+    except auth.AuthError as exc:
+        return exc
+    return None
+
+
+async def _answer(scope: Scope, receive: Receive, send: Send, status: int, detail: str) -> None:
+    """The app's usual error answer, closing the connection (the body stays unread)."""
+    response = error_response(Request(scope), status, detail)
+    response.headers["connection"] = "close"
+    await response(scope, receive, send)
+
+
+class BodyLimits:
+    """Authenticate unsafe API requests before their body, and cap every body (see the module
+    docstring)."""
+
+    def __init__(self, app: ASGIApp, limits: Sequence[tuple[str, int]] = ROUTE_LIMITS) -> None:
+        self.app = app
+        self.limits = tuple(limits)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path, limit = scope["path"], limit_for(scope["path"], self.limits)
+        headers = Headers(scope=scope)
+        declared = _declared_length(headers)
+        has_body = bool(declared) or "transfer-encoding" in headers
+        if has_body and scope["method"] not in _SAFE and path.startswith("/api/"):
+            refused = await anyio.to_thread.run_sync(_refusal, scope)
+            if refused is not None:
+                await _answer(scope, receive, send, refused.status_code, refused.detail)
+                return
+        if declared is not None and declared > limit:
+            await _answer(scope, receive, send, 413, _too_large(limit))
+            return
+        await self._capped(scope, receive, send, limit)
+
+    async def _capped(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        """Run the app on a ``receive`` that stops at ``limit`` bytes; past it, answer 413."""
+        received, too_large, started = 0, False, False
+
+        async def capped_receive() -> Message:
+            nonlocal received, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    too_large = True
+                    raise BodyTooLarge(_too_large(limit))
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            if too_large and not started:
+                return  # the app's answer to a cut-off body: the 413 below replaces it
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, capped_receive, tracked_send)
+        except Exception:
+            if not too_large:
+                raise
+        if too_large and not started:
+            await _answer(scope, receive, send, 413, _too_large(limit))

@@ -17,9 +17,9 @@ A link that would give consent (grant, renew) is bound to the person's latest ch
 issued (``links.superseded``): once they have said no since (withdrawn or refused, by any way),
 its page explains that their later answer stands and offers the preference page instead of the
 buttons, and its "yes" or "renew" (from a page left open) is a 409 that changes nothing. Its
-"No, thanks", a revoke link and RFC 8058 one-click are never refused as stale: they give nothing. Changes from a link are recorded with
-channel ``email_link``, the subject as the actor. What an answer means is ``consentflow.answers``;
-this module handles HTTP around it.
+"No, thanks", a revoke link and RFC 8058 one-click are never refused as stale: they give nothing.
+Changes from a link are recorded with channel ``email_link``, the subject as the actor. What an
+answer means is ``consentflow.answers``; this module handles HTTP around it.
 """
 
 from __future__ import annotations
