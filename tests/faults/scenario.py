@@ -1,0 +1,289 @@
+"""The scripted fault scenario: several simulated days of consent work while faults strike.
+
+Time moves through the data, not the clock: the scenario's day ``d`` is the instant
+``start + d days`` in the past (``start`` = now minus ``days``), validity ends and reminder
+stages are seeded relative to those days, and the sweeps run with ``as_of`` = that day (a real
+run may judge as of a past instant). What the engine schedules against the real clock (delivery
+retries and leases, email claims) is moved a day back by ``advance`` at each day's start, as if
+a day had passed. Nothing sleeps: every fault is injected when a condition shows the work is in
+flight (a receiver or SMTP gate holds the first request; a backend waits at the held audit head).
+
+The same ``Scenario`` runs in the CI test (``tests/faults/test_scenario.py``, small) and in the
+soak benchmark (``bench/fault_soak.py``, more days and subjects). ``Tally`` counts faults
+injected and survived; ``checks.py`` makes the end-of-scenario assertions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from consentflow import db, links, purposes, subjects, systems, tokens
+from consentflow.links import LinkAction
+from consentflow.models import utcnow
+from tests.support.faults import (
+    FaultReceiver,
+    FlowProcess,
+    GatedSmtp,
+    Postgres,
+    environment,
+    raw,
+)
+from tests.support.seeding import give, seed_subjects
+
+DAY = timedelta(days=1)
+GZIP_500 = raw(
+    b"500 Internal Server Error",
+    [b"content-encoding: gzip", b"content-type: text/plain"],
+    __import__("gzip").compress(b"\x00" * 200_000 + b"oops"),
+)
+
+
+@dataclass
+class Tally:
+    injected: list[str] = field(default_factory=list)
+    survived: list[str] = field(default_factory=list)
+    #: Per kill or termination: how many acknowledged webhooks may come again (its batch).
+    in_flight_bound: int = 0
+
+    def fault(self, name: str) -> None:
+        self.injected.append(name)
+
+    def ok(self, name: str) -> None:
+        self.survived.append(name)
+
+    def line(self, lost: int) -> str:
+        return (
+            f"fault suite: {len(self.injected)} faults injected, {len(self.survived)} survived, "
+            f"{lost} items lost ({', '.join(self.injected)})"
+        )
+
+
+@dataclass
+class Size:
+    days: int = 6
+    subjects: int = 40
+    batch: int = 5
+
+
+@dataclass
+class Scenario:
+    engine: Engine
+    url: str
+    logs: Path
+    smtp: GatedSmtp
+    web: str
+    size: Size = field(default_factory=Size)
+    tally: Tally = field(default_factory=Tally)
+    crm: FaultReceiver = field(default_factory=FaultReceiver)
+    ads: FaultReceiver = field(default_factory=FaultReceiver)
+    legacy: FaultReceiver = field(default_factory=FaultReceiver)
+    secrets: list[str] = field(default_factory=list)
+    link_tokens: list[str] = field(default_factory=list)
+    admin_token: str = ""
+    runs: list[FlowProcess] = field(default_factory=list)
+    start: datetime = field(default_factory=lambda: utcnow() - timedelta(days=6))
+    #: Set by the test: run a flow in this process, ``(flow, **parameters) -> state``.
+    run_flow: Callable[..., Any] | None = None
+
+    def __post_init__(self) -> None:
+        self.pg = Postgres(self.url)
+        self.start = utcnow() - timedelta(days=self.size.days)
+
+    def day(self, d: int) -> datetime:
+        return self.start + d * DAY
+
+    @property
+    def emails(self) -> list[str]:
+        return [f"s{i}@example.com" for i in range(self.size.subjects)]
+
+    def close(self) -> None:
+        for r in (self.crm, self.ads, self.legacy):
+            r.close()
+        self.pg.close()
+
+    # ------------------------------------------------------------------------------- set-up
+
+    def seed(self) -> None:
+        """Two purposes, three systems, subjects with consents ending on the scenario's days."""
+        n = self.size.subjects
+        with db.session_scope(self.engine) as s:
+            purposes.add(s, "news", title="News", validity_days=365)
+            purposes.add(s, "profiling", title="Profiling", validity_days=365)
+            for name, keys, receiver in (
+                ("crm", ["news", "profiling"], self.crm),
+                ("ads", ["news"], self.ads),
+                ("legacy", ["profiling"], self.legacy),
+            ):
+                _, secret = systems.add(s, name, keys, webhook_url=receiver.url())
+                assert secret
+                self.secrets.append(secret)
+            self.admin_token = tokens.create(s, "root", "admin")[1]
+            self.secrets.append(self.admin_token)
+        ids = seed_subjects(self.engine, n, prefix="s")
+        quarter = n // 4
+        # a quarter ends on day 1 (the expiry sweep's work), a quarter a day after day 6 (the
+        # reminders' work: stage 7 on day 2, stage 1 on the last day), the rest in a year
+        give(self.engine, ids[:quarter], "news", self.day(1) - timedelta(hours=1))
+        give(self.engine, ids[quarter : 2 * quarter], "news", self.day(self.size.days) + DAY)
+        give(self.engine, ids[2 * quarter :], "news", utcnow() + 200 * DAY)
+        give(self.engine, ids[2 * quarter : 3 * quarter], "profiling", utcnow() + 300 * DAY)
+
+    def advance(self) -> None:
+        """A day passes for what the engine schedules on the real clock."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "UPDATE delivery SET next_attempt_at = next_attempt_at - interval '1 day', "
+                    "leased_until = leased_until - interval '1 day' WHERE state = 'pending'"
+                )
+            )
+            conn.execute(
+                text(
+                    "UPDATE email_message SET created_at = created_at - interval '1 day' "
+                    "WHERE status = 'claimed'"
+                )
+            )
+
+    # ---------------------------------------------------------------------- ways consent changes
+
+    def api(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.admin_token}", **kw.pop("headers", {})}
+        return httpx.request(method, f"{self.web}/api/v1{path}", headers=headers, timeout=30, **kw)
+
+    def api_change(self, subject: str, purpose: str, action: str) -> None:
+        r = self.api("POST", f"/subjects/{subject}/consents/{purpose}/{action}")
+        assert r.status_code == 200, (subject, purpose, action, r.status_code, r.text[:300])
+
+    def link(self, subject: str, action: LinkAction, purpose: str | None = None) -> str:
+        with db.session_scope(self.engine) as s:
+            person = subjects.get(s, subject)
+            assert person is not None and person.id is not None
+            sid = person.id
+            pid = purposes.get(s, purpose).id if purpose else None
+            token = links.issue(s, action, sid, pid)
+        self.link_tokens.append(token)
+        return token
+
+    def unsubscribe(self, subject: str, purpose: str, *, twice: bool = False) -> None:
+        """The RFC 8058 one-click unsubscribe of a revoke link (a mail client may send it twice)."""
+        token = self.link(subject, LinkAction.REVOKE, purpose)
+        for _ in range(2 if twice else 1):
+            r = httpx.post(
+                f"{self.web}/l/{token}", data={"List-Unsubscribe": "One-Click"}, timeout=30
+            )
+            assert r.status_code == 200, (subject, r.status_code, r.text[:300])
+
+    # ------------------------------------------------------------------------- flows, faults
+
+    def env(self) -> dict[str, str]:
+        return environment({"CONSENTFLOW_DATABASE_URL": self.url})
+
+    def spawn(self, flow: str, *args: str) -> FlowProcess:
+        proc = FlowProcess(flow, list(args), self.env(), self.logs)
+        self.runs.append(proc)
+        return proc
+
+    def flow(self, flow: str, **parameters: Any) -> Any:
+        assert self.run_flow is not None
+        return self.run_flow(flow, **parameters)
+
+    def propagate(self) -> Any:
+        return self.flow("propagate", run_seconds=0.5, batch_size=self.size.batch, per_endpoint=2)
+
+    @contextmanager
+    def fault(self, name: str) -> Iterator[None]:
+        self.tally.fault(name)
+        yield
+        self.tally.ok(name)
+
+    def kill_mid_sweep(self, as_of: datetime) -> None:
+        """SIGKILL an expiry sweep whose batch has written consents and waits at the audit head."""
+        with self.fault("SIGKILL mid expiry sweep"):
+            self.pg.hold_audit_head()
+            try:
+                proc = self.spawn(
+                    "expiry-sweep", "--as-of", as_of.isoformat(), "--batch-size", "3"
+                )
+                self.pg.blocked_writer("consent", 90, proc)
+                proc.kill()
+            finally:
+                self.pg.let_go()
+
+    def kill_mid_delivery(self) -> None:
+        """SIGKILL a propagate run while the crm receiver holds its first request."""
+        with self.fault("SIGKILL mid delivery batch"):
+            self.crm.gate.arm()
+            proc = self.spawn(
+                "propagate",
+                "--batch-size",
+                str(self.size.batch),
+                "--param",
+                "run_seconds=60",
+                "--param",
+                "per_endpoint=2",
+                "--param",
+                'systems=["crm"]',
+            )
+            _wait(self.crm.gate.in_flight, proc)
+            proc.kill()
+            self.crm.gate.release()
+            self.tally.in_flight_bound += 2
+
+    def kill_mid_reminders(self, as_of: datetime) -> None:
+        """SIGKILL a reminder run while the SMTP server holds its first message."""
+        with self.fault("SIGKILL mid reminder batch"):
+            self.smtp.gate.arm()
+            proc = self.spawn(
+                "renewal-reminders", "--as-of", as_of.isoformat(), "--batch-size", "3"
+            )
+            _wait(self.smtp.gate.in_flight, proc)
+            proc.kill()
+            self.smtp.gate.release()
+
+    def terminate_mid_delivery(self) -> None:
+        """``pg_terminate_backend`` the propagate run's connections while crm holds a request."""
+        with self.fault("database connections terminated mid delivery batch"):
+            self.crm.gate.arm()
+            proc = self.spawn(
+                "propagate",
+                "--batch-size",
+                str(self.size.batch),
+                "--param",
+                "run_seconds=2",
+                "--param",
+                "per_endpoint=2",
+                "--param",
+                'systems=["crm"]',
+            )
+            _wait(self.crm.gate.in_flight, proc)
+            assert self.pg.terminate_flow() >= 1
+            self.crm.gate.release()
+            proc.wait(timeout=120)  # whatever its outcome: the next run must not lose anything
+            self.tally.in_flight_bound += 2
+
+    def terminate_mid_reminders(self, as_of: datetime) -> None:
+        """``pg_terminate_backend`` a reminder run's connections while SMTP holds a message."""
+        with self.fault("database connections terminated mid reminder batch"):
+            self.smtp.gate.arm()
+            proc = self.spawn(
+                "renewal-reminders", "--as-of", as_of.isoformat(), "--batch-size", "3"
+            )
+            _wait(self.smtp.gate.in_flight, proc)
+            assert self.pg.terminate_flow() >= 1
+            self.smtp.gate.release()
+            proc.wait(timeout=120)
+
+
+def _wait(event: Any, proc: FlowProcess, timeout: float = 90) -> None:
+    from tests.support.workers import eventually
+
+    eventually(lambda: event.is_set(), timeout, f"{proc.flow} in flight", proc.died)
