@@ -40,8 +40,8 @@ from sqlmodel import Session, col, select
 
 from consentflow.db import Column, Writer
 from consentflow.errors import InvalidInput
-from consentflow.keys import derive, instance_secret
-from consentflow.models import AuditEntry, AuditHead, ConsentEvent, utcnow
+from consentflow.keys import derive
+from consentflow.models import AuditEntry, AuditHead, utcnow
 
 GENESIS = "0" * 64
 #: The format of a consent entry's ``detail`` written now (see the module docstring).
@@ -121,36 +121,12 @@ def evidence_digest(secret: bytes, evidence: Any) -> str | None:
     return derive(secret, "audit-evidence:", canonical).hex()
 
 
-def _with_evidence(session: Session, items: list[Entry]) -> list[Entry]:
-    """Format 2: each consent entry naming its event gets ``v`` and its evidence's hash."""
-    chained = [e for e in items if e.action.startswith("consent.") and "event_id" in e.detail]
-    chained = [e for e in chained if "v" not in e.detail]
-    if not chained:
-        return items
-    evidence: dict[Any, Any] = {}
-    ids = [e.detail["event_id"] for e in chained]
-    for start in range(0, len(ids), 1000):
-        stmt = select(ConsentEvent.id, ConsentEvent.evidence).where(
-            col(ConsentEvent.id).in_(ids[start : start + 1000])
-        )
-        evidence.update((str(i), ev) for i, ev in session.exec(stmt) if ev is not None)
-    secret = instance_secret(session) if evidence else b""
-    for e in chained:
-        found = evidence.get(str(e.detail["event_id"]))
-        e.detail = {
-            **e.detail,
-            "v": CONSENT_FORMAT,
-            "evidence": evidence_digest(secret, found),
-        }
-    return items
-
-
 def append(session: Session, entries: Iterable[Entry], *, now: datetime | None = None) -> int:
     """Chain ``entries`` onto the trail in the caller's transaction; returns the new head seq.
 
     Call it as the last write of the transaction (see the module docstring).
     """
-    items = _with_evidence(session, list(entries))
+    items = list(entries)
     if not items:
         return 0
     recorded_at = now or utcnow()

@@ -5,7 +5,8 @@ Invariants:
 - ``derive`` (HMAC-SHA256 over the concatenated parts) is the only keyed hash in the ledger:
   subject references (``subject_ref``), the suppression list's address hashes (``mail``), the
   email links' per-action keys and signatures (``links``), the web app's per-purpose keys and the
-  Fernet key that seals webhook secrets at rest (``secretbox``, via ``hkdf``). Each use starts
+  Fernet key that seals webhook secrets at rest (``secretbox``, via ``hkdf``), the audit chain's
+  hash of an event's evidence (``audit.evidence_digest``, ``"audit-evidence:"``). Each use starts
   its parts with its own label (``"subject:"``, ``"email:"``, ``"consentflow-link:<action>"``,
   ...), so no two uses can produce the same input.
 - Stored and handed-out values never change: ``tests/ledger/test_keys.py`` pins them for a fixed

@@ -470,6 +470,8 @@ class VerifyOut(View):
     #: Whether the consent history matches the chain (checked when the chain is intact).
     history_ok: bool
     history_problem: str | None
+    #: Every fault found, one line each (empty when the record verifies).
+    findings: list[str] = []
 
 
 # ---------------------------------------------------------------------------------------- links

@@ -229,6 +229,7 @@ def test_cli_verify_prints_the_head_and_accepts_it_as_anchor(chain: Engine, cli:
         "problem": None,
         "history_ok": True,
         "history_problem": None,
+        "findings": [],
     }
     assert cli("audit", "verify", "--expect", data["head"]).code == 0
     assert cli("audit", "verify", "--expect", f"3:{entries(chain)[2].hash}").code == 0
