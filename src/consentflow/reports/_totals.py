@@ -35,19 +35,20 @@ counted until the process restarts.
 
 from __future__ import annotations
 
-import bisect
 import threading
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, literal_column, select
+from sqlalchemy import Float, case, cast, func, literal_column, select
 from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.dialects.postgresql import TIMESTAMP
 from sqlmodel import Session, col
 
 from consentflow.audit import GENESIS
+from consentflow.db import is_postgres
 from consentflow.models import (
     AuditEntry,
     AuditHead,
@@ -65,6 +66,9 @@ CLAIMED = "claimed"
 GAP_HORIZON = timedelta(hours=1)
 #: Totals kept per database (newest last).
 KEEP = 4
+#: On a process's first scrape, missing ids this close below the highest one are kept as gaps
+#: (transactions open at that moment); everything older is counted in one grouped pass.
+START_WINDOW = 10_000
 #: Ids looked up again per statement.
 _CHUNK = 1000
 _LOCK = threading.Lock()
@@ -73,20 +77,22 @@ _KEPT: dict[str, list[Totals]] = {}
 
 @dataclass(frozen=True)
 class RunStats:
-    """One (flow, outcome)'s runs: how many had both times, their summed seconds, how many fell
-    in each bucket (not cumulative; the last is ``+Inf``), and when the latest was recorded."""
+    """One (flow, outcome)'s runs: how many had both times, their summed seconds, how many took
+    at most each of ``RUN_BUCKETS`` (cumulative), and when the latest was recorded."""
 
     count: int = 0
     total: float = 0.0
-    buckets: tuple[int, ...] = (0,) * (len(RUN_BUCKETS) + 1)
+    buckets: tuple[int, ...] = (0,) * len(RUN_BUCKETS)
     last: datetime | None = None
 
+    def __add__(self, other: RunStats) -> RunStats:
+        last = max((t for t in (self.last, other.last) if t is not None), default=None)
+        buckets = tuple(a + b for a, b in zip(self.buckets, other.buckets, strict=True))
+        return RunStats(self.count + other.count, self.total + other.total, buckets, last)
+
     def cumulative(self) -> list[int]:
-        out, running = [], 0
-        for n in self.buckets:
-            running += n
-            out.append(running)
-        return out
+        """The bucket counts, ``+Inf`` (every run with a duration) last."""
+        return [*self.buckets, self.count]
 
 
 @dataclass(frozen=True)
@@ -180,8 +186,16 @@ def _fold(session: Session, base: Totals, seq: int, digest: str, now: datetime) 
         audit_hash=digest,
         runs=runs,
         dead_letters=dead,
-        attempts=base.attempts.fold(_attempts(session, base.attempts), now),
-        emails=base.emails.fold(_emails(session, base.emails), now),
+        attempts=(
+            base.attempts.fold(_attempts(session, base.attempts), now)
+            if base.attempts != Rows()
+            else _start_attempts(session, now)
+        ),
+        emails=(
+            base.emails.fold(_emails(session, base.emails), now)
+            if base.emails != Rows()
+            else _start_emails(session, now)
+        ),
     )
 
 
@@ -193,43 +207,62 @@ def _detail() -> Any:
 def _audit(
     session: Session, base: Totals, seq: int
 ) -> tuple[dict[tuple[str, str], RunStats], dict[str, int]]:
-    """Runs and dead letters with base.audit_seq < seq <= the head's (through
-    ``ix_audit_entry_action``, whose entries also hold ``seq``)."""
-    detail = _detail()
-    stmt = (
-        select(
-            col(AuditEntry.action),
-            detail["flow"].as_string(),
-            detail["outcome"].as_string(),
-            detail["started_at"].as_string(),
-            detail["finished_at"].as_string(),
-            detail["system"].as_string(),
-            col(AuditEntry.recorded_at),
-        )
-        .where(col(AuditEntry.action).in_(["flow.run", "delivery.dead_lettered"]))
-        .where(col(AuditEntry.seq) > base.audit_seq, col(AuditEntry.seq) <= seq)
-    )
+    """Runs and dead letters with base.audit_seq < seq <= the head's, added to the base's."""
     runs = dict(base.runs)
+    for key, stats in _runs(session, base.audit_seq, seq):
+        runs[key] = runs.get(key, RunStats()) + stats
+    system = _detail()["system"].as_string()
+    stmt = (
+        select(system, func.count())
+        .where(col(AuditEntry.action) == "delivery.dead_lettered")
+        .where(col(AuditEntry.seq) > base.audit_seq, col(AuditEntry.seq) <= seq)
+        .group_by(system)
+    )
     dead = Counter(base.dead_letters)
-    for action, flow, outcome, started, finished, system, recorded in session.execute(stmt):
-        if action == "delivery.dead_lettered":
-            dead[str(system)] += 1
-            continue
-        key = (str(flow), str(outcome))
-        runs[key] = _add_run(runs.get(key, RunStats()), started, finished, as_utc(recorded))
+    for name, n in session.execute(stmt):
+        dead[str(name)] += int(n)
     return runs, dict(dead)
 
 
-def _add_run(
-    stats: RunStats, started: str | None, finished: str | None, recorded: datetime | None
-) -> RunStats:
-    last = stats.last if stats.last and (recorded is None or stats.last >= recorded) else recorded
-    if not started or not finished:  # a crash recorded afterwards: no duration
-        return replace(stats, last=last)
-    seconds = (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds()
-    buckets = list(stats.buckets)
-    buckets[bisect.bisect_left(RUN_BUCKETS, seconds)] += 1
-    return RunStats(stats.count + 1, stats.total + seconds, tuple(buckets), last)
+def _seconds(session: Session, later: Any, earlier: Any) -> Any:
+    """``later - earlier`` in seconds, for two ISO-8601 strings, in SQL (millisecond precision
+    on SQLite, whose ``julianday`` keeps milliseconds)."""
+    if is_postgres(session):
+        stamp = TIMESTAMP(timezone=True)
+        return func.extract("epoch", cast(later, stamp) - cast(earlier, stamp))
+    return cast((func.julianday(later) - func.julianday(earlier)) * 86400.0, Float)
+
+
+def _runs(session: Session, after: int, upto: int) -> Iterator[tuple[tuple[str, str], RunStats]]:
+    """One grouped pass over the ``flow.run`` entries in (after, upto]: each duration is worked
+    out once (a materialised CTE), then counted into every bucket."""
+    detail = _detail()
+    finished, started = detail["finished_at"].as_string(), detail["started_at"].as_string()
+    entries = (
+        select(
+            detail["flow"].as_string().label("flow"),
+            detail["outcome"].as_string().label("outcome"),
+            _seconds(session, finished, started).label("seconds"),
+            col(AuditEntry.recorded_at).label("recorded_at"),
+        )
+        .where(col(AuditEntry.action) == "flow.run")
+        .where(col(AuditEntry.seq) > after, col(AuditEntry.seq) <= upto)
+        .cte("run")
+        .prefix_with("MATERIALIZED")
+    )
+    seconds = entries.c.seconds
+    stmt = select(
+        entries.c.flow,
+        entries.c.outcome,
+        func.count(seconds),
+        func.coalesce(func.sum(seconds), 0.0),
+        func.max(entries.c.recorded_at),
+        *[func.count().filter(seconds <= bound) for bound in RUN_BUCKETS],
+    ).group_by(entries.c.flow, entries.c.outcome)
+    for flow, outcome, n, total, latest, *buckets in session.execute(stmt):
+        # A run recorded without both times (a crash, afterwards) has no duration: no bucket.
+        stats = RunStats(int(n), float(total), tuple(int(b) for b in buckets), as_utc(latest))
+        yield (str(flow), str(outcome)), stats
 
 
 def _reopened(column: Any, rows: Rows) -> Iterable[Any]:
@@ -240,16 +273,20 @@ def _reopened(column: Any, rows: Rows) -> Iterable[Any]:
         yield column.in_(ids[start : start + _CHUNK])
 
 
-def _attempts(session: Session, rows: Rows) -> Iterable[tuple[int, Any, str]]:
+def _outcome() -> Any:
+    """An attempt's outcome: delivered (2xx), failed (another answer), error (none)."""
     status = col(DeliveryAttempt.status_code)
-    outcome = case(
+    return case(
         ((status >= 200) & (status < 300), literal_column("'delivered'")),
         (status.is_not(None), literal_column("'failed'")),
         else_=literal_column("'error'"),
-    )
+    ).label("outcome")
+
+
+def _attempts(session: Session, rows: Rows) -> Iterable[tuple[int, Any, str]]:
     for condition in _reopened(col(DeliveryAttempt.id), rows):
         stmt = (
-            select(col(DeliveryAttempt.id), col(Delivery.system_id), outcome)
+            select(col(DeliveryAttempt.id), col(Delivery.system_id), _outcome())
             .join(Delivery, col(Delivery.id) == col(DeliveryAttempt.delivery_id))
             .where(condition)
         )
@@ -260,3 +297,36 @@ def _emails(session: Session, rows: Rows) -> Iterable[tuple[int, Any, str]]:
     for condition in _reopened(col(EmailMessage.id), rows):
         stmt = select(col(EmailMessage.id), col(EmailMessage.kind), col(EmailMessage.status))
         yield from ((int(i), k, str(o)) for i, k, o in session.execute(stmt.where(condition)))
+
+
+def _gaps(session: Session, ident: Any, top: int, now: datetime) -> dict[int, datetime]:
+    """The ids of the last ``START_WINDOW`` below ``top`` that are not visible (yet)."""
+    low = max(0, top - START_WINDOW)
+    present = set(session.scalars(select(ident).where(ident > low, ident <= top)))
+    return {i: now for i in range(low + 1, top + 1) if i not in present}
+
+
+def _start_attempts(session: Session, now: datetime) -> Rows:
+    """A process's first fold: one grouped pass up to the highest id, gaps near it."""
+    ident = col(DeliveryAttempt.id)
+    top = int(session.execute(select(func.max(ident))).scalar() or 0)
+    outcome = _outcome()
+    stmt = (
+        select(col(Delivery.system_id), outcome, func.count())
+        .join(Delivery, col(Delivery.id) == col(DeliveryAttempt.delivery_id))
+        .where(ident <= top)
+        .group_by(col(Delivery.system_id), outcome)
+    )
+    counts = {(sid, str(o)): int(n) for sid, o, n in session.execute(stmt)}
+    return Rows(top, counts, _gaps(session, ident, top, now), {})
+
+
+def _start_emails(session: Session, now: datetime) -> Rows:
+    """Like ``_start_attempts``; the messages still claimed are kept by id."""
+    ident, kind, status = col(EmailMessage.id), col(EmailMessage.kind), col(EmailMessage.status)
+    top = int(session.execute(select(func.max(ident))).scalar() or 0)
+    stmt = select(kind, status, func.count()).where(ident <= top).group_by(kind, status)
+    counts = {(k, str(st)): int(n) for k, st, n in session.execute(stmt) if st != CLAIMED}
+    claimed = select(ident, kind).where(status == CLAIMED, ident <= top)
+    open_ = {int(i): k for i, k in session.execute(claimed)}
+    return Rows(top, counts, _gaps(session, ident, top, now), open_)
