@@ -39,7 +39,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-import anyio.to_thread
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -198,7 +198,7 @@ class BodyLimits:
         declared = _declared_length(headers)
         has_body = bool(declared) or "transfer-encoding" in headers
         if has_body and scope["method"] not in _SAFE and path.startswith("/api/"):
-            refused = await anyio.to_thread.run_sync(_refusal, scope)
+            refused = await run_in_threadpool(_refusal, scope)
             if refused is not None:
                 await _answer(scope, receive, send, refused.status_code, refused.detail)
                 return
