@@ -320,6 +320,14 @@ class Delivery(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("system_id", "event_id"),
         Index("ix_delivery_state_next_attempt_at", "state", "next_attempt_at"),
+        # The undelivered queue by endpoint without reading rows (``reports.metrics``).
+        Index(
+            "ix_delivery_state_system_id_attempts_created_at",
+            "state",
+            "system_id",
+            "attempts",
+            "created_at",
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
