@@ -84,12 +84,12 @@ def no_consent_changed_twice(sc: Scenario) -> list[str]:
 
 def no_email_twice(sc: Scenario) -> list[str]:
     """Each message the SMTP server accepted is one (subject, purpose, kind, stage) once."""
-    by_message_id = {
-        mid: (subject, purpose, kind, stage)
-        for mid, subject, purpose, kind, stage in _rows(
-            sc, "SELECT message_id, subject_id, purpose_id, kind, stage FROM email_message"
-        )
-    }
+    rows = _rows(
+        sc,
+        "SELECT message_id, subject_id, purpose_id, kind, stage, status, run_id, error "
+        "FROM email_message ORDER BY id",
+    )
+    by_message_id = {r[0]: tuple(r[1:5]) for r in rows}
     seen: Counter[Any] = Counter()
     failures = []
     for received in sc.smtp.received:
@@ -99,16 +99,37 @@ def no_email_twice(sc: Scenario) -> list[str]:
             failures.append(f"an email the ledger has no record of: {mid!r}")
             continue
         seen[key] += 1
-    failures += [f"email {k} sent {n} times" for k, n in seen.items() if n > 1]
+    for key, n in seen.items():
+        if n > 1:
+            log = [f"{r[5]} run {r[6]} ({r[7]})" for r in rows if tuple(r[1:5]) == key]
+            failures.append(f"email {key} sent {n} times; its messages: {'; '.join(log)}")
     return failures
 
 
 def duplicates_bounded(sc: Scenario) -> list[str]:
-    """Webhooks acknowledged more than once: at most the requests in flight at the kills."""
-    extra = sum(n - 1 for r in (sc.crm, sc.ads, sc.legacy) for n in r.acked_ids().values())
-    if extra > sc.tally.in_flight_bound:
-        return [f"{extra} acknowledged webhooks sent again (bound {sc.tally.in_flight_bound})"]
-    return []
+    """Webhooks acknowledged more than once: at most the batches in flight at the kills."""
+    receivers = {"crm": sc.crm, "ads": sc.ads, "legacy": sc.legacy}
+    again = {
+        (name, webhook_id): n - 1
+        for name, r in receivers.items()
+        for webhook_id, n in r.acked_ids().items()
+        if n > 1
+    }
+    if sum(again.values()) <= sc.tally.in_flight_bound:
+        return []
+    detail = []
+    for (name, webhook_id), n in sorted(again.items()):
+        attempts = _rows(
+            sc,
+            "SELECT a.attempt, a.status_code, a.error_class, d.state FROM delivery_attempt a "
+            "JOIN delivery d ON d.id = a.delivery_id "
+            f"WHERE d.webhook_id = '{webhook_id}' ORDER BY a.id",
+        )
+        detail.append(f"{name} {webhook_id} +{n}: attempts recorded {attempts}")
+    return [
+        f"{sum(again.values())} acknowledged webhooks sent again "
+        f"(bound {sc.tally.in_flight_bound}): " + "; ".join(detail)
+    ]
 
 
 def audit_accounts(sc: Scenario) -> list[str]:
@@ -146,3 +167,33 @@ def leaks(sc: Scenario, texts: dict[str, str]) -> list[str]:
             if hits:
                 failures.append(f"{kind} in {where} ({len(hits)} found)")
     return failures
+
+
+def prefect_texts() -> dict[str, str]:
+    """Every log line and artifact the Prefect server holds."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        logs, offset = [], 0
+        while batch := client.read_logs(limit=200, offset=offset):
+            logs += [f"{log.name} {log.message}" for log in batch]
+            offset += len(batch)
+        artifacts = [f"{a.key} {a.data} {a.description}" for a in client.read_artifacts()]
+    return {"Prefect logs": "\n".join(logs), "Prefect artifacts": "\n".join(artifacts)}
+
+
+def run_all(sc: Scenario, web_output: str) -> tuple[list[str], int]:
+    """Every check; the failures and the number of items lost."""
+    failures, lost = withdrawals_reached(sc)
+    failures += no_consent_changed_twice(sc)
+    failures += no_email_twice(sc)
+    failures += duplicates_bounded(sc)
+    failures += audit_accounts(sc)
+    texts = {}
+    for proc in sc.runs:
+        done = proc.wait(60)
+        texts[f"flow process {proc.out_path.name}"] = done.out + done.err
+    texts |= prefect_texts()
+    texts["web server output"] = web_output
+    failures += leaks(sc, texts)
+    return failures, lost

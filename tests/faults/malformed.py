@@ -7,14 +7,14 @@ from __future__ import annotations
 import contextlib
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from sqlalchemy import text
 
 from tests.support.seeding import row_counts
 
-if False:  # pragma: no cover - typing only, no import cycle at run time
+if TYPE_CHECKING:
     from tests.faults.scenario import Scenario
 
 
@@ -49,11 +49,15 @@ def _cli_cases(sc: Scenario) -> list[tuple[str, tuple[str, ...]]]:
     return [
         ("cli: id with a slash", ("consent", "revoke", "s1/x", "news")),
         ("cli: over-long reason", ("consent", "revoke", "s1", "news", "--reason", "r" * 900)),
-        ("cli: malformed IPv6 webhook URL", ("system", "add", "bad", "--purposes", "news",
-                                              "--webhook-url", "https://[::1")),
+        (
+            "cli: malformed IPv6 webhook URL",
+            ("system", "add", "bad", "--purposes", "news", "--webhook-url", "https://[::1"),
+        ),
         ("cli: run with a bad as-of", ("run", "expiry-sweep", "--local", "--as-of", "yesterday")),
-        ("cli: run with an unknown parameter", ("run", "propagate", "--local", "--param",
-                                                "dryrun=true")),
+        (
+            "cli: run with an unknown parameter",
+            ("run", "propagate", "--local", "--param", "dryrun=true"),
+        ),
         ("import: NUL byte, bad id, long locale", ("subject", "import", str(bad_csv))),
     ]
 
@@ -63,23 +67,41 @@ def _api_cases(sc: Scenario) -> list[tuple[str, Any]]:
     auth = {"Authorization": f"Bearer {sc.admin_token}"}
     token = sc.link("s2", _grant())
     return [
-        ("api: encoded slash in a subject id",
-         lambda: httpx.post(f"{base}/subjects/s1%2Fx/consents/news/revoke", headers=auth)),
-        ("api: channel only a link may use",
-         lambda: httpx.post(f"{base}/subjects/s1/consents/news/revoke", headers=auth,
-                            json={"channel": "email_link"})),
-        ("api: unknown run parameter",
-         lambda: httpx.post(f"{base}/runs/expiry-sweep", headers=auth, json={"dryrun": True})),
-        ("api: 3 MB body without a token",
-         lambda: httpx.post(f"{base}/subjects", content=b"{" + b" " * 3_000_000 + b"}",
-                            headers={"content-type": "application/json"})),
+        (
+            "api: encoded slash in a subject id",
+            lambda: httpx.post(f"{base}/subjects/s1%2Fx/consents/news/revoke", headers=auth),
+        ),
+        (
+            "api: channel only a link may use",
+            lambda: httpx.post(
+                f"{base}/subjects/s1/consents/news/revoke",
+                headers=auth,
+                json={"channel": "email_link"},
+            ),
+        ),
+        (
+            "api: unknown run parameter",
+            lambda: httpx.post(f"{base}/runs/expiry-sweep", headers=auth, json={"dryrun": True}),
+        ),
+        (
+            "api: 3 MB body without a token",
+            lambda: httpx.post(
+                f"{base}/subjects",
+                content=b"{" + b" " * 3_000_000 + b"}",
+                headers={"content-type": "application/json"},
+            ),
+        ),
         ("api: not JSON", lambda: httpx.post(f"{base}/subjects", headers=auth, content=b"\xff{")),
         ("link: tampered token", lambda: httpx.get(f"{sc.web}/l/{token[:-2]}xx")),
         ("link: garbage token", lambda: httpx.post(f"{sc.web}/l/%00%ff..", data={"op": "x"})),
-        ("link: one-click on a grant link",
-         lambda: httpx.post(f"{sc.web}/l/{token}", data={"List-Unsubscribe": "One-Click"})),
-        ("link: confirm without CSRF", lambda: httpx.post(f"{sc.web}/l/{token}",
-                                                         data={"answer": "yes"})),
+        (
+            "link: one-click on a grant link",
+            lambda: httpx.post(f"{sc.web}/l/{token}", data={"List-Unsubscribe": "One-Click"}),
+        ),
+        (
+            "link: confirm without CSRF",
+            lambda: httpx.post(f"{sc.web}/l/{token}", data={"answer": "yes"}),
+        ),
     ]
 
 

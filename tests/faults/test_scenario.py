@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -25,27 +24,6 @@ from tests.support.smtp import use_smtp
 from tests.support.web import serve_process
 
 pytestmark = pytest.mark.usefixtures("prefect_harness", "allow_loopback")
-
-
-def run_in_process(flow: str, **parameters: Any) -> Any:
-    """Run ``flow`` here (under the Prefect harness): its final state, never raising."""
-    from consentflow import runs
-
-    fn, values = runs.prepare_flow(flow, parameters)
-    return fn(**values, return_state=True)
-
-
-def prefect_texts() -> dict[str, str]:
-    """Every log line and artifact the Prefect server holds."""
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        logs, offset = [], 0
-        while batch := client.read_logs(limit=200, offset=offset):
-            logs += [f"{log.name} {log.message}" for log in batch]
-            offset += len(batch)
-        artifacts = [f"{a.key} {a.data} {a.description}" for a in client.read_artifacts()]
-    return {"Prefect logs": "\n".join(logs), "Prefect artifacts": "\n".join(artifacts)}
 
 
 @pytest.fixture
@@ -67,7 +45,6 @@ def scenario(
 
     engine = db.get_engine(pg_database)
     sc = Scenario(engine, pg_database, tmp_path / "logs", smtp, "", Size())
-    sc.run_flow = run_in_process
     try:
         yield sc
     finally:
@@ -82,16 +59,6 @@ def test_the_scenario_survives_every_fault(scenario: Scenario) -> None:
     with serve_process(sc.url) as served:
         sc.web = served.base
         play(sc)
-    failures: list[str] = []
-    reached, lost = checks.withdrawals_reached(sc)
-    failures += reached
-    failures += checks.no_consent_changed_twice(sc)
-    failures += checks.no_email_twice(sc)
-    failures += checks.duplicates_bounded(sc)
-    failures += checks.audit_accounts(sc)
-    texts = {f"flow process {p.out_path.name}": p.wait(60).out + p.wait(60).err for p in sc.runs}
-    texts |= prefect_texts()
-    texts["web server output"] = served.stdout + served.stderr
-    failures += checks.leaks(sc, texts)
-    print(sc.tally.line(lost))
+    failures, lost = checks.run_all(sc, served.stdout + served.stderr)
+    print(sc.tally.line(not failures and lost == 0, lost))
     assert not failures and lost == 0, "\n".join(failures)

@@ -197,6 +197,10 @@ class GatedSmtp(SmtpSink):
         self.port = free_port()
         self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
 
+    def start(self) -> GatedSmtp:
+        self.controller.start()
+        return self
+
 
 @dataclass
 class Finished:
