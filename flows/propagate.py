@@ -123,9 +123,7 @@ def merge(total: delivery.Report, part: delivery.Report) -> None:
     """Add one pass's report to the run's: events add up; snapshots (held) are replaced."""
     for key in [k for k in total.counts if k[1] in SNAPSHOTS]:
         del total.counts[key]
-    for (system, outcome), n in part.counts.items():
-        total.add(system, outcome, n)
-    total.dead.extend(part.dead)
+    total.extend(part)
 
 
 def handled(report: delivery.Report) -> int:

@@ -31,7 +31,6 @@ from consentflow.errors import NotFound as NotFound
 from consentflow.errors import TransitionNotAllowed as TransitionNotAllowed
 from consentflow.ledger import (
     IMPORTABLE_STATES,
-    OUTBOX_KEY,
     RULES,
     Change,
     ConsentView,
@@ -65,7 +64,6 @@ from consentflow.models import WITHDRAWING_STATES as WITHDRAWING_STATES
 
 __all__ = [
     "IMPORTABLE_STATES",
-    "OUTBOX_KEY",
     "RULES",
     "WITHDRAWING_STATES",
     "Actor",

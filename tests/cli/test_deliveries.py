@@ -1,4 +1,5 @@
-"""The operator commands for deliveries and endpoints, and the commit hook that emits events."""
+"""The operator commands for deliveries and endpoints (the wake-up each re-queue causes is tested
+in tests/delivery/test_wakeup.py)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,9 @@ from datetime import timedelta
 
 import pytest
 
-from consentflow import db, lifecycle
 from consentflow.delivery import engine as eng
-from consentflow.delivery import events
-from consentflow.lifecycle import Actor
 from consentflow.models import utcnow
-from tests.support.webhooks import outbox_events, verify
+from tests.support.webhooks import verify
 
 pytestmark = pytest.mark.usefixtures("allow_loopback")
 
@@ -160,63 +158,3 @@ def test_system_pause_resume_disable_enable_rotate(cli, receiver, engine):
     assert len(req.headers["webhook-signature"].split()) == 2
     verify(req, new)
     verify(req, old)
-
-
-def test_commit_hook_emits_one_prefect_event_per_commit_and_none_on_rollback(
-    prefect_harness, engine, monkeypatch
-):
-    def commits() -> None:
-        with pytest.raises(RuntimeError), db.session_scope(engine) as s:
-            lifecycle.note_outbox(s, 3)
-            raise RuntimeError("rolled back")
-        with db.session_scope(engine) as s:
-            pass  # a later commit of the same kind of session emits nothing
-        with db.session_scope(engine) as s:
-            lifecycle.note_outbox(s, 1)
-            lifecycle.note_outbox(s, 1)
-
-    seen = outbox_events(commits, monkeypatch)
-    assert [e.deliveries for e in seen] == [2]  # one event per transaction, none for the rollback
-    # what the deployment trigger in prefect.yaml matches on
-    assert seen[0].name == "consentflow.consent.withdrawn"
-    assert seen[0].resource["prefect.resource.id"] == "consentflow.outbox"
-
-
-def test_a_committed_revocation_wakes_propagation_and_a_rolled_back_one_does_not(
-    prefect_harness, engine, monkeypatch
-):
-    from consentflow import purposes, subjects, systems
-
-    with db.session_scope(engine) as s:
-        purposes.add(s, "news", title="News", validity_days=30)
-        systems.add(s, "a", ["news"], webhook_url="http://127.0.0.1:9/a")
-        systems.add(s, "b", ["news"], webhook_url="http://127.0.0.1:9/b")
-        subjects.add(s, "alice")
-    with db.session_scope(engine) as s:
-        lifecycle.grant(s, "alice", "news", Actor())
-
-    def revocations() -> None:
-        with pytest.raises(RuntimeError), db.session_scope(engine) as s:
-            lifecycle.revoke(s, "alice", "news", Actor())
-            raise RuntimeError("rolled back")
-        with db.session_scope(engine) as s:
-            lifecycle.revoke(s, "alice", "news", Actor())
-
-    seen = outbox_events(revocations, monkeypatch)
-    assert [e.deliveries for e in seen] == [2]  # one event for both systems' deliveries
-
-
-def test_cli_revoke_and_replay_wake_propagation(prefect_harness, cli, receiver, monkeypatch):
-    setup(cli, receiver)
-
-    def commands() -> None:
-        assert cli("consent", "revoke", "alice", "news").code == 0
-        assert cli("consent", "renew", "bob", "news").code == 0  # no delivery: no event
-        assert cli("deliveries", "replay", "1").code == 0
-
-    assert [e.deliveries for e in outbox_events(commands, monkeypatch)] == [1, 1]
-
-
-def test_emit_is_a_no_op_without_a_prefect_server(monkeypatch):
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    assert events.emit(1) is False

@@ -8,15 +8,10 @@ A pytest plugin (registered in ``tests/conftest.py``): ``receiver`` is a fixture
 take; ``allow_loopback`` lets webhooks go to 127.0.0.1, and a module whose tests all deliver to
 the receiver asks for it once: ``pytestmark = pytest.mark.usefixtures("allow_loopback")``. (It is
 not autouse: elsewhere the SSRF guard keeps refusing loopback, as it does in production.)
-
-``outbox_events`` watches the session's Prefect test server (``prefect_harness``) for the wake-up
-events that ``consentflow.delivery.events`` emits.
 """
 
 from __future__ import annotations
 
-import asyncio
-import random
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -28,9 +23,8 @@ import pytest
 from standardwebhooks import Webhook
 
 from consentflow import db, lifecycle, purposes, settings, subjects, systems
-from consentflow.delivery import events
 from consentflow.lifecycle import Actor, ImportRow
-from consentflow.models import State, utcnow
+from consentflow.models import State
 
 
 @dataclass
@@ -183,53 +177,3 @@ def bulk_withdrawals(engine: Any, receiver: Receiver, path: str, n: int) -> str:
         lifecycle.import_consents(s, rows, Actor(), propagate=True)
     assert secret
     return secret
-
-
-# ------------------------------------------------------------------------ Prefect events
-
-
-@dataclass
-class SeenEvent:
-    name: str
-    resource: dict[str, str]
-    deliveries: int
-
-
-def outbox_events(action: Callable[[], None], monkeypatch: pytest.MonkeyPatch) -> list[SeenEvent]:
-    """The ``consentflow.consent.withdrawn`` events that ``action`` made reach the Prefect server.
-
-    Call under the ``prefect_harness`` fixture. A subscriber opens a websocket to the server's
-    event stream, ``action`` runs (in a thread, as in the CLI), then a marker event with a random
-    count is emitted through the same path; events arrive in the order they were emitted, so
-    every event ``action`` emitted has arrived when the marker does, and one it should not have
-    emitted would be seen: nothing waits on a clock. ``PREFECT_API_URL`` is set to the test
-    server, as on a host where events are wanted.
-    """
-    from prefect.events.clients import get_events_subscriber
-    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
-    from prefect.settings import PREFECT_API_URL
-
-    monkeypatch.setenv("PREFECT_API_URL", str(PREFECT_API_URL.value()))
-    marker = random.randint(10**9, 2 * 10**9)
-    since = utcnow()
-    only_ours = EventFilter(
-        event=EventNameFilter(name=[events.EVENT]),
-        resource=EventResourceFilter(id=[events.RESOURCE_ID]),
-    )
-
-    async def watch() -> list[SeenEvent]:
-        seen: list[SeenEvent] = []
-        async with get_events_subscriber(filter=only_ours) as subscriber:
-            await asyncio.to_thread(action)
-            assert await asyncio.to_thread(events.emit, marker, drain=True)
-            while True:
-                event = await asyncio.wait_for(anext(subscriber), timeout=60)
-                if event.occurred < since:
-                    continue  # replayed from an earlier test (the stream backfills a minute)
-                count = int(event.payload["deliveries"])
-                if count == marker:
-                    return seen
-                resource = dict(event.resource.items())
-                seen.append(SeenEvent(event.event, resource, count))
-
-    return asyncio.run(watch())

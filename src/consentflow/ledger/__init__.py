@@ -40,7 +40,6 @@ from consentflow.ledger._rules import (
     plan,
 )
 from consentflow.ledger._write import (
-    OUTBOX_KEY,
     Change,
     Item,
     LockedSubject,
@@ -53,7 +52,6 @@ from consentflow.ledger._write import (
 
 __all__ = [
     "IMPORTABLE_STATES",
-    "OUTBOX_KEY",
     "RULES",
     "Change",
     "ConsentView",

@@ -349,10 +349,6 @@ _DELIVERY_COLUMNS = [
     )
 ]  # fmt: skip
 
-#: Where a session notes how many outbox rows its transaction wrote; ``delivery.events`` reads
-#: it after commit to wake the delivery workers (the ledger itself knows nothing of Prefect).
-OUTBOX_KEY = "consentflow.outbox_rows"
-
 
 def note_outbox(session: Session, rows: int) -> None:
     """Record that this transaction enqueued (or re-queued) ``rows`` deliveries, and wake the
@@ -367,7 +363,6 @@ def note_outbox(session: Session, rows: int) -> None:
     """
     if rows <= 0:
         return
-    session.info[OUTBOX_KEY] = session.info.get(OUTBOX_KEY, 0) + rows
     if session.get_bind().dialect.name == "postgresql":
         session.connection().exec_driver_sql("SELECT pg_notify('consentflow_outbox', '')")
 
