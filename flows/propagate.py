@@ -253,8 +253,9 @@ RunSeconds = Annotated[
     float,
     form(
         "Run for (seconds)",
-        "The loop ends itself after this long and the next run takes over.",
-        gt=0,
+        "The loop ends itself after this long and the next run takes over (0: deliver what "
+        "is due once and end, as from the terminal).",
+        ge=0,
         le=MAX_RUN_SECONDS,
     ),
 ]
@@ -309,7 +310,7 @@ def deliver(
 ) -> RunSummary | State[Any]:
     """The real run: take a slot (or not), loop, record; a Failed state if deliveries failed."""
     engine = db.get_engine()
-    slot = wakeup.acquire_slot(engine, loops)
+    slot = wakeup.acquire_slot(engine, loops) if run_seconds > 0 else None
     summary.loop.slot = slot.index if slot is not None else None
     report = delivery.Report()
     try:

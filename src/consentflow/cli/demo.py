@@ -379,7 +379,7 @@ def _flows(
         ("reconsent", {}, "re-consent after material revisions; invalidation at the deadline"),
         (
             "propagate",
-            {"run_seconds": 1},  # one loop: deliver what is due, then end (nothing more comes)
+            {"run_seconds": 0},  # deliver what is due once, then end (nothing more comes)
             "webhooks for the withdrawals, expiries and invalidations above",
         ),
     ]

@@ -318,7 +318,12 @@ def audit_verify(
         emit(data, as_json, lambda: None)
     if data.history_problem is None:
         fail(f"audit trail broken at entry {data.first_bad}: {data.problem}", 1)
-    fail(f"consent history does not match the audit trail: {data.history_problem}", 1)
+    *others, last = data.findings or [data.history_problem]
+    for finding in others:  # one line each, every one prefixed like any error
+        typer.echo(
+            f"consentflow: consent history does not match the audit trail: {finding}", err=True
+        )
+    fail(f"consent history does not match the audit trail: {last}", 1)
 
 
 @audit_app.command("export")
