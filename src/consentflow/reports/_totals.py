@@ -326,7 +326,10 @@ def _start_emails(session: Session, now: datetime) -> Rows:
     ident, kind, status = col(EmailMessage.id), col(EmailMessage.kind), col(EmailMessage.status)
     top = int(session.execute(select(func.max(ident))).scalar() or 0)
     stmt = select(kind, status, func.count()).where(ident <= top).group_by(kind, status)
-    counts = {(k, str(st)): int(n) for k, st, n in session.execute(stmt) if st != CLAIMED}
-    claimed = select(ident, kind).where(status == CLAIMED, ident <= top)
-    open_ = {int(i): k for i, k in session.execute(claimed)}
+    grouped = [(k, str(st), int(n)) for k, st, n in session.execute(stmt)]
+    counts = {(k, st): n for k, st, n in grouped if st != CLAIMED}
+    open_: dict[int, Any] = {}
+    if any(st == CLAIMED for _, st, _ in grouped):  # usually none: no second pass
+        claimed = select(ident, kind).where(status == CLAIMED, ident <= top)
+        open_ = {int(i): k for i, k in session.execute(claimed)}
     return Rows(top, counts, _gaps(session, ident, top, now), open_)
