@@ -39,7 +39,8 @@ Cost: the counters (deliveries, dead letters, emails, runs) are running totals f
 incrementally (``reports._totals``): a scrape reads only the audit entries, attempts and email
 rows committed since the process's previous scrape, plus the ids still open (not visible yet, or
 an email still claimed); the first scrape of a process folds the whole history once. The outbox
-gauges read only undelivered rows (through ``ix_delivery_state_next_attempt_at``).
+gauges read only undelivered rows, from one index
+(``ix_delivery_state_system_id_attempts_created_at``).
 ``bench/metrics.py`` measures both (bench/RESULTS.md, "Metrics scrape").
 
 Failure modes: none of their own; a database that cannot be read fails the scrape (Prometheus
