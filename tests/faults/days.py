@@ -117,6 +117,7 @@ def last_day(sc: Scenario) -> None:
 
 def play(sc: Scenario) -> None:
     """The whole script; ``sc.tally.seconds`` says how long each day took."""
+    sc.warm_up(2)
     steps: list[tuple[str, Callable[[], None]]] = [
         ("seed", sc.seed),
         ("day 1", lambda: day_one(sc)),

@@ -15,8 +15,8 @@ injected and survived; ``checks.py`` makes the end-of-scenario assertions.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -41,6 +41,8 @@ from tests.support.faults import (
 from tests.support.seeding import give, seed_subjects
 
 DAY = timedelta(days=1)
+#: How many faults strike a flow process (kills and terminated connections).
+SUBPROCESS_FAULTS = 5
 GZIP_500 = raw(
     b"500 Internal Server Error",
     [b"content-encoding: gzip", b"content-type: text/plain"],
@@ -99,6 +101,7 @@ class Scenario:
     link_tokens: list[str] = field(default_factory=list)
     admin_token: str = ""
     runs: list[FlowProcess] = field(default_factory=list)
+    warm: list[FlowProcess] = field(default_factory=list)
     start: datetime = field(default_factory=lambda: utcnow() - timedelta(days=6))
     #: How a flow runs in this process, ``(flow, **parameters) -> state``.
     run_flow: Callable[..., Any] = field(default=lambda flow, **kw: run_in_process(flow, **kw))
@@ -115,6 +118,8 @@ class Scenario:
         return [f"s{i}@example.com" for i in range(self.size.subjects)]
 
     def close(self) -> None:
+        for proc in self.warm:
+            proc.kill()
         for r in (self.crm, self.ads, self.legacy):
             r.close()
         self.pg.close()
@@ -196,9 +201,17 @@ class Scenario:
     def env(self) -> dict[str, str]:
         return environment({"CONSENTFLOW_DATABASE_URL": self.url})
 
+    def warm_up(self, n: int = 1) -> None:
+        """Start ``n`` flow processes that import everything and wait for their flow."""
+        for _ in range(n):
+            self.warm.append(FlowProcess(self.env(), self.logs))
+
     def spawn(self, flow: str, *args: str) -> FlowProcess:
-        proc = FlowProcess(flow, list(args), self.env(), self.logs)
-        self.runs.append(proc)
+        """A warm flow process runs ``flow``; another one warms up for the next fault."""
+        proc = self.warm.pop(0) if self.warm else FlowProcess(self.env(), self.logs)
+        self.runs.append(proc.go(flow, list(args)))
+        if len(self.runs) + len(self.warm) < SUBPROCESS_FAULTS:
+            self.warm_up()
         return proc
 
     def flow(self, flow: str, **parameters: Any) -> Any:

@@ -18,6 +18,7 @@ a lock, a process that ended; ``eventually`` polls such a condition with a deadl
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import socketserver
@@ -210,25 +211,47 @@ class Finished:
     killed: bool
 
 
-class FlowProcess:
-    """``consentflow run FLOW --local ARGS`` in a subprocess of its own session."""
+#: A flow process: imports what ``consentflow run`` needs (Prefect, the flows) first, then waits
+#: for its command line on stdin, so the import time is off the fault's critical path.
+RUNNER = """
+import json, sys
+import prefect, prefect.flow_engine, flows.propagate, flows.expiry_sweep  # warm the imports
+import flows.renewal_reminders, flows.reconsent
+from consentflow.cli import main
+args = json.loads(sys.stdin.readline())
+main(args)
+"""
 
-    def __init__(self, flow: str, args: list[str], env: dict[str, str], logs: Path) -> None:
-        exe = Path(sys.executable).with_name("consentflow")
-        self.flow = flow
+
+class FlowProcess:
+    """``consentflow run FLOW --local ARGS`` in a subprocess of its own session: started warm
+    (``RUNNER``), told which flow to run by ``go``."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
         logs.mkdir(parents=True, exist_ok=True)
         n = len(list(logs.glob("*.out")))
-        self.out_path = logs / f"{n:02d}-{flow}.out"
-        self.err_path = logs / f"{n:02d}-{flow}.err"
+        self.flow = "(not started)"
+        self.out_path = logs / f"{n:02d}-runner.out"
+        self.err_path = logs / f"{n:02d}-runner.err"
         with self.out_path.open("wb") as out, self.err_path.open("wb") as err:
             self.proc = subprocess.Popen(
-                [str(exe), "run", flow, "--local", "--json", *args],
+                [sys.executable, "-c", RUNNER],
                 env={**env, "PGAPPNAME": FLOW_APP},
+                stdin=subprocess.PIPE,
                 stdout=out,
                 stderr=err,
                 start_new_session=True,
             )
         self.killed = False
+
+    def go(self, flow: str, args: list[str]) -> FlowProcess:
+        assert self.proc.stdin is not None
+        self.flow = flow
+        self.proc.stdin.write(
+            (json.dumps(["run", flow, "--local", "--json", *args]) + "\n").encode()
+        )
+        self.proc.stdin.close()
+        return self
 
     def alive(self) -> bool:
         return self.proc.poll() is None
