@@ -26,6 +26,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,8 @@ class HeldHandler(Handler):
 
 
 class HeldSmtpSink(SmtpSink):
+    handler: HeldHandler
+
     def __init__(self) -> None:
         self.handler = HeldHandler()
         self.port = free_port()
@@ -88,9 +91,9 @@ class Ops:
     sink: HeldSmtpSink
     secrets: dict[str, str]
     token: str
-    worker: Worker
     deploy_output: str
-    workers_started: int = 1
+    worker: Worker | None = None
+    workers_started: int = 0
 
     @property
     def database(self) -> str:
@@ -164,7 +167,8 @@ class Ops:
         return run_id
 
     def diagnose(self) -> str:
-        return f"--- worker log:\n{self.worker.log_tail()}\n--- server:\n{self.server.log_tail(10)}"
+        worker = self.worker.log_tail() if self.worker is not None else "(no worker)"
+        return f"--- worker log:\n{worker}\n--- server:\n{self.server.log_tail(10)}"
 
 
 def _type(run: Any) -> str:
@@ -241,9 +245,10 @@ def deploy(server: SchedulerlessServer, root: Path, url: str) -> str:
 def ops(ops_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ops]:
     """The whole set-up (module docstring), torn down in reverse."""
     root = tmp_path_factory.mktemp("operations")
-    receiver, sink = Receiver(), HeldSmtpSink().start()
+    receiver, sink = Receiver(), HeldSmtpSink()
+    sink.start()
     server = SchedulerlessServer(root)
-    worker: Worker | None = None
+    ops: Ops | None = None
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CONSENTFLOW_DATABASE_URL", ops_database)
         mp.setenv("CONSENTFLOW_WEBHOOK_ALLOWED_HOSTS", "127.0.0.1")
@@ -251,15 +256,16 @@ def ops(ops_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         db._cached_engine.cache_clear()
         engine = db.get_engine(ops_database)
         try:
-            secrets, token = seed(engine, receiver)
-            server.start()
+            with ThreadPoolExecutor(1) as background:  # the server boots while the ledger fills
+                booted = background.submit(server.start)
+                secrets, token = seed(engine, receiver)
+                booted.result()
             output = deploy(server, root, ops_database)
-            ops = Ops(root, server, ops_database, engine, receiver, sink, secrets, token,
-                      Worker({}, root / "unused.log", POOL), output, workers_started=0)  # fmt: skip
-            worker = ops.new_worker()
+            ops = Ops(root, server, ops_database, engine, receiver, sink, secrets, token, output)
+            ops.new_worker()
             yield ops
         finally:
-            if worker is not None:
+            if ops is not None and ops.worker is not None:
                 ops.worker.stop()
             server.stop()
             sink.handler.gate.set()
