@@ -31,7 +31,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from consentflow import audit, i18n
-from consentflow.actors import Actor, audit_fields
+from consentflow.actors import Actor, audit_fields, check_text, unprintable
 from consentflow.errors import Conflict, InvalidInput, NotFound
 from consentflow.models import LawfulBasis, Purpose, PurposeVersion
 
@@ -117,9 +117,15 @@ def title_for(version: PurposeVersion, locale: str | None) -> str:
     return text_for(version, locale).title
 
 
-def _check_fields(title: str | None, validity_days: int | None, lawful_basis: str | None) -> None:
+def _check_fields(
+    title: str | None, description: str | None, validity_days: int | None, lawful_basis: str | None
+) -> None:
     if title is not None and not title.strip():
         raise InvalidInput("the title must not be empty")
+    if title is not None:
+        check_text(title, "purpose_version", "title", "the title")
+    if description is not None and unprintable(description.replace("\n", " ")) is not None:
+        raise InvalidInput("the description must be printable text (line breaks are allowed)")
     if validity_days is not None and not 1 <= validity_days <= 36500:
         raise InvalidInput(f"validity days must be between 1 and 36500, got {validity_days}")
     if lawful_basis is not None and lawful_basis not in set(LawfulBasis):
@@ -145,7 +151,7 @@ def add(
         raise InvalidInput(
             f"bad purpose key {key!r}: use lowercase letters, digits, '_', '-', '.' (max 64)"
         )
-    _check_fields(title, validity_days, lawful_basis)
+    _check_fields(title, description, validity_days, lawful_basis)
     checked = _check_texts(texts)
     if session.exec(select(Purpose.id).where(Purpose.key == key)).first() is not None:
         raise Conflict(f"purpose {key!r} exists already: use `purpose revise` to change it")
@@ -195,7 +201,7 @@ def revise(
     (the re-consent flow asks, then invalidates); an editorial one asks nobody. ``texts`` add or
     change translations (merged, field by field, over those carried from the latest version).
     """
-    _check_fields(title, validity_days, lawful_basis)
+    _check_fields(title, description, validity_days, lawful_basis)
     given = _check_texts(texts)
     purpose = session.exec(select(Purpose).where(Purpose.key == key).with_for_update()).first()
     if purpose is None:

@@ -101,8 +101,9 @@ class Settings(BaseSettings):
         description="Where the generated key lives when `CONSENTFLOW_SECRET_KEY` is unset: "
         "a file readable by its owner only (mode 0600), created by `consentflow db upgrade` "
         "(or on first use). Unset: beside a SQLite database (`consentflow.db` -> "
-        "`consentflow.db.key`), or for PostgreSQL `<data dir>/<host>-<port>-<database>.key` "
-        "in `CONSENTFLOW_DATA_DIR`. Back it up with the database, but not in the same place: "
+        "`consentflow.db.key`), or for PostgreSQL "
+        "`<data dir>/postgresql-<host>-<port>-<database>.key` in `CONSENTFLOW_DATA_DIR`. "
+        "Back it up with the database, but not in the same place: "
         "see [security](security.md#the-instance-secret-consentflow_secret_key).",
     )
     data_dir: str | None = Field(

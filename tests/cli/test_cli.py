@@ -616,10 +616,11 @@ def test_a_wrong_database_name_or_user_cannot_connect(
 def test_a_value_the_database_refuses_is_exit_2_not_a_database_error(
     pg_url: str, cli: Any, database_url: str, engine: Engine
 ) -> None:
-    """PostgreSQL enforces every column's length (SQLite stores anything): a value that gets
-    past a service's own checks is still the request's mistake, exit 2, not exit 1. (Here a
-    purpose title, which ``purposes`` does not hold to its column yet.)"""
+    """PostgreSQL enforces every column's length (SQLite stores anything): the services hold
+    every value to its column first, so a purpose title over the limit is the request's
+    mistake, exit 2 with the limit named, on both databases alike (a value that still got past
+    them would be "the database refused a value", exit 2 too, never a database error)."""
     before = counts(engine)
     r = cli("purpose", "add", "news", "--title", "t" * 201, "--validity-days", "30")
-    one_line_exit_2(r, "the database refused a value: value too long")
+    one_line_exit_2(r, "the title must be at most 200 characters")
     assert counts(engine) == before

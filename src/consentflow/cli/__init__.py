@@ -15,7 +15,7 @@ import importlib
 import pkgutil
 
 import typer
-from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError, ProgrammingError
 
 from consentflow.cli._common import app, fail
 from consentflow.errors import ConsentflowError
@@ -45,14 +45,23 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"{exc.format_message()}{where}", status)
     except ConsentflowError as exc:
         fail(str(exc), exc.exit_code)
+    except DataError as exc:  # a value the database refuses is a mistake in the input
+        fail(f"the database refused a value: {_first_line(exc)}", 2)
     except (OperationalError, ProgrammingError) as exc:
-        text = str(exc.orig).splitlines()[0] if exc.orig else str(exc)
-        if "no such table" in text or "does not exist" in text:
+        text = _first_line(exc)
+        # SQLite's "no such table", PostgreSQL's 'relation "x" does not exist' (not a missing
+        # database or role, which cli._common.connect reports as "cannot connect").
+        if "no such table" in text or ("relation" in text and "does not exist" in text):
             fail("the database has no consentflow schema: run `consentflow db upgrade`", 2)
         fail(f"database error: {text}", 1)
     except DBAPIError as exc:
-        fail(f"database error: {str(exc.orig).splitlines()[0] if exc.orig else exc}", 1)
+        fail(f"database error: {_first_line(exc)}", 1)
     raise SystemExit(code if isinstance(code, int) else 0)
+
+
+def _first_line(exc: DBAPIError) -> str:
+    lines = (str(exc.orig) if exc.orig else str(exc)).splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 __all__ = ["app", "main"]

@@ -21,6 +21,7 @@ from sqlalchemy import exists, func, update
 from sqlmodel import Session, col, select
 
 from consentflow import audit, secretbox, subjects, systems
+from consentflow.actors import check_reason
 from consentflow.errors import ConsentflowError, InvalidInput, NotFound
 from consentflow.ledger import note_outbox
 from consentflow.models import (
@@ -321,8 +322,8 @@ def set_status(
     if current not in allowed:
         hint = "enable it" if current == SystemStatus.DISABLED else f"it is {current.value}"
         raise ConsentflowError(f"cannot {verb} system {name!r}: {hint}")
-    if reason is not None and len(reason) > 500:
-        raise InvalidInput("the reason must be at most 500 characters")
+    if reason is not None:
+        check_reason(reason)
     status_reason = None if target == SystemStatus.ACTIVE else (reason or f"{verb}d by operator")
     session.execute(
         update(System)

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from consentflow import subjects
 from consentflow.models import Channel, LawfulBasis
 from consentflow.views import (
     AttemptOut,
@@ -46,7 +47,13 @@ from consentflow.views import (
 _PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
 Text = Annotated[str, StringConstraints(pattern=_PRINTABLE)]
 PurposeKey = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
-ExternalId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_PRINTABLE)]
+#: The one identifier rule (``subjects.check_external_id``), shown in OpenAPI.
+ExternalId = Annotated[
+    str,
+    StringConstraints(
+        min_length=1, max_length=subjects.MAX_EXTERNAL_ID, pattern=subjects.EXTERNAL_ID_PATTERN
+    ),
+]
 SystemName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")]
 Title = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_PRINTABLE)]
 Description = Annotated[str, StringConstraints(max_length=10000)]

@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 
 from consentflow import audit, integrity, subjects
 from consentflow.tokens import TokenInfo
-from consentflow.web.api._params import TextQuery200, When, resource_router, utc
+from consentflow.web.api._params import SubjectFilter, When, resource_router, utc
 from consentflow.web.auth import COMPLIANCE, ReadSession
 from consentflow.web.schemas import NOT_FOUND, VerifyOut
 
@@ -51,7 +51,7 @@ def audit_verify(
 def audit_export(
     session: ReadSession,
     _: Annotated[TokenInfo, Depends(COMPLIANCE.reading)],
-    subject: TextQuery200 = None,
+    subject: SubjectFilter = None,
     since: When = None,
     until: When = None,
 ) -> StreamingResponse:
