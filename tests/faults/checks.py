@@ -138,10 +138,23 @@ def audit_accounts(sc: Scenario) -> list[str]:
     code, output = cli("audit", "verify")
     if code != 0:
         failures.append(f"audit verify: exit {code}: {output.strip()[-500:]}")
-    events = _rows(sc, "SELECT count(*) FROM consent_event")[0][0]
-    entries = _rows(sc, "SELECT count(*) FROM audit_entry WHERE action LIKE 'consent.%'")[0][0]
-    if entries < events:
-        failures.append(f"{events} consent events but {entries} consent audit entries")
+    events = {str(r[0]) for r in _rows(sc, "SELECT id FROM consent_event")}
+    entries = Counter(
+        str(r[0])
+        for r in _rows(
+            sc,
+            "SELECT detail->>'event_id' FROM audit_entry "
+            "WHERE action LIKE 'consent.%' AND detail->>'event_id' IS NOT NULL",
+        )
+    )
+    unaccounted = events - set(entries)
+    if unaccounted:
+        failures.append(f"{len(unaccounted)} consent events with no audit entry")
+    twice = [e for e, n in entries.items() if n > 1]
+    if twice:
+        failures.append(f"{len(twice)} consent events audited more than once")
+    if set(entries) - events:
+        failures.append(f"{len(set(entries) - events)} audit entries for events that do not exist")
     return failures
 
 

@@ -35,6 +35,8 @@ def day_one(sc: Scenario) -> None:
     sc.tally.fault("receiver ads down (connection refused) for two days")
     sc.kill_mid_sweep(sc.day(1))
     sc.flow("expiry-sweep", as_of=sc.day(1), batch_size=sc.size.batch)
+    expired = "SELECT count(*) FROM consent_event WHERE action = 'expire'"
+    assert sc.count(expired) == sc.size.subjects // 4  # each once, after the kill
     sc.kill_mid_delivery()
     sc.advance()  # the killed run's leases run out
     sc.propagate()
@@ -74,6 +76,9 @@ def day_four(sc: Scenario) -> None:
     sc.advance()
     sc.ads.set(GZIP_500)
     sc.tally.fault("receiver ads answers gzip bodies with NULs")
+    attempts = "SELECT count(*) FROM delivery_attempt a JOIN delivery d ON d.id = a.delivery_id "
+    attempts += "JOIN system s ON s.id = d.system_id WHERE s.name = 'ads' AND a.status_code = 500"
+    before = sc.count(attempts)
     sc.legacy.set(raw(b"410 Gone"))
     sc.tally.fault("receiver legacy answers 410 Gone")
     with db.session_scope(sc.engine) as s:
@@ -82,6 +87,10 @@ def day_four(sc: Scenario) -> None:
     half = sc.size.subjects // 2
     sc.unsubscribe(f"s{half + 1}", "profiling")
     sc.propagate()
+    pending = "SELECT count(*) FROM delivery d JOIN system s ON s.id = d.system_id "
+    pending += "WHERE s.name = 'ads' AND d.state = 'pending'"
+    # every gzip answer became a recorded attempt (issue 14, defect 1)
+    assert sc.count(attempts) - before == sc.count(pending)
 
 
 def day_five(sc: Scenario) -> None:
@@ -89,6 +98,10 @@ def day_five(sc: Scenario) -> None:
     sc.ads.set(raw(b"429 Too Many Requests", [b"retry-after: 99999999999999999999"]))
     sc.tally.fault("Retry-After 99999999999999999999")
     sc.propagate()
+    # an absurd Retry-After is capped at a day (plus the schedule's jitter), not obeyed
+    too_late = "SELECT count(*) FROM delivery WHERE state = 'pending' "
+    too_late += "AND next_attempt_at > now() + interval '29 hours'"
+    assert sc.count(too_late) == 0
     sc.advance()
     sc.ads.set(raw(b"503 Service Unavailable", ["retry-after: ²".encode()]))
     sc.tally.fault("Retry-After ²")

@@ -39,6 +39,7 @@ from tests.support.faults import (
     raw,
 )
 from tests.support.seeding import give, seed_subjects
+from tests.support.workers import eventually
 
 DAY = timedelta(days=1)
 #: How many faults strike a flow process (kills and terminated connections).
@@ -167,6 +168,10 @@ class Scenario:
                 )
             )
 
+    def count(self, sql: str) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(text(sql)).scalar() or 0)
+
     # ---------------------------------------------------------------------- ways consent changes
 
     def api(self, method: str, path: str, **kw: Any) -> httpx.Response:
@@ -237,6 +242,9 @@ class Scenario:
                 proc.kill()
             finally:
                 self.pg.let_go()
+            # the killed batch's transaction ends with its backend: nothing of it stays
+            eventually(lambda: not self.pg.flow_backends(), 60, "the killed sweep's backend gone")
+            assert self.count("SELECT count(*) FROM consent_event WHERE action = 'expire'") == 0
 
     def kill_mid_delivery(self) -> None:
         """SIGKILL a propagate run while the crm receiver holds its first request."""
@@ -257,6 +265,10 @@ class Scenario:
             proc.kill()
             self.crm.gate.release()
             self.tally.in_flight_bound += self.size.batch
+            held = (
+                "SELECT count(*) FROM delivery WHERE state = 'pending' AND leased_until IS NOT NULL"
+            )
+            assert self.count(held) >= 1  # claimed, never recorded: still pending, not lost
 
     def kill_mid_reminders(self, as_of: datetime) -> None:
         """SIGKILL a reminder run while the SMTP server holds its first message."""
@@ -304,6 +316,4 @@ class Scenario:
 
 
 def _wait(event: Any, proc: FlowProcess, timeout: float = 90) -> None:
-    from tests.support.workers import eventually
-
     eventually(lambda: event.is_set(), timeout, f"{proc.flow} in flight", proc.died)

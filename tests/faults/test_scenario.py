@@ -23,7 +23,11 @@ from tests.support.faults import GatedSmtp
 from tests.support.smtp import use_smtp
 from tests.support.web import serve_process
 
-pytestmark = pytest.mark.usefixtures("prefect_harness", "allow_loopback")
+# pg_database first: without PostgreSQL the test fails at once, before Prefect starts
+pytestmark = [
+    pytest.mark.postgres_only,
+    pytest.mark.usefixtures("pg_database", "prefect_harness", "allow_loopback"),
+]
 
 
 @pytest.fixture
