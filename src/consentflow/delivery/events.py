@@ -16,9 +16,6 @@ last); Prefect adds the flow run as a related resource. Payloads hold counts onl
 person, an address, a URL or a secret. ``emit`` never raises: the run's audit entry and state
 are the record, an event is a notification. Events are queued and sent in the background;
 Prefect sends what is still queued when the process exits.
-
-``install()`` is a no-op kept for the callers that still call it (it used to add the
-after-commit ``consentflow.consent.withdrawn`` wake-up, now removed); they are to drop the call.
 """
 
 from __future__ import annotations
@@ -89,7 +86,3 @@ def loop_ended(payload: Mapping[str, Any]) -> bool:
     """Emit ``consentflow.propagate.loop-ended`` (counts and the slot number only)."""
     resource = {"prefect.resource.id": LOOP_RESOURCE, "prefect.resource.name": "propagate loop"}
     return emit(LOOP_ENDED, resource, payload)
-
-
-def install() -> None:
-    """No-op (the after-commit wake-up event was removed; see the module docstring)."""
