@@ -115,6 +115,7 @@ def duplicates_bounded(sc: Scenario) -> list[str]:
         for webhook_id, n in r.acked_ids().items()
         if n > 1
     }
+    sc.tally.webhooks_again = sum(again.values())
     if sum(again.values()) <= sc.tally.in_flight_bound:
         return []
     detail = []

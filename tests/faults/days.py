@@ -112,9 +112,10 @@ def day_five(sc: Scenario) -> None:
 def ordinary_day(sc: Scenario, d: int) -> None:
     """A day with nothing special (the soak's filler): a withdrawal, reminders, propagation."""
     sc.advance()
-    i = (sc.size.subjects // 2 + 7 + d) % sc.size.subjects
-    sc.api_change(f"s{i}", "news", "grant")
+    n, half = sc.size.subjects, sc.size.subjects // 2
+    i = half + 7 + d % max(1, n - half - 11)  # a subject no fault day touches
     sc.api_change(f"s{i}", "news", "revoke")
+    sc.api_change(f"s{i}", "news", "grant")
     sc.flow("renewal-reminders", as_of=sc.day(d), batch_size=sc.size.batch)
     sc.propagate()
 

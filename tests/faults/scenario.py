@@ -64,6 +64,8 @@ class Tally:
     injected: list[str] = field(default_factory=list)
     #: Per kill or termination: how many acknowledged webhooks may come again (its batch).
     in_flight_bound: int = 0
+    #: Acknowledged webhooks that came again (``checks.duplicates_bounded`` counts them).
+    webhooks_again: int = 0
     #: Seconds each day of the script took.
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -74,7 +76,9 @@ class Tally:
         """The tally: a fault is survived when every end-of-scenario promise held."""
         return (
             f"fault suite: {len(self.injected)} faults injected, "
-            f"{len(self.injected) if survived else 0} survived, {lost} items lost\n"
+            f"{len(self.injected) if survived else 0} survived, {lost} items lost, "
+            f"{self.webhooks_again} acknowledged webhooks sent again "
+            f"(bound {self.in_flight_bound})\n"
             f"  faults: {'; '.join(self.injected)}\n  seconds: {self.seconds}"
         )
 
