@@ -14,8 +14,9 @@
 
 The web API is the real application in this process (``TestClient``) talking to the same Prefect
 server; the CLI runs as a subprocess. Systems: ``crm`` (purpose ``news``) at ``/crm``, ``slow``
-(purpose ``ads``) at ``/slow``; subjects ``news-0..3``, ``ads-0..5`` with given consent, and
-``trial-0`` (email, purpose ``trial`` valid 5 days: a renewal reminder is due).
+(purpose ``ads``) at ``/slow``, ``broken`` (purpose ``promo``) at ``/broken``; subjects
+``news-0..3``, ``ads-0..5``, ``promo-0`` with given consent, and ``trial-0`` (email, purpose
+``trial`` valid 5 days: a renewal reminder is due).
 """
 
 from __future__ import annotations
@@ -205,7 +206,8 @@ def seed(engine: Engine, receiver: Receiver) -> tuple[dict[str, str], str]:
         purposes.add(s, "news", title="Monthly newsletter", validity_days=365)
         purposes.add(s, "ads", title="Personalised ads", validity_days=365)
         purposes.add(s, "trial", title="Trial offers", validity_days=5)
-        for name, purpose in (("crm", "news"), ("slow", "ads")):
+        purposes.add(s, "promo", title="Partner promotions", validity_days=365)
+        for name, purpose in (("crm", "news"), ("slow", "ads"), ("broken", "promo")):
             _, secret = systems.add(s, name, [purpose], webhook_url=receiver.url(f"/{name}"))
             assert secret
             secrets[name] = secret
@@ -214,6 +216,7 @@ def seed(engine: Engine, receiver: Receiver) -> tuple[dict[str, str], str]:
         for i in range(6):
             subjects.add(s, f"ads-{i}")
         subjects.add(s, "trial-0", email=REMINDED)
+        subjects.add(s, "promo-0")
         token = tokens.create(s, "carol", "compliance")[1]
     with db.session_scope(engine) as s:
         for i in range(4):
@@ -221,6 +224,7 @@ def seed(engine: Engine, receiver: Receiver) -> tuple[dict[str, str], str]:
         for i in range(6):
             lifecycle.grant(s, f"ads-{i}", "ads", Actor())
         lifecycle.grant(s, "trial-0", "trial", Actor())
+        lifecycle.grant(s, "promo-0", "promo", Actor())
     return secrets, token
 
 

@@ -1,10 +1,13 @@
 """Operations end to end on PostgreSQL, with real parts (``conftest.py``): runs asked for from the
-API and the CLI run on the worker with who asked; a withdrawal committed while the worker's
-propagate loop runs arrives verified; a worker killed mid-run leaves nothing stuck and nothing
-sent twice, and the operators hear of it through Prefect.
+API and the CLI run on the worker with who asked; a failing endpoint fails its run and the
+operators are alerted through Prefect; a withdrawal committed while the worker's propagate loop
+runs arrives verified; a worker killed mid-run leaves nothing stuck and nothing sent twice, and
+the operators hear of it through Prefect.
 
-The tests share one server, one deployment set and one worker (replaced by the kill test, which
-comes last). Every wait is a poll for a condition with a deadline (``eventually``).
+The tests share one server, one deployment set and one worker, in this order: the failing
+endpoint's test needs no delivery loop running yet (it checks that), the loop's test starts the
+loop, and the kill test (last) kills it and replaces the worker. Every wait is a poll for a
+condition with a deadline (``eventually``).
 """
 
 from __future__ import annotations
@@ -108,6 +111,34 @@ def arrived(ops: Ops, path: str, webhook_id: str) -> Captured | None:
     return found[0] if found else None
 
 
+def alert_about(ops: Ops, *words: str) -> bool:
+    """An operator alert holding every one of ``words`` came through Apprise (``/alerts``)."""
+    return any(all(w in c.body.decode() for w in words) for c in ops.receiver.at("/alerts"))
+
+
+def test_a_failing_endpoint_fails_the_run_and_alerts_the_operators(ops: Ops) -> None:
+    # Before any delivery loop runs (a loop would take the delivery first, and report the
+    # failure only when it ends): a one-pass run (run_seconds=0) of the endpoint.
+    assert ops.slots_held() == 0, "this test runs before the tests that start a delivery loop"
+    ops.receiver.set("/broken", 500)
+    [webhook_id] = revoke(ops, "promo-0", "promo")
+    run_id = ops.api_run("propagate", {"run_seconds": 0, "systems": ["broken"]})["run_id"]
+    run = final(ops, run_id)
+    assert run.state.type.value == "FAILED", run.state
+    assert "broken" in (run.state.message or "")
+    assert ops.receiver.ids("/broken")[webhook_id] == 1
+    [end] = entries(ops, "flow.run", run_id)
+    assert end.detail["outcome"] == "failed"
+    # Prefect's triggers start operator-alerts for the failing endpoint and for the Failed run.
+    for words in (("endpoint broken is failing",), ("propagate run Failed", run_id)):
+        eventually(
+            functools.partial(alert_about, ops, *words),
+            RUN_DEADLINE,
+            f"an operator alert saying {words}",
+            ops.diagnose,
+        )
+
+
 def test_a_withdrawal_committed_while_the_loop_runs_arrives_verified(ops: Ops) -> None:
     loop = ops.loop()
     for subject in ("news-0", "news-1"):  # the second one while the loop waits for a wake-up
@@ -176,14 +207,6 @@ def crashed(ops: Ops, run_id: str) -> Any:
     return read_flow_run(ops.server, run_id)
 
 
-def alerted(ops: Ops, run_id: str) -> bool:
-    """An operator alert about ``run_id`` came through Apprise (the receiver's ``/alerts``)."""
-    return any(
-        run_id in c.body.decode() and "Crashed" in c.body.decode()
-        for c in ops.receiver.at("/alerts")
-    )
-
-
 def hold_in_flight(ops: Ops) -> tuple[str, Gate, list[str]]:
     """A reminders run held at the mail server and six withdrawals for the slow endpoint, three
     answered (and recorded) and the rest in flight: the reminders run id, the gate, the ids."""
@@ -213,6 +236,7 @@ def test_a_killed_worker_leaves_nothing_stuck_and_nothing_sent_twice(ops: Ops) -
     reminders, gate, ids = hold_in_flight(ops)
     answered = gate.answered()
     assert ops.worker is not None and ops.worker.flow_run_processes(), "runs under the worker"
+    before = {str(r.id) for r in flow_runs_of(ops.server, "propagate")}
     ops.worker.kill()
     gate.opened.set()  # what was in flight is answered now, to nobody
     ops.new_worker()
@@ -228,7 +252,7 @@ def test_a_killed_worker_leaves_nothing_stuck_and_nothing_sent_twice(ops: Ops) -
         "every withdrawal delivered, each with one 2xx attempt recorded",
         lambda: f"recorded: {delivered(ops, 'slow')}\n{ops.diagnose()}",
     )
-    after = [r for r in flow_runs_of(ops.server, "propagate") if str(r.id) != loop]
+    after = [r for r in flow_runs_of(ops.server, "propagate") if str(r.id) not in before]
     assert [r.state.type.value for r in after] == ["RUNNING"]
     assert ops.slots_held() == 1
     # Nothing sent twice: an answered delivery never again; one in flight at most once more.
@@ -253,7 +277,9 @@ def test_a_killed_worker_leaves_nothing_stuck_and_nothing_sent_twice(ops: Ops) -
         )
         assert end.detail["outcome"] == "crashed" and end.detail["requested_by"] == "api:carol"
         eventually(
-            functools.partial(alerted, ops, run_id), RUN_DEADLINE, f"an alert about {run_id}"
+            functools.partial(alert_about, ops, run_id, "Crashed"),
+            RUN_DEADLINE,
+            f"an alert about {run_id}",
         )
     eventually(
         lambda: (
