@@ -116,8 +116,6 @@ def duplicates_bounded(sc: Scenario) -> list[str]:
         if n > 1
     }
     sc.tally.webhooks_again = sum(again.values())
-    if sum(again.values()) <= sc.tally.in_flight_bound:
-        return []
     detail = []
     for (name, webhook_id), n in sorted(again.items()):
         attempts = _rows(
@@ -127,6 +125,9 @@ def duplicates_bounded(sc: Scenario) -> list[str]:
             f"WHERE d.webhook_id = '{webhook_id}' ORDER BY a.id",
         )
         detail.append(f"{name} {webhook_id} +{n}: attempts recorded {attempts}")
+    sc.tally.notes += detail
+    if sum(again.values()) <= sc.tally.in_flight_bound:
+        return []
     return [
         f"{sum(again.values())} acknowledged webhooks sent again "
         f"(bound {sc.tally.in_flight_bound}): " + "; ".join(detail)

@@ -66,6 +66,8 @@ class Tally:
     in_flight_bound: int = 0
     #: Acknowledged webhooks that came again (``checks.duplicates_bounded`` counts them).
     webhooks_again: int = 0
+    #: What the checks noted besides failures (e.g. which webhooks came again, and why).
+    notes: list[str] = field(default_factory=list)
     #: Seconds each day of the script took.
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -80,6 +82,7 @@ class Tally:
             f"{self.webhooks_again} acknowledged webhooks sent again "
             f"(bound {self.in_flight_bound})\n"
             f"  faults: {'; '.join(self.injected)}\n  seconds: {self.seconds}"
+            + "".join(f"\n  note: {note}" for note in self.notes)
         )
 
 
@@ -171,6 +174,17 @@ class Scenario:
                     "WHERE status = 'claimed'"
                 )
             )
+
+    def note_unrecorded(self, fault: str, first: int) -> None:
+        """Note how many of the webhooks crm acknowledged to the struck run stayed unrecorded
+        (still pending: they will be sent again)."""
+        acked = [h.captured.headers.get("webhook-id", "") for h in self.crm.requests()[first:]]
+        acked = [a for h, a in zip(self.crm.requests()[first:], acked, strict=True) if h.acked]
+        ids = ", ".join(f"'{a}'" for a in acked) or "''"
+        pending = self.count(
+            f"SELECT count(*) FROM delivery WHERE state = 'pending' AND webhook_id IN ({ids})"
+        )
+        self.tally.notes.append(f"{fault}: {len(acked)} acknowledged, {pending} unrecorded")
 
     def count(self, sql: str) -> int:
         with self.engine.connect() as conn:
@@ -265,10 +279,12 @@ class Scenario:
                 "--param",
                 'systems=["crm"]',
             )
+            first = len(self.crm.requests())
             _wait(self.crm.gate.in_flight, proc)
             proc.kill()
             self.crm.gate.release()
             self.tally.in_flight_bound += self.size.batch
+            self.note_unrecorded("SIGKILL mid delivery batch", first)
             held = (
                 "SELECT count(*) FROM delivery WHERE state = 'pending' AND leased_until IS NOT NULL"
             )
@@ -300,11 +316,13 @@ class Scenario:
                 "--param",
                 'systems=["crm"]',
             )
+            first = len(self.crm.requests())
             _wait(self.crm.gate.in_flight, proc)
             assert self.pg.terminate_flow() >= 1
             self.crm.gate.release()
             proc.wait(timeout=120)  # whatever its outcome: the next run must not lose anything
             self.tally.in_flight_bound += self.size.batch
+            self.note_unrecorded("connections terminated mid delivery batch", first)
 
     def terminate_mid_reminders(self, as_of: datetime) -> None:
         """``pg_terminate_backend`` a reminder run's connections while SMTP holds a message."""

@@ -91,6 +91,19 @@ class Hit:
     acked: bool
 
 
+def _peer_gone(conn: socket.socket) -> bool:
+    """Whether the client closed its end (a read would return EOF or fail)."""
+    conn.setblocking(False)
+    try:
+        return conn.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False  # open, nothing to read
+    except OSError:
+        return True
+    finally:
+        conn.setblocking(True)
+
+
 class FaultReceiver:
     """A webhook receiver that can be down, hostile, slow to answer, or healthy."""
 
@@ -119,6 +132,10 @@ class FaultReceiver:
                 cap = Captured(line[1] if len(line) > 1 else "", headers, body)
                 if receiver.gate.take():
                     receiver.gate.released.wait(60)
+                    if _peer_gone(self.connection):  # killed while held: nothing acknowledged
+                        with receiver.lock:
+                            receiver.hits.append(Hit(cap, acked=False))
+                        return
                 with receiver.lock:
                     answer = receiver.answer
                 try:
