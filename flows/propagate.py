@@ -225,10 +225,13 @@ def fill(summary: PropagateSummary, report: delivery.Report) -> None:
     )
 
 
-def conclude(summary: PropagateSummary, report: delivery.Report) -> str | None:
-    """``fill`` the summary and emit the failure events; the failure message, if it failed."""
+def conclude(
+    summary: PropagateSummary, report: delivery.Report, sent: set[tuple[str, str]]
+) -> str | None:
+    """``fill`` the summary and emit the failure events not yet emitted after a pass (``sent``);
+    the failure message, if it failed."""
     fill(summary, report)
-    events.emit_failures(report.by_system())
+    events.emit_failures(report.by_system(), sent)
     return failure(report)
 
 
@@ -313,6 +316,7 @@ def deliver(
     slot = wakeup.acquire_slot(engine, loops) if run_seconds > 0 else None
     summary.loop.slot = slot.index if slot is not None else None
     report = delivery.Report()
+    sent: set[tuple[str, str]] = set()  # failure events emitted so far, one per endpoint and kind
     try:
         with slot if slot is not None else nullcontext():
             run_loop(
@@ -322,6 +326,7 @@ def deliver(
                 run_seconds=run_seconds,
                 stats=summary.loop,
                 loop=slot is not None,
+                on_pass=lambda part: events.emit_failures(part.by_system(), sent),
                 total=report,
             )
     except BaseException as exc:
@@ -331,7 +336,7 @@ def deliver(
         finish(summary, outcome)
         _loop_ended(summary, outcome)
         raise
-    message = conclude(summary, report)
+    message = conclude(summary, report, sent)
     summary.reason = message
     finish(summary, "failed" if message else "completed")
     _loop_ended(summary, "failed" if message else "completed")

@@ -74,12 +74,21 @@ def failures(by_system: Mapping[str, Mapping[str, int]]) -> list[tuple[str, str,
     return out
 
 
-def emit_failures(by_system: Mapping[str, Mapping[str, int]]) -> int:
-    """Emit ``failures(by_system)``; how many were handed over."""
-    return sum(
-        emit(event, endpoint_resource(system), payload)
-        for event, system, payload in failures(by_system)
-    )
+def emit_failures(
+    by_system: Mapping[str, Mapping[str, int]], sent: set[tuple[str, str]] | None = None
+) -> int:
+    """Emit ``failures(by_system)``; how many were handed over. With ``sent`` (the (event,
+    system) pairs this run already emitted, updated here), each pair goes out once per run: a
+    loop emits after every pass, so operators hear of a failing endpoint within seconds, not at
+    the end of the run."""
+    handed = 0
+    for event, system, payload in failures(by_system):
+        if sent is not None:
+            if (event, system) in sent:
+                continue
+            sent.add((event, system))
+        handed += emit(event, endpoint_resource(system), payload)
+    return handed
 
 
 def loop_ended(payload: Mapping[str, Any]) -> bool:
