@@ -20,6 +20,16 @@ A failure of one message never changes the outcome of another: every per-message
 becomes that message's result, and results are kept as they arrive, so even an error that stops
 the whole batch leaves the messages already accepted recorded ``sent``.
 
+Each outcome is handed over as soon as the server answers (``send``'s ``on_result``, called on
+the mailer's event loop): when it returns a future (the caller's record of that outcome), the
+connection sends its next message only once that future is done, so at any instant at most one
+message per connection is answered but not yet recorded. ``stop`` (set by the caller, e.g. when
+it can no longer record) ends the batch after the messages in flight; the rest come back
+``deferred``. A cancel of ``send`` (KeyboardInterrupt, Prefect's TerminationSignal, a timeout)
+stops sending at once: a message in flight then is ``deferred`` with "outcome unknown" (the
+server may have taken it), every answer already received has been handed over, and ``send``
+returns control (re-raising) only after the sending coroutine has ended.
+
 A server that cannot be reached (or refuses our sender or credentials) is not the recipient's
 fault: the messages not yet sent come back ``deferred`` and ``SendReport.unavailable`` says why,
 so the caller can fail the batch without marking anything sent that was not sent.
@@ -33,7 +43,8 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -74,6 +85,14 @@ class SendReport:
 
     results: list[SendResult]
     unavailable: str | None = None
+
+
+#: ``send``'s per-message callback: (index in the batch, outcome) -> the caller's record of it
+#: (a future the connection waits for before its next message), or None.
+OnResult = Callable[[int, "SendResult"], "Future[Any] | None"]
+
+#: The outcome of a message that was in flight when sending was cancelled.
+INTERRUPTED = "interrupted while in flight: outcome unknown (the server may have accepted it)"
 
 
 class MailUnavailable(Exception):
@@ -164,11 +183,18 @@ class Mailer:
 
     # -- sending -----------------------------------------------------------------------------
 
-    def send(self, messages: Sequence[Outgoing]) -> SendReport:
+    def send(
+        self,
+        messages: Sequence[Outgoing],
+        on_result: OnResult | None = None,
+        stop: threading.Event | None = None,
+    ) -> SendReport:
         """Send ``messages`` over the pool; never raises for SMTP trouble (see ``SendReport``).
 
         Results are kept as they arrive: should sending stop on an unexpected error, the
-        messages already accepted stay ``sent`` and only the others come back ``deferred``."""
+        messages already accepted stay ``sent`` and only the others come back ``deferred``.
+        ``on_result`` and ``stop``: see the module docstring. A cancel (any ``BaseException``
+        while waiting) stops the sending, waits for it to end, and is re-raised."""
         if not messages:
             return SendReport([])
         if not self._warned_one_click and any(m.one_click_omitted for m in messages):
@@ -180,12 +206,44 @@ class Mailer:
             )
         results: list[SendResult | None] = [None] * len(messages)
         try:
-            reason = self._run(self._send_all(list(messages), results))
+            reason = self._send_batch(list(messages), results, on_result, stop or threading.Event())
         except Exception as exc:
             reason = f"sending stopped: {_describe(exc)}"
             log.error("%s", reason)
+        if reason is None and stop is not None and stop.is_set():
+            reason, unavailable = "sending stopped by the caller", None
+        else:
+            unavailable = reason
         final = [r or SendResult(SendStatus.DEFERRED, None, f"not sent: {reason}") for r in results]
-        return SendReport(final, reason)
+        return SendReport(final, unavailable)
+
+    def _send_batch(
+        self,
+        messages: list[Outgoing],
+        results: list[SendResult | None],
+        on_result: OnResult | None,
+        stop: threading.Event,
+    ) -> str | None:
+        """``_send_all`` on the mailer's loop; a cancel of the caller cancels it and returns only
+        once it has ended (every answer received handed over), then is re-raised."""
+        if self._loop is None:
+            raise RuntimeError("use the Mailer as a context manager: `with Mailer() as m:`")
+        ended = threading.Event()
+
+        async def run() -> str | None:
+            try:
+                return await self._send_all(messages, results, on_result, stop)
+            finally:
+                ended.set()
+
+        future = asyncio.run_coroutine_threadsafe(run(), self._loop)
+        try:
+            reason: str | None = future.result()
+            return reason
+        except BaseException:
+            future.cancel()
+            _wait_through(ended, self.config.timeout + 5)
+            raise
 
     async def _connection(self, slot: int) -> aiosmtplib.SMTP:
         conn = self._conns[slot]
@@ -206,6 +264,10 @@ class Mailer:
         return conn
 
     async def _drop(self, slot: int) -> None:
+        self._forget(slot)
+
+    def _forget(self, slot: int) -> None:
+        """Close a connection whose state is unknown (it is reopened when needed)."""
         conn, self._conns[slot] = self._conns[slot], None
         if conn is not None:
             conn.close()
@@ -220,32 +282,49 @@ class Mailer:
             await self._drop(slot)
 
     async def _send_all(
-        self, messages: list[Outgoing], results: list[SendResult | None]
+        self,
+        messages: list[Outgoing],
+        results: list[SendResult | None],
+        on_result: OnResult | None,
+        stop: threading.Event,
     ) -> str | None:
-        """Fill ``results`` (one per message, as each arrives); why sending stopped, if it did."""
+        """Fill ``results`` (one per message, as each arrives, each handed to ``on_result``);
+        why sending stopped, if it did."""
         pending = list(reversed(list(enumerate(messages))))
-        stop: list[str] = []
+        halt: list[str] = []
 
         async def worker(slot: int) -> None:
             await self._probe(slot)
-            while pending and not stop:
+            while pending and not halt and not stop.is_set():
                 index, message = pending.pop()
                 try:
                     conn = await self._connection(slot)
                 except Exception as exc:  # any reason not to reach the server stops the batch
                     pending.append((index, message))
-                    stop.append(f"cannot connect to the SMTP server: {_describe(exc)}")
+                    halt.append(f"cannot connect to the SMTP server: {_describe(exc)}")
                     return
-                results[index], fatal = await self._send_one(conn, slot, message)
+                try:
+                    result, fatal = await self._send_one(conn, slot, message)
+                except asyncio.CancelledError:  # the server may have taken it: unknown
+                    self._forget(slot)
+                    unknown = SendResult(SendStatus.DEFERRED, None, INTERRUPTED)
+                    _hand_over(results, index, unknown, on_result)
+                    raise
                 if fatal:
-                    stop.append(fatal)
+                    halt.append(fatal)
+                recorded = _hand_over(results, index, result, on_result)
+                if recorded is not None:  # the next message only once this one is recorded
+                    await asyncio.shield(asyncio.wrap_future(recorded))
 
         slots = min(self.config.pool_size, len(messages))
         outcomes = await asyncio.gather(
             *(worker(slot) for slot in range(slots)), return_exceptions=True
         )
-        stop += [f"sending stopped: {_describe(o)}" for o in outcomes if o is not None]
-        return stop[0] if stop else None
+        cancelled = [o for o in outcomes if isinstance(o, asyncio.CancelledError)]
+        if cancelled:
+            raise cancelled[0]
+        halt += [f"sending stopped: {_describe(o)}" for o in outcomes if o is not None]
+        return halt[0] if halt else None
 
     async def _send_one(
         self, conn: aiosmtplib.SMTP, slot: int, message: Outgoing
@@ -296,6 +375,35 @@ class Mailer:
             except (aiosmtplib.SMTPException, *_TRANSPORT):
                 conn.close()
             self._conns[slot] = None
+
+
+def _hand_over(
+    results: list[SendResult | None], index: int, result: SendResult, on_result: OnResult | None
+) -> Future[Any] | None:
+    """Keep ``result`` and hand it to ``on_result``; a callback that fails is logged and leaves
+    the result to the report (the caller records it from there)."""
+    results[index] = result
+    if on_result is None:
+        return None
+    try:
+        return on_result(index, result)
+    except Exception:
+        log.exception("the outcome of message %d could not be handed over", index)
+        return None
+
+
+def _wait_through(event: threading.Event, timeout: float) -> None:
+    """Wait for ``event`` (up to ``timeout``) even if interrupted meanwhile; an interrupt is
+    re-raised once the wait is over."""
+    interrupted: BaseException | None = None
+    while True:
+        try:
+            event.wait(timeout)
+            break
+        except BaseException as exc:
+            interrupted = interrupted or exc
+    if interrupted is not None:
+        raise interrupted
 
 
 def _origin(url: str) -> str:

@@ -9,27 +9,40 @@ are sent, so that two concurrent runs never email the same item and a re-run doe
    (``Consent.reminder_stage`` or ``ConsentRequest.followups_sent``/``last_sent_at``) so it is no
    longer due (``write_claims``); commit.
 2. *send* over the mailer's pooled connections, outside any transaction (``deliver``).
-3. *record* (one transaction, ``record_results``): each message becomes ``sent``, ``bounced``
+3. *record*, as soon as the server answers each message, in a transaction of its own per
+   message (``record_results``, run by ``_recorder.Recorder`` in a thread of its own while the
+   other connections keep sending): the message becomes ``sent``, ``bounced``
    (5xx: the address is suppressed, and every later claim skips it), ``deferred`` (4xx,
    timeout, lost connection, server down: the item's advance is undone from the message log, so
    it is due for the next run) or ``failed`` (this message alone cannot be sent as things
    stand: a non-ASCII address on a server without SMTPUTF8, a stored address that breaks the
    address rule, a message that could not be built; the reason is recorded, the item stays
    advanced like a sent one so no run repeats it, the address is not suppressed); one audit
-   entry per message, carrying the run id.
+   entry per message, carrying the run id. A connection sends its next message only once its
+   previous outcome is committed.
 
 One message's fate never changes another's: each message is built on its own (a failure to
 build one is its own ``failed``), the mailer returns one result per message and keeps the
 accepted ones ``sent`` even when sending stops, and every result is recorded, exactly once, in
-step 3. Only a template error (the same for every message of the batch, nothing sent yet) or
-an unavailable server fails the batch, after recording what happened to each message.
+step 3. A record the database refuses is tried again without the server's text; only a
+database that refuses that too stops the batch (the rest are still tried; what could not be
+recorded stays ``claimed``). Only a template error (the same for every message of the batch,
+nothing sent yet) or an unavailable server fails the batch, after recording what happened to
+each message.
 
-At-least-once window: if the process dies after the server accepted a message and before step 3
-commits, the message stays ``claimed``. After ``CONSENTFLOW_MAIL_CLAIM_LEASE_MINUTES`` a later
-run releases such claims as ``deferred`` (outcome unknown) and the item becomes due again, so that
-person may get the same email twice (``release_stale_claims``). The alternative (never resending)
-could silently lose a reminder; for consent emails a rare duplicate is the lesser harm. The lease
-must exceed the time a batch takes to send.
+Cancels: a KeyboardInterrupt or Prefect's cancel (TerminationSignal) while a batch is sending
+stops the sending at once; every answer already received is recorded (the records are waited
+for, never cut short) before the cancel goes on, a message in flight at that instant is
+recorded ``deferred`` (outcome unknown: due again), and the messages not yet sent ``deferred``.
+
+At-least-once window: only a hard kill (SIGKILL, a dead machine, a lost database) can leave a
+message ``claimed``: the messages in flight on the pool's connections at that instant (at most
+``CONSENTFLOW_SMTP_POOL_SIZE``, each sent but not yet answered, or answered and not yet
+recorded). After ``CONSENTFLOW_MAIL_CLAIM_LEASE_MINUTES`` a later run releases such claims as
+``deferred`` (outcome unknown) and the item becomes due again, so those people (at most one per
+connection per kill) may get the same email twice (``release_stale_claims``). The alternative
+(never resending) could silently lose a reminder; for consent emails a rare duplicate is the
+lesser harm. The lease must exceed the time one message takes to send and record.
 
 Privacy: a claim's address is never logged, audited or shown in its ``repr``; errors from the
 mail server are redacted (``mail.redact``) before they are stored.
@@ -63,6 +76,7 @@ from consentflow.sweeps._batching import (
     transaction,
 )
 from consentflow.sweeps._context import SweepContext
+from consentflow.sweeps._recorder import Recorder
 from consentflow.sweeps._undo import ClaimKey, advance_claims, undo_claims
 
 CLAIMED = "claimed"
@@ -204,37 +218,47 @@ def _insert_claims(
 
 
 def deliver(ctx: SweepContext, claims: list[Claim], batch: Batch) -> Batch:
-    """Steps 2 and 3, once the claims are committed: send them, record each outcome and count it
-    in ``batch``; raise if the server was unavailable or a template is broken (after recording:
-    nothing the server accepted is ever recorded as anything but sent)."""
+    """Steps 2 and 3, once the claims are committed: send them, record each outcome as the
+    server answers it and count it in ``batch``; raise if the server was unavailable, a
+    template is broken, a cancel came or recording failed for good (after recording what can
+    be: nothing the server accepted is ever recorded as anything but sent)."""
     if not claims:
         return batch
     assert ctx.mailer is not None, "a real run needs a mailer"
-    results: list[SendResult | None] = [None] * len(claims)
-    outgoing: list[tuple[int, mail.Outgoing]] = []
+    counts: Counts = Counter()
+
+    def record(index: int, result: SendResult) -> None:
+        counts.update(record_results(ctx, [claims[index]], [result]))
+
+    recorder = Recorder(record, len(claims), lambda i: claims[i].message_id)
+    report: mail.SendReport | None = None
     failure: BaseException | None = None
-    unavailable: str | None = None
     try:
+        outgoing: list[tuple[int, mail.Outgoing]] = []
         for index, claim in enumerate(claims):
             built = _build(claim)
             if isinstance(built, SendResult):
-                results[index] = built
+                recorder.submit(index, built)
             else:
                 outgoing.append((index, built))
         if outgoing:
-            report = ctx.mailer.send([m for _, m in outgoing])
-            unavailable = report.unavailable
+            report = ctx.mailer.send(
+                [m for _, m in outgoing],
+                on_result=lambda i, r: recorder.submit(outgoing[i][0], r),
+                stop=recorder.broken,
+            )
             for (index, _), result in zip(outgoing, report.results, strict=True):
-                results[index] = result
+                recorder.submit(index, result)  # those the callback did not hand over
     except BaseException as exc:  # recorded below (each unsent one deferred), then re-raised
         failure = exc
-    reason = f"not sent: {_exc_text(failure)}"
-    final = [r or SendResult(SendStatus.DEFERRED, None, reason) for r in results]
-    counts = record_results(ctx, claims, final)
+    unsent = SendResult(SendStatus.DEFERRED, None, f"not sent: {_exc_text(failure)}")
+    recorder.finish(lambda index: unsent)
     if failure is not None:
         raise failure
-    if unavailable:
-        raise MailUnavailable(unavailable)
+    if recorder.failure is not None:
+        raise recorder.failure
+    if report is not None and report.unavailable:
+        raise MailUnavailable(report.unavailable)
     batch.counts.update(counts)
     return batch
 
@@ -261,8 +285,9 @@ def _exc_text(exc: BaseException | None) -> str:
 
 
 def record_results(ctx: SweepContext, claims: list[Claim], results: Sequence[SendResult]) -> Counts:
-    """Step 3: mark each claimed message, suppress hard bounces, undo deferred claims, audit
-    (with ``ctx.run_id``), in one transaction on ``ctx.engine``."""
+    """Step 3 (``deliver`` calls it for one message at a time): mark each claimed message,
+    suppress hard bounces, undo deferred claims, audit (with ``ctx.run_id``), in one transaction
+    on ``ctx.engine``."""
     now = utcnow()
     counts: Counts = Counter()
     pairs = list(zip(claims, results, strict=True))
