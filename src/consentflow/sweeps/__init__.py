@@ -16,7 +16,8 @@ Modules (one concept each):
 - ``_batching``: ``Batch``, ``drain``, transient failures, the transaction (rolled back for a dry
   run), subject locking and the paging of due items;
 - ``claims``: the email protocol (claim, send, record; stale claims released after a lease),
-  with ``_undo`` (how a claim advances its item, and how that is undone);
+  with ``_undo`` (how a claim advances its item, and how that is undone) and ``_recorder``
+  (each outcome recorded as the server answers it, shielded from cancels);
 - ``expiry``, ``reminders``, ``followups``, ``reconsent``: one module per sweep.
 
 The lifecycle rules stay in ``lifecycle.py``: expiry and invalidation go through its batch
