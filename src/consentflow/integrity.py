@@ -44,6 +44,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from consentflow import audit, keys
+from consentflow.errors import Conflict
 from consentflow.ledger import effective_state, replay
 from consentflow.models import (
     AuditEntry,
@@ -146,6 +147,17 @@ def check(
         "history_problem": "\n".join(findings) if result.ok and findings else None,
         "findings": findings,
     }
+
+
+def require_intact(session: Session, what: str) -> None:
+    """Refuse ``what`` (an erasure, a key rotation, a retention sweep) on a record that fails
+    ``audit verify``: a change made on top of a broken chain would bury the evidence of the
+    break. Raises ``Conflict`` with one line naming the first finding."""
+    findings = check(session)["findings"]
+    if findings:
+        raise Conflict(
+            f"refusing to {what}: audit verify fails: {findings[0]}; run `consentflow audit verify`"
+        )
 
 
 def verify_history(session: Session, *, chunk: int = 2000) -> tuple[bool, str | None]:
