@@ -30,6 +30,7 @@ from sqlalchemy.engine import Engine
 from consentflow import db, links, purposes, subjects, systems, tokens
 from consentflow.links import LinkAction
 from consentflow.models import utcnow
+from consentflow.settings import get_settings
 from tests.support.faults import (
     FaultReceiver,
     FlowProcess,
@@ -66,6 +67,11 @@ class Tally:
     in_flight_bound: int = 0
     #: Acknowledged webhooks that came again (``checks.duplicates_bounded`` counts them).
     webhooks_again: int = 0
+    #: Per reminder run killed or cut off from its database: how many accepted emails may come
+    #: again (one per SMTP connection: each holds at most one answered, unrecorded message).
+    emails_in_flight_bound: int = 0
+    #: Accepted emails that came again (``checks.no_email_twice`` counts them).
+    emails_again: int = 0
     #: What the checks noted besides failures (e.g. which webhooks came again, and why).
     notes: list[str] = field(default_factory=list)
     #: Seconds each day of the script took.
@@ -80,7 +86,8 @@ class Tally:
             f"fault suite: {len(self.injected)} faults injected, "
             f"{len(self.injected) if survived else 0} survived, {lost} items lost, "
             f"{self.webhooks_again} acknowledged webhooks sent again "
-            f"(bound {self.in_flight_bound})\n"
+            f"(bound {self.in_flight_bound}), {self.emails_again} accepted emails sent again "
+            f"(bound {self.emails_in_flight_bound})\n"
             f"  faults: {'; '.join(self.injected)}\n  seconds: {self.seconds}"
             + "".join(f"\n  note: {note}" for note in self.notes)
         )
@@ -300,6 +307,7 @@ class Scenario:
             _wait(self.smtp.gate.in_flight, proc)
             proc.kill()
             self.smtp.gate.release()
+            self.tally.emails_in_flight_bound += get_settings().smtp_pool_size
 
     def terminate_mid_delivery(self) -> None:
         """``pg_terminate_backend`` the propagate run's connections while crm holds a request."""
@@ -335,6 +343,7 @@ class Scenario:
             assert self.pg.terminate_flow() >= 1
             self.smtp.gate.release()
             proc.wait(timeout=120)
+            self.tally.emails_in_flight_bound += get_settings().smtp_pool_size
 
 
 def _wait(event: Any, proc: FlowProcess, timeout: float = 90) -> None:
