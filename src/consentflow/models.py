@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, MetaData, UniqueConstraint
+from sqlalchemy import JSON, CheckConstraint, Column, DateTime, Index, MetaData, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -150,11 +150,21 @@ class DeliveryState(StrEnum):
 
 
 class Subject(SQLModel, table=True):
-    """A person. ``subject_ref`` is the keyed hash that the audit trail uses instead of identity."""
+    """A person. ``subject_ref`` is the keyed hash that the audit trail uses instead of identity.
+
+    An erased subject (``erasure``) keeps its row, its reference and its history (the proof);
+    its ``email`` and ``locale`` are None, its ``external_id`` an irreversible tombstone
+    (``~erased-<random hex>``, which the identifier rule can never produce) and ``erased_at`` is
+    set.
+    """
 
     id: int | None = Field(default=None, primary_key=True)
     external_id: str = Field(unique=True, max_length=200)
     subject_ref: str = Field(unique=True, max_length=64)
+    #: Which registration of this external id the row is: 1, or n + 1 for a person registered
+    #: again after n erasures. The reference derives from the external id for the first, from
+    #: ``<id>#<generation>`` after that (``subjects.reference``), so each lifetime has its own.
+    generation: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
     #: Kept only because reminders and follow-ups are sent by email.
     email: str | None = Field(default=None, max_length=320)
     #: The person's language tag (``fr``, ``de-AT``); None: not known, so the pages follow the
@@ -163,6 +173,22 @@ class Subject(SQLModel, table=True):
     #: Sequence number of the subject's latest consent event; incremented under a row lock.
     last_seq: int = 0
     created_at: datetime = _ts()
+    #: When the person was erased (``erasure.erase``); None while they are not.
+    erased_at: datetime | None = _ts(nullable=True)
+
+
+class SubjectKey(SQLModel, table=True):
+    """A subject's data key (``datakeys``): a random Fernet key, itself sealed by ``secretbox``
+    (so it re-seals when the instance keys rotate). What must stay in place about an erased
+    person (their outbox payloads) is encrypted under it; destroying it (``sealed_key`` None,
+    ``destroyed_at`` set) makes all of that unreadable at once: crypto-shredding."""
+
+    __tablename__ = "subject_key"
+
+    subject_id: int = Field(foreign_key="subject.id", primary_key=True)
+    sealed_key: str | None = Field(default=None, max_length=500)
+    created_at: datetime = _ts()
+    destroyed_at: datetime | None = _ts(nullable=True)
 
 
 class Purpose(SQLModel, table=True):
@@ -310,15 +336,20 @@ class SystemPurpose(SQLModel, table=True):
 
 
 class Delivery(SQLModel, table=True):
-    """The transactional outbox: one webhook to send to one system about one withdrawing event.
+    """The transactional outbox: one webhook to send to one system about one withdrawing event,
+    or (``subject.erased``) about one erased subject: exactly one of ``event_id`` and
+    ``erasure_subject_id`` is set.
 
     Written in the same transaction as the consent change, so a committed withdrawal is always
     delivered and a rolled-back one never is. The body is serialised once, here, and sent byte for
-    byte on every attempt.
+    byte on every attempt. The bodies about an erased subject are kept sealed under their data
+    key (``datakeys.SEALED``), opened when claimed.
     """
 
     __table_args__ = (
         UniqueConstraint("system_id", "event_id"),
+        UniqueConstraint("erasure_subject_id", "system_id"),
+        CheckConstraint("(event_id IS NULL) <> (erasure_subject_id IS NULL)", name="one_target"),
         Index("ix_delivery_state_next_attempt_at", "state", "next_attempt_at"),
         # The undelivered queue by endpoint without reading rows (``reports.metrics``).
         Index(
@@ -332,7 +363,9 @@ class Delivery(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     system_id: int = Field(foreign_key="system.id")
-    event_id: uuid.UUID = Field(foreign_key="consent_event.id", index=True)
+    event_id: uuid.UUID | None = Field(default=None, foreign_key="consent_event.id", index=True)
+    #: The erased subject a ``subject.erased`` delivery is about (None for consent events).
+    erasure_subject_id: int | None = Field(default=None, foreign_key="subject.id")
     webhook_id: str = Field(unique=True, max_length=64)
     event_type: str = Field(max_length=40)
     payload: str
