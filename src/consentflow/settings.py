@@ -257,6 +257,56 @@ class Settings(BaseSettings):
         30, description="Re-consent: days a subject has to confirm after a material revision."
     )
 
+    # -- retention (the retention-sweep flow; 0 keeps forever; see docs/retention.md)
+    retention_evidence_days: int = Field(
+        1095,
+        ge=0,
+        le=36500,
+        description="Days a consent event's evidence (the IP address, user agent or form id "
+        "given with it) is kept after it was recorded; then the retention sweep removes it. The "
+        "event itself, its chained hash of the evidence and the rest of the history stay, and "
+        "the evidence of an event that is still a consent's current grant stays as long as that "
+        "consent is given. Default three years: longer than a consent's usual validity plus the "
+        "time a claim about it can be brought. `0`: keep forever.",
+    )
+    retention_attempts_days: int = Field(
+        90,
+        ge=0,
+        le=36500,
+        description="Days a webhook delivery's attempt log (`delivery_attempt`: each try's "
+        "status, latency and the start of the answer) is kept after the attempt, once the "
+        "delivery is settled (delivered or dead-lettered); a pending delivery keeps its whole "
+        "log. The delivery row itself (when each system learnt, its last status) stays. `0`: "
+        "keep forever.",
+    )
+    retention_emails_days: int = Field(
+        365,
+        ge=0,
+        le=36500,
+        description="Days an email send record (`email_message`: kind, status, Message-ID) is "
+        "kept after the email was claimed, once its outcome is known (sent, deferred, bounced, "
+        "failed; a claim still waiting for its outcome is never removed). Records an open "
+        "request or a consent's current renewal reminders still count on stay until those "
+        "close. `0`: keep forever.",
+    )
+    retention_requests_days: int = Field(
+        365,
+        ge=0,
+        le=36500,
+        description="Days a closed consent request (answered or lapsed) is kept after it "
+        "closed; open requests are never removed. A request goes only after its email send "
+        "records have gone (`CONSENTFLOW_RETENTION_EMAILS_DAYS`), so no record outlives its "
+        "request and none is removed earlier than its own setting says. `0`: keep forever.",
+    )
+    retention_sessions_days: int = Field(
+        1,
+        ge=0,
+        le=36500,
+        description="Days at most an ended web sign-in (a `web_session` row, expired or signed "
+        "out) stays after it ended. Each new sign-in already removes every ended one; this "
+        "bounds how long they stay when nobody signs in. `0`: the sweep leaves them.",
+    )
+
     @field_validator("controller_name")
     @classmethod
     def _name(cls, value: str) -> str:
@@ -421,6 +471,16 @@ TEST_VARIABLES: tuple[OtherVariable, ...] = (
         "CONSENTFLOW_TEST_POSTGRES_URL",
         "A PostgreSQL server on which the tests also run (each test session creates and drops "
         "a database of its own there), e.g. `postgresql://postgres@127.0.0.1:5432/test`.",
+    ),
+    (
+        "Retention",
+        (
+            "retention_evidence_days",
+            "retention_attempts_days",
+            "retention_emails_days",
+            "retention_requests_days",
+            "retention_sessions_days",
+        ),
     ),
 )
 
