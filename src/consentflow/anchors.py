@@ -107,12 +107,8 @@ def key_id(public: Ed25519PublicKey) -> str:
 
 
 def _key_list(session: Session) -> list[bytes]:
-    """The instance's signing keys, newest first (``keys.signing_keys`` once the key list has
-    landed; until then the one instance secret)."""
-    listed = getattr(keys, "signing_keys", None)
-    if listed is not None:
-        return list(listed(session))
-    return [keys.instance_secret(session)]
+    """The instance's signing keys, newest first (``keys.signing_keys``)."""
+    return keys.signing_keys(session)
 
 
 def public_keys(session: Session) -> dict[str, Ed25519PublicKey]:

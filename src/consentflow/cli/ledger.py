@@ -14,6 +14,7 @@ from sqlalchemy.exc import DataError
 
 from consentflow import (
     access,
+    anchors,
     audit,
     db,
     integrity,
@@ -293,29 +294,54 @@ def audit_verify(
         str | None,
         typer.Option(help="An anchor SEQ:HASH recorded earlier that must still be in the chain."),
     ] = None,
+    anchors_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--anchors",
+            help="A JSON Lines file of signed anchors (kept from webhooks' "
+            "consentflow-audit-anchor header or written by the audit-anchor flow): every one "
+            "must be signed by a key of this instance and still match the chain.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check the hash chain, and the consent history against it; exit 1 naming the first fault."""
+    """Check the hash chain, and the consent history against it (and every anchor of
+    --anchors); exit 1 naming the first fault."""
     anchor = None
     if expect is not None:
         seq, _, digest = expect.partition(":")
         if not seq.isdigit() or len(digest) != 64:
             raise InvalidInput(f"bad --expect {expect!r}: use SEQ:HASH as printed by verify")
         anchor = (int(seq), digest)
+    witnessed = None if anchors_file is None else _read_anchors(anchors_file)
     with session(readonly=True) as s:
-        data = views.VerifyOut.model_validate(integrity.check(s, expect=anchor))
+        result = integrity.check(s, expect=anchor)
+        missed = [] if witnessed is None else anchors.verify_against(s, witnessed)
+    record_ok = result["ok"]
+    result["ok"] = record_ok and not missed
+    result["findings"] = [*result["findings"], *missed]
+    data = views.VerifyOut.model_validate(result)
     if data.ok:
+        matched = "" if witnessed is None else f"; {len(witnessed)} anchors match it"
         emit(
             data,
             as_json,
             lambda: typer.echo(
                 f"audit trail intact: {data.entries} entries, head {data.head}; "
-                "the consent history matches it"
+                f"the consent history matches it{matched}"
             ),
         )
         return
     if as_json:
         emit(data, as_json, lambda: None)
+    for finding in missed:
+        typer.echo(f"consentflow: {finding}", err=True)
+    if record_ok:
+        fail(
+            f"{len(missed)} of {len(witnessed or [])} anchors do not match this chain: it was "
+            "rewritten or cut off after they were taken, or they are forged",
+            1,
+        )
     if data.history_problem is None:
         fail(f"audit trail broken at entry {data.first_bad}: {data.problem}", 1)
     *others, last = data.findings or [data.history_problem]
@@ -324,6 +350,18 @@ def audit_verify(
             f"consentflow: consent history does not match the audit trail: {finding}", err=True
         )
     fail(f"consent history does not match the audit trail: {last}", 1)
+
+
+def _read_anchors(path: Path) -> list[anchors.Anchor]:
+    """The anchors of a JSON Lines file; a file that cannot be read, or a malformed line, is
+    one ``InvalidInput`` line (exit 2) naming it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise InvalidInput(f"cannot read {path}: not UTF-8 text") from None
+    return anchors.load(text.splitlines(), str(path))
 
 
 @audit_app.command("export")

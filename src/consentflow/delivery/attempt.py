@@ -1,13 +1,15 @@
 """One webhook attempt over HTTP: the worker's client and ``send`` (step 3 of ``engine``).
 
 The stored body is sent byte for byte with the delivery's fixed ``webhook-id``, a fresh
-timestamp and signature (``signing``), redirects not followed, a connect timeout of 5 s and a
-total timeout; ``ssrf.GuardedBackend`` re-checks the SSRF rules on every connection. ``send``
-never raises for anything the network or the receiver does (any bytes, any header): the answer
-becomes a ``Result`` with its excerpt made plain, bounded text (``excerpt``) and ``Retry-After``
-read strictly (``schedule``). A cancel before the answer's status arrived is raised; one after
-it returns the result marked ``interrupted``, for the caller to record before it stops. Each
-attempt is logged (``runlog``): systems and webhook ids, never a secret or a person.
+timestamp and signature (``signing``), the pass's signed audit head in the
+``consentflow-audit-anchor`` header when the engine read one (``anchors``), redirects not
+followed, a connect timeout of 5 s and a total timeout; ``ssrf.GuardedBackend`` re-checks the
+SSRF rules on every connection. ``send`` never raises for anything the network or the receiver
+does (any bytes, any header): the answer becomes a ``Result`` with its excerpt made plain,
+bounded text (``excerpt``) and ``Retry-After`` read strictly (``schedule``). A cancel before the
+answer's status arrived is raised; one after it returns the result marked ``interrupted``, for
+the caller to record before it stops. Each attempt is logged (``runlog``): systems and webhook
+ids, never a secret or a person.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from datetime import datetime
 import httpcore
 import httpx
 
+from consentflow import anchors
 from consentflow.delivery import excerpt as excerpts
 from consentflow.delivery import runlog, signing, ssrf
 from consentflow.delivery.outbox import Claimed, Result
@@ -70,6 +73,7 @@ async def send(
     clock: Callable[[], datetime],
     policy: ssrf.Allowed | None = None,
     logger: runlog.Logger | None = None,
+    anchor: str | None = None,
 ) -> Result:
     """One attempt: POST the stored body, signed now. Never raises for anything the network or
     the receiver does (any bytes, any header). A cancel before the answer's status arrived is
@@ -77,6 +81,8 @@ async def send(
 
     Each attempt is logged (``logger``, default: the Prefect run's logger inside a run): a
     success at INFO, a failure at WARNING, with the system, webhook id, attempt and outcome.
+    ``anchor`` (the compact signed audit head, ``anchors.Anchor.compact``) goes in the
+    ``consentflow-audit-anchor`` header, beside the Standard Webhooks headers.
     """
     started = clock()
     t0 = time.perf_counter()
@@ -90,6 +96,8 @@ async def send(
         if c.secret_error:
             raise InvalidInput(c.secret_error)
         headers = signing.headers(c.secrets, c.webhook_id, body)
+        if anchor:
+            headers[anchors.HEADER] = anchor
         async with asyncio.timeout(timeout):
             async with client.stream("POST", c.url, content=body, headers=headers) as response:
                 status = response.status_code

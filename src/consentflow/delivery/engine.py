@@ -16,10 +16,14 @@ One run of ``deliver_due`` (one worker) works like this:
    fresh timestamp and signature (``signing.py``, with the system's secrets decrypted at claim
    time: ``secretbox.py``), redirects not followed, a connect timeout of 5 s and a total timeout
    (``CONSENTFLOW_WEBHOOK_TIMEOUT``, default 15 s). ``GuardedBackend`` re-checks the SSRF rules on
-   every connection. Whatever the receiver answers (any bytes, any header) is an attempt: the
-   body's excerpt is made plain, short text (``excerpt.py``: bounded read, bounded inflate, no
-   control characters) and ``Retry-After`` is read strictly (``schedule.py``). Each attempt is
-   logged (in the Prefect run's logs inside a run: ``runlog``).
+   every connection. Every request of a pass carries the same signed audit head
+   (``consentflow-audit-anchor``: ``anchors``), read once, when the pass first finds something
+   due; if it cannot be read (the chain's head is broken) the pass logs an error and sends
+   without it, since a withdrawal must not wait for the witness. Whatever the receiver answers
+   (any bytes, any header) is an attempt: the body's excerpt is made plain, short text
+   (``excerpt.py``: bounded read, bounded inflate, no control characters) and ``Retry-After`` is
+   read strictly (``schedule.py``). Each attempt is logged (in the Prefect run's logs inside a
+   run: ``runlog``).
 4. **Results.** Each result is recorded as soon as its request completes, in a transaction of
    its own: a ``delivery_attempt`` row, and the delivery moves on: 2xx delivered; 410 disables
    the system (its deliveries are held, never dropped; the lane sends no more and gives back
@@ -65,7 +69,7 @@ import httpx
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from consentflow import db
+from consentflow import anchors, db
 from consentflow.delivery import alerts, runlog
 from consentflow.delivery import excerpt as excerpts
 from consentflow.delivery.attempt import CONNECT_TIMEOUT, USER_AGENT, make_client, send
@@ -165,6 +169,8 @@ class _Run:
     logger: runlog.Logger = field(default_factory=runlog.logger)
     claimed: int = 0
     deadline: float | None = None
+    #: The pass's ``consentflow-audit-anchor`` value: None until read, "" if it could not be.
+    anchor: str | None = None
     #: The threads that talk to the database (at most 4 sessions at a time).
     pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(4, thread_name_prefix="consentflow-delivery")
@@ -268,7 +274,9 @@ async def _lane(run: _Run, client: httpx.AsyncClient, system_id: int) -> int:
         async with sem:
             if gone.is_set():
                 return None  # not sent
-            result = await send(client, c, timeout=timeout, clock=run.clock, logger=run.logger)
+            result = await send(
+                client, c, timeout=timeout, clock=run.clock, logger=run.logger, anchor=run.anchor
+            )
             if result.gone:
                 gone.set()  # before the next request may start
         outcome = await _record(run, result)
@@ -299,6 +307,21 @@ async def _lane(run: _Run, client: httpx.AsyncClient, system_id: int) -> int:
     return handled
 
 
+async def _read_anchor(run: _Run) -> None:
+    """The pass's signed audit head, read once; on failure "" (sent without), logged."""
+
+    def read() -> str:
+        with db.session_scope(run.engine, readonly=True) as session:
+            return anchors.header_value(session)
+
+    try:
+        run.anchor = await asyncio.wrap_future(run.pool.submit(read))
+    except Exception as exc:
+        run.anchor = ""
+        why = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+        run.logger.error("no audit anchor on this pass's webhooks: %s", why)
+
+
 async def _drive(run: _Run, client: httpx.AsyncClient) -> BaseException | None:
     """Run one lane per system with due deliveries until none is left; the first lane failure
     (the others finish first). If this is cancelled, the lanes are too, and each records the
@@ -311,6 +334,8 @@ async def _drive(run: _Run, client: httpx.AsyncClient) -> BaseException | None:
         while True:
             if not run.stopping() and failure is None:
                 due = await run.db(lambda s: due_systems(s, run.clock(), names))
+                if due and run.anchor is None:
+                    await _read_anchor(run)
                 for system_id in due:
                     if system_id not in lanes and system_id not in idle:
                         lanes[system_id] = asyncio.create_task(_lane(run, client, system_id))
