@@ -23,7 +23,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlmodel import Session, create_engine
 
 from consentflow.errors import InvalidInput
-from consentflow.keys import instance_secret
+from consentflow.keys import reference_key
 from consentflow.settings import get_settings
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -238,7 +238,7 @@ def upgrade(engine: Engine | None = None) -> str:
     engine = engine or get_engine()
     command.upgrade(alembic_config(engine), "head")
     with session_scope(engine) as session:
-        instance_secret(session)
+        reference_key(session)
     if engine.dialect.name == "sqlite":
         raw = engine.raw_connection()  # outside any transaction: a checkpoint needs none open
         try:

@@ -40,7 +40,7 @@ from sqlmodel import Session, col, select
 from consentflow import audit, db, lifecycle, purposes
 from consentflow.actors import column_length, unprintable
 from consentflow.errors import ConsentflowError, InvalidInput
-from consentflow.keys import instance_secret, subject_ref
+from consentflow.keys import reference_key, subject_ref
 from consentflow.models import ActorType, Channel, State, Subject, metadata, utcnow
 from consentflow.subjects import check_email, check_external_id, check_locale
 from consentflow.timeutil import parse_instant
@@ -348,7 +348,7 @@ def _import_batch(
     engine: Engine, rows: list[Row], actor: lifecycle.Actor, propagate: bool, report: Report
 ) -> None:
     with db.session_scope(engine) as s:
-        secret = instance_secret(s)
+        secret = reference_key(s)
         ids = {r.external_id for r in rows}
         existing = _subject_ids(s, ids)
         first_rows: dict[str, Row] = {}

@@ -1,36 +1,54 @@
-"""The instance secret, where it lives, and the one function every keyed value is derived with.
+"""The instance keys, where they live, and the one function every keyed value is derived with.
+
+Two roles (docs/keys.md is the operator's runbook):
+
+- the **signing keys**, newest first (``signing_keys``): the newest signs the email links, CSRF
+  tokens and result values and seals webhook secrets and data keys at rest (``secretbox``);
+  every key listed still verifies and opens, so a rotation (``consentflow keys rotate``) breaks
+  no live link and no sealed value;
+- the **reference key** (``reference_key``): the key of every stored keyed value that is looked
+  up again later: subject references (``subject_ref``), the suppression list's address hashes
+  (``mail.address_hash``) and the audit chain's evidence hashes (``audit.evidence_digest``). It
+  never rotates: a new one would orphan every pseudonym and suppressed address. It is pinned
+  explicitly as soon as there is more than one key (``CONSENTFLOW_REFERENCE_KEY``, or the key
+  file's ``reference:`` line): several keys without it are refused, so retiring the oldest key
+  can never change it silently. One key alone is both roles (as before keys could rotate).
 
 Invariants:
 
 - ``derive`` (HMAC-SHA256 over the concatenated parts) is the only keyed hash in the ledger:
-  subject references (``subject_ref``), the suppression list's address hashes (``mail``), the
-  email links' per-action keys and signatures (``links``), the web app's per-purpose keys and the
-  Fernet key that seals webhook secrets at rest (``secretbox``, via ``hkdf``), the audit chain's
-  hash of an event's evidence (``audit.evidence_digest``, ``"audit-evidence:"``). Each use starts
-  its parts with its own label (``"subject:"``, ``"email:"``, ``"consentflow-link:<action>"``,
-  ...), so no two uses can produce the same input.
+  subject references, address hashes, the links' per-action keys and signatures (``links``),
+  the web app's per-purpose keys, the Fernet keys that seal secrets at rest (``secretbox``, via
+  ``hkdf``), the audit chain's evidence hash (``"audit-evidence:"``) and the key fingerprints
+  (``fingerprint``). Each use starts its parts with its own label (``"subject:"``, ``"email:"``,
+  ``"consentflow-link:<action>"``, ...), so no two uses can produce the same input.
 - Stored and handed-out values never change: ``tests/ledger/test_keys.py`` pins them for a fixed
-  secret. Changing a label, the order of parts or the truncation breaks every stored reference.
-- The secret is never stored in the database, so a dump alone forges nothing. It is
-  ``CONSENTFLOW_SECRET_KEY`` when set (required in production mode: ``settings``), else the text
-  of the key file (``key_file_path``: ``CONSENTFLOW_KEY_FILE``, or beside a SQLite database,
-  or in ``CONSENTFLOW_DATA_DIR`` for PostgreSQL), which ``db.upgrade`` generates with mode 0600.
-  The file's text (stripped) is the key's bytes, exactly as the database kept it before, so a
-  key moved out of an older database (``adopt_legacy_secret``, called by migration 0002) keeps
-  every link and reference valid.
+  key. Changing a label, the order of parts or the truncation breaks every stored reference.
+- No key is ever stored in the database, logged or printed: only ``fingerprint``s are shown.
+  The keys are ``CONSENTFLOW_SECRET_KEY`` when set (a comma-separated list, newest first:
+  ``settings.split_keys``; required in production mode), else the key file (``key_file_path``:
+  ``CONSENTFLOW_KEY_FILE``, or beside a SQLite database, or in ``CONSENTFLOW_DATA_DIR`` for
+  PostgreSQL), which ``db.upgrade`` generates with mode 0600.
+- The key file's formats: one line is one key, exactly as before rotation (the line's bytes are
+  the key, also when moved out of an older database by ``adopt_legacy_secret``); otherwise one
+  key per line, newest first, ``#`` comments and blank lines ignored, and one line
+  ``reference: KEY`` pinning the reference key (required once there are several keys).
+  ``write_key_file`` writes that form atomically (mode 0600); a rotation never drops a key.
 - Unkeyed digests are not derivations and stay where they are used: the audit chain
   (``audit``), API token and session hashes (``tokens``: both are random and high-entropy) and
   the Standard Webhooks signature, whose construction the receivers' libraries fix
   (``delivery.signing``).
 
-Failure modes, each one ``InvalidInput`` line naming the file, never a silent new key:
+Failure modes, each one ``InvalidInput`` line naming the file, never a silent new key and never
+a key in the message:
 
 - a missing key file is generated only while the database holds nothing keyed yet (no
   subject, no sealed webhook secret, no suppressed address) and no key of an older version
   (table ``instance_key``): a database restored without its key file, or a second host
   missing it, is refused instead of being given a key of its own that would break every link
   and pseudonym;
-- a key file readable by group or others, empty, or unreadable is refused;
+- a key file readable by group or others, empty, unreadable, with a short key, a key listed
+  twice, several keys and no ``reference:`` line, is refused;
 - two processes generating at once both end with the winner's key (the file appears atomically,
   by ``link``).
 
@@ -45,6 +63,7 @@ import hmac
 import os
 import re
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import inspect, text
@@ -63,7 +82,26 @@ KEYED_ROWS = {
     "email_suppression": "SELECT 1 FROM email_suppression LIMIT 1",
 }
 _MIN_KEY = 16
-_cache: dict[tuple[str, int, int, int], bytes] = {}
+#: The key file's line that pins the reference key.
+REFERENCE_LINE = "reference:"
+_cache: dict[tuple[str, int, int, int], Keys] = {}
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The instance's keys: ``signing`` newest first (never empty), the ``reference`` key,
+    whether it was pinned explicitly (``CONSENTFLOW_REFERENCE_KEY`` or a ``reference:`` line)
+    rather than being the one key there is, and the key file they came from (None: the
+    environment)."""
+
+    signing: tuple[bytes, ...]
+    reference: bytes
+    pinned: bool
+    path: Path | None = None
+
+    def __repr__(self) -> str:  # never a key in a log line or a traceback
+        where = self.path or "CONSENTFLOW_SECRET_KEY"
+        return f"Keys({len(self.signing)} signing keys from {where})"
 
 
 def data_dir() -> Path:
@@ -91,23 +129,93 @@ def key_file_path(url: URL | str) -> Path:
     return data_dir() / f"{label}.key"
 
 
-def instance_secret(session: Session) -> bytes:
-    """``CONSENTFLOW_SECRET_KEY`` if set, else the key file of the session's database.
+def load(session: Session) -> Keys:
+    """The keys: ``CONSENTFLOW_SECRET_KEY`` (and ``CONSENTFLOW_REFERENCE_KEY``) if set, else the
+    key file of the session's database.
 
     A missing file is generated (see the module's failure modes), so a fresh install needs no
     configuration; ``db.upgrade`` generates it up front.
     """
-    configured = get_settings().secret_key
-    if configured:
-        return configured.encode()
+    cfg = get_settings()
+    listed = cfg.secret_keys
+    if listed:
+        signing = tuple(k.encode() for k in listed)
+        if cfg.reference_key is not None:
+            return Keys(signing, cfg.reference_key.get_secret_value().encode(), True)
+        return Keys(signing, signing[0], False)  # one key (settings refuses several without)
     path = key_file_path(session.get_bind().engine.url)
-    key = _read(path)
-    if key is None:
+    found = _read(path)
+    if found is None:
         _refuse_new_key_if_keyed(session, path)
         _create(path, secrets.token_urlsafe(32))
-        key = _read(path)
-        assert key is not None
-    return key
+        found = _read(path)
+        assert found is not None
+    return found
+
+
+def reference_key(session: Session) -> bytes:
+    """The key of stored keyed values (subject references, address hashes, evidence hashes):
+    never rotated."""
+    return load(session).reference
+
+
+def signing_keys(session: Session) -> list[bytes]:
+    """The keys that sign and seal, newest first: the newest signs, every one verifies."""
+    return list(load(session).signing)
+
+
+def instance_secret(session: Session) -> bytes:
+    """The reference key, under its name from before keys could rotate (one key was both).
+
+    Kept for callers that derive stored values (subject references, evidence hashes); links,
+    web tokens and sealing use ``signing_keys``, whose newest key differs after a rotation.
+    """
+    return reference_key(session)
+
+
+def fingerprint(reference: bytes, key: bytes) -> str:
+    """A short name for ``key`` that reveals nothing of it: 16 hex digits of a hash keyed with
+    the reference key (so a weak key cannot be guessed from a fingerprint in an exported audit
+    trail), stable across rotations because the reference key never rotates."""
+    return derive(reference, "key-fingerprint:", key).hex()[:16]
+
+
+def new_key() -> str:
+    """A fresh key: 32 random bytes, URL-safe base64 (43 characters, no comma, no space)."""
+    return secrets.token_urlsafe(32)
+
+
+def write_key_file(path: Path, signing: list[bytes], reference: bytes) -> None:
+    """Replace the key file at ``path`` with ``signing`` (newest first) and the pinned
+    ``reference`` key, atomically (a temporary file of mode 0600, fsynced, renamed over it):
+    a reader sees the old file or the new one, never half of one."""
+    lines = [
+        "# consentflow instance keys (docs/keys.md). Newest first: the newest signs and seals,",
+        "# every key listed verifies and opens. The reference key never rotates.",
+        f"{REFERENCE_LINE} {reference.decode()}",
+        *(k.decode() for k in signing),
+    ]
+    try:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write("\n".join(lines) + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError as exc:
+        raise InvalidInput(f"cannot write the key file {path}: {exc.strerror}") from None
+    found = _read(path)
+    if found is None or list(found.signing) != signing or found.reference != reference:
+        raise InvalidInput(f"the key file {path} did not read back as written: check the disk")
 
 
 def adopt_legacy_secret(url: URL | str, secret: str) -> Path | None:
@@ -123,7 +231,7 @@ def adopt_legacy_secret(url: URL | str, secret: str) -> Path | None:
     existing = _read(path)
     if existing is None:
         _create(path, secret)
-    elif existing != secret.encode():
+    elif existing.reference != secret.encode():
         raise InvalidInput(
             f"the key file {path} holds a different key from the one this database kept: "
             "move that file away (or set CONSENTFLOW_KEY_FILE) and run `consentflow db upgrade` "
@@ -149,8 +257,8 @@ def _refuse_new_key_if_keyed(session: Session, path: Path) -> None:
             )
 
 
-def _read(path: Path) -> bytes | None:
-    """The key in ``path``, or None if there is no such file (checked, cached per version)."""
+def _read(path: Path) -> Keys | None:
+    """The keys in ``path``, or None if there is no such file (checked, cached per version)."""
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -166,13 +274,52 @@ def _read(path: Path) -> bytes | None:
     if cache_key in _cache:
         return _cache[cache_key]
     try:
-        key = path.read_text(encoding="utf-8").strip().encode()
+        content = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"cannot read the key file {path}: {exc}") from None
-    if len(key) < _MIN_KEY:
-        raise InvalidInput(f"the key file {path} is empty or damaged: restore it from a backup")
-    _cache[cache_key] = key
-    return key
+    found = _parse(path, content)
+    _cache[cache_key] = found
+    return found
+
+
+def _parse(path: Path, content: str) -> Keys:
+    """The key file's text (stripped) as keys: one line is one key, exactly as before rotation;
+    else the several-key form (see the module docstring)."""
+    if "\n" not in content and not content.startswith(REFERENCE_LINE):
+        if len(content) < _MIN_KEY:
+            raise InvalidInput(f"the key file {path} is empty or damaged: restore it from a backup")
+        key = content.encode()
+        return Keys((key,), key, False, path)
+    signing: list[bytes] = []
+    references: list[bytes] = []
+    for number, raw in enumerate(content.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        is_reference = line.startswith(REFERENCE_LINE)
+        text_key = line.removeprefix(REFERENCE_LINE).strip() if is_reference else line
+        if len(text_key) < _MIN_KEY or any(c.isspace() for c in text_key):
+            raise InvalidInput(
+                f"line {number} of the key file {path} is not a key ({_MIN_KEY} or more "
+                "characters, no spaces): restore the file from a backup"
+            )
+        if not is_reference and text_key.encode() in signing:
+            raise InvalidInput(f"line {number} of the key file {path} repeats a key: remove it")
+        (references if is_reference else signing).append(text_key.encode())
+    if not signing or len(references) > 1:
+        raise InvalidInput(
+            f"the key file {path} holds {len(signing)} keys and {len(references)} reference "
+            "lines: it needs one key or more, newest first, and at most one reference line"
+        )
+    if references:
+        return Keys(tuple(signing), references[0], True, path)
+    if len(signing) > 1:
+        raise InvalidInput(
+            f"the key file {path} lists {len(signing)} keys but no `{REFERENCE_LINE}` line: add "
+            f"`{REFERENCE_LINE} KEY` naming the key your subject references were made with (the "
+            "one key it held before rotating): see docs/keys.md"
+        )
+    return Keys(tuple(signing), signing[0], False, path)
 
 
 def _create(path: Path, secret: str) -> None:

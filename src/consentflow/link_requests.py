@@ -47,7 +47,7 @@ from sqlmodel import Session, col, select
 from consentflow import addresses, audit, db, links, mail, purposes, subjects
 from consentflow.actors import Actor, audit_fields
 from consentflow.errors import InvalidInput
-from consentflow.keys import instance_secret
+from consentflow.keys import reference_key
 from consentflow.links import LinkAction
 from consentflow.mail import Kind, SendStatus
 from consentflow.models import EmailMessage, EmailSuppression, Subject, utcnow
@@ -189,7 +189,7 @@ def recent_requests(session: Session, subject_id: int, now: datetime) -> int:
 
 
 def _suppressed(session: Session, address: str) -> bool:
-    key = mail.address_hash(instance_secret(session), address)
+    key = mail.address_hash(reference_key(session), address)
     return session.get(EmailSuppression, key) is not None
 
 
@@ -253,7 +253,7 @@ def _compose(
     except Exception as exc:  # this message alone: recorded failed, never raised (see above)
         why = mail.redact(f"{exc.__class__.__name__}: {exc}")
         return mail.SendResult(SendStatus.FAILED, None, f"not sent: {why}")
-    return outgoing, mail.address_hash(instance_secret(session), subject.email)
+    return outgoing, mail.address_hash(reference_key(session), subject.email)
 
 
 def send(pending: Pending, *, mailer: mail.Mailer | None = None) -> SendStatus:

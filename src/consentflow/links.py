@@ -1,9 +1,13 @@
 """Signed, expiring, single-purpose tokens for the links in consent emails.
 
 A link lets a person act without logging in, so the token is the only proof: it is signed with a
-key derived from the instance secret *and the action*, so a renew token can never be replayed as a
-revoke token (or the other way round); it expires; and it carries opaque database ids only, never
-an email address or external id, because links end up in mail logs and browser histories.
+key derived from the newest instance key *and the action*, so a renew token can never be replayed
+as a revoke token (or the other way round); it expires; and it carries opaque database ids only,
+never an email address or external id, because links end up in mail logs and browser histories.
+
+Rotation: ``verify`` accepts a signature under any key in the list (``keys.signing_keys``), so a
+link issued before a rotation keeps working until it expires (``DEFAULT_TTL`` at most, the
+longest any door issues), and one signed by a key since removed from the list is refused.
 
 Format: ``base64url(json claims) "." base64url(HMAC-SHA256(action key, claims))``.
 
@@ -34,7 +38,6 @@ from sqlmodel import Session, col, select
 
 from consentflow import keys
 from consentflow.errors import InvalidInput
-from consentflow.keys import instance_secret
 from consentflow.models import Action, ConsentEvent, State, Subject, utcnow
 from consentflow.settings import get_settings
 
@@ -44,6 +47,7 @@ class LinkAction(StrEnum):
     REVOKE = "revoke"  # also the RFC 8058 one-click unsubscribe target
     GRANT = "grant"  # answering a consent request (collection or re-consent)
     PREFERENCES = "preferences"
+    ERASE = "erase"  # the person asks to be forgotten (confirmed on the page it opens)
 
 
 #: The links that would give consent: bound to the person's latest choice when issued.
@@ -53,7 +57,8 @@ CHOICES = (Action.GRANT, Action.REFUSE, Action.REVOKE, Action.RENEW, Action.IMPO
 #: The states a choice leaves when it said no.
 _SAID_NO = frozenset({State.REFUSED.value, State.WITHDRAWN.value})
 
-#: How long a link stays valid unless the caller says otherwise.
+#: How long a link stays valid unless the caller says otherwise (no door issues longer ones:
+#: keep a retired key in the list at least this long, docs/keys.md).
 DEFAULT_TTL = timedelta(days=45)
 
 
@@ -105,7 +110,7 @@ def issue(
             choice = latest[0] if latest else 0
         claims["c"] = choice
     body = _b64(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
-    sig = keys.derive(_key(instance_secret(session), action), body)
+    sig = keys.derive(_key(keys.signing_keys(session)[0], action), body)
     return f"{body}.{_b64(sig)}"
 
 
@@ -121,9 +126,11 @@ def verify(
     body, sep, sig = token.partition(".")
     if not sep or not body or not sig:
         raise BadLink("this link is incomplete: copy the whole link from the email")
-    expected = keys.derive(_key(instance_secret(session), action), body)
     # Compare the text, not decoded bytes: lenient base64 decoding would let altered text pass.
-    if not hmac.compare_digest(_b64(expected).encode(), sig.encode()):
+    if not any(
+        hmac.compare_digest(_b64(keys.derive(_key(key, action), body)).encode(), sig.encode())
+        for key in keys.signing_keys(session)
+    ):
         raise BadLink("this link is not valid for this action, or it was altered")
     try:
         claims = json.loads(_unb64(body))

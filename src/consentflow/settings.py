@@ -48,6 +48,30 @@ def parse_stages(value: str | Sequence[int]) -> tuple[int, ...]:
     return tuple(sorted(set(numbers)))
 
 
+def split_keys(value: str) -> tuple[str, ...]:
+    """``CONSENTFLOW_SECRET_KEY`` as keys, newest first: the one rule for the key list.
+
+    A value without a comma is one key, exactly as given (as before keys could rotate, so a
+    stored value made with it stays valid). Otherwise each comma-separated item is a key, spaces
+    around it removed. Raises ``ValueError`` (one line, never echoing a key) for an empty item or
+    a key listed twice.
+    """
+    if "," not in value:
+        return (value,)
+    items = [item.strip() for item in value.split(",")]
+    for i, item in enumerate(items, 1):
+        if not item:
+            raise ValueError(
+                f"key {i} of {len(items)} is empty: separate the keys with single commas, newest "
+                "first (no key may contain a comma)"
+            )
+        if item in items[: i - 1]:
+            raise ValueError(
+                f"key {i} of {len(items)} repeats key {items.index(item) + 1}: list each key once"
+            )
+    return tuple(items)
+
+
 _EMAIL = re.compile(r"^[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+$")
 
 
@@ -89,12 +113,24 @@ class Settings(BaseSettings):
     )
     secret_key: str | None = Field(
         None,
-        description="Key for pseudonymous subject references, signed email links, the "
-        "suppression list's address hashes, CSRF tokens and the encryption of webhook secrets "
-        "at rest. When unset, the key is read from the key file (`CONSENTFLOW_KEY_FILE`), "
-        "which `consentflow db upgrade` generates; it is never stored in the database. "
-        "Required (at least 32 characters) when `CONSENTFLOW_ENV` is `production`. Choose it "
-        "once, before the first subject, and keep it: see [security](security.md).",
+        description="The instance keys, newest first, separated by commas (so no key may "
+        "contain a comma): the newest signs email links and CSRF tokens and encrypts webhook "
+        "secrets and data keys at rest; every key listed still verifies and decrypts, so keys "
+        "rotate without breaking a live link (`consentflow keys rotate`, see "
+        "[keys](keys.md)). A single key is also the reference key (see "
+        "`CONSENTFLOW_REFERENCE_KEY`). When unset, the keys are read from the key file "
+        "(`CONSENTFLOW_KEY_FILE`), which `consentflow db upgrade` generates; they are never "
+        "stored in the database. Required (every key at least 32 characters) when "
+        "`CONSENTFLOW_ENV` is `production`.",
+    )
+    reference_key: SecretStr | None = Field(
+        None,
+        description="The key of every stored keyed value: pseudonymous subject references, "
+        "the suppression list's address hashes, the audit chain's evidence hashes. It never "
+        "rotates: set it to your original key (the one `CONSENTFLOW_SECRET_KEY` held before "
+        "the first rotation) once `CONSENTFLOW_SECRET_KEY` lists more than one key; it is "
+        "required then, so retiring an old key can never change it. Only with "
+        "`CONSENTFLOW_SECRET_KEY` (a key file pins its own reference key): see [keys](keys.md).",
     )
     key_file: str | None = Field(
         None,
@@ -355,14 +391,66 @@ class Settings(BaseSettings):
             raise ValueError(f"bad environment {value!r}: use development or production")
         return value
 
+    @field_validator("secret_key")
+    @classmethod
+    def _key_list(cls, value: str | None) -> str | None:
+        """A malformed key list fails at start-up, in one line (``split_keys``)."""
+        if not value:
+            return None
+        split_keys(value)
+        return value
+
+    @field_validator("reference_key")
+    @classmethod
+    def _reference(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value is not None and value.get_secret_value() else None
+
+    @property
+    def secret_keys(self) -> tuple[str, ...]:
+        """``CONSENTFLOW_SECRET_KEY`` as keys, newest first; () when unset."""
+        return split_keys(self.secret_key) if self.secret_key else ()
+
     @model_validator(mode="after")
     def _production_needs_a_key(self) -> Settings:
         """Production mode never falls back to a generated key: one missing variable on one
-        worker would otherwise give that worker a key of its own."""
-        if self.env == "production" and len(self.secret_key or "") < MIN_PRODUCTION_KEY:
+        worker would otherwise give that worker a key of its own. Several keys need the
+        reference key named (``CONSENTFLOW_REFERENCE_KEY``), so retiring one never changes it."""
+        listed = self.secret_keys
+        if (
+            self.env == "production"
+            and len(listed) < 2
+            and len(self.secret_key or "") < MIN_PRODUCTION_KEY
+        ):
             raise ValueError(
                 "CONSENTFLOW_ENV=production needs CONSENTFLOW_SECRET_KEY (at least "
                 f"{MIN_PRODUCTION_KEY} characters, e.g. from `openssl rand -base64 32`)"
+            )
+        reference = self.reference_key.get_secret_value() if self.reference_key else None
+        if self.env == "production":
+            named = [
+                (f"key {i} of {len(listed)} in CONSENTFLOW_SECRET_KEY", k)
+                for i, k in enumerate(listed, 1)
+            ]
+            if reference is not None:
+                named.append(("CONSENTFLOW_REFERENCE_KEY", reference))
+            for what, key in named:
+                if len(key) < MIN_PRODUCTION_KEY:
+                    raise ValueError(
+                        f"CONSENTFLOW_ENV=production needs every key at least "
+                        f"{MIN_PRODUCTION_KEY} characters long: {what} has {len(key)} (keys "
+                        "are separated by commas, so no key may contain one)"
+                    )
+        if reference is not None and not listed:
+            raise ValueError(
+                "CONSENTFLOW_REFERENCE_KEY is set without CONSENTFLOW_SECRET_KEY: a key file "
+                "pins its own reference key (its `reference:` line); unset it"
+            )
+        if len(listed) > 1 and reference is None:
+            raise ValueError(
+                f"CONSENTFLOW_SECRET_KEY lists {len(listed)} keys but CONSENTFLOW_REFERENCE_KEY "
+                "is unset: set it to the key your subject references were made with (the one "
+                "key you had before rotating; keys are separated by commas, so no key may "
+                "contain one)"
             )
         return self
 
@@ -385,7 +473,10 @@ def get_settings() -> Settings:
 
 #: The sections of the reference, in order, and the settings each holds (every field exactly once).
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Storage and keys", ("database_url", "secret_key", "key_file", "data_dir", "env")),
+    (
+        "Storage and keys",
+        ("database_url", "secret_key", "reference_key", "key_file", "data_dir", "env"),
+    ),
     ("Web app", ("public_url", "prefect_ui_url", "session_max_age")),
     (
         "The controller",

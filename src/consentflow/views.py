@@ -486,3 +486,61 @@ class LinkOut(View):
     purpose: str | None
     url: str
     expires_at: datetime
+
+
+# ----------------------------------------------------------------------------------------- keys
+
+
+class KeyOut(View):
+    """One instance key, by fingerprint (``keys.fingerprint``): never the key."""
+
+    fingerprint: str
+    signs: bool
+    reference: bool
+
+
+class KeysOut(View):
+    """``consentflow keys list``: the keys newest first, the reference key, sealed values."""
+
+    source: str
+    key_file: str | None
+    reference: str
+    reference_pinned: bool
+    keys: list[KeyOut]
+    sealed_current: int
+    sealed_older: int
+    unreadable: str | None
+    rotation_pending: bool
+    last_rotated_at: datetime | None
+
+
+class KeyRotationOut(View):
+    """``consentflow keys rotate``: fingerprints only, and how many values were re-sealed."""
+
+    generated: bool
+    recorded: bool
+    signing: str
+    keys: list[str]
+    reference: str
+    resealed: int
+    key_file: str | None
+
+
+# -------------------------------------------------------------------------------------- erasure
+
+
+class ErasureOut(View):
+    """What an erasure did (``consentflow subject erase``, ``POST /subjects/{id}/erase``): from
+    now on the person is named only by ``subject_ref``."""
+
+    subject_ref: str
+    erased_at: datetime
+    #: The purposes whose consent it withdrew, and those found ended (expired instead).
+    withdrawn: list[str]
+    expired: list[str]
+    #: The systems sent a ``subject.erased`` webhook.
+    notified: list[str]
+    #: Webhooks enqueued: the withdrawals' and the ``subject.erased`` ones.
+    deliveries: int
+    #: Consent events whose evidence was removed (the chain keeps its keyed digest).
+    evidence_removed: int

@@ -1,7 +1,8 @@
 """What of an address may be kept: a keyed hash for the suppression list, and nothing in text.
 
 ``address_hash`` is the suppression key (HMAC-SHA256 of the lowercased address, under the
-instance secret); ``redact`` makes a server reply fit to store or log (every address replaced).
+reference key, ``keys.reference_key``, which never rotates, so the list keeps matching);
+``redact`` makes a server reply fit to store or log (every address replaced).
 """
 
 from __future__ import annotations

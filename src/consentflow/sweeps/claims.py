@@ -62,7 +62,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from consentflow import db, links, mail
-from consentflow.keys import instance_secret
+from consentflow.keys import reference_key
 from consentflow.links import LinkAction
 from consentflow.mail import Kind, MailUnavailable, SendResult, SendStatus
 from consentflow.models import EmailMessage, EmailSuppression, Purpose, Subject, utcnow
@@ -128,7 +128,7 @@ def suppression(session: Session, rows: Sequence[Any]) -> Callable[[str], bool]:
     addresses = [r.email for r in rows if r.email]
     if not addresses:
         return lambda address: False
-    secret = instance_secret(session)
+    secret = reference_key(session)
     hashes = _suppressed(session, secret, addresses)
     return lambda address: mail.address_hash(secret, address) in hashes
 
@@ -296,7 +296,7 @@ def record_results(ctx: SweepContext, claims: list[Claim], results: Sequence[Sen
         _mark(s, pairs, now)
         bounced = [(c, r) for c, r in pairs if r.status is SendStatus.BOUNCED]
         if bounced:
-            secret = instance_secret(s)
+            secret = reference_key(s)
             _suppress(s, [(mail.address_hash(secret, c.address), r) for c, r in bounced], now)
         undo_claims(s, [c.key for c, r in pairs if r.status is SendStatus.DEFERRED])
         entries = []

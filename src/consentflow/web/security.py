@@ -5,8 +5,9 @@
   table ``web_session``, which stores only the id's hash), so signing out, revoking the token or
   reaching ``CONSENTFLOW_SESSION_MAX_AGE`` ends it for every copy of the cookie at once, and a
   database dump holds nothing a browser could present.
-- CSRF tokens are HMACs under a key derived from the instance secret (``keys.derive``, label
-  ``consentflow-web:csrf``), so a value made for another purpose is never accepted. A CSRF
+- CSRF tokens are HMACs under a key derived from the newest instance key (``keys.derive``, label
+  ``consentflow-web:csrf``), so a value made for another purpose is never accepted; any key in
+  the list (``keys.signing_keys``) verifies, so a key rotation spoils no form already shown. A CSRF
   token is ``TIME.HMAC(binding|TIME)``. For signed-in pages the binding is a random value kept
   in an HttpOnly cookie (signed double submit); for the email-link pages it is the link token
   itself, so those forms need no cookie at all.
@@ -21,7 +22,7 @@ import time
 
 from sqlmodel import Session
 
-from consentflow.keys import derive, instance_secret
+from consentflow.keys import derive, signing_keys
 
 SESSION_COOKIE = "cf_session"
 CSRF_COOKIE = "cf_csrf"
@@ -30,9 +31,9 @@ CSRF_FIELD = "csrf_token"
 CSRF_MAX_AGE = 12 * 3600
 
 
-def _key(session: Session, purpose: str) -> bytes:
-    """The key of one use (``csrf``), derived from the instance secret."""
-    return derive(instance_secret(session), f"consentflow-web:{purpose}")
+def _keys(session: Session, purpose: str) -> list[bytes]:
+    """The keys of one use (``csrf``), one per instance key, newest (the one that signs) first."""
+    return [derive(key, f"consentflow-web:{purpose}") for key in signing_keys(session)]
 
 
 def _sign(key: bytes, message: str) -> str:
@@ -49,7 +50,7 @@ def new_csrf_binding() -> str:
 
 def csrf_token(session: Session, binding: str, *, now: float | None = None) -> str:
     issued = int(now if now is not None else time.time())
-    return f"{issued}.{_sign(_key(session, 'csrf'), f'{binding}|{issued}')}"
+    return f"{issued}.{_sign(_keys(session, 'csrf')[0], f'{binding}|{issued}')}"
 
 
 def check_csrf(session: Session, binding: str | None, token: str | None) -> bool:
@@ -61,5 +62,5 @@ def check_csrf(session: Session, binding: str | None, token: str | None) -> bool
         return False
     if int(issued) + CSRF_MAX_AGE < time.time():
         return False
-    expected = _sign(_key(session, "csrf"), f"{binding}|{issued}")
-    return hmac.compare_digest(expected, sig)
+    message = f"{binding}|{issued}"
+    return any(hmac.compare_digest(_sign(k, message), sig) for k in _keys(session, "csrf"))
