@@ -230,6 +230,17 @@ class Settings(BaseSettings):
         "crashed runs, dead letters, failing endpoints. Empty: email only.",
     )
 
+    # -- witnessed audit (the audit-anchor flow; see docs/anchors.md)
+    anchor_targets: str = Field(
+        "",
+        description="Where the audit-anchor flow writes the signed audit chain head, "
+        "comma-separated: a file path (a line is appended), any fsspec URL (`s3://bucket/"
+        "anchors.jsonl` with `s3fs` installed, `file://`, `memory://`; a line is appended), "
+        "and/or `email` (sent to `CONSENTFLOW_COMPLIANCE_EMAIL`). Empty: the flow signs the "
+        "head, records it and warns that it went nowhere. Give credentials to object stores "
+        "through their own environment (e.g. `AWS_ACCESS_KEY_ID`), never in the URL.",
+    )
+
     # -- email
     smtp_host: str = Field(
         "127.0.0.1",
@@ -563,6 +574,7 @@ TEST_VARIABLES: tuple[OtherVariable, ...] = (
         "A PostgreSQL server on which the tests also run (each test session creates and drops "
         "a database of its own there), e.g. `postgresql://postgres@127.0.0.1:5432/test`.",
     ),
+    ("Witnessed audit", ("anchor_targets",)),
     (
         "Retention",
         (
