@@ -8,13 +8,18 @@
 2. the subjects, ``chunk`` at a time (keyset on id; memory holds one batch and its histories,
    never the whole record), and for each batch:
 
-   - each subject's reference must derive from its external id (``keys.subject_ref``) and must
-     have been chained when the subject was created (``subject.created``): an edited external id
-     or reference is found;
+   - each subject's reference must derive from its external id (``subjects.reference``, with its
+     generation) and must have been chained when the subject was created (``subject.created``):
+     an edited external id or reference is found. An erased subject's id is a tombstone, so
+     instead its erasure must be chained (``subject.erased``), and a subject not erased must
+     have none;
    - each consent event must equal its audit entry (``consent.<action>``) on every chained field:
      type, purpose, actor type, actor, channel, run id, recorded at, sequence number, states,
      notice version, effective at, valid until, reason, and (format 2 entries, see ``audit``) the
-     keyed hash of its evidence. An entry naming no event, or missing a field, is a finding;
+     keyed hash of its evidence. An entry naming no event, or missing a field, is a finding.
+     Evidence removed while its hash stays chained is accepted only where it was removed on
+     purpose: the subject is erased, or the event was recorded before the latest
+     ``evidence_before`` of a ``retention.swept`` entry (the retention sweep's cut-off);
    - the current state (``consent`` rows) must equal the replay of the history (``ledger.replay``,
      the fold the reads and the property tests use; ``effective_state`` says what a row counts
      as now): an edited, deleted or invented current-state row is found;
@@ -43,7 +48,7 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from consentflow import audit, keys
+from consentflow import audit, keys, subjects
 from consentflow.errors import Conflict
 from consentflow.ledger import effective_state, replay
 from consentflow.models import (
@@ -61,6 +66,8 @@ from consentflow.purposes import notice_digest
 #: How many finding lines a report keeps (the rest are counted).
 MAX_FINDINGS = 50
 _CREATED = "subject.created"
+_ERASED = "subject.erased"
+_SWEPT = "retention.swept"
 _PUBLISHED = ("purpose.created", "purpose.revised")
 #: What every consent entry's detail holds (format 1 and 2); format 2 adds ``v`` and ``evidence``.
 _CONSENT_DETAIL = (
@@ -106,6 +113,8 @@ class _Walk:
     consents: int = 0
     last_v1: int = 0
     first_v2: int | None = None
+    #: Evidence of events recorded before this was pruned by the retention sweep.
+    evidence_before: datetime | None = None
     _secret: bytes | None = None
 
     def add(self, line: str) -> None:
@@ -168,32 +177,49 @@ def verify_history(session: Session, *, chunk: int = 2000) -> tuple[bool, str | 
 
 def verify_record(session: Session, *, chunk: int = 2000) -> list[str]:
     """Every finding of steps 2 to 4 (the module docstring), one line each; [] if none."""
-    walk = _Walk(session)
+    walk = _Walk(session, evidence_before=_evidence_cutoff(session))
     last = 0
     while True:
-        subjects = session.exec(
-            select(Subject.id, Subject.external_id, Subject.subject_ref, Subject.last_seq)
+        rows = session.exec(
+            select(*_SUBJECT_COLUMNS)
             .where(col(Subject.id) > last)
             .order_by(col(Subject.id))
             .limit(chunk)
         ).all()
-        if not subjects:
+        if not rows:
             break
-        last = subjects[-1][0] or 0
-        _check_subjects(walk, subjects)
+        last = rows[-1][0] or 0
+        _check_subjects(walk, rows)
     _check_totals(walk)
     _check_notices(walk, chunk)
     return walk.report()
 
 
+def _evidence_cutoff(session: Session) -> datetime | None:
+    """The latest ``evidence_before`` the retention sweep chained (None if it never pruned)."""
+    found = []
+    for detail in session.exec(select(AuditEntry.detail).where(AuditEntry.action == _SWEPT)):
+        value = detail.get("evidence_before") if isinstance(detail, dict) else None
+        try:
+            found.append(datetime.fromisoformat(str(value)).astimezone(UTC))
+        except ValueError:
+            continue  # none, or unreadable: prunes nothing
+    return max(found, default=None)
+
+
 # ------------------------------------------------------------------------ subjects and events
 
+_SUBJECT_COLUMNS: list[Any] = [
+    getattr(Subject, c)
+    for c in ("id", "external_id", "subject_ref", "last_seq", "generation", "erased_at")
+]
 
-def _check_subjects(walk: _Walk, subjects: Sequence[Any]) -> None:
+
+def _check_subjects(walk: _Walk, batch: Sequence[Any]) -> None:
     """Step 2 for one batch of subjects."""
     s = walk.session
-    ids = [row[0] for row in subjects]
-    refs = {row[0]: row[2] for row in subjects}
+    ids = [row[0] for row in batch]
+    refs = {row[0]: row[2] for row in batch}
     events: dict[int, list[Any]] = defaultdict(list)
     for ev in s.exec(
         select(*_EVENT_COLUMNS)
@@ -210,9 +236,11 @@ def _check_subjects(walk: _Walk, subjects: Sequence[Any]) -> None:
         for e in s.exec(
             select(*_ENTRY_COLUMNS).where(col(AuditEntry.subject_ref).in_(list(refs.values())))
         )
-        if e.action == _CREATED or e.action.startswith("consent.")
+        if e.action in (_CREATED, _ERASED) or e.action.startswith("consent.")
     ]
     anchored = {e.subject_ref for e in entries if e.action == _CREATED}
+    erasures = {e.subject_ref for e in entries if e.action == _ERASED}
+    entries = [e for e in entries if e.action != _ERASED]
     walk.created_entries += sum(1 for e in entries if e.action == _CREATED)
     by_event = _entries_by_event(walk, [e for e in entries if e.action != _CREATED])
     consents: dict[int, dict[str, Any]] = defaultdict(dict)
@@ -223,8 +251,13 @@ def _check_subjects(walk: _Walk, subjects: Sequence[Any]) -> None:
     ):
         consents[row.subject_id][row.key] = row
     walk.consents += sum(len(v) for v in consents.values())
-    for sid, external_id, ref, last_seq in subjects:
-        if keys.subject_ref(walk.secret, external_id) != ref:
+    for sid, external_id, ref, last_seq, generation, erased_at in batch:
+        erased = erased_at is not None
+        if erased and ref not in erasures:
+            walk.add(f"subject {ref} is marked erased but no {_ERASED} entry says so (modified)")
+        elif not erased and ref in erasures:
+            walk.add(f"subject {ref} was erased ({_ERASED} entry) but is not (modified)")
+        elif not erased and subjects.reference(walk.secret, external_id, generation) != ref:
             walk.add(
                 f"subject {ref}: its external id does not derive its reference (external id "
                 "edited, or this is not the key the record was made with)"
@@ -236,7 +269,7 @@ def _check_subjects(walk: _Walk, subjects: Sequence[Any]) -> None:
             )
         history = events.get(sid, [])
         for ev in history:
-            _check_event(walk, ref, ev, by_event.pop(ev.id, None))
+            _check_event(walk, ref, ev, by_event.pop(ev.id, None), erased=erased)
         _check_current(walk, ref, history, consents.get(sid, {}))
         reached = history[-1].seq if history else 0
         if last_seq != reached:
@@ -272,7 +305,9 @@ def _entries_by_event(walk: _Walk, entries: Sequence[Any]) -> dict[uuid.UUID, tu
     return found
 
 
-def _check_event(walk: _Walk, ref: str, ev: Any, found: tuple[Any, bool] | None) -> None:
+def _check_event(
+    walk: _Walk, ref: str, ev: Any, found: tuple[Any, bool] | None, *, erased: bool
+) -> None:
     if found is None:
         walk.add(f"event {ev.id} of subject {ref} has no audit entry (inserted)")
         return
@@ -298,7 +333,9 @@ def _check_event(walk: _Walk, ref: str, ev: Any, found: tuple[Any, bool] | None)
     }
     if "v" in d:
         evidence = None if ev.evidence is None else audit.evidence_digest(walk.secret, ev.evidence)
-        pairs["evidence"] = (evidence, d["evidence"])
+        pruned = walk.evidence_before is not None and ev.recorded_at < walk.evidence_before
+        if evidence is not None or not (erased or pruned):  # else removed on purpose
+            pairs["evidence"] = (evidence, d["evidence"])
     differ = [name for name, (ours, chained) in pairs.items() if ours != chained]
     if differ:
         walk.add(

@@ -23,13 +23,21 @@ echoing the id). Subjects stored before this rule keep their id; only new ones m
 A locale goes through ``check_locale``: none given is stored as None (pages then follow the
 browser's ``Accept-Language``, emails and the receipt use English); a malformed tag is refused;
 a well-formed one is kept even without a catalog (it falls back to English when rendered).
+
+A person erased (``erasure``) and registered again with the same external id is a new subject:
+a new row whose ``generation`` counts the registrations, with a reference of its own
+(``reference``: derived from ``<id>#<generation>`` after the first; ``#`` is outside the
+identifier rule, so no other id derives it). The erased row keeps its reference and history,
+the pseudonymous proof; both stay findable from the external id by whoever holds the reference
+key, and nothing links the new row to the old one but that.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from consentflow import addresses, audit, i18n
 from consentflow.actors import Actor, audit_fields, check_text, column_length
@@ -93,6 +101,37 @@ def check_locale(locale: str | None) -> str | None:
     return locale
 
 
+def reference(secret: bytes, external_id: str, generation: int = 1) -> str:
+    """The subject reference of the ``generation``-th registration of ``external_id``."""
+    return subject_ref(secret, external_id if generation == 1 else f"{external_id}#{generation}")
+
+
+def new_references(
+    session: Session, secret: bytes, external_ids: Iterable[str]
+) -> dict[str, tuple[str, int]]:
+    """For ids not registered now: (reference, generation) of a new registration of each. An id
+    whose earlier registrations were erased gets the next generation (one query for the usual
+    case, where none was)."""
+    wanted = {ext: reference(secret, ext) for ext in set(external_ids)}
+    out = {ext: (ref, 1) for ext, ref in wanted.items()}
+    taken = set(
+        session.exec(
+            select(Subject.subject_ref).where(col(Subject.subject_ref).in_(wanted.values()))
+        )
+    )
+    for ext, ref in wanted.items():
+        if ref in taken:  # erased before: the next registration (rare; one lookup each)
+            generation = 2
+            while _ref_taken(session, reference(secret, ext, generation)):
+                generation += 1
+            out[ext] = (reference(secret, ext, generation), generation)
+    return out
+
+
+def _ref_taken(session: Session, ref: str) -> bool:
+    return session.exec(select(Subject.id).where(Subject.subject_ref == ref)).first() is not None
+
+
 def add(
     session: Session,
     external_id: str,
@@ -109,9 +148,11 @@ def add(
     email, locale = check_email(email), check_locale(locale)
     if session.exec(select(Subject.id).where(Subject.external_id == external_id)).first():
         raise Conflict(f"subject {external_id!r} exists already")
+    ref, generation = new_references(session, instance_secret(session), [external_id])[external_id]
     subject = Subject(
         external_id=external_id,
-        subject_ref=subject_ref(instance_secret(session), external_id),
+        subject_ref=ref,
+        generation=generation,
         email=email,
         locale=locale,
     )
@@ -121,7 +162,8 @@ def add(
         session,
         "subject.created",
         subject_ref=subject.subject_ref,
-        detail={"has_email": email is not None, "locale": locale},
+        detail={"has_email": email is not None, "locale": locale}
+        | ({"generation": generation} if generation > 1 else {}),
         **audit_fields(actor),
     )
     return subject

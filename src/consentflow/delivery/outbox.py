@@ -2,7 +2,9 @@
 
 A claim is one short transaction: select due rows (pending, ``next_attempt_at`` reached, no live
 lease, system active) ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (SQLite has a single writer), set
-``leased_until`` and commit; the system's secrets are decrypted once per claim (``secretbox``).
+``leased_until`` and commit; the system's secrets are decrypted once per claim (``secretbox``),
+and a body about an erased subject, kept sealed under their data key, is opened for sending
+(``datakeys``; a body whose key was destroyed is never sent: its attempt fails as misconfigured).
 ``record`` writes one ``delivery_attempt`` row per attempt and moves each delivery on, only while
 this worker still holds the row's lease (the lease timestamp is the fencing token): 2xx
 delivered, 410 disables the system, anything else retried on the persisted schedule or
@@ -21,7 +23,7 @@ from typing import Any
 from sqlalchemy import and_, func, insert, or_, update
 from sqlmodel import Session, col, select
 
-from consentflow import audit, secretbox
+from consentflow import audit, datakeys, secretbox
 from consentflow.delivery import runlog
 from consentflow.delivery.schedule import SLOW_DOWN_STATUSES, next_delay
 from consentflow.models import (
@@ -61,7 +63,8 @@ class Claimed:
     lease_token: datetime
     #: Plain secrets to sign with, new first (decrypted from ``System``; see ``secretbox``).
     secrets: tuple[str, ...] = field(repr=False)
-    #: Why it cannot be signed (its secret is unreadable): the attempt fails as misconfigured.
+    #: Why it cannot be sent (its secret is unreadable, or its body was shredded with an erased
+    #: subject's data key): the attempt fails as misconfigured.
     secret_error: str | None = None
 
 
@@ -217,8 +220,15 @@ def claim(
                 "the previous webhook secret of %s is unreadable: signing with the new one only",
                 first.name,
             )
+    opener = datakeys.Opener(session)
     out = []
     for r in rows:
+        payload, unsendable = r.payload, problem
+        if datakeys.is_sealed(payload):
+            try:
+                payload = opener.open(payload)
+            except (datakeys.Shredded, secretbox.SecretUnreadable) as exc:
+                payload, unsendable = "", str(exc)
         out.append(
             Claimed(
                 id=r.id,
@@ -226,11 +236,11 @@ def claim(
                 system=r.name,
                 url=r.webhook_url,
                 webhook_id=r.webhook_id,
-                payload=r.payload,
+                payload=payload,
                 attempts=r.attempts,
                 lease_token=token,
-                secrets=tuple(secrets) if problem is None else (),
-                secret_error=problem,
+                secrets=tuple(secrets) if unsendable is None else (),
+                secret_error=unsendable,
             )
         )
     return out

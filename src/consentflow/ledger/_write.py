@@ -95,7 +95,8 @@ class Item:
 def lock_subjects(
     session: Session, *, ids: Iterable[int] | None = None, external_ids: Iterable[str] | None = None
 ) -> dict[int, LockedSubject]:
-    """Lock subject rows (PostgreSQL; in id order, so two batches never deadlock)."""
+    """Lock subject rows (PostgreSQL; in id order, so two batches never deadlock). An erased
+    subject is never found by its (tombstoned) external id: nothing is written for it again."""
     stmt = select(
         col(Subject.id), col(Subject.external_id), col(Subject.subject_ref), col(Subject.last_seq)
     )
@@ -103,6 +104,7 @@ def lock_subjects(
         stmt = stmt.where(col(Subject.id).in_(sorted(set(ids))))
     if external_ids is not None:
         stmt = stmt.where(col(Subject.external_id).in_(sorted(set(external_ids))))
+        stmt = stmt.where(col(Subject.erased_at).is_(None))
     rows = session.exec(stmt.order_by(col(Subject.id)).with_for_update()).all()
     return {sid: LockedSubject(sid, ext, ref, seq) for sid, ext, ref, seq in rows if sid}
 
@@ -380,6 +382,30 @@ def webhook_payload(change: Item, recorded_at: datetime) -> dict[str, Any]:
             "effective_at": change.outcome.occurred_at,
             "event_id": change.event_id,
             "sequence": change.seq,
+        },
+    }
+
+
+#: The event type of the webhook that tells a system a person was erased (``erasure``).
+ERASED_EVENT = "subject.erased"
+
+
+def erasure_payload(
+    external_id: str, sequence: int, erased_at: datetime, systems_purposes: list[str]
+) -> dict[str, Any]:
+    """The body of a ``subject.erased`` webhook: delete everything you hold about this person.
+
+    ``sequence`` is the subject's last sequence number (after the withdrawals the erasure wrote),
+    so it sorts after every consent event of theirs; ``purposes`` are the purposes the receiving
+    system is registered for (what it may hold about them)."""
+    return {
+        "type": ERASED_EVENT,
+        "timestamp": erased_at,
+        "data": {
+            "subject": external_id,
+            "erased_at": erased_at,
+            "sequence": sequence,
+            "purposes": systems_purposes,
         },
     }
 
