@@ -544,23 +544,3 @@ class ErasureOut(View):
     deliveries: int
     #: Consent events whose evidence was removed (the chain keeps its keyed digest).
     evidence_removed: int
-
-
-# -------------------------------------------------------------------------------------- erasure
-
-
-class ErasureOut(View):
-    """What an erasure did (``consentflow subject erase``, ``POST /subjects/{id}/erase``): from
-    now on the person is named only by ``subject_ref``."""
-
-    subject_ref: str
-    erased_at: datetime
-    #: The purposes whose consent it withdrew, and those found ended (expired instead).
-    withdrawn: list[str]
-    expired: list[str]
-    #: The systems sent a ``subject.erased`` webhook.
-    notified: list[str]
-    #: Webhooks enqueued: the withdrawals' and the ``subject.erased`` ones.
-    deliveries: int
-    #: Consent events whose evidence was removed (the chain keeps its keyed digest).
-    evidence_removed: int
