@@ -131,6 +131,35 @@ def subject_import(
     emit(views.ImportReportOut.of(report), as_json, text)
 
 
+@subject_app.command("erase")
+def subject_erase(
+    external_id: str,
+    reason: Annotated[
+        str,
+        typer.Option(help="Why (e.g. the request's reference): kept in the audit trail for good."),
+    ],
+    agent: Annotated[
+        str | None, typer.Option(help="Who asked for it (default: your OS user).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Erase a person (GDPR Art. 17): withdraw their consents, tell every system, forget their
+    id and contact data; the pseudonymous history stays (docs/erasure.md)."""
+    from consentflow import erasure
+
+    with session() as s:
+        done = erasure.erase(s, external_id, lifecycle.agent_actor(agent), reason=reason)
+
+    def text() -> None:
+        typer.echo(
+            f"subject erased: now {done.subject_ref}; {len(done.withdrawn)} consent(s) "
+            f"withdrawn, {len(done.expired)} expired, {len(done.notified)} system(s) to be told "
+            f"({done.deliveries} webhook(s) enqueued)"
+        )
+
+    emit(done, as_json, text)
+
+
 # ----------------------------------------------------------------------------------- consent
 
 

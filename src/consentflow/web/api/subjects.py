@@ -11,13 +11,13 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends
 
-from consentflow import lifecycle, link_requests, receipt, subjects
+from consentflow import erasure, lifecycle, link_requests, receipt, subjects
 from consentflow.lifecycle import Actor
 from consentflow.models import ActorType, Channel
 from consentflow.tokens import TokenInfo
-from consentflow.views import LinkOut
+from consentflow.views import ErasureOut, LinkOut
 from consentflow.web.api._params import SubjectPath, When, api_actor, resource_router, utc
-from consentflow.web.auth import ACT, READ, DbSession, ReadSession
+from consentflow.web.auth import ACT, ADMIN, READ, DbSession, ReadSession
 from consentflow.web.schemas import (
     CONFLICT,
     NOT_FOUND,
@@ -26,6 +26,7 @@ from consentflow.web.schemas import (
     EventOut,
     HistoryOut,
     PurposeKey,
+    Reason,
     Strict,
     SubjectIn,
     SubjectOut,
@@ -127,3 +128,29 @@ def issue_link(
     who = Actor(ActorType.AGENT, Channel.API, name=api_actor(caller))
     issued = link_requests.issue_for(session, subject, body.action, body.purpose, actor=who)
     return LinkOut.model_validate(issued)
+
+
+class ErasureIn(Strict):
+    """Why the person is erased (e.g. the request's reference): kept in the audit trail for
+    good, so no email address and not the person's id."""
+
+    reason: Reason
+
+
+@router.post(
+    "/subjects/{subject}/erase",
+    response_model=ErasureOut,
+    responses={**NOT_FOUND, **CONFLICT},
+)
+def erase_subject(
+    subject: SubjectPath,
+    body: ErasureIn,
+    session: DbSession,
+    caller: Annotated[TokenInfo, Depends(ADMIN)],
+) -> ErasureOut:
+    """Erase the person (admin only; docs/erasure.md): every given consent withdrawn and
+    propagated, a ``subject.erased`` webhook to every system that may hold their data, their
+    id, contact data and evidence gone; the pseudonymous history stays. 409 if already erased
+    or if ``audit verify`` fails."""
+    who = Actor(ActorType.AGENT, Channel.API, name=api_actor(caller))
+    return erasure.erase(session, subject, who, reason=body.reason)
