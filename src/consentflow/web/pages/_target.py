@@ -3,9 +3,12 @@ and the redirect to a result page.
 
 A link that is damaged, altered, expired, for another action, or for a subject or purpose that no
 longer exists gets ``bad_link.html`` (400, 410 or 404) with a way to ask for a new link
-(``/link/new``) and changes nothing. The words of every page are in its template: the one-line
-reason (the exception's English text, for logs and the API) is mapped to a ``reason`` code the
-template words in the page's language (``REASONS``; anything else: a general "does not work").
+(``/link/new``) and changes nothing. A link of a person who was erased (``erasure``) gets the
+erasure page's "already deleted" words instead (``erase_done.html``, 410): there is nothing
+left to show or change, and no new link to ask for. The words of every page are in its
+template: the one-line reason (the exception's English text, for logs and the API) is mapped to
+a ``reason`` code the template words in the page's language (``REASONS``; anything else: a
+general "does not work").
 The switcher's ``?lang=`` travels to the result page and the new-link page (``keep_lang``).
 """
 
@@ -41,6 +44,10 @@ REASONS = (
 )
 
 
+class Erased(NotFound):
+    """The link's person was erased: nothing of theirs may be shown or changed."""
+
+
 @dataclass
 class Target:
     link: Link
@@ -61,6 +68,8 @@ def open_link(
     subject = session.get(Subject, link.subject_id)
     if subject is None:
         raise NotFound("this link is for a record that no longer exists")
+    if subject.erased_at is not None:
+        raise Erased("this link is for a person whose data was erased")
     purpose = session.get(Purpose, link.purpose_id) if link.purpose_id is not None else None
     if link.purpose_id is not None and purpose is None:
         raise NotFound("this link is for a purpose that no longer exists")
@@ -70,6 +79,8 @@ def open_link(
 
 def bad_link(request: Request, exc: Exception) -> Response:
     """The page of a link that does not work: what is wrong, and where to get a new one."""
+    if isinstance(exc, Erased):
+        return render(request, "erase_done.html", {"state": "already", "count": 0}, status_code=410)
     if isinstance(exc, NotFound):
         status, kind = 404, "gone"
     elif "expired" in str(exc):
