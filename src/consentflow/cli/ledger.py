@@ -351,7 +351,8 @@ def audit_verify(
     result["findings"] = [*result["findings"], *missed]
     data = views.VerifyOut.model_validate(result)
     if data.ok:
-        matched = "" if witnessed is None else f"; {len(witnessed)} anchors match it"
+        n = len(witnessed or [])
+        matched = "" if witnessed is None else f"; {n} anchor{'s' * (n != 1)} match it"
         emit(
             data,
             as_json,
