@@ -352,7 +352,8 @@ def audit_verify(
     data = views.VerifyOut.model_validate(result)
     if data.ok:
         n = len(witnessed or [])
-        matched = "" if witnessed is None else f"; {n} anchor{'s' * (n != 1)} match it"
+        agree = "1 anchor matches it" if n == 1 else f"{n} anchors match it"
+        matched = "" if witnessed is None else f"; {agree}"
         emit(
             data,
             as_json,
