@@ -177,3 +177,102 @@ def test_production_mode_refuses_to_start_without_a_real_key(cli, monkeypatch, k
         assert cli("db", "upgrade").code == 0
     finally:
         settings.get_settings.cache_clear()
+
+
+# ------------------------------------------------------------------------- several keys
+
+
+def test_pinned_values_hold_when_the_pinned_key_becomes_the_old_one(engine, monkeypatch):
+    """After a rotation the pinned key is the reference key and an old signing key: every value
+    made with it (references, links, sealed secrets) stays valid; the new key signs."""
+    monkeypatch.setenv("CONSENTFLOW_SECRET_KEY", f"a-newer-key-of-this-instance, {SECRET.decode()}")
+    monkeypatch.setenv("CONSENTFLOW_REFERENCE_KEY", SECRET.decode())
+    settings.get_settings.cache_clear()
+    now = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    pinned = (
+        "eyJhIjoicmV2b2tlIiwiZSI6MTg5MzYzOTg0NSwicCI6MywicyI6N30"
+        ".mvZdJBWFB_-eJApLPzwfNhh2smm2A6pQ0JGwSgoZ5-o"
+    )
+    with db.session_scope(engine) as s:
+        assert keys.signing_keys(s) == [b"a-newer-key-of-this-instance", SECRET]
+        assert keys.reference_key(s) == SECRET
+        assert subjects.add(s, "cust-42").subject_ref == "f2eb499120c83d933f504455f37ff2cc"
+        assert links.verify(s, pinned, links.LinkAction.REVOKE, now=now).subject_id == 7
+        fresh = links.issue(s, links.LinkAction.REVOKE, 7, 3, ttl=timedelta(days=1), now=now)
+        assert fresh != pinned and links.verify(s, fresh, links.LinkAction.REVOKE, now=now)
+        sealed = (
+            "enc:v1:gAAAAABrDXwGj7OnQlauOHij_xBsBTsJO1lezWQCh1rGNG6J6CaCgF1pv0J7KXNAYZd2zMytDA2fD1"
+            "yuFn1_ktzM3uMSJxR2jg=="
+        )
+        assert secretbox.open_secret(s, sealed) == "whsec_abc"
+        resealed = secretbox.seal(s, "whsec_abc")  # sealed under the newest key
+        assert not secretbox.Box(SECRET).current(resealed)
+        assert secretbox.Box(b"a-newer-key-of-this-instance").open(resealed) == "whsec_abc"
+    settings.get_settings.cache_clear()
+
+
+def _key_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: str) -> Path:
+    path = tmp_path / "several.key"
+    path.write_text(content)
+    path.chmod(0o600)
+    monkeypatch.setenv("CONSENTFLOW_KEY_FILE", str(path))
+    settings.get_settings.cache_clear()
+    return path
+
+
+def test_a_key_file_of_several_keys_pins_its_reference_line(
+    engine, monkeypatch, tmp_path, no_secret_key
+):
+    newer = "n" * 43
+    path = _key_file(
+        tmp_path,
+        monkeypatch,
+        f"# a comment\n\nreference: {SECRET.decode()}\n{newer}\n{SECRET.decode()}\n",
+    )
+    with db.session_scope(engine) as s:
+        found = keys.load(s)
+        assert found.signing == (newer.encode(), SECRET) and found.reference == SECRET
+        assert found.pinned and found.path == path and SECRET.decode() not in repr(found)
+    keys.write_key_file(path, [b"m" * 43, newer.encode()], SECRET)  # SECRET retired from signing
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    with db.session_scope(engine) as s:
+        assert keys.signing_keys(s) == [b"m" * 43, newer.encode()]
+        assert keys.reference_key(s) == SECRET  # retiring the oldest key never moves it
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (f"{'n' * 20}\n{'o' * 20}\n", "lists 2 keys but no `reference:` line"),
+        (f"reference: {'o' * 20}\nshort\n", "line 2 of the key file .* is not a key"),
+        (f"reference: {'o' * 20}\n{'n' * 20}\n{'n' * 20}\n", "line 3 .* repeats a key"),
+        (f"reference: {'o' * 20}\nreference: {'p' * 20}\n{'n' * 20}\n", "2 reference lines"),
+    ],
+)
+def test_a_malformed_key_file_is_refused_in_one_line(
+    engine, monkeypatch, tmp_path, no_secret_key, content, message
+):
+    _key_file(tmp_path, monkeypatch, content)
+    with pytest.raises(InvalidInput, match=message) as caught, db.session_scope(engine) as s:
+        keys.load(s)
+    assert "\n" not in str(caught.value) and "o" * 20 not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("a-key-of-some-length,,another-key-here", "key 2 of 3 is empty"),
+        ("a-key-of-some-length,", "key 2 of 2 is empty"),
+        ("a-key-of-some-length, a-key-of-some-length", "key 2 of 2 repeats key 1"),
+    ],
+)
+def test_a_malformed_key_list_is_one_line(value, message):
+    with pytest.raises(ValueError, match=message) as caught:
+        settings.split_keys(value)
+    assert "a-key-of-some-length" not in str(caught.value)
+
+
+def test_one_key_is_taken_exactly_as_given_and_a_list_is_trimmed():
+    assert settings.split_keys(" one key, as it always was ") == ("one key", "as it always was")
+    assert settings.split_keys(" a single key ") == (" a single key ",)
