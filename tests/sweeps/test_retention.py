@@ -12,10 +12,23 @@ import pytest
 from sqlalchemy import update
 from sqlmodel import col, select
 
-from consentflow import audit, db, integrity, lifecycle, purposes, settings, sweeps, systems, tokens
+from consentflow import (
+    audit,
+    db,
+    erasure,
+    integrity,
+    lifecycle,
+    purposes,
+    settings,
+    sweeps,
+    systems,
+    tokens,
+)
 from consentflow.errors import Conflict
 from consentflow.lifecycle import Actor
 from consentflow.models import (
+    ActorType,
+    Channel,
     ConsentEvent,
     ConsentRequest,
     Delivery,
@@ -306,3 +319,20 @@ def _evidence(engine) -> int:  # type: ignore[no-untyped-def]
         return len(
             s.exec(select(ConsentEvent.id).where(col(ConsentEvent.evidence).is_not(None))).all()
         )
+
+
+def test_a_run_shreds_the_keys_of_erased_subjects_once_settled(ledger, retain) -> None:  # type: ignore[no-untyped-def]
+    retain()
+    act(ledger, lifecycle.grant, "p0")
+    with db.session_scope(ledger) as s:
+        erasure.erase(
+            s, "p0", Actor(ActorType.AGENT, Channel.SUPPORT, name="dpo"), reason="art. 17"
+        )
+    assert pruned(sweep_all(ledger, utcnow())) == {}  # its webhooks are still pending
+    assert swept(ledger)["keys_shredded"] == 0
+    with db.session_scope(ledger) as s:
+        s.execute(update(Delivery).values(state="delivered"))
+    assert pruned(sweep_all(ledger, utcnow())) == {"keys_shredded": 1}
+    assert swept(ledger)["keys_shredded"] == 1
+    assert len(audit_entries(ledger, "subject.shredded")) == 1
+    record_intact(ledger)

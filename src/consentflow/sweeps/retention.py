@@ -51,7 +51,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Table, and_, exists, func, null, or_, select
 from sqlmodel import Session, col
 
-from consentflow import audit, db, integrity
+from consentflow import audit, db, erasure, integrity
 from consentflow.mail import Kind, SendStatus
 from consentflow.models import (
     ActorType,
@@ -341,5 +341,6 @@ def _marked(session: Session) -> datetime | None:
 
 
 def _shred(session: Session) -> int:
-    """Per-subject data keys destroyed (``erasure.shred_settled``)."""
-    return 0
+    """Per-subject data keys destroyed (``erasure.shred_settled``: erased subjects with no
+    delivery left pending, each with its own ``subject.shredded`` entry)."""
+    return erasure.shred_settled(session)
