@@ -34,6 +34,7 @@ EXPECTED = {
     "reconsent/daily",
     "propagate/continuous",
     "operator-alerts/on-event",
+    "audit-anchor/hourly",
 }
 
 
