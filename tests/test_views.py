@@ -129,7 +129,7 @@ def test_receipt_is_the_same_through_both_doors(doors: tuple[Any, Any, Tokens]) 
     assert {k: v for k, v in from_cli.items() if k not in fresh} == {
         k: v for k, v in from_api.items() if k not in fresh
     }
-    assert from_cli["processing"] and from_cli.keys() == from_api.keys()
+    assert from_cli["consent_record"]["processing"] and from_cli.keys() == from_api.keys()
 
 
 def test_unknown_subject_is_one_line_on_the_cli(doors: tuple[Any, Any, Tokens]) -> None:

@@ -73,6 +73,22 @@ def split_keys(value: str) -> tuple[str, ...]:
 
 
 _EMAIL = re.compile(r"^[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+$")
+_PHONE = re.compile(r"^\+?[0-9][0-9 ().-]*[0-9]$")
+#: An ISO 3166-1 alpha-2 country, an ISO 3166-2 subdivision (``DE-BY``) or ``EU``.
+_PLACE = re.compile(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$")
+
+
+def parse_places(value: str, *, at_least_one: bool = False) -> tuple[str, ...]:
+    """``"ie, de"`` -> ``("IE", "DE")``: the one rule for the jurisdiction and the storage
+    locations of receipts. Raises ``ValueError`` (one line) for a code that is not ISO 3166
+    (``IE``, ``DE-BY``) or ``EU``, or, with ``at_least_one``, for none at all."""
+    codes = tuple(dict.fromkeys(c.strip().upper() for c in value.split(",") if c.strip()))
+    for code in codes:
+        if not _PLACE.match(code):
+            raise ValueError(f"bad place {code[:20]!r}: use ISO 3166 codes (IE, DE-BY) or EU")
+    if at_least_one and not codes:
+        raise ValueError("give a place: an ISO 3166 code (IE, DE-BY) or EU")
+    return codes
 
 
 @dataclass(frozen=True)
@@ -87,6 +103,7 @@ class Controller:
     address: str | None = None
     dpo: str | None = None
     logo_url: str | None = None
+    phone: str | None = None
 
     @property
     def dpo_is_email(self) -> bool:
@@ -206,6 +223,37 @@ class Settings(BaseSettings):
         description="The controller's logo (an https URL, or a path on this site), shown with "
         "the controller's name as its alternative text; the pages' Content-Security-Policy "
         "allows images from its origin (optional).",
+    )
+    controller_phone: str | None = Field(
+        None,
+        description="The controller's telephone number, given in receipts (optional; the "
+        "Kantara form's `phone`, empty when unset).",
+    )
+
+    # -- receipts: where the data lives and for how long (ISO/IEC TS 27560, Kantara v1.1)
+    receipt_jurisdiction: str = Field(
+        "EU",
+        description="The jurisdiction whose law governs the consents, given in every receipt: "
+        "an ISO 3166 code (`IE`, `DE`, `DE-BY`) or `EU`. The default matches the lawful bases "
+        "consentflow records (GDPR Art. 6); set it to your own.",
+    )
+    receipt_storage_locations: str = Field(
+        "",
+        description="Where the personal data is stored, given in every receipt: ISO 3166 codes "
+        "or `EU`, comma-separated (e.g. `IE,DE`). Empty: the jurisdiction.",
+    )
+    receipt_retention: str = Field(
+        "until the consent ends or the person asks for erasure",
+        description="How long the data processed under a consent is kept, given in every "
+        "receipt: an ISO 8601 duration (`P2Y`, `P90D`) or, for a period that ends with an "
+        "event, a sentence. The default states what consentflow enforces: systems are told "
+        "when a consent ends, and a person can ask for erasure. Set it to your policy.",
+    )
+    receipt_sensitive_categories: str = Field(
+        "",
+        description="Data categories (as named in the purposes' notices) that are sensitive or "
+        "special-category data (GDPR Art. 9), comma-separated; receipts flag them (ISO "
+        "`special_pii_category`, Kantara `sensitive` and `spiCat`). Empty: none.",
     )
 
     # -- webhooks
@@ -382,6 +430,34 @@ class Settings(BaseSettings):
             raise ValueError(f"bad email address {value!r}: expected name@domain.tld")
         return value
 
+    @field_validator("controller_phone")
+    @classmethod
+    def _phone(cls, value: str | None) -> str | None:
+        value = " ".join((value or "").split())
+        if value and (len(value) > 40 or not _PHONE.match(value)):
+            raise ValueError(f"bad telephone number {value[:40]!r}: e.g. +33 1 23 45 67 89")
+        return value or None
+
+    @field_validator("receipt_jurisdiction")
+    @classmethod
+    def _jurisdiction(cls, value: str) -> str:
+        if "," in value:
+            raise ValueError(f"bad jurisdiction {value[:40]!r}: give one, e.g. EU or IE")
+        return parse_places(value, at_least_one=True)[0]
+
+    @field_validator("receipt_storage_locations")
+    @classmethod
+    def _places(cls, value: str) -> str:
+        return ",".join(parse_places(value))
+
+    @field_validator("receipt_retention")
+    @classmethod
+    def _retention(cls, value: str) -> str:
+        value = " ".join(value.split())
+        if not value or len(value) > 200:
+            raise ValueError("give the retention period (an ISO 8601 duration or a sentence)")
+        return value
+
     @property
     def controller(self) -> Controller:
         """The controller's identity, as pages, emails and receipts show it."""
@@ -392,6 +468,7 @@ class Settings(BaseSettings):
             address=self.controller_address or None,
             dpo=self.controller_dpo or None,
             logo_url=self.controller_logo_url,
+            phone=self.controller_phone or None,
         )
 
     @field_validator("env")
@@ -498,6 +575,16 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "controller_address",
             "controller_dpo",
             "controller_logo_url",
+            "controller_phone",
+        ),
+    ),
+    (
+        "Receipts",
+        (
+            "receipt_jurisdiction",
+            "receipt_storage_locations",
+            "receipt_retention",
+            "receipt_sensitive_categories",
         ),
     ),
     ("Webhooks", ("webhook_allowed_hosts", "webhook_timeout", "compliance_email", "alert_urls")),

@@ -328,24 +328,31 @@ def test_receipt_has_the_27560_shape(api):
     r = c.get("/api/v1/subjects/alice/receipt", headers=bearer(t.compliance))
     assert r.status_code == 200
     rec = r.json()
-    for key in ("schema_version", "record_id", "receipt_id", "pii_principal_id", "processing"):
+    # The DPV guide's receipt wrapping the record (tests/ledger/test_receipt.py validates it).
+    for key in ("@context", "schema_version", "receipt_id", "pii_principal_id", "consent_record"):
         assert key in rec
-    assert rec["schema_version"] == "ISO/IEC TS 27560:2023"
-    (block,) = rec["processing"]
+    assert rec["schema_version"] == "https://w3id.org/dpv/schema/dpv-27560#receipt"
+    record = rec["consent_record"]
+    assert "record_id" in record and record["pii_principal_id"] == "alice"
+    (block,) = record["processing"]
     assert block["purposes"][0]["purpose"] == "news"
     assert block["privacy_notice"]["notice_id"] == "news:v1"
-    assert block["third_party_recipients"] == ["crm"]
-    assert block["state"] == "withdrawn" and block["validity_duration"] == "P365D"
+    assert [p["party_id"] for p in block["recipient_third_parties"]] == ["crm"]
+    assert block["state"] == "withdrawn" and block["consent_status"] == "dpv:ConsentWithdrawn"
     assert [
-        (e["event_type"], e["event_state"], e["collection_method"]) for e in block["events"]
+        (e["action"], e["event_state"], e["expression_method"], e["validity_duration"]["@type"])
+        for e in block["events"]
     ] == [
-        ("grant", "given", "support"),
-        ("revoke", "withdrawn", "api"),
+        ("grant", "dpv:ConsentGiven", "support", "dpv:TemporalDuration"),
+        ("revoke", "dpv:ConsentWithdrawn", "api", "dpv:UntilEventDuration"),
     ]
+    assert block["events"][0]["validity_duration"]["value"] == "P365D"
     assert all(e["event_by"] == "data-subject" for e in block["events"])
+    assert all(e["entity_id"] == "alice" for e in block["events"])
     # Stable record id, fresh receipt id.
     again = c.get("/api/v1/subjects/alice/receipt", headers=h).json()
-    assert again["record_id"] == rec["record_id"] and again["receipt_id"] != rec["receipt_id"]
+    assert again["consent_record"]["record_id"] == record["record_id"]
+    assert again["receipt_id"] != rec["receipt_id"]
 
 
 def test_deliveries_health_and_replay(api, engine):

@@ -503,9 +503,10 @@ def test_two_subjects_never_see_each_other(web, engine):
     assert history.count("<tr>") == 2  # the header and alice's one grant
     receipt = web.get(f"/l/{alice}/receipt").json()
     assert receipt["pii_principal_id"] == "alice"
-    assert [p["purposes"][0]["purpose"] for p in receipt["processing"]] == ["news"]
+    processing = receipt["consent_record"]["processing"]
+    assert [p["purposes"][0]["purpose"] for p in processing] == ["news"]
     bob_events = {str(e.id) for e in _events(engine, "bob")}
-    assert not bob_events & {e["event_id"] for p in receipt["processing"] for e in p["events"]}
+    assert not bob_events & {e["event_id"] for p in processing for e in p["events"]}
 
 
 def test_receipt_download_is_the_api_receipt_through_a_preference_link_only(web, engine):
@@ -521,6 +522,12 @@ def test_receipt_download_is_the_api_receipt_through_a_preference_link_only(web,
     for issued in ("receipt_id", "receipt_issued_at"):  # fresh on every receipt
         mine.pop(issued), api.pop(issued)
     assert mine == api and mine["pii_principal_id"] == "alice"
+    # The Kantara v1.1 form too; a format that does not exist is a 4xx page, no receipt.
+    kantara = web.get(f"/l/{token}/receipt?format=kantara")
+    assert kantara.status_code == 200 and kantara.json()["piiPrincipalId"] == "alice"
+    assert 'filename="consent-receipt-kantara.json"' in kantara.headers["content-disposition"]
+    bad = web.get(f"/l/{token}/receipt?format=pdf")
+    assert bad.status_code == 422 and "alice" not in bad.text
     # Any other link, a tampered one or an expired one: the bad-link page, no receipt.
     for bad in (
         _token(engine, LinkAction.REVOKE),

@@ -245,13 +245,17 @@ def test_the_receipt_names_the_controller(people):
     c.post("/api/v1/subjects/alice/consents/news/grant", headers=bearer(t.admin), json={})
     rec = c.get("/api/v1/subjects/alice/receipt", headers=bearer(t.compliance)).json()
     party = {
+        "party_type": "dpv:DataController",
         "party_id": "https://acme.example/privacy",
-        "name": "Acme Bakery SA",
-        "address": "1 Rue du Pain, Paris",
-        "contact": "privacy@acme.example",
-        "type": "dpv:DataController",
-        "privacy_notice_url": "https://acme.example/privacy",
-        "data_protection_officer": {"contact": "dpo@acme.example"},
+        "party_name": "Acme Bakery SA",
+        "party_address": "1 Rue du Pain, Paris",
+        "party_contact": "privacy@acme.example",
+        "party_url": "https://acme.example/privacy",
+        "data_protection_officer": {
+            "party_type": "dpv:DataProtectionOfficer",
+            "party_contact": "dpo@acme.example",
+        },
     }
-    assert rec["pii_controllers"] == [party]
-    assert all(block["pii_controllers"] == [party] for block in rec["processing"])
+    record = rec["consent_record"]
+    assert record["pii_controllers"] == [party]
+    assert all(block["pii_controllers"] == [party] for block in record["processing"])

@@ -281,13 +281,23 @@ def consent_history(external_id: str, as_json: JsonOpt = False) -> None:
 @consent_app.command("receipt")
 def consent_receipt(
     external_id: str,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="iso: ISO/IEC TS 27560 (JSON-LD, DPV); kantara: Kantara Consent Receipt v1.1.",
+        ),
+    ] = "iso",
     as_json: Annotated[
         bool, typer.Option("--json", help="Accepted for symmetry: the receipt is JSON.")
     ] = False,
 ) -> None:
-    """The subject's ISO/IEC TS 27560 consent receipt (JSON), as the API serves it."""
+    """The subject's consent receipt (JSON), as the API serves it: ISO/IEC TS 27560 by default,
+    or the Kantara v1.1 form (see docs/receipts.md)."""
+    if fmt not in receipt.FORMATS:
+        fail(f"bad --format {fmt[:20]!r}: use {' or '.join(receipt.FORMATS)}", 2)
     with session(readonly=True) as s:
-        document = receipt.build(s, external_id)
+        document = receipt.build(s, external_id, fmt)
     typer.echo(json.dumps(document, indent=2))
 
 

@@ -1,5 +1,6 @@
 """Subjects: register one, read it with its consents (now or at an instant), its history and its
-ISO/IEC TS 27560 receipt (``consentflow.receipt``); issue a signed link for one (support).
+receipt (``consentflow.receipt``: ISO/IEC TS 27560, or Kantara v1.1 with ``?format=kantara``);
+issue a signed link for one (support).
 
 ``POST /subjects/{subject}/links`` answers the link itself (a support agent hands it over by
 another channel); the audit trail records which token issued it (``link.issued``), never the
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends
+from fastapi import Depends, Query
 
 from consentflow import erasure, lifecycle, link_requests, receipt, subjects
 from consentflow.lifecycle import Actor
@@ -33,6 +34,14 @@ from consentflow.web.schemas import (
 )
 
 router = resource_router(["subjects"])
+
+ReceiptFormat = Annotated[
+    Literal["iso", "kantara"],
+    Query(
+        description="`iso`: ISO/IEC TS 27560 (JSON-LD with the DPV vocabulary); `kantara`: "
+        "Kantara Consent Receipt v1.1"
+    ),
+]
 
 
 def _subject_out(session: DbSession, external_id: str) -> SubjectOut:
@@ -97,10 +106,15 @@ def subject_history(
     responses=NOT_FOUND,
 )
 def subject_receipt(
-    subject: SubjectPath, session: ReadSession, _: Annotated[TokenInfo, Depends(READ.reading)]
+    subject: SubjectPath,
+    session: ReadSession,
+    _: Annotated[TokenInfo, Depends(READ.reading)],
+    format: ReceiptFormat = "iso",
 ) -> dict[str, Any]:
-    """The subject's consent record as an ISO/IEC TS 27560 receipt (JSON)."""
-    return receipt.build(session, subject)
+    """The subject's consent receipt: ISO/IEC TS 27560 as the W3C DPV guide gives it (JSON-LD,
+    the whole record; the default) or the Kantara Consent Receipt v1.1 (the consents given now).
+    See docs/receipts.md."""
+    return receipt.build(session, subject, format)
 
 
 class LinkIn(Strict):

@@ -7,7 +7,8 @@ buttons, "withdraw everything", the person's own history of choices and a link t
 their receipt. Every change is a POST (CSRF bound to the link) recorded with channel ``web`` and
 the subject as the actor, answered by a 303 to the page with a signed result (``results``).
 
-The receipt is the API's (``receipt.build``), for the link's subject only, reached only through a
+The receipt is the API's (``receipt.build``: ISO/IEC TS 27560, or Kantara v1.1 with
+``?format=kantara``), for the link's subject only, reached only through a
 genuine, unexpired preference link: any other token gets the bad-link page. GET never changes
 anything. Bad input (unknown operation or purpose, a change the rules refuse) gets a 4xx page and
 changes nothing.
@@ -15,9 +16,9 @@ changes nothing.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from sqlmodel import Session
 
@@ -87,14 +88,19 @@ def post(
 
 @router.get("/l/{token}/receipt")
 def receipt_download(
-    request: Request, token: Annotated[str, Path(max_length=1000)], session: ReadSession
+    request: Request,
+    token: Annotated[str, Path(max_length=1000)],
+    session: ReadSession,
+    format: Annotated[Literal["iso", "kantara"], Query()] = "iso",
 ) -> Response:
-    """The person's consent receipt (JSON, the API's), through their preference link only."""
+    """The person's consent receipt (JSON, the API's: ISO/IEC TS 27560, or the Kantara v1.1
+    form with ``?format=kantara``), through their preference link only."""
     try:
         target = open_link(request, session, token, LinkAction.PREFERENCES)
     except (BadLink, NotFound) as exc:
         return bad_link(request, exc)
+    name = "consent-receipt.json" if format == "iso" else "consent-receipt-kantara.json"
     return JSONResponse(
-        receipt.build(session, target.subject.external_id),
-        headers={"Content-Disposition": 'attachment; filename="consent-receipt.json"'},
+        receipt.build(session, target.subject.external_id, format),
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
