@@ -118,10 +118,11 @@ def subject_receipt(
 
 
 class LinkIn(Strict):
-    """Which link to issue: ``renew`` and ``grant`` need a purpose, ``preferences`` takes none,
-    ``revoke`` without one withdraws every consent."""
+    """Which link to issue: ``renew`` and ``grant`` need a purpose, ``preferences`` and
+    ``erase`` (the person confirms their erasure on its page) take none, ``revoke`` without one
+    withdraws every consent."""
 
-    action: Literal["preferences", "renew", "revoke", "grant"]
+    action: Literal["preferences", "renew", "revoke", "grant", "erase"]
     purpose: PurposeKey | None = None
 
 
