@@ -4,11 +4,13 @@ Evidence, delivery attempt logs, email send records, closed requests and ended w
 older than their ``CONSENTFLOW_RETENTION_*_DAYS`` go (``consentflow.sweeps.retention`` says
 exactly which rows); the audit chain, the consent history and the pseudonymous references stay.
 The run is refused (failed, nothing changed) when ``audit verify`` finds anything. One task per
-batch of each kind; each batch commits on its own, so a crash loses at most the batch in flight
-and a re-run finishes the rest. A real run ends with one ``retention.swept`` audit entry (counts
-per kind, the cut-offs, ``evidence_before``), after destroying the data keys of erased subjects
-that nothing waits for any more. A dry run counts every kind in one task (``preview-retention``)
-and writes nothing but its end entry.
+batch of each row kind; each batch commits on its own, so a crash loses at most the batch in
+flight and a re-run finishes the rest. A real run ends with one task (``record-sweep``) and one
+transaction that clears the evidence past its cut-off, destroys the data keys of erased subjects
+that nothing waits for any more and appends the run's ``retention.swept`` audit entry (counts
+per kind, the cut-offs, ``evidence_before``): evidence never goes without the entry that
+excuses it. A dry run counts every kind in one task (``preview-retention``) and writes nothing
+but its end entry.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def preview_retention(ctx: SweepContext) -> Batch:
 
 @task(name="record-sweep", retry_delay_seconds=[5, 30], **BATCH_TASK)
 def record_sweep(ctx: SweepContext, counts: dict[tuple[str, str], int]) -> Batch:
-    """Shred the settled data keys and append the run's ``retention.swept`` entry."""
+    """Clear the evidence, shred the settled data keys, append the ``retention.swept`` entry."""
     return sweep.record_sweep(ctx, counts)
 
 

@@ -276,27 +276,23 @@ def test_zero_keeps_every_kind_forever(ledger, retain) -> None:  # type: ignore[
 
 
 def test_batches_page_through_every_due_row(ledger, retain) -> None:  # type: ignore[no-untyped-def]
-    retain(evidence=1, sessions=1)
-    for who in ("p0", "p1", "p2", "p3", "p4"):
-        act(ledger, lifecycle.grant, who)
-        act(ledger, lifecycle.revoke, who)
-    as_of = utcnow() + 2 * DAY
+    retain(sessions=1)
     with db.session_scope(ledger) as s:
         token, _ = tokens.create(s, "ops", "admin")
         s.add_all(
-            WebSession(id_hash=f"{n:064d}", token_id=token.id, expires_at=utcnow() - DAY)
+            WebSession(id_hash=f"{n:064d}", token_id=token.id, expires_at=utcnow() - 2 * DAY)
             for n in range(5)
         )
-    ctx = sweeps.SweepContext(as_of=as_of, engine=ledger)
-    sessions = sweeps.drain(lambda n, c: retention.prune_sessions_batch(ctx, n, c), batch_size=2)
-    seen = [b.seen for b in sessions]
-    assert seen == [2, 2, 1] and _ids(ledger, WebSession) == set()
+    ctx = sweeps.SweepContext(as_of=utcnow(), engine=ledger)
     batches = list(
-        sweeps.drain(lambda n, c: retention.prune_evidence_batch(ctx, n, c), batch_size=4)
+        sweeps.drain(lambda n, c: retention.prune_sessions_batch(ctx, n, c), batch_size=2)
     )
-    assert [b.counts[("-", "evidence_pruned")] for b in batches] == [4, 4, 2]
+    assert [(b.seen, b.counts[("-", "sessions_pruned")]) for b in batches] == [
+        (2, 2), (2, 2), (1, 1)
+    ]  # fmt: skip
+    assert _ids(ledger, WebSession) == set()
     with pytest.raises(ValueError, match="preview"):
-        retention.prune_evidence_batch(sweeps.SweepContext(as_of=as_of, dry_run=True), 10)
+        retention.prune_sessions_batch(sweeps.SweepContext(as_of=utcnow(), dry_run=True), 10)
 
 
 def test_a_broken_chain_is_refused_and_nothing_changes(ledger, retain) -> None:  # type: ignore[no-untyped-def]

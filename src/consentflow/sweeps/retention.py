@@ -28,23 +28,27 @@ pruned, ``evidence_before``: every event recorded before it may have lost its ev
 ``evidence_before`` never moves back (the largest cut-off any run pruned evidence at), so a run
 with a longer setting or an earlier ``as_of`` cannot make an earlier run's pruning a finding.
 
-Shape: each kind is a plain batch function ``fn(ctx, size, cursor) -> Batch`` (the sweeps'
-shape), one transaction per batch, set-based (one select of the next ``size`` ids, one UPDATE
-or DELETE re-checking the same condition); the int-keyed kinds page by id from ``cursor``, the
-evidence pass needs no cursor (a pruned event no longer matches). ``BATCHES`` lists them in the
-order a run drains them (emails before requests). A dry run does not page: ``preview_retention``
-counts every kind in one read-only transaction, with the same conditions.
+Shape: the four row kinds are plain batch functions ``fn(ctx, size, cursor) -> Batch`` (the
+sweeps' shape; ``BATCHES``, in the order a run drains them: emails before requests), one
+transaction per batch, set-based (one select of the next ``size`` ids after ``cursor``, one
+DELETE re-checking the same condition). Evidence is not batched: ``record_sweep`` clears it with
+one UPDATE in the transaction that appends the ``retention.swept`` entry, so evidence is never
+gone without the entry that excuses it (a run killed between a committed evidence batch and its
+entry would leave ``audit verify`` failing, and every later run refused). A daily run clears a
+day's worth; a first run on a long history clears years at once in that one transaction (run it
+with an earlier ``as_of`` first to take it in steps). A dry run does not page:
+``preview_retention`` counts every kind in one read-only transaction, with the same conditions.
 
 Failure modes: ``require_intact`` raises ``Conflict`` (one line, naming the first ``audit
 verify`` finding) before anything changes when the record is broken; a batch that fails rolls
-back alone (a re-run finishes the rest); a run that dies before ``record_sweep`` leaves its
-pruned rows without a ``retention.swept`` entry, so pruned evidence makes ``audit verify`` name
-those events until the next run records the entry.
+back alone (a re-run finishes the rest; none of it is chained); a failure in ``record_sweep``
+rolls back the evidence, the key shredding and the entry together.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -78,8 +82,9 @@ from consentflow.timeutil import as_utc, iso_z
 ACTION = "retention.swept"
 #: What a run refuses to do on a broken record (``integrity.require_intact``).
 WHAT = "apply retention"
-#: The kinds, in the order a run prunes them (emails before the requests they name).
-KINDS = ("sessions", "attempts", "evidence", "emails", "requests")
+#: The kinds, in the order a run prunes them (emails before the requests they name; evidence
+#: last, with the run's entry).
+KINDS = ("sessions", "attempts", "emails", "requests", "evidence")
 #: Counts carry no purpose: every row is counted under this one.
 ALL = "-"
 #: The count of per-subject data keys destroyed (``erasure.shred_settled``) by a run.
@@ -183,22 +188,16 @@ def _prune(ctx: SweepContext, kind: str, size: int, cursor: int) -> Batch:
         return Batch()
     t, due = _due(kind, before, ctx.as_of)
     ident = t.c.id
-    pick = select(ident).where(due)
-    if kind != "evidence":  # ids are integers: page by id
-        pick = pick.where(ident > cursor)
+    pick = select(ident).where(due, ident > cursor)
     batch = Batch()
     with db.session_scope(ctx.engine) as s:
         ids = list(s.execute(pick.order_by(ident).limit(size)).scalars())
         if not ids:
             return batch
-        if kind == "evidence":
-            done = s.execute(t.update().where(ident.in_(ids), due).values(evidence=null()))
-        else:
-            if kind == "requests":  # a record that became prunable since the select
-                _drop_emails_of(s, ids, ctx.as_of, batch)
-            done = s.execute(t.delete().where(ident.in_(ids), due))
-    batch.seen, batch.more = len(ids), len(ids) == size
-    batch.cursor = ids[-1] if kind != "evidence" else 0
+        if kind == "requests":  # a record that became prunable since the select
+            _drop_emails_of(s, ids, ctx.as_of, batch)
+        done = s.execute(t.delete().where(ident.in_(ids), due))
+    batch.seen, batch.more, batch.cursor = len(ids), len(ids) == size, ids[-1]
     batch.add(ALL, outcome(kind), getattr(done, "rowcount", 0))
     return batch
 
@@ -227,11 +226,6 @@ def prune_attempts_batch(ctx: SweepContext, size: int, cursor: int = 0) -> Batch
     return _prune(ctx, "attempts", size, cursor)
 
 
-def prune_evidence_batch(ctx: SweepContext, size: int, cursor: int = 0) -> Batch:
-    """Clear the evidence of up to ``size`` consent events (``cursor`` is not needed)."""
-    return _prune(ctx, "evidence", size, cursor)
-
-
 def prune_emails_batch(ctx: SweepContext, size: int, cursor: int = 0) -> Batch:
     """Remove up to ``size`` final email send records, after ``cursor``."""
     return _prune(ctx, "emails", size, cursor)
@@ -242,11 +236,11 @@ def prune_requests_batch(ctx: SweepContext, size: int, cursor: int = 0) -> Batch
     return _prune(ctx, "requests", size, cursor)
 
 
-#: Every kind's batch function, in the order a run drains them (``KINDS``).
+#: The batch functions of the row kinds, in the order a run drains them (evidence goes last,
+#: in ``record_sweep``).
 BATCHES: tuple[Callable[[SweepContext, int, int], Batch], ...] = (
     prune_sessions_batch,
     prune_attempts_batch,
-    prune_evidence_batch,
     prune_emails_batch,
     prune_requests_batch,
 )
@@ -280,17 +274,25 @@ def require_intact(ctx: SweepContext) -> None:
         integrity.require_intact(s, WHAT)
 
 
-def record_sweep(ctx: SweepContext, counts: dict[tuple[str, str], int]) -> Batch:
-    """End a real run: destroy the data keys erasure left to settle, and append the run's one
-    ``retention.swept`` entry (counts per kind, as of, cut-offs, ``evidence_before``)."""
+def record_sweep(ctx: SweepContext, counts: Mapping[tuple[str, str], int]) -> Batch:
+    """End a real run in one transaction: clear the evidence past its cut-off, destroy the data
+    keys erasure left to settle, and append the run's one ``retention.swept`` entry (the
+    ``counts`` of the row kinds and these, as of, cut-offs, ``evidence_before``). Returns the
+    evidence and shredding counts."""
     if ctx.dry_run:
         raise ValueError("a dry run records no retention.swept entry")
     batch = Batch()
     with db.session_scope(ctx.engine) as s:
+        before = cutoff("evidence", ctx.as_of)
+        if before is not None:
+            events, due = _due("evidence", before, ctx.as_of)
+            done = s.execute(events.update().where(due).values(evidence=null()))
+            batch.add(ALL, outcome("evidence"), getattr(done, "rowcount", 0))
         batch.add(ALL, SHREDDED, _shred(s))
         # The head's lock first, so two runs never both carry forward a stale evidence_before.
         s.execute(select(col(AuditHead.seq)).where(col(AuditHead.id) == 1).with_for_update()).one()
-        detail = sweep_detail(ctx.as_of, counts, batch.counts[(ALL, SHREDDED)], _marked(s))
+        totals = Counter(counts) + batch.counts
+        detail = sweep_detail(ctx.as_of, totals, totals[(ALL, SHREDDED)], _marked(s))
         audit.record(
             s,
             ACTION,
@@ -305,7 +307,7 @@ def record_sweep(ctx: SweepContext, counts: dict[tuple[str, str], int]) -> Batch
 
 def sweep_detail(
     as_of: datetime,
-    counts: dict[tuple[str, str], int],
+    counts: Mapping[tuple[str, str], int],
     shredded: int,
     marked: datetime | None,
 ) -> dict[str, Any]:
