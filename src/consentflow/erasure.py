@@ -173,7 +173,7 @@ def _lock(session: Session, external_id: str) -> LockedSubject:
     ).first()
     if row is not None and row[0] is not None:
         return LockedSubject(row[0], external_id, row[1], row[2])
-    ref = subjects.reference(keys.instance_secret(session), external_id)
+    ref = subjects.reference(keys.reference_key(session), external_id)
     erased = session.exec(
         select(Subject.id).where(
             (col(Subject.subject_ref) == ref) | (col(Subject.external_id) == external_id),

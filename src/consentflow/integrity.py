@@ -32,8 +32,8 @@
 
 Failure modes: every finding is one line (no traceback: a missing or garbled field of an entry
 is a finding too); ``MAX_FINDINGS`` lines are kept, then a count of the rest. Findings depend on
-the instance secret: run verify with the key the record was made with, or every reference and
-evidence hash reads as edited.
+the reference key (``keys.reference_key``): run verify with the key the record was made with,
+or every reference and evidence hash reads as edited.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ class _Walk:
     @property
     def secret(self) -> bytes:
         if self._secret is None:
-            self._secret = keys.instance_secret(self.session)
+            self._secret = keys.reference_key(self.session)
         return self._secret
 
     def report(self) -> list[str]:

@@ -42,7 +42,7 @@ from sqlmodel import Session, col, select
 from consentflow import addresses, audit, i18n
 from consentflow.actors import Actor, audit_fields, check_text, column_length
 from consentflow.errors import Conflict, InvalidInput, NotFound
-from consentflow.keys import instance_secret, subject_ref
+from consentflow.keys import reference_key, subject_ref
 from consentflow.models import Subject
 
 #: The longest external id: the column's length.
@@ -148,7 +148,7 @@ def add(
     email, locale = check_email(email), check_locale(locale)
     if session.exec(select(Subject.id).where(Subject.external_id == external_id)).first():
         raise Conflict(f"subject {external_id!r} exists already")
-    ref, generation = new_references(session, instance_secret(session), [external_id])[external_id]
+    ref, generation = new_references(session, reference_key(session), [external_id])[external_id]
     subject = Subject(
         external_id=external_id,
         subject_ref=ref,

@@ -31,7 +31,7 @@ from sqlmodel import Session, col, select
 from consentflow import audit
 from consentflow.actors import Actor
 from consentflow.db import Column, Writer
-from consentflow.keys import instance_secret
+from consentflow.keys import reference_key
 from consentflow.ledger._rules import Current, Outcome
 from consentflow.models import (
     WITHDRAWING_STATES,
@@ -157,7 +157,7 @@ def write(
     _track_requests(w, items, now)
     if propagate:
         _enqueue(session, w, [i for i in items if i.outcome.state in WITHDRAWING_STATES], now)
-    secret = instance_secret(session) if any(i.actor.evidence is not None for i in items) else b""
+    secret = reference_key(session) if any(i.actor.evidence is not None for i in items) else b""
     audit.append(session, chain(preface, _audit_entries(items, secret)), now=now)  # last
     return [_change(i, now) for i in items]
 
@@ -296,7 +296,7 @@ def _track_requests(w: Writer, items: list[Item], now: datetime) -> None:
 def _audit_entries(items: list[Item], secret: bytes) -> Iterator[audit.Entry]:
     """5. One audit entry per change (chained last, after any preface), in the chain's format 2:
     the evidence itself stays in the history; the chain holds its keyed hash (``secret``, the
-    instance secret; unused when no change has evidence)."""
+    reference key; unused when no change has evidence)."""
     for i in items:
         yield audit.Entry(
             action=f"consent.{i.action.value}",
