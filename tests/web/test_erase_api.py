@@ -3,12 +3,13 @@ of the erased person opens the "already deleted" page, and the access check answ
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 from sqlmodel import select
 
-from consentflow import audit, db, lifecycle, links
+from consentflow import audit, db, lifecycle, links, views
 from consentflow.lifecycle import Actor
 from consentflow.models import AuditEntry, Subject
 from tests.support.web import bearer, client, seed
@@ -79,3 +80,11 @@ def test_refusals(api: Any, engine: Any) -> None:
     assert ok.status_code == 200
     again = c.post("/api/v1/subjects/alice/erase", json={"reason": "ticket 9"}, headers=admin)
     assert again.status_code == 409 and "already erased" in again.json()["detail"]
+
+
+def test_both_doors_answer_the_same_fields(api: Any, cli: Any) -> None:
+    c, toks = api
+    r = c.post("/api/v1/subjects/alice/erase", json={"reason": "t1"}, headers=bearer(toks.admin))
+    out = cli("subject", "erase", "bob", "--reason", "t2", "--json")
+    assert out.code == 0, out.err
+    assert sorted(r.json()) == sorted(json.loads(out.out)) == sorted(views.ErasureOut.model_fields)
