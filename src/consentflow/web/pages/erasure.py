@@ -21,8 +21,8 @@ page (``_target.bad_link``) and changes nothing.
 - Erased already (a reload, a second POST, a page left open, the link opened again): the page
   says so ("already erased") and nothing is written.
 - Refused (``erasure.erase`` raises ``Conflict`` for anything but "already erased", e.g. the
-  audit chain fails to verify): a 409 page saying nothing changed; the transaction is rolled
-  back.
+  audit chain fails to verify, or refuses its input, ``InvalidInput``): a 409 page saying
+  nothing changed and to try later or contact the controller; the transaction is rolled back.
 
 Privacy: the token is only in the path (``web.logs`` logs ``/l/{token}/erase``); the page is
 sent with ``Referrer-Policy: no-referrer`` and ``Cache-Control: no-store``
@@ -40,7 +40,7 @@ from sqlmodel import Session
 
 from consentflow import answers, erasure, i18n, links
 from consentflow.actors import Actor
-from consentflow.errors import Conflict, NotFound
+from consentflow.errors import Conflict, InvalidInput, NotFound
 from consentflow.links import BadLink, Link, LinkAction
 from consentflow.models import ActorType, Channel, Subject, utcnow
 from consentflow.web import security
@@ -153,7 +153,7 @@ def erase_post(
     subject_id = subject.id
     try:
         done = erasure.erase(session, subject.external_id, actor, reason=REASON)
-    except (Conflict, NotFound):
+    except (Conflict, InvalidInput, NotFound):
         # Nothing of a refused erasure may be committed; then: was it erased meanwhile?
         session.rollback()
         again = session.get(Subject, subject_id)
