@@ -60,7 +60,7 @@ EMAILED_LINK_TTL = timedelta(days=7)
 CLAIMED = "claimed"
 #: Actions that need a purpose, and those that take none.
 _NEEDS_PURPOSE = {LinkAction.RENEW, LinkAction.GRANT}
-_NO_PURPOSE = {LinkAction.PREFERENCES}
+_NO_PURPOSE = {LinkAction.PREFERENCES, LinkAction.ERASE}
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,8 @@ class IssuedLink:
 
 
 def parse_action(value: str) -> LinkAction:
-    """``preferences``, ``renew``, ``revoke`` or ``grant``; ``InvalidInput`` otherwise."""
+    """``preferences``, ``renew``, ``revoke``, ``grant`` or ``erase``; ``InvalidInput``
+    otherwise."""
     try:
         return LinkAction(value.strip().lower())
     except ValueError:

@@ -145,6 +145,8 @@ def test_an_erase_link_from_support_in_the_persons_language(web, engine):
     assert answer.status_code == 201, answer.text
     assert answer.json()["action"] == "erase"
     token = urlsplit(answer.json()["url"]).path.removeprefix("/l/")
+    opened = web.get(f"/l/{token}", follow_redirects=False)  # the URL in the email
+    assert opened.status_code == 303 and opened.headers["location"] == f"/l/{token}/erase"
     form = web.get(f"/l/{token}/erase")
     assert '<html lang="de">' in form.text and "Ihre Daten löschen?" in form.text
     back = re.search(r'href="([^"]+)" id="back"', form.text).group(1)

@@ -24,7 +24,9 @@ def link_command(
     external_id: Annotated[str, typer.Argument(help="The subject's external id.")],
     action: Annotated[
         str,
-        typer.Option("--action", help="preferences, renew, revoke or grant.", show_default=False),
+        typer.Option(
+            "--action", help="preferences, renew, revoke, grant or erase.", show_default=False
+        ),
     ] = "preferences",
     purpose: Annotated[
         str | None,

@@ -25,9 +25,10 @@ answer means is ``consentflow.answers``; this module handles HTTP around it.
 from __future__ import annotations
 
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Path, Query, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlmodel import Session
 
 from consentflow import answers, links
@@ -76,6 +77,8 @@ def _link_page(request: Request, token: str, session: Session, r: str | None) ->
         target = open_link(request, session, token)
     except (BadLink, NotFound) as exc:
         return bad_link(request, exc)
+    if target.link.action is LinkAction.ERASE:  # its page asks the person to confirm
+        return RedirectResponse(keep_lang(request, f"/l/{quote(token)}/erase"), status_code=303)
     result = results.read(session, token, r)
     if target.link.action is LinkAction.PREFERENCES:
         return preferences.page(request, session, token, target, result)
