@@ -120,7 +120,10 @@ class Settings(BaseSettings):
     ``CONSENTFLOW_SECRET_KEY``.
     """
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+    # hide_input_in_errors: a start-up traceback must never print a key (the values are secrets).
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", hide_input_in_errors=True
+    )
 
     # -- storage and keys
     database_url: str = Field(

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import inspect
 from sqlalchemy.engine import Engine
 
@@ -276,3 +277,17 @@ def test_a_malformed_key_list_is_one_line(value, message):
 def test_one_key_is_taken_exactly_as_given_and_a_list_is_trimmed():
     assert settings.split_keys(" one key, as it always was ") == ("one key", "as it always was")
     assert settings.split_keys(" a single key ") == (" a single key ",)
+
+
+def test_a_start_up_error_never_prints_a_key(monkeypatch):
+    """What a web app or worker would show in its traceback on a bad key list."""
+    monkeypatch.setenv("CONSENTFLOW_SECRET_KEY", "a-key-of-some-length,,another-key-here")
+    with pytest.raises(ValidationError) as caught:
+        settings.Settings()
+    assert "key 2 of 3 is empty" in str(caught.value)
+    assert "a-key-of-some-length" not in str(caught.value)
+    monkeypatch.setenv("CONSENTFLOW_SECRET_KEY", "a-short-key-here")
+    monkeypatch.setenv("CONSENTFLOW_ENV", "production")
+    with pytest.raises(ValidationError) as caught:
+        settings.Settings()
+    assert "a-short" not in str(caught.value)
