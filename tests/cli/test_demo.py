@@ -1,10 +1,12 @@
-"""`consentflow demo` as a newcomer meets the people's side: the emails it sent, kept whole as
-``.eml`` files that parse, in the subjects' languages, and the one preference link it prints,
-which opens the preference page on the demo's own database without signing in.
+"""`consentflow demo` as a new user runs it, and what it shows them: the flows it ran, the
+webhooks and their health, the emails it sent, kept whole as ``.eml`` files that parse, in the
+subjects' languages, and the one preference link it prints, which opens the preference page on
+the demo's own database without signing in.
 
-The demo runs once for the module, in its own process, with a shell's environment (no
-consentflow or Prefect settings, a home of its own); its flows and webhooks are checked by
-tests/flows/test_lifecycle_flows.py::test_demo_runs_on_a_fresh_machine."""
+The demo runs once for the module (~1 minute: an embedded Prefect server on a new database), in
+its own process, with a new user's shell environment (``tests.support.cli.fresh_machine``: no
+consentflow or Prefect settings, a home of its own whose default Prefect profile points at a
+server that is not there); every test reads that one run's outcome."""
 
 from __future__ import annotations
 
@@ -25,36 +27,72 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import func, select
 
-from consentflow import db, settings
+from consentflow import db, settings, tokens
 from consentflow.models import AuditEntry, ConsentEvent
+from tests.support.cli import fresh_machine, left_behind
 
 
 @dataclass(frozen=True)
 class Demo:
-    directory: Path
+    root: Path  # the working directory it ran in
+    directory: Path  # its --directory
     out: str
+    err: str
+    left: list[str]  # what it left in its Prefect home and its temporary directory
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
     root = tmp_path_factory.mktemp("demo")
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("CONSENTFLOW_", "PREFECT_")) and k != "DO_NOT_TRACK"
-    }
-    (root / "home").mkdir()
-    env["HOME"] = str(root / "home")
     result = subprocess.run(
         [sys.executable, "-m", "consentflow.cli", "demo", "--directory", str(root / "d")],
         cwd=root,
-        env=env,
+        env=fresh_machine(root),
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return Demo(root / "d", result.stdout)
+    return Demo(root, root / "d", result.stdout, result.stderr, left_behind(root))
+
+
+def test_demo_runs_on_a_fresh_machine(demo: Demo) -> None:
+    """No configuration, no server (the default profile pointing at one is ignored), nothing on
+    stderr, nothing left in its Prefect home or temporary directory."""
+    assert demo.err == ""
+    out = demo.out
+    for flow in ("expiry-sweep", "renewal-reminders", "collection-followups", "reconsent"):
+        assert f"\n{flow}: " in out
+    assert "audit trail intact" in out and "expiry-sweep again: 0 expired" in out
+    path = demo.directory / "consentflow-demo.db"
+    assert path.exists() and not (demo.root / "consentflow.db").exists()
+    assert demo.left == []
+
+    # Propagation: 8 expiries, 3 withdrawals and 5 invalidations reach crm; ads (profiling
+    # only) answers 503, so its 5 are retried later, and the health table says so.
+    propagate = out.split("\npropagate: ", 1)[1].split("\n\n", 1)[0]
+    assert "crm          delivered               16" in propagate
+    assert "ads          retried                  5" in propagate
+    assert "webhooks received on 127.0.0.1:" in out and ": crm 16 (answered 200), ads 5 " in out
+    assert "  signature verified with standardwebhooks: msg_" in out  # a test extra: installed
+    health = out.split("delivery health per endpoint:\n", 1)[1].split("\n\n", 1)[0]
+    ads, crm = health.splitlines()
+    assert ads.split()[:2] == ["ads", "NOT"] and "pending 5 (retrying 5)" in ads
+    assert "failures in 24 h 5" in ads
+    assert crm.split()[:2] == ["crm", "ok"] and "delivered 16, pending 0" in crm
+
+    # The emails: the default public URL is http, so no one-click header, and a note says why.
+    assert "0 with RFC 8058 one-click" in out
+    assert "note: one-click unsubscribe left out: CONSENTFLOW_PUBLIC_URL (http://" in out
+
+    # The way into the web app: a compliance token for this database, and its path.
+    assert f"CONSENTFLOW_DATABASE_URL=sqlite:///{path} consentflow serve" in out
+    token = out.rsplit("for the demo database only: ", 1)[1].strip()
+    engine = db.make_engine(f"sqlite:///{path}")
+    with db.session_scope(engine) as s:
+        info = tokens.verify(s, token)
+    engine.dispose()
+    assert info is not None and info.scope.value == "compliance"
 
 
 def _parse(path: Path) -> EmailMessage:
@@ -129,7 +167,7 @@ def test_the_printed_link_opens_the_preference_page(demo: Demo, demo_app: TestCl
     url = _link(demo.out)
     serve = "CONSENTFLOW_DATABASE_URL=sqlite:///"
     assert f"{serve}{demo.directory / 'consentflow-demo.db'} consentflow serve" in demo.out
-    # The compliance token stays the last thing printed (the flows test reads it from there).
+    # The compliance token stays the last thing printed (the first test reads it from there).
     assert demo.out.rstrip().splitlines()[-1].startswith("  for the demo database only: cf_")
     before = _recorded()
     page = demo_app.get(urlsplit(url).path)
