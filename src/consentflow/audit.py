@@ -111,9 +111,9 @@ _COLUMNS = [
 def evidence_digest(secret: bytes, evidence: Any) -> str | None:
     """The keyed hash of an event's evidence (canonical JSON, sorted keys); None for none.
 
-    Keyed with the instance secret (``keys.derive``, label ``"audit-evidence:"``) because evidence
-    is low-entropy personal data (an IP address): a plain hash in an exported trail could be
-    reversed by trying every address.
+    Keyed with the reference key (``keys.reference_key``, never rotated; ``keys.derive``, label
+    ``"audit-evidence:"``) because evidence is low-entropy personal data (an IP address): a plain
+    hash in an exported trail could be reversed by trying every address.
     """
     if evidence is None:
         return None
