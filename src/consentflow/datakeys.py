@@ -26,12 +26,12 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from cryptography.fernet import Fernet, InvalidToken
-from sqlalchemy import update
+from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
 from consentflow import secretbox
 from consentflow.errors import Conflict
-from consentflow.models import SubjectKey, utcnow
+from consentflow.models import Delivery, SubjectKey, utcnow
 
 #: What every sealed value starts with.
 SEALED = "sealed:v1:"
@@ -137,7 +137,27 @@ def destroy(session: Session, subject_ids: Iterable[int], *, now: datetime | Non
     return count
 
 
-def live(session: Session) -> list[int]:
-    """The subjects whose data key still exists."""
-    stmt = select(SubjectKey.subject_id).where(col(SubjectKey.sealed_key).is_not(None))
-    return list(session.exec(stmt).all())
+def shredded(session: Session, delivery_ids: Iterable[int]) -> set[int]:
+    """Those of ``delivery_ids`` whose body was sealed under a key since destroyed: they can
+    never be sent again (a bulk replay leaves them out)."""
+    ids = sorted(set(delivery_ids))
+    if not ids:
+        return set()
+    head = func.substr(col(Delivery.payload), 1, len(SEALED) + 24)
+    owners = {
+        did: subject_of(text)
+        for did, text in session.exec(
+            select(Delivery.id, head).where(
+                col(Delivery.id).in_(ids), col(Delivery.payload).startswith(SEALED)
+            )
+        ).all()
+    }
+    subjects = {sid for sid in owners.values() if sid is not None}
+    alive = set(
+        session.exec(
+            select(SubjectKey.subject_id).where(
+                col(SubjectKey.subject_id).in_(subjects), col(SubjectKey.sealed_key).is_not(None)
+            )
+        ).all()
+    )
+    return {did for did, sid in owners.items() if did is not None and sid not in alive}

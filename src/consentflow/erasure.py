@@ -92,6 +92,8 @@ from consentflow.views import ErasureOut
 
 #: What an erased subject's external id starts with (``~`` is outside the identifier rule).
 TOMBSTONE = "~erased-"
+#: The last error of a dead letter whose subject's data key was destroyed.
+SHREDDED_DEAD = "its subject was erased and their data key destroyed: it can never be sent again"
 _EMAIL = re.compile(r"[^\s@]+@[^\s@]+\.[^\s@]+")
 _JSON = orjson.OPT_SORT_KEYS | orjson.OPT_UTC_Z
 
@@ -345,6 +347,14 @@ def shred_settled(session: Session, *, now: datetime | None = None) -> int:
     ids = [sid for sid, _ref in settled]
     dead = _dead_counts(session, ids)
     destroyed = datakeys.destroy(session, ids, now=now)
+    session.execute(  # say so where operators look for dead letters
+        update(Delivery)
+        .where(
+            col(Delivery.id).in_(_deliveries_of(ids)),
+            col(Delivery.state) == DeliveryState.DEAD.value,
+        )
+        .values(last_error=SHREDDED_DEAD)
+    )
     audit.append(
         session,
         [
@@ -359,6 +369,17 @@ def shred_settled(session: Session, *, now: datetime | None = None) -> int:
         now=now,
     )
     return destroyed
+
+
+def _deliveries_of(subject_ids: list[int]) -> Any:
+    """The ids of every delivery about ``subject_ids`` (a subquery)."""
+    by_event = (
+        select(Delivery.id)
+        .join(ConsentEvent, col(ConsentEvent.id) == Delivery.event_id)
+        .where(col(ConsentEvent.subject_id).in_(subject_ids))
+    )
+    by_erasure = select(Delivery.id).where(col(Delivery.erasure_subject_id).in_(subject_ids))
+    return by_event.union_all(by_erasure)
 
 
 def _dead_counts(session: Session, subject_ids: list[int]) -> dict[int, int]:
