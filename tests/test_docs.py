@@ -61,4 +61,4 @@ def test_every_consentflow_variable_in_the_docs_exists() -> None:
                 ok = name in known
             if not ok:
                 unknown.append(f"{page.relative_to(ROOT)}: {name}")
-    assert unknown == [], "not read by consentflow (see src/consentflow/settings.py)"
+    assert unknown == [], "not read by consentflow (see src/consentflow/settings/_model.py)"

@@ -1,114 +1,28 @@
-"""Every environment variable consentflow reads, with its default, in one place.
+"""``Settings``: every ``CONSENTFLOW_*`` variable, its default and its description, in one class.
 
-``Settings`` holds every ``CONSENTFLOW_*`` variable; each field's ``description`` is its
-documentation. ``OTHER_VARIABLES`` lists the variables of other tools (Prefect's) that consentflow
-reads or relies on, which are read where they are used. ``reference_markdown()`` renders both as
-``docs/configuration.md``; ``python -m consentflow.settings`` prints it, and a test keeps the
-committed page equal to it, so the reference cannot drift from the code.
-
-Unknown ``CONSENTFLOW_*`` variables are ignored (``extra="ignore"``), not refused.
+Each field's ``description`` is its documentation (``reference`` renders it). Bad values fail when
+the settings are first read (start-up), in one line that never prints a secret
+(``hide_input_in_errors``). Unknown ``CONSENTFLOW_*`` variables are ignored, not refused.
 """
 
 from __future__ import annotations
 
-import re
-import types
-from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-ENV_PREFIX = "CONSENTFLOW_"
-#: The shortest ``CONSENTFLOW_SECRET_KEY`` production mode accepts.
-MIN_PRODUCTION_KEY = 32
-
-
-def parse_stages(value: str | Sequence[int]) -> tuple[int, ...]:
-    """Reminder stages in days, nearest first: ``"30,7,1"`` -> ``(1, 7, 30)``: the one rule for
-    ``CONSENTFLOW_REMINDER_STAGES``, a flow's ``stages`` parameter and a sweep's context.
-
-    Raises ``ValueError`` (one line) for an empty list, something that is not a whole number, or a
-    number of days below 1; duplicates are merged (each stage is sent at most once anyway).
-    """
-    if isinstance(value, str):
-        items = [v.strip() for v in value.split(",") if v.strip()]
-        try:
-            numbers = [int(v) for v in items]
-        except ValueError:
-            raise ValueError(f"bad reminder stages {value!r}: use days, e.g. 30,7,1") from None
-    else:
-        numbers = [int(v) for v in value]
-    if not numbers or any(n < 1 for n in numbers):
-        raise ValueError(f"bad reminder stages {value!r}: give positive numbers of days")
-    return tuple(sorted(set(numbers)))
-
-
-def split_keys(value: str) -> tuple[str, ...]:
-    """``CONSENTFLOW_SECRET_KEY`` as keys, newest first: the one rule for the key list.
-
-    A value without a comma is one key, exactly as given (as before keys could rotate, so a
-    stored value made with it stays valid). Otherwise each comma-separated item is a key, spaces
-    around it removed. Raises ``ValueError`` (one line, never echoing a key) for an empty item or
-    a key listed twice.
-    """
-    if "," not in value:
-        return (value,)
-    items = [item.strip() for item in value.split(",")]
-    for i, item in enumerate(items, 1):
-        if not item:
-            raise ValueError(
-                f"key {i} of {len(items)} is empty: separate the keys with single commas, newest "
-                "first (no key may contain a comma)"
-            )
-        if item in items[: i - 1]:
-            raise ValueError(
-                f"key {i} of {len(items)} repeats key {items.index(item) + 1}: list each key once"
-            )
-    return tuple(items)
-
-
-_EMAIL = re.compile(r"^[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+$")
-_PHONE = re.compile(r"^\+?[0-9][0-9 ().-]*[0-9]$")
-#: An ISO 3166-1 alpha-2 country, an ISO 3166-2 subdivision (``DE-BY``) or ``EU``.
-_PLACE = re.compile(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$")
-
-
-def parse_places(value: str, *, at_least_one: bool = False) -> tuple[str, ...]:
-    """``"ie, de"`` -> ``("IE", "DE")``: the one rule for the jurisdiction and the storage
-    locations of receipts. Raises ``ValueError`` (one line) for a code that is not ISO 3166
-    (``IE``, ``DE-BY``) or ``EU``, or, with ``at_least_one``, for none at all."""
-    codes = tuple(dict.fromkeys(c.strip().upper() for c in value.split(",") if c.strip()))
-    for code in codes:
-        if not _PLACE.match(code):
-            raise ValueError(f"bad place {code[:20]!r}: use ISO 3166 codes (IE, DE-BY) or EU")
-    if at_least_one and not codes:
-        raise ValueError("give a place: an ISO 3166 code (IE, DE-BY) or EU")
-    return codes
-
-
-@dataclass(frozen=True)
-class Controller:
-    """Who is responsible for the data (GDPR art. 4(7); ISO/IEC TS 27560 ``pii_controllers``):
-    shown in every people page and email footer and named in every receipt. Only ``name`` is
-    always set (default ``consentflow``, so a fresh checkout works)."""
-
-    name: str
-    privacy_url: str | None = None
-    contact: str | None = None
-    address: str | None = None
-    dpo: str | None = None
-    logo_url: str | None = None
-    phone: str | None = None
-
-    @property
-    def dpo_is_email(self) -> bool:
-        """Whether ``dpo`` is an address (shown as ``mailto:``) rather than a URL."""
-        return bool(self.dpo and _EMAIL.match(self.dpo))
+from consentflow.settings._values import (
+    _EMAIL,
+    _PHONE,
+    ENV_PREFIX,
+    MIN_PRODUCTION_KEY,
+    Controller,
+    parse_places,
+    parse_stages,
+    split_keys,
+)
 
 
 class Settings(BaseSettings):
@@ -558,195 +472,3 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings (cached: the environment is read once)."""
     return Settings()
-
-
-# -- the reference ----------------------------------------------------------------------------
-
-#: The sections of the reference, in order, and the settings each holds (every field exactly once).
-GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    (
-        "Storage and keys",
-        ("database_url", "secret_key", "reference_key", "key_file", "data_dir", "env"),
-    ),
-    ("Web app", ("public_url", "prefect_ui_url", "session_max_age")),
-    (
-        "The controller",
-        (
-            "controller_name",
-            "controller_privacy_url",
-            "controller_contact",
-            "controller_address",
-            "controller_dpo",
-            "controller_logo_url",
-            "controller_phone",
-        ),
-    ),
-    (
-        "Receipts",
-        (
-            "receipt_jurisdiction",
-            "receipt_storage_locations",
-            "receipt_retention",
-            "receipt_sensitive_categories",
-        ),
-    ),
-    ("Webhooks", ("webhook_allowed_hosts", "webhook_timeout", "compliance_email", "alert_urls")),
-    (
-        "Email",
-        (
-            "smtp_host",
-            "smtp_port",
-            "smtp_username",
-            "smtp_password",
-            "smtp_starttls",
-            "smtp_timeout",
-            "smtp_pool_size",
-            "mail_from",
-            "link_requests_per_address",
-            "link_requests_per_client",
-            "mail_claim_lease_minutes",
-        ),
-    ),
-    (
-        "Lifecycle flows (defaults of the flow parameters)",
-        ("reminder_stages", "followup_after_days", "followup_max", "reconsent_deadline_days"),
-    ),
-)
-
-
-@dataclass(frozen=True)
-class OtherVariable:
-    """A variable of another tool that consentflow reads or relies on (read where it is used)."""
-
-    name: str
-    meaning: str
-
-
-#: Prefect's variables that change what consentflow does (all others: Prefect's documentation).
-OTHER_VARIABLES: tuple[OtherVariable, ...] = (
-    OtherVariable(
-        "PREFECT_API_URL",
-        "The Prefect server. When it is set, `consentflow run FLOW` creates a run of the "
-        "flow's deployment for a worker (`--local` runs it in this process), `consentflow "
-        "deploy` installs the deployments and automations there, and the web app's `POST "
-        "/api/v1/runs/{flow}` creates deployment runs (without it: 409). Unset: `consentflow "
-        "run` runs flows on an embedded Prefect in a temporary `PREFECT_HOME`, removed at exit. "
-        "A consent change never talks to Prefect: `propagate` is woken through the database.",
-    ),
-    OtherVariable(
-        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY",
-        "Seconds between a flow run's heartbeats. Set it to 30 on workers: the zombie "
-        "automation `consentflow deploy` installs marks a run Crashed after 90 s without one, "
-        "which releases what the run held and restarts `propagate`.",
-    ),
-    OtherVariable(
-        "PREFECT_HOME, PREFECT_PROFILES_PATH, PREFECT_PROFILE",
-        "An explicit choice of Prefect home or profile: `consentflow run` and `consentflow demo` "
-        "then use it instead of a temporary `PREFECT_HOME` (a default profile in `~/.prefect` "
-        "is never consulted otherwise).",
-    ),
-    OtherVariable(
-        "PREFECT_LOGGING_LEVEL",
-        "When set, `consentflow run` lets Prefect log as configured; unset, Prefect's log "
-        "lines stay off the terminal and consentflow's warnings print as one line each.",
-    ),
-    OtherVariable(
-        "PREFECT_LOGGING_EXTRA_LOGGERS",
-        "`consentflow` on a worker puts consentflow's warnings (e.g. the one-click note) in "
-        "each run's logs in the Prefect UI.",
-    ),
-)
-
-#: Read by the test suite only (``tests/support/database.py``), never by consentflow itself.
-TEST_VARIABLES: tuple[OtherVariable, ...] = (
-    OtherVariable(
-        "CONSENTFLOW_TEST_POSTGRES_URL",
-        "A PostgreSQL server on which the tests also run (each test session creates and drops "
-        "a database of its own there), e.g. `postgresql://postgres@127.0.0.1:5432/test`.",
-    ),
-    ("Witnessed audit", ("anchor_targets",)),
-    (
-        "Retention",
-        (
-            "retention_evidence_days",
-            "retention_attempts_days",
-            "retention_emails_days",
-            "retention_requests_days",
-            "retention_sessions_days",
-        ),
-    ),
-)
-
-_TYPE_NAMES: dict[Any, str] = {
-    str: "text",
-    int: "integer",
-    float: "number",
-    bool: "`true` / `false`",
-    SecretStr: "text (secret)",
-}
-
-
-def env_name(field: str) -> str:
-    """The environment variable of a setting: ``smtp_host`` -> ``CONSENTFLOW_SMTP_HOST``."""
-    return ENV_PREFIX + field.upper()
-
-
-def _type_name(annotation: Any) -> str:
-    if get_origin(annotation) in (Union, types.UnionType):
-        annotation = next(a for a in get_args(annotation) if a is not type(None))
-    return _TYPE_NAMES[annotation]
-
-
-def _default(info: FieldInfo) -> str:
-    value = info.default
-    if value is None:
-        return "unset"
-    if value == "":
-        return "empty"
-    return f"`{value}`"
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def reference_markdown() -> str:
-    """The configuration reference (``docs/configuration.md``), generated from ``Settings``."""
-    fields = Settings.model_fields
-    grouped = [name for _, names in GROUPS for name in names]
-    if sorted(grouped) != sorted(fields):
-        raise RuntimeError("settings.GROUPS must name every Settings field exactly once")
-    lines = [
-        "# Configuration",
-        "",
-        "<!-- Generated by `python -m consentflow.settings > docs/configuration.md`:",
-        "     edit the descriptions in src/consentflow/settings.py, not this file. -->",
-        "",
-        "consentflow reads its configuration from environment variables, each prefixed "
-        f"`{ENV_PREFIX}`, once per process. Every variable has a default that works on a "
-        "fresh machine (a SQLite file in the working directory, a key generated into a file "
-        "beside it). A flow run on a Prefect worker inherits the worker's environment, so set them "
-        "there.",
-    ]
-    for title, names in GROUPS:
-        lines += ["", f"## {title}", "", "| variable | type | default | meaning |"]
-        lines.append("| --- | --- | --- | --- |")
-        for name in names:
-            info = fields[name]
-            lines.append(
-                f"| `{env_name(name)}` | {_type_name(info.annotation)} | {_default(info)} "
-                f"| {_cell(info.description or '')} |"
-            )
-    lines += ["", "## Prefect's variables", "", "| variable | what consentflow does with it |"]
-    lines.append("| --- | --- |")
-    for var in OTHER_VARIABLES:
-        shown = ", ".join(f"`{n.strip()}`" for n in var.name.split(","))
-        lines.append(f"| {shown} | {_cell(var.meaning)} |")
-    lines += ["", "## The test suite", "", "| variable | meaning |", "| --- | --- |"]
-    for var in TEST_VARIABLES:
-        lines.append(f"| `{var.name}` | {_cell(var.meaning)} |")
-    return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
-    print(reference_markdown(), end="")
