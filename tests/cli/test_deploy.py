@@ -32,6 +32,7 @@ EXPECTED = {
     "renewal-reminders/daily",
     "collection-followups/daily",
     "reconsent/daily",
+    "retention-sweep/daily",
     "propagate/continuous",
     "operator-alerts/on-event",
     "audit-anchor/hourly",

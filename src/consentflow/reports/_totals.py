@@ -29,8 +29,8 @@ database are kept (``KEEP``) so a scrape whose snapshot is a little older than t
 (two scrapes at once) folds from an older one instead of starting over.
 
 Failure modes: none of their own; a database error fails the scrape and leaves the kept totals
-as they were. Rows deleted behind consentflow's back (the tables are append-only) would stay
-counted until the process restarts.
+as they were. Rows deleted since (only the retention sweep deletes attempts and emails, and only
+old ones) stay counted until the process restarts; after a restart the totals count the rows kept.
 """
 
 from __future__ import annotations

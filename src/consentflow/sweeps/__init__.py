@@ -18,7 +18,8 @@ Modules (one concept each):
 - ``claims``: the email protocol (claim, send, record; stale claims released after a lease),
   with ``_undo`` (how a claim advances its item, and how that is undone) and ``_recorder``
   (each outcome recorded as the server answers it, shielded from cancels);
-- ``expiry``, ``reminders``, ``followups``, ``reconsent``: one module per sweep.
+- ``expiry``, ``reminders``, ``followups``, ``reconsent``, ``retention``: one module per sweep
+  (``retention`` is imported as ``consentflow.sweeps.retention``).
 
 The lifecycle rules stay in ``lifecycle.py``: expiry and invalidation go through its batch
 functions (``expire_due``, ``invalidate_stale``), which lock subjects with ``SKIP LOCKED`` on
