@@ -16,7 +16,8 @@ class DeliveryOut(View):
     id: int
     system: str
     webhook_id: str
-    event_id: TextId
+    #: The consent event it tells of; None for a ``subject.erased`` delivery (about a person).
+    event_id: TextId | None
     event_type: str
     state: Name
     attempts: int
@@ -25,8 +26,8 @@ class DeliveryOut(View):
     delivered_at: datetime | None
     last_status: int | None
     last_error: str | None
-    #: The purpose the withdrawal concerns.
-    purpose: str
+    #: The purpose the withdrawal concerns (None for a ``subject.erased`` delivery).
+    purpose: str | None
     #: Pending but held because its system is paused or disabled.
     held: bool
 
