@@ -74,9 +74,20 @@ from consentflow.views._operations import (
     TokenRevoked,
     VerifyOut,
 )
+from consentflow.views._transfers import (
+    ELIGIBLE_FIELDS,
+    BatchCheckOut,
+    BatchItemOut,
+    EligibleOut,
+    eligible_csv,
+    eligible_jsonl,
+)
 
 __all__ = [
+    "ELIGIBLE_FIELDS",
     "AttemptOut",
+    "BatchCheckOut",
+    "BatchItemOut",
     "ChangeOut",
     "ConsentOut",
     "ConsentsOut",
@@ -84,6 +95,7 @@ __all__ = [
     "DeliveriesOut",
     "DeliveryDetail",
     "DeliveryOut",
+    "EligibleOut",
     "ErasureOut",
     "EventOut",
     "FeedData",
@@ -120,4 +132,6 @@ __all__ = [
     "VerifyOut",
     "View",
     "cli_json",
+    "eligible_csv",
+    "eligible_jsonl",
 ]

@@ -1,0 +1,345 @@
+"""The transfer gate: which people's consent lets a system use their data for a purpose right now.
+
+Before data leaves for a partner or a downstream system, the gate answers for many people at
+once, with the same judgement as the access check (``access``): a subject is cleared when their
+consent for the purpose is given and its validity has not ended (``ledger.effective_state``, the
+one statement of "a lapsed given consent counts as expired", read at the instant of the answer,
+so a consent whose validity passed but that the sweep has not yet recorded is not cleared). The
+answers carry the access check's reason codes (``access.Reason``) and, per cleared subject, the
+evidence it rests on: the consent event, the notice version, the end of validity.
+
+Two shapes:
+
+- ``check_batch``: up to ``MAX_BATCH`` given external ids, each answered (``access.Decision``),
+  in the order asked (a repeated id is answered each time); unknown ids answer
+  ``unknown_subject``, ids without a consent row ``no_consent``. A few set-based reads in one
+  read-only unit of work.
+- ``Export``: every cleared subject, streamed in keyset pages (``read_page``: ``PAGE_SIZE``
+  consents of the purpose after the last subject id, in subject id order). Each page is read in
+  a short read-only unit of work of its own and judged at the instant it is read; nothing is
+  held between pages but the last subject id, a count and a running hash, so memory stays flat
+  whatever the size and a slow reader never holds a connection or a transaction open.
+
+Invariants:
+
+- The gate opens only for a registered system (``gate``): an unknown system or purpose is
+  ``NotFound`` (the request names something that does not exist); a system not registered for
+  the purpose is ``Conflict`` naming the access check's reason code ``system_not_authorised``
+  (a refusal, as the access check's "not allowed"): nothing is answered or sent, nothing
+  written. Paused and disabled systems are answered like active ones, as by the access check
+  (their status holds webhook deliveries, not consent).
+- Every answer is audited: one hash-chained entry per batch check (``transfer.checked``,
+  written before the answer is returned) and per export (``transfer.exported``, written when the
+  export ends, ``Export.finish``), naming who asked, the purpose, the system, the count cleared
+  and the SHA-256 of the cleared subjects' external ids, each followed by a newline, in the order
+  answered (``sha256sum`` of the ids, one a line, gives the same). An export that ends early (the
+  reader went away, the process was stopped) records the rows handed out before it ended and
+  ``complete: false``. No email address is ever read or written here.
+
+Failure modes: ``InvalidInput`` for a batch of no or more than ``MAX_BATCH`` ids (one line);
+``NotFound`` / ``Conflict`` from ``gate`` as above. A database failure mid-export ends the
+stream; ``finish`` still records what was handed out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_
+from sqlalchemy import select as rows_of
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from consentflow import audit, db, purposes, systems
+from consentflow.access import Decision, Reason
+from consentflow.actors import Actor, audit_fields
+from consentflow.errors import Conflict, InvalidInput
+from consentflow.ledger import effective_state
+from consentflow.models import Consent, State, Subject, SystemPurpose, utcnow
+from consentflow.timeutil import iso_z
+
+#: The most subjects one batch check answers.
+MAX_BATCH = 10_000
+#: Consents read per page of an export.
+PAGE_SIZE = 5_000
+#: Ids per ``IN (...)`` list of a batch check (well under every driver's parameter limit).
+_CHUNK = 2_000
+CHECKED = "transfer.checked"
+EXPORTED = "transfer.exported"
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A purpose and a system registered for it: the gate is open for this pair."""
+
+    purpose: str
+    system: str
+    purpose_id: int
+    system_id: int
+
+
+@dataclass(frozen=True)
+class Eligible:
+    """One cleared subject and the evidence its consent rests on."""
+
+    subject: str
+    #: The consent event the answer rests on (the latest change of that consent).
+    event_id: uuid.UUID
+    purpose_version: int
+    valid_until: datetime | None
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """A batch check's answers, in the order asked, and its audit entry."""
+
+    purpose: str
+    system: str
+    checked_at: datetime
+    decisions: list[Decision]
+    checked: int
+    allowed: int
+    sha256: str
+    audit_seq: int
+
+
+def gate(session: Session, purpose: str, system: str) -> Gate:
+    """The gate for ``system`` and ``purpose``, if the system is registered for the purpose.
+
+    ``NotFound`` for an unknown system or purpose, ``Conflict`` (``system_not_authorised``) for a
+    system not registered for the purpose: one line each, saying why nothing is released.
+    """
+    found = systems.get(session, system)
+    info = purposes.get(session, purpose)
+    assert found.id is not None
+    registered = session.exec(
+        select(SystemPurpose.system_id).where(
+            SystemPurpose.system_id == found.id, SystemPurpose.purpose_id == info.id
+        )
+    ).first()
+    if registered is None:
+        raise Conflict(
+            f"system {system!r} is not registered for purpose {purpose!r} "
+            f"({Reason.SYSTEM_NOT_AUTHORISED.value}): nothing is released; "
+            "register it with `consentflow system add` or `system purposes`"
+        )
+    return Gate(purpose=purpose, system=system, purpose_id=info.id, system_id=found.id)
+
+
+def judge(state: str, valid_until: datetime | None, at: datetime) -> Reason:
+    """The access check's answer for a consent row at ``at`` (``effective_state``)."""
+    return Reason(effective_state(State(state), valid_until, at))
+
+
+def subjects_digest(ids: Sequence[str]) -> str:
+    """SHA-256 of the external ids, each followed by a newline (as ``sha256sum`` reads a file
+    of them, one a line)."""
+    return hashlib.sha256("".join(f"{i}\n" for i in ids).encode()).hexdigest()
+
+
+def check_batch(
+    purpose: str,
+    system: str,
+    subjects: Sequence[str],
+    actor: Actor,
+    *,
+    engine: Engine | None = None,
+    at: datetime | None = None,
+) -> BatchResult:
+    """Answer for each of ``subjects`` (1 to ``MAX_BATCH`` external ids), then audit the answer.
+
+    Reads in one read-only unit of work, then appends the ``transfer.checked`` entry in a short
+    write unit of its own; the answer exists only once its entry is committed.
+    """
+    if not 1 <= len(subjects) <= MAX_BATCH:
+        raise InvalidInput(
+            f"subjects: give 1 to {MAX_BATCH:,} subject ids in one batch (got {len(subjects):,})"
+        )
+    now = at or utcnow()
+    with db.session_scope(engine, readonly=True) as session:
+        opened = gate(session, purpose, system)
+        rows = _batch_rows(session, opened, subjects)
+    decisions = [_decide(opened, ext, rows, now) for ext in subjects]
+    cleared = [d.subject for d in decisions if d.allowed]
+    digest = subjects_digest(cleared)
+    detail = {
+        "system": system,
+        "checked": len(subjects),
+        "count": len(cleared),
+        "sha256": digest,
+        "as_of": iso_z(now),
+    }
+    with db.session_scope(engine) as session:
+        seq = audit.record(
+            session, CHECKED, purpose_key=purpose, detail=detail, **audit_fields(actor)
+        )
+    return BatchResult(
+        purpose=purpose,
+        system=system,
+        checked_at=now,
+        decisions=decisions,
+        checked=len(subjects),
+        allowed=len(cleared),
+        sha256=digest,
+        audit_seq=seq,
+    )
+
+
+_NO_CONSENT = object()
+
+
+def _batch_rows(session: Session, opened: Gate, subjects: Sequence[str]) -> dict[str, Any]:
+    """``{external_id: consent row tuple, or _NO_CONSENT}`` for the subjects that exist."""
+    found: dict[str, Any] = {}
+    wanted = sorted(set(subjects))
+    consent = and_(
+        col(Consent.subject_id) == Subject.id, col(Consent.purpose_id) == opened.purpose_id
+    )
+    for start in range(0, len(wanted), _CHUNK):
+        stmt = (
+            rows_of(
+                col(Subject.external_id),
+                col(Consent.state),
+                col(Consent.purpose_version),
+                col(Consent.valid_until),
+                col(Consent.last_event_id),
+            )
+            .outerjoin(Consent, consent)
+            .where(col(Subject.external_id).in_(wanted[start : start + _CHUNK]))
+        )
+        for ext, state, version, until, event in session.execute(stmt):
+            found[ext] = _NO_CONSENT if state is None else (state, version, until, event)
+    return found
+
+
+def _decide(opened: Gate, ext: str, rows: dict[str, Any], now: datetime) -> Decision:
+    row = rows.get(ext)
+    if row is None or row is _NO_CONSENT:
+        reason = Reason.UNKNOWN_SUBJECT if row is None else Reason.NO_CONSENT
+        return Decision(False, reason, ext, opened.purpose, opened.system, now)
+    state, version, until, event = row
+    reason = judge(state, until, now)
+    return Decision(
+        allowed=reason is Reason.GIVEN,
+        reason=reason,
+        subject=ext,
+        purpose=opened.purpose,
+        system=opened.system,
+        checked_at=now,
+        state=state,
+        purpose_version=version,
+        valid_until=until,
+        event_id=event,
+    )
+
+
+def read_page(
+    session: Session, opened: Gate, after: int, size: int = PAGE_SIZE
+) -> tuple[list[Eligible], int, bool]:
+    """One keyset page: the cleared subjects among the next ``size`` given consents of the
+    purpose after subject id ``after``, judged now; with the last subject id read and whether
+    more may follow.
+
+    Only stored ``given`` rows can be cleared (``effective_state`` never turns another state
+    into given), so the query reads those, in subject id order (the consent table's unique
+    ``(subject_id, purpose_id)`` index), and ``judge`` decides each.
+    """
+    stmt = (
+        rows_of(
+            col(Consent.subject_id),
+            col(Subject.external_id),
+            col(Consent.last_event_id),
+            col(Consent.purpose_version),
+            col(Consent.valid_until),
+        )
+        .join(Subject, col(Subject.id) == Consent.subject_id)
+        .where(
+            col(Consent.purpose_id) == opened.purpose_id,
+            col(Consent.state) == State.GIVEN.value,
+            col(Consent.subject_id) > after,
+        )
+        .order_by(col(Consent.subject_id))
+        .limit(size)
+    )
+    rows = session.execute(stmt).all()
+    now = utcnow()
+    given = State.GIVEN.value
+    page = [
+        Eligible(ext, event, version, until)
+        for _sid, ext, event, version, until in rows
+        if judge(given, until, now) is Reason.GIVEN
+    ]
+    return page, (rows[-1][0] if rows else after), len(rows) == size
+
+
+@dataclass
+class Export:
+    """One streamed export through an open gate: iterate ``pages()`` once, then ``finish()``.
+
+    A page counts as handed out (``count``, the running hash) once the consumer asks for the
+    next one, i.e. after it has dealt with it: a consumer that stops early records only what it
+    took. ``finish`` appends the ``transfer.exported`` entry once, whenever it is called.
+    """
+
+    opened: Gate
+    actor: Actor
+    format: str = "jsonl"
+    engine: Engine | None = None
+    page_size: int = PAGE_SIZE
+    count: int = 0
+    pages_read: int = 0
+    complete: bool = False
+    audit_seq: int | None = None
+    started_at: datetime = field(default_factory=utcnow)
+    _hash: Any = field(default_factory=hashlib.sha256, repr=False)
+
+    def pages(self) -> Generator[list[Eligible]]:
+        after, more = 0, True
+        while more:
+            with db.session_scope(self.engine, readonly=True) as session:
+                page, after, more = read_page(session, self.opened, after, self.page_size)
+            self.pages_read += 1
+            if page:
+                yield page
+                self.count += len(page)
+                self._hash.update("".join(f"{row.subject}\n" for row in page).encode())
+        self.complete = True
+
+    @property
+    def sha256(self) -> str:
+        return str(self._hash.hexdigest())
+
+    def finish(self) -> int:
+        """Append the export's audit entry (once): who, purpose, system, what was handed out."""
+        if self.audit_seq is None:
+            detail = {
+                "system": self.opened.system,
+                "count": self.count,
+                "sha256": self.sha256,
+                "complete": self.complete,
+                "format": self.format,
+                "started_at": iso_z(self.started_at),
+            }
+            with db.session_scope(self.engine) as session:
+                self.audit_seq = audit.record(
+                    session,
+                    EXPORTED,
+                    purpose_key=self.opened.purpose,
+                    detail=detail,
+                    **audit_fields(self.actor),
+                )
+        return self.audit_seq
+
+
+def open_export(
+    purpose: str, system: str, actor: Actor, *, fmt: str = "jsonl", engine: Engine | None = None
+) -> Export:
+    """An export of everyone cleared, once the gate is open (``gate``'s errors otherwise)."""
+    with db.session_scope(engine, readonly=True) as session:
+        opened = gate(session, purpose, system)
+    return Export(opened, actor, format=fmt, engine=engine)

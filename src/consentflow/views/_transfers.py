@@ -1,0 +1,80 @@
+"""Output models of the transfer gate: the batch check's answer and an export's rows.
+
+An export's rows are written in bulk (``eligible_jsonl``, ``eligible_csv``): at tens of thousands
+of rows a second, building a model per row would cost more than reading it. Both take their field
+names and order from ``EligibleOut`` and write exactly its JSON form (times as ISO 8601 with
+``Z``, the event id as text); a test compares them with ``model_dump_json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from consentflow.timeutil import iso_z
+from consentflow.views._base import Name, TextId, View
+
+
+class BatchItemOut(View):
+    """One subject's answer in a batch check (the access check's fields, per subject)."""
+
+    subject: str
+    allowed: bool
+    reason: Name
+    state: Name | None
+    purpose_version: int | None
+    valid_until: datetime | None
+    #: The consent event the answer relies on.
+    event_id: TextId | None
+
+
+class BatchCheckOut(View):
+    purpose: str
+    system: str
+    checked_at: datetime
+    #: How many ids were asked about, and how many of them are cleared.
+    checked: int
+    allowed: int
+    #: SHA-256 of the cleared subjects' ids, each followed by a newline, in the order asked.
+    sha256: str
+    #: The ``transfer.checked`` audit entry that records this answer.
+    audit_seq: int
+    decisions: list[BatchItemOut]
+
+
+class EligibleOut(View):
+    """One subject an export clears for transfer, with the evidence its consent rests on."""
+
+    subject: str
+    #: The consent event the answer rests on (the latest change of that consent).
+    event_id: TextId
+    purpose_version: int
+    valid_until: datetime | None
+
+
+#: An export's columns, in order (the CSV header).
+ELIGIBLE_FIELDS: tuple[str, ...] = tuple(EligibleOut.model_fields)
+_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE
+
+
+def eligible_jsonl(rows: Iterable[Any]) -> bytes:
+    """``rows`` (``transfers.Eligible``) as JSON Lines of ``EligibleOut``."""
+    dumps, fields = orjson.dumps, ELIGIBLE_FIELDS
+    return b"".join(dumps({f: getattr(r, f) for f in fields}, option=_OPTIONS) for r in rows)
+
+
+def eligible_csv(rows: Iterable[Any], *, header: bool = False) -> bytes:
+    """``rows`` (``transfers.Eligible``) as CSV lines of ``EligibleOut`` (``header`` first)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    if header:
+        writer.writerow(ELIGIBLE_FIELDS)
+    writer.writerows(
+        (r.subject, str(r.event_id), r.purpose_version, iso_z(r.valid_until) or "") for r in rows
+    )
+    return out.getvalue().encode()
