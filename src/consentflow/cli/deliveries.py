@@ -91,9 +91,10 @@ def deliveries_list(
             state_ = "held" if v.held else v.state
             nxt = fmt_time(v.next_attempt_at) if v.state == "pending" else "-"
             last = v.last_error or (str(v.last_status) if v.last_status else "")
+            purpose = v.purpose or "-"  # a subject.erased delivery is about a person
             typer.echo(
                 f"{v.id:>7} {v.system:<20} {state_:<9} {v.attempts:>5} "
-                f"{fmt_time(v.delivered_at):<20} {nxt:<20} {v.purpose:<16} {v.event_type:<22} "
+                f"{fmt_time(v.delivered_at):<20} {nxt:<20} {purpose:<16} {v.event_type:<22} "
                 f"{v.webhook_id}  {last[:60]}"
             )
         if more:
@@ -112,7 +113,7 @@ def deliveries_show(delivery_id: DeliveryId, as_json: JsonOpt = False) -> None:
     def text() -> None:
         typer.echo(
             f"delivery {view.id} to {view.system}: {view.state}{' (held)' if view.held else ''}, "
-            f"{view.webhook_id}, {view.event_type} ({view.purpose}), "
+            f"{view.webhook_id}, {view.event_type} ({view.purpose or 'a person'}), "
             f"delivered at {fmt_time(view.delivered_at)}"
         )
         for a in view.attempts_log:

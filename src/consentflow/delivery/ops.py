@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import exists, func, update
 from sqlmodel import Session, col, select
 
-from consentflow import audit, secretbox, subjects, systems
+from consentflow import audit, datakeys, secretbox, subjects, systems
 from consentflow.actors import check_reason
 from consentflow.errors import ConsentflowError, InvalidInput, NotFound
 from consentflow.ledger import note_outbox
@@ -46,7 +46,7 @@ class DeliveryView:
     system: str
     webhook_id: str
     event_type: str
-    event_id: str
+    event_id: str | None
     state: str
     attempts: int
     created_at: datetime
@@ -56,8 +56,9 @@ class DeliveryView:
     last_error: str | None
     #: Pending, but its system is paused or disabled.
     held: bool
-    #: The purpose the withdrawal concerns (its consent event's).
-    purpose: str
+    #: The purpose the withdrawal concerns (its consent event's); None for a ``subject.erased``
+    #: delivery, which is about a person, not one consent event.
+    purpose: str | None
 
 
 @dataclass(frozen=True)
@@ -83,18 +84,18 @@ def _views() -> Any:
     return (
         select(Delivery, System.name, System.status, Purpose.key)
         .join(System, col(System.id) == Delivery.system_id)
-        .join(ConsentEvent, col(ConsentEvent.id) == Delivery.event_id)
-        .join(Purpose, col(Purpose.id) == ConsentEvent.purpose_id)
+        .outerjoin(ConsentEvent, col(ConsentEvent.id) == Delivery.event_id)
+        .outerjoin(Purpose, col(Purpose.id) == ConsentEvent.purpose_id)
     )
 
 
-def _view(d: Delivery, name: str, status: str, purpose: str) -> DeliveryView:
+def _view(d: Delivery, name: str, status: str, purpose: str | None) -> DeliveryView:
     return DeliveryView(
         id=d.id or 0,
         system=name,
         webhook_id=d.webhook_id,
         event_type=d.event_type,
-        event_id=str(d.event_id),
+        event_id=str(d.event_id) if d.event_id else None,
         state=d.state,
         attempts=d.attempts,
         created_at=d.created_at,
@@ -170,7 +171,7 @@ def attempts(session: Session, delivery_id: int) -> list[DeliveryAttempt]:
     )
 
 
-def _find(session: Session, delivery_id: int) -> tuple[Delivery, str, str, str]:
+def _find(session: Session, delivery_id: int) -> tuple[Delivery, str, str, str | None]:
     found = session.exec(_views().where(col(Delivery.id) == delivery_id)).first()
     if found is None:
         raise NotFound(f"unknown delivery {delivery_id}")
@@ -215,6 +216,7 @@ def replay(
     row = session.get(Delivery, delivery_id)
     if row is None:
         raise NotFound(f"unknown delivery {delivery_id}")
+    datakeys.require_readable(session, row.payload)  # a shredded body can never be sent
     before = row.state
     session.execute(
         update(Delivery)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from sqlmodel import Session, col, select
 
+from consentflow import datakeys
 from consentflow.delivery import health as _health
 from consentflow.delivery import ops as _ops
 from consentflow.errors import InvalidInput, NotFound
@@ -44,4 +45,6 @@ def dead_ids(session: Session, system: str, limit: int) -> list[int]:
         .order_by(col(Delivery.id))
         .limit(limit)
     ).all()
-    return [i for i in ids if i is not None]  # stored rows always have an id
+    found = [i for i in ids if i is not None]  # stored rows always have an id
+    never = datakeys.shredded(session, found)  # an erased person's, whose key is destroyed
+    return [i for i in found if i not in never]

@@ -24,7 +24,7 @@ import re
 ACCESS_LOGGER = "uvicorn.access"
 
 #: What may follow a subject's id: the routes of ``web/api/subjects.py`` and ``consents.py``.
-_SUBJECT_TAIL = r"(?:/consents(?:/[^/]+/[^/]+)?|/history|/receipt|/links)?/?$"
+_SUBJECT_TAIL = r"(?:/consents(?:/[^/]+/[^/]+)?|/history|/receipt|/links|/erase)?/?$"
 _REDACTIONS = [
     (re.compile(r"/l/[^/]*"), "/l/{token}"),
     (re.compile(rf"/api/v1/subjects/.+?(?={_SUBJECT_TAIL})"), "/api/v1/subjects/{subject}"),
