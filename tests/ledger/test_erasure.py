@@ -205,7 +205,7 @@ def test_refusals_change_nothing(engine: Engine, receiver: Receiver) -> None:
     with db.session_scope(engine) as s:
         assert audit.verify(s).head_seq == head
     assert rows(engine, Subject, Subject.external_id == "alice")[0].email == "alice@example.com"
-    done = erase(engine)
+    done = erase(engine, "alice", "malice report 4711")  # the id inside a word names nobody
     tombstone = rows(engine, Subject, Subject.subject_ref == done.subject_ref)[0].external_id
     with db.session_scope(engine) as s:
         head = audit.verify(s).head_seq
