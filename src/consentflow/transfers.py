@@ -290,7 +290,8 @@ class Export:
     actor: Actor
     format: str = "jsonl"
     engine: Engine | None = None
-    page_size: int = PAGE_SIZE
+    #: Consents read per page (None: ``PAGE_SIZE``, read when the export starts).
+    page_size: int | None = None
     count: int = 0
     pages_read: int = 0
     complete: bool = False
@@ -299,10 +300,10 @@ class Export:
     _hash: Any = field(default_factory=hashlib.sha256, repr=False)
 
     def pages(self) -> Generator[list[Eligible]]:
-        after, more = 0, True
+        after, more, size = 0, True, self.page_size or PAGE_SIZE
         while more:
             with db.session_scope(self.engine, readonly=True) as session:
-                page, after, more = read_page(session, self.opened, after, self.page_size)
+                page, after, more = read_page(session, self.opened, after, size)
             self.pages_read += 1
             if page:
                 yield page

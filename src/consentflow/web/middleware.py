@@ -23,7 +23,8 @@ request:
   the route then checks the token's scope as before;
 - every body is capped per route (``limit_for``): ``API_LIMIT`` (64 KiB) for the API,
   ``PURPOSE_LIMIT`` (4 MiB) for ``/api/v1/purposes`` (a notice may carry 50 translations of
-  10,000 characters), ``PAGE_LIMIT`` (16 KiB) for the pages' forms. A declared
+  10,000 characters), 4 MiB for ``/api/v1/check/batch`` (10,000 subject ids), ``PAGE_LIMIT``
+  (16 KiB) for the pages' forms. A declared
   ``Content-Length`` over the limit is a 413 at once; a body without one (chunked) is counted as
   it streams in and cut off at the limit: the app's answer to the cut-off body is dropped and a
   413 sent instead. Nothing ever reads a whole oversize body.
@@ -140,6 +141,7 @@ PAGE_LIMIT = 16 * 1024
 #: Path prefixes and their caps, first match wins; anything else: ``PAGE_LIMIT``.
 ROUTE_LIMITS: tuple[tuple[str, int], ...] = (
     ("/api/v1/purposes", PURPOSE_LIMIT),
+    ("/api/v1/check/batch", 4 * 1024 * 1024),  # 10,000 ids of up to 200 characters: ~2 MB
     ("/api/", API_LIMIT),
 )
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -1,24 +1,52 @@
 """What downstream systems read: the access check (may this system use this subject's data for
-this purpose?) and the withdrawal feed. A system token speaks for its own system only."""
+this purpose?), the withdrawal feed, and the transfer gate (``transfers``: the batch check and the
+export of everyone cleared). A system token speaks for its own system only.
+
+The export streams from the first byte: the response starts before the first page is read, and
+each page of ``transfers.Export`` is read, written and handed to the server in turn (a sync
+generator the server pulls from its thread pool). Its audit entry is written when the response
+ends, however it ends (``_AuditedStream``): complete, or cut short by a client that went away
+(then it records the rows handed to the server before that, and ``complete: false``).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+import logging
+from collections.abc import Generator
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Query
+from fastapi.responses import StreamingResponse
+from pydantic import Field
+from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Send
+from starlette.types import Scope as AsgiScope
 
-from consentflow import access, feed
+from consentflow import access, feed, transfers, views
+from consentflow.actors import Actor
 from consentflow.errors import InvalidInput
+from consentflow.models import ActorType, Channel
 from consentflow.tokens import Scope, TokenInfo
 from consentflow.web.api._params import (
     MAX_CURSOR,
     PurposeQuery,
     SubjectQuery,
     SystemQuery,
+    api_actor,
     resource_router,
 )
-from consentflow.web.auth import CHECK, FEED, AuthError, ReadSession
-from consentflow.web.schemas import NOT_FOUND, DecisionOut, FeedItemOut, FeedOut
+from consentflow.web.auth import CHECK, FEED, AuthError, ReadSession, Require
+from consentflow.web.schemas import (
+    NOT_FOUND,
+    DecisionOut,
+    Error,
+    ExternalId,
+    FeedItemOut,
+    FeedOut,
+    Strict,
+    SystemName,
+    Text,
+)
 
 router = resource_router(["access"])
 
@@ -70,3 +98,144 @@ def withdrawal_feed(
         items=[FeedItemOut.of(i) for i in items],
         next_cursor=items[-1].cursor if items else cursor,
     )
+
+
+# ---------------------------------------------------------------------------- transfer gate
+
+#: Exports of whole cohorts: compliance, or a system token for its own system (not support).
+EXPORT = Require(Scope.COMPLIANCE, Scope.SYSTEM)
+GATE_CLOSED: dict[int | str, dict[str, Any]] = {
+    409: {
+        "model": Error,
+        "description": "The system is not registered for the purpose "
+        "(system_not_authorised): nothing is released",
+    }
+}
+_log = logging.getLogger(__name__)
+
+
+class BatchCheckIn(Strict):
+    purpose: Annotated[Text, Field(min_length=1, max_length=64, examples=["news"])]
+    #: A system token may leave it out (its own system).
+    system: SystemName | None = None
+    subjects: Annotated[list[ExternalId], Field(min_length=1, max_length=transfers.MAX_BATCH)]
+
+
+def _gate_actor(caller: TokenInfo) -> Actor:
+    return Actor(ActorType.AGENT, Channel.API, name=api_actor(caller))
+
+
+def _gate_system(caller: TokenInfo, system: str | None) -> str:
+    name = _own_system(caller, system)
+    if name is None:
+        raise InvalidInput("system: required (the system the data is for)")
+    return name
+
+
+@router.post(
+    "/check/batch", response_model=views.BatchCheckOut, responses={**NOT_FOUND, **GATE_CLOSED}
+)
+def check_batch(
+    body: BatchCheckIn,
+    session: ReadSession,
+    caller: Annotated[TokenInfo, Depends(CHECK.reading)],
+) -> views.BatchCheckOut:
+    """The access check for up to 10,000 subjects at once (one purpose, one system): each
+    answered in the order asked, with its reason code and the evidence relied on; audited
+    (``transfer.checked``: who, purpose, system, count cleared, SHA-256 of their ids)."""
+    system = _gate_system(caller, body.system)
+    result = transfers.check_batch(body.purpose, system, body.subjects, _gate_actor(caller))
+    return views.BatchCheckOut.model_validate(result)
+
+
+_MEDIA = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
+
+
+class _AuditedStream(StreamingResponse):
+    """A streamed export that writes its audit entry when the response ends, however it ends.
+
+    A page counts as sent (``transfers.Export``) once the server has passed its chunk to the
+    connection while the client was still there (``stream_response``, ``listen_for_disconnect``)
+    and comes back for the next one; a chunk sent after the client went is not counted.
+    """
+
+    def __init__(self, export: transfers.Export) -> None:
+        self.export = export
+        self.gone = False
+        self.yielded = self.delivered = 0
+        self.chunks = self._chunks()
+        super().__init__(self.chunks, media_type=_MEDIA[export.format])
+        self.headers["cache-control"] = "no-store"
+
+    def _chunks(self) -> Generator[bytes]:
+        """The body: the CSV header at once, then one chunk per page as it is read."""
+        pages, csv = self.export.pages(), self.export.format == "csv"
+        try:
+            if csv:
+                self.yielded += 1
+                yield views.eligible_csv((), header=True)
+            for page in pages:
+                self.yielded += 1
+                yield views.eligible_csv(page) if csv else views.eligible_jsonl(page)
+                if self.delivered < self.yielded:
+                    return  # the client had gone: this page is not counted
+        finally:
+            pages.close()
+
+    async def stream_response(self, send: Send) -> None:
+        """Starlette's, noting each chunk passed on while the client is connected."""
+        start = {"type": "http.response.start", "status": self.status_code}
+        await send({**start, "headers": self.raw_headers})
+        async for chunk in self.body_iterator:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if not self.gone:
+                self.delivered += 1
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def listen_for_disconnect(self, receive: Receive) -> None:
+        await super().listen_for_disconnect(receive)
+        self.gone = True
+
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await run_in_threadpool(self._end)
+
+    def _end(self) -> None:
+        self.chunks.close()
+        try:
+            self.export.finish()
+        except Exception:  # the body has gone; the operator must hear of the missing entry
+            _log.exception("the transfer.exported audit entry could not be written")
+
+
+@router.get(
+    "/export/eligible",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {
+                "application/x-ndjson": {"schema": {"type": "string"}},
+                "text/csv": {"schema": {"type": "string"}},
+            },
+            "description": "Every subject cleared, one a line: subject, event_id, "
+            "purpose_version, valid_until (JSON Lines, or CSV with a header)",
+        },
+        **NOT_FOUND,
+        **GATE_CLOSED,
+    },
+)
+def export_eligible(
+    purpose: PurposeQuery,
+    session: ReadSession,
+    caller: Annotated[TokenInfo, Depends(EXPORT.reading)],
+    system: SystemQuery = None,
+    fmt: Annotated[Literal["jsonl", "csv"], Query(alias="format")] = "jsonl",
+) -> StreamingResponse:
+    """Stream every subject whose consent lets ``system`` use their data for ``purpose`` right
+    now, with the evidence (consent event, notice version, end of validity), in subject order;
+    audited when the stream ends (``transfer.exported``: who, purpose, system, count, SHA-256 of
+    the ids sent, complete or not). A system token exports for its own system."""
+    opened = transfers.gate(session, purpose, _gate_system(caller, system))
+    return _AuditedStream(transfers.Export(opened, _gate_actor(caller), format=fmt))
