@@ -1,11 +1,17 @@
 """Bulk migration from another consent platform: a CSV of subjects and their consents.
 
-Two passes over the file. The first validates every row and keeps nothing but what duplicate
-detection needs, so a file with any bad row can be refused whole, every bad row listed by line.
-The second imports in batches, each its own transaction, through the ledger's batch write path:
-the same state, history and audit rows as single changes, a few statements per batch. Re-running
-the same file changes nothing (subjects and consents already present are left as they are), which
-also makes an interrupted import safe to finish by running it again.
+The file is read and validated once. The first pass parses and checks every record, keeps in
+memory nothing but the bad rows, and puts each good row, as it will be written, into a scratch
+table on disk (a temporary SQLite file); the rows that conflict with an earlier row (another
+email or locale for the same subject, a second consent for the same subject and purpose) are then
+found there by SQL. So a file with any bad row is refused whole, every bad row listed by line,
+and memory stays flat however long the file is (the scratch file grows with it: ~100 bytes a
+row). The second pass reads the scratch rows back and imports them in batches, each its own
+transaction, through the ledger's batch write path (``lifecycle.import_consents``, ``write``):
+the same state, history and audit rows as single changes, a few many-row statements per batch
+(``db.Writer``: ``COPY`` on PostgreSQL). Re-running the same file changes nothing (subjects and
+consents already present are left as they are), which also makes an interrupted import safe to
+finish by running it again.
 
 Invariants:
 
@@ -13,40 +19,50 @@ Invariants:
   included: PostgreSQL refuses it), an id breaking the identifier rule
   (``subjects.check_external_id``), a bad address or locale, a value longer than its column
   (each rule reads the limit from the model). So a file that validates imports whole, and
-  ``--skip-bad`` imports every other row.
+  ``--skip-bad`` imports every other row. Addresses are judged by ``subjects.check_email``; the
+  usual plain ASCII address takes a shortcut that gives the same answer (``_Rules.email``).
 - A row is named by the physical line its record starts on (1 is the header), also after a
   quoted field holding line breaks; a malformed CSV names the line where parsing failed.
 - A file with a bad row and no ``skip_bad`` commits nothing, not even an audit entry. Every run
   that commits leaves one ``import.run`` entry with its counts, even one that stops halfway
   (``interrupted``: why; see ``import_file``).
+- New subjects get the reference ``subjects.add`` would give them (``keys.reference_key``; the
+  next generation for an id whose earlier registrations were erased).
+
+Failure modes: an unreadable file, a malformed CSV and a scratch file that cannot be written (no
+room in the temporary directory) are ``InvalidInput``, one line, before anything is written.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
+import hmac
 import re
+import sqlite3
+import tempfile
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert
+from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
-from consentflow import audit, db, lifecycle, purposes
+from consentflow import audit, db, lifecycle, purposes, subjects
 from consentflow.actors import column_length, unprintable
 from consentflow.errors import ConsentflowError, InvalidInput
-from consentflow.keys import reference_key, subject_ref
-from consentflow.models import ActorType, Channel, State, Subject, metadata, utcnow
-from consentflow.subjects import check_email, check_external_id, check_locale
+from consentflow.keys import reference_key
+from consentflow.models import ActorType, Channel, State, utcnow
 from consentflow.timeutil import parse_instant
 
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 COLUMNS = ("external_id", "email", "locale", "purpose", "state", "given_at", "valid_until")
+_STATES = {s.value: s for s in State}
 
 
 @dataclass(frozen=True)
@@ -65,92 +81,137 @@ class Report:
     import_id: str = ""
 
 
-@dataclass(frozen=True)
-class Record:
-    """One CSV record: the physical line it starts on, its fields by column, and how many
-    fields it has beyond the header's (negative: fewer)."""
+#: A good row as the scratch table keeps it: line, external_id, email, locale, purpose, state,
+#: given_at, valid_until (instants as ISO 8601 text, UTC).
+Row = tuple[int, str, str | None, str | None, str | None, str | None, str | None, str | None]
 
-    line: int
-    fields: dict[str, str]
-    extra: int
+# --------------------------------------------------------------------------- one row's rules
 
-
-@dataclass(frozen=True)
-class Row:
-    line: int
-    external_id: str
-    email: str | None
-    locale: str | None
-    purpose: str | None
-    state: State | None
-    given_at: datetime | None
-    valid_until: datetime | None
+#: An address email-validator takes as it is but for its domain: an unquoted ASCII local part
+#: (RFC 5322 dot-atom, the characters email-validator's own first check accepts) and an ASCII
+#: domain. Anything else goes the whole way through ``subjects.check_email``.
+_PLAIN_ADDRESS = re.compile(
+    r"([A-Za-z0-9_!#$%&'*+\-/=?^`{|}~]+(?:\.[A-Za-z0-9_!#$%&'*+\-/=?^`{|}~]+)*)@([A-Za-z0-9.-]+)\Z"
+)
+_MAILBOX_NAMES = frozenset(CASE_INSENSITIVE_MAILBOX_NAMES)  # email-validator lowercases these
+_MAX_ADDRESS = 254  # email-validator's limit on the whole address
+_MEMO = 10_000  # at most this many domains and locales remembered
 
 
-def parse_row(record: Record, known_purposes: set[str], now: datetime) -> Row:
-    """Validate one CSV record; raises ``InvalidInput`` with what is wrong.
+class _Rules:
+    """The checks of one row (``row``), remembering the judgements that repeat across rows (a
+    domain, a locale) so that a million rows do not pay for them a million times."""
 
-    Every check the database would make is made here first: no field holds a control character
-    (PostgreSQL refuses NUL), and each stored value passes its rule, which holds it to its
-    column's length (``subjects.check_external_id``, ``check_email``, ``check_locale``)."""
-    if record.extra > 0:
-        raise InvalidInput("more fields than the header has")
-    v = {k: record.fields.get(k, "").strip() for k in COLUMNS}
-    for name, value in v.items():
-        bad = unprintable(value)
-        if bad is not None:
-            raise InvalidInput(f"{name} contains the control character {bad}")
-    purpose = v["purpose"] or None
-    state = None
-    if purpose is not None:
-        if purpose not in known_purposes:
-            raise InvalidInput(f"unknown purpose {purpose!r}: add it first with `purpose add`")
-        if not v["state"]:
-            raise InvalidInput("a row with a purpose needs a state")
-        try:
-            state = State(v["state"])
-        except ValueError:
-            state = None
-        if state not in lifecycle.IMPORTABLE_STATES:
-            allowed = ", ".join(sorted(lifecycle.IMPORTABLE_STATES))
-            raise InvalidInput(f"bad state {v['state']!r}: use one of {allowed}")
-    elif v["state"] or v["given_at"] or v["valid_until"]:
-        raise InvalidInput("state, given_at and valid_until need a purpose")
-    given_at = parse_instant(v["given_at"], "given_at")
-    valid_until = parse_instant(v["valid_until"], "valid_until")
-    if given_at and given_at > now:
-        raise InvalidInput(f"given_at {v['given_at']!r} is in the future")
-    if state is State.EXPIRED and not valid_until:
-        raise InvalidInput("an expired consent needs its valid_until (when it ended)")
-    if state is State.EXPIRED and valid_until and valid_until > now:
-        raise InvalidInput(f"valid_until {v['valid_until']!r} is in the future: not expired yet")
-    if valid_until and state not in (State.GIVEN, State.EXPIRED):
-        raise InvalidInput(f"valid_until only applies to given or expired consents, not {state}")
-    if valid_until and given_at and valid_until <= given_at:
-        raise InvalidInput("valid_until must be after given_at")
-    if state is not None:
-        # One that ended before it arrived here comes in as what it is (effective_state).
-        state = lifecycle.effective_state(state, valid_until, now)
-    return Row(
-        line=record.line,
-        external_id=check_external_id(v["external_id"]),
-        email=check_email(v["email"]),
-        locale=check_locale(v["locale"]),
-        purpose=purpose,
-        state=state,
-        given_at=given_at,
-        valid_until=valid_until,
-    )
+    def __init__(self, known_purposes: set[str], now: datetime) -> None:
+        self.known, self.now = known_purposes, now
+        self.domains: dict[str, str | None] = {}
+        self.locales: dict[str, str | None] = {}
+
+    def email(self, value: str) -> str | None:
+        """``subjects.check_email(value)``: the same answer, the usual address faster. A plain
+        address's local part is stored as given; its domain as email-validator normalises it,
+        judged once per domain (``x@DOMAIN``: the domain's rules do not depend on the local
+        part); when that form is ASCII the address's length is all that is left to check."""
+        found = _PLAIN_ADDRESS.match(value)
+        if found is not None and len(value) <= _MAX_ADDRESS:
+            local, domain = found.groups()
+            if domain not in self.domains:
+                try:
+                    normal = subjects.check_email("x@" + domain)
+                except InvalidInput:
+                    normal = None
+                stored = normal.partition("@")[2] if normal else None
+                if len(self.domains) < _MEMO:
+                    self.domains[domain] = stored if stored and stored.isascii() else None
+            stored = self.domains.get(domain)
+            if stored and local.lower() not in _MAILBOX_NAMES:
+                address = f"{local}@{stored}"
+                if len(address) <= _MAX_ADDRESS:
+                    return address
+        return subjects.check_email(value)
+
+    def locale(self, value: str) -> str | None:
+        if value in self.locales:
+            return self.locales[value]
+        checked = subjects.check_locale(value)
+        if len(self.locales) < _MEMO:
+            self.locales[value] = checked
+        return checked
+
+    def row(self, line: int, v: list[str], extra: int) -> Row:  # Long: the rules in order
+        """Validate one record (``v``: its fields in ``COLUMNS`` order, stripped); raises
+        ``InvalidInput`` with what is wrong.
+
+        Every check the database would make is made here first: no field holds a control
+        character (PostgreSQL refuses NUL), and each stored value passes its rule, which holds it
+        to its column's length (``subjects.check_external_id``, ``check_email``,
+        ``check_locale``)."""
+        if extra > 0:
+            raise InvalidInput("more fields than the header has")
+        if unprintable("".join(v)) is not None:
+            for name, value in zip(COLUMNS, v, strict=True):
+                bad = unprintable(value)
+                if bad is not None:
+                    raise InvalidInput(f"{name} contains the control character {bad}")
+        ext, email, locale, purpose_, state_, given_, until_ = v
+        purpose = purpose_ or None
+        state = None
+        if purpose is not None:
+            if purpose not in self.known:
+                raise InvalidInput(f"unknown purpose {purpose!r}: add it first with `purpose add`")
+            if not state_:
+                raise InvalidInput("a row with a purpose needs a state")
+            state = _STATES.get(state_)
+            if state not in lifecycle.IMPORTABLE_STATES:
+                allowed = ", ".join(sorted(lifecycle.IMPORTABLE_STATES))
+                raise InvalidInput(f"bad state {state_!r}: use one of {allowed}")
+        elif state_ or given_ or until_:
+            raise InvalidInput("state, given_at and valid_until need a purpose")
+        given_at = parse_instant(given_, "given_at")
+        valid_until = parse_instant(until_, "valid_until")
+        now = self.now
+        if given_at and given_at > now:
+            raise InvalidInput(f"given_at {given_!r} is in the future")
+        if state is State.EXPIRED and not valid_until:
+            raise InvalidInput("an expired consent needs its valid_until (when it ended)")
+        if state is State.EXPIRED and valid_until and valid_until > now:
+            raise InvalidInput(f"valid_until {until_!r} is in the future: not expired yet")
+        if valid_until and state not in (State.GIVEN, State.EXPIRED):
+            raise InvalidInput(
+                f"valid_until only applies to given or expired consents, not {state}"
+            )
+        if valid_until and given_at and valid_until <= given_at:
+            raise InvalidInput("valid_until must be after given_at")
+        if state is not None:
+            # One that ended before it arrived here comes in as what it is (effective_state).
+            state = lifecycle.effective_state(state, valid_until, now)
+        return (
+            line,
+            subjects.check_external_id(ext),
+            self.email(email) if email else None,
+            self.locale(locale) if locale else None,
+            purpose,
+            state.value if state is not None else None,
+            given_at.isoformat() if given_at else None,
+            valid_until.isoformat() if valid_until else None,
+        )
 
 
-def _records(path: Path, fh: Iterable[str]) -> Iterator[Record]:
-    """Each record after the header, named by the physical line it starts on (a quoted field
-    may hold line breaks); blank lines are skipped."""
+# ----------------------------------------------------------------------------- reading the file
+
+
+def _records(path: Path, fh: Iterable[str]) -> Iterator[tuple[int, list[str], int]]:
+    """Each record after the header: the physical line it starts on (a quoted field may hold
+    line breaks; blank lines are skipped), its fields in ``COLUMNS`` order (stripped; "" for a
+    column the header or the record lacks) and how many fields it has beyond the header's."""
     reader = csv.reader(fh, strict=True)
     start = 1
     try:
         header = next(reader, [])
         _check_header(path, header)
+        where = {name: i for i, name in enumerate(header)}  # the last of a repeated name
+        index = [where.get(name, len(header)) for name in COLUMNS]
+        width = len(header)
         while True:
             start = reader.line_num + 1
             fields = next(reader, None)
@@ -158,11 +219,14 @@ def _records(path: Path, fh: Iterable[str]) -> Iterator[Record]:
                 return
             if not fields:
                 continue
-            yield Record(start, dict(zip(header, fields, strict=False)), len(fields) - len(header))
+            n = len(fields)
+            if n < width:
+                fields = fields + [""] * (width - n)
+            yield start, [fields[i].strip() if i < width else "" for i in index], n - width
     except csv.Error as exc:
-        where = reader.line_num if reader.line_num > start else start
-        opened = f" (the record starts on line {start})" if where != start else ""
-        raise InvalidInput(f"{path}:{where}: malformed CSV: {exc}{opened}") from None
+        where_ = reader.line_num if reader.line_num > start else start
+        opened = f" (the record starts on line {start})" if where_ != start else ""
+        raise InvalidInput(f"{path}:{where_}: malformed CSV: {exc}{opened}") from None
 
 
 def _check_header(path: Path, header: list[str]) -> None:
@@ -176,7 +240,7 @@ def _check_header(path: Path, header: list[str]) -> None:
         raise InvalidInput(f"{path}: unknown column(s) {shown}")
 
 
-def _reader(path: Path) -> Iterator[Record]:
+def _reader(path: Path) -> Iterator[tuple[int, list[str], int]]:
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
             yield from _records(path, fh)
@@ -205,40 +269,108 @@ def _undecodable_line(path: Path) -> int:
     return 1
 
 
-def validate(path: Path, known_purposes: set[str], now: datetime) -> tuple[int, list[RowError]]:
-    """First pass: every error by line; conflicting and duplicate rows count as errors."""
-    errors: list[RowError] = []
-    subjects_seen: dict[str, tuple[int, int]] = {}  # external_id -> (hash of email+locale, line)
-    consents_seen: dict[tuple[str, str], int] = {}
-    rows = 0
-    for record in _reader(path):
-        rows += 1
-        line = record.line
+# ------------------------------------------------------------------------- the scratch table
+
+_CONFLICTS = """
+WITH s AS (
+    SELECT line, ext, purpose,
+           first_value(line) OVER w AS first,
+           email IS NOT first_value(email) OVER w OR locale IS NOT first_value(locale) OVER w
+               AS differs
+    FROM row WINDOW w AS (PARTITION BY ext ORDER BY line)
+), c AS (
+    SELECT line, first_value(line) OVER (PARTITION BY ext, purpose ORDER BY line) AS first
+    FROM s WHERE NOT differs AND purpose IS NOT NULL
+)
+SELECT line, first, 1 FROM s WHERE differs
+UNION ALL
+SELECT line, first, 0 FROM c WHERE line <> first
+"""
+
+
+class _Scratch:
+    """The good rows of the file in a temporary SQLite file: written once by the first pass,
+    checked for conflicts between rows by SQL, read back in order by the second. Nothing here
+    needs to survive a crash (no journal, no syncing); its page cache is bounded (8 MiB)."""
+
+    def __init__(self, directory: str) -> None:
+        self.db = sqlite3.connect(Path(directory) / "rows.db", isolation_level=None)
+        for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-8192"):
+            self.db.execute(f"PRAGMA {pragma}")
+        self.db.execute(
+            "CREATE TABLE row (line INTEGER PRIMARY KEY, ext TEXT NOT NULL, email TEXT,"
+            " locale TEXT, purpose TEXT, state TEXT, given_at TEXT, valid_until TEXT)"
+        )
+        self.db.execute("BEGIN")
+
+    def add(self, rows: list[Row]) -> None:
+        self.db.executemany("INSERT INTO row VALUES (?,?,?,?,?,?,?,?)", rows)
+
+    def conflicts(self) -> list[RowError]:
+        """Rows that contradict an earlier good row: another email or locale for the same
+        subject; a second consent for the same subject and purpose."""
+        errors = []
+        for line, first, differs in self.db.execute(_CONFLICTS):
+            if differs:
+                message = f"email or locale differs from line {first} for the same subject"
+            else:
+                message = f"second consent for the same subject and purpose (line {first})"
+            errors.append(RowError(line, message))
+        return errors
+
+    def drop(self, lines: Iterable[int]) -> None:
+        self.db.executemany("DELETE FROM row WHERE line = ?", [(n,) for n in lines])
+
+    def batches(self, size: int) -> Iterator[list[Row]]:
+        cursor = self.db.execute("SELECT * FROM row ORDER BY line")
+        while batch := cursor.fetchmany(size):
+            yield batch
+
+    def close(self) -> None:
+        self.db.close()
+
+
+@contextlib.contextmanager
+def _scratch() -> Iterator[_Scratch]:
+    with tempfile.TemporaryDirectory(prefix="consentflow-import-") as directory:
+        scratch = _Scratch(directory)
         try:
-            row = parse_row(record, known_purposes, now)
+            yield scratch
+        finally:
+            scratch.close()
+
+
+def _first_pass(
+    path: Path, known_purposes: set[str], now: datetime, scratch: _Scratch
+) -> tuple[int, list[RowError]]:
+    """Every error by line; conflicting and duplicate rows count as errors. The good rows go
+    to ``scratch``."""
+    rules = _Rules(known_purposes, now)
+    errors: list[RowError] = []
+    good: list[Row] = []
+    rows = 0
+    for line, values, extra in _reader(path):
+        rows += 1
+        try:
+            good.append(rules.row(line, values, extra))
         except ConsentflowError as exc:
             errors.append(RowError(line, str(exc)))
-            continue
-        profile = hash((row.email, row.locale))
-        first = subjects_seen.setdefault(row.external_id, (profile, line))
-        if first[0] != profile:
-            errors.append(
-                RowError(line, f"email or locale differs from line {first[1]} for the same subject")
-            )
-            continue
-        if row.purpose is not None:
-            key = (row.external_id, row.purpose)
-            if key in consents_seen:
-                errors.append(
-                    RowError(
-                        line,
-                        "second consent for the same subject and purpose "
-                        f"(line {consents_seen[key]})",
-                    )
-                )
-                continue
-            consents_seen[key] = line
+        if len(good) >= 5000:
+            scratch.add(good)
+            good = []
+    scratch.add(good)
+    errors += scratch.conflicts()
+    errors.sort(key=lambda e: e.line)
     return rows, errors
+
+
+def validate(path: Path, known_purposes: set[str], now: datetime) -> tuple[int, list[RowError]]:
+    """The first pass alone: how many rows, and every error by line."""
+    with _scratch() as scratch:
+        return _first_pass(path, known_purposes, now, scratch)
+
+
+# ------------------------------------------------------------------------------ the import
 
 
 def import_file(
@@ -252,8 +384,8 @@ def import_file(
     """Validate, then import ``path`` in batches. With bad rows and no ``skip_bad``: nothing.
 
     Every run that commits anything leaves an ``import.run`` audit entry with its counts, also
-    one stopped halfway (the database gone, the file changed since it was validated): that entry
-    says ``interrupted`` and why, and the error is raised again."""
+    one stopped halfway (the database gone): that entry says ``interrupted`` and why, and the
+    error is raised again."""
     now = utcnow()
     with Session(engine) as s:
         known = set(purposes.info(s))
@@ -261,20 +393,24 @@ def import_file(
     actor = lifecycle.Actor(
         ActorType.IMPORT, Channel.IMPORT, name=_actor_name(path), run_id=report.import_id
     )
-    report.rows, report.errors = validate(path, known, now)
-    if report.errors and not skip_bad:
-        return report
-    bad = {e.line for e in report.errors}
-    committed = False
-    try:
-        for batch in _batches(path, bad, known, now, batch_size):
-            _import_batch(engine, batch, actor, propagate, report)
-            committed = True
-    except BaseException as exc:
-        if committed:
-            with contextlib.suppress(Exception):  # the original error matters more
-                _record_run(engine, actor, report, propagate, interrupted=type(exc).__name__)
-        raise
+    with _scratch() as scratch:
+        try:
+            report.rows, report.errors = _first_pass(path, known, now, scratch)
+        except sqlite3.Error as exc:
+            raise InvalidInput(f"cannot validate {path}: the scratch file failed: {exc}") from None
+        if report.errors and not skip_bad:
+            return report
+        scratch.drop(e.line for e in report.errors)
+        committed = False
+        try:
+            for batch in scratch.batches(batch_size):
+                _import_batch(engine, batch, actor, propagate, report)
+                committed = True
+        except BaseException as exc:
+            if committed:
+                with contextlib.suppress(Exception):  # the original error matters more
+                    _record_run(engine, actor, report, propagate, interrupted=type(exc).__name__)
+            raise
     _record_run(engine, actor, report, propagate)
     return report
 
@@ -283,27 +419,6 @@ def _actor_name(path: Path) -> str:
     """``import:FILE`` as the audit trail records it: printable, cut to the column's length."""
     name = "".join("?" if unprintable(c) else c for c in f"import:{path.name}")
     return name[: column_length("consent_event", "actor")]
-
-
-def _batches(
-    path: Path, bad: set[int], known: set[str], now: datetime, size: int
-) -> Iterator[list[Row]]:
-    """The second pass: the good rows, ``size`` at a time."""
-    batch: list[Row] = []
-    for record in _reader(path):
-        if record.line in bad:
-            continue
-        try:
-            batch.append(parse_row(record, known, now))
-        except ConsentflowError as exc:
-            raise InvalidInput(
-                f"{path}:{record.line}: {exc} (the file changed while it was imported)"
-            ) from None
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _record_run(
@@ -336,61 +451,101 @@ def _record_run(
         )
 
 
-def _subject_ids(session: Session, external_ids: Iterable[str]) -> dict[str, int]:
-    """The ids of those of ``external_ids`` that exist."""
-    stmt = select(col(Subject.external_id), col(Subject.id)).where(
-        col(Subject.external_id).in_(list(external_ids))
+def referencer(secret: bytes) -> Callable[[str], str]:
+    """``keys.subject_ref(secret, ·)`` for many ids: the key's HMAC state is computed once."""
+    keyed = hmac.new(secret, b"subject:", hashlib.sha256)
+
+    def reference(external_id: str) -> str:
+        h = keyed.copy()
+        h.update(external_id.encode())
+        return h.hexdigest()[:32]
+
+    return reference
+
+
+def _references(
+    session: Session, w: db.Writer, secret: bytes, external_ids: list[str]
+) -> dict[str, tuple[str, int]]:
+    """``subjects.new_references`` for many ids: (reference, generation) of a new registration
+    of each; one query unless some id was registered and erased before."""
+    reference = referencer(secret)
+    refs = {ext: reference(ext) for ext in external_ids}
+    where, param = w.in_list("subject_ref", list(refs.values()))
+    taken = {r[0] for r in w.fetch(f"SELECT subject_ref FROM subject WHERE {where}", [param])}
+    out = {ext: (ref, 1) for ext, ref in refs.items()}
+    again = [ext for ext, ref in refs.items() if ref in taken]
+    if again:
+        out |= subjects.new_references(session, secret, again)
+    return out
+
+
+_SUBJECT_COLUMNS = [
+    db.Column(name, pg_type)
+    for name, pg_type in (
+        ("id", "bigint"), ("external_id", "text"), ("subject_ref", "text"),
+        ("generation", "int"), ("email", "text"), ("locale", "text"), ("last_seq", "int"),
+        ("created_at", "timestamptz"),
     )
-    return {ext: sid for ext, sid in session.exec(stmt).all() if sid is not None}
+]  # fmt: skip
 
 
-def _import_batch(
+def _import_batch(  # Long: one transaction, read top to bottom
     engine: Engine, rows: list[Row], actor: lifecycle.Actor, propagate: bool, report: Report
 ) -> None:
+    """One transaction: the batch's new subjects (inserted with known ids, so they need no
+    reading back), then every consent row through ``lifecycle.import_consents`` (new subjects
+    as ``created``; those already there locked and checked for what they hold)."""
     with db.session_scope(engine) as s:
+        w = db.Writer(s)
         secret = reference_key(s)
-        ids = {r.external_id for r in rows}
-        existing = _subject_ids(s, ids)
-        first_rows: dict[str, Row] = {}
+        firsts: dict[str, Row] = {}
         for r in rows:
-            if r.external_id not in existing:
-                first_rows.setdefault(r.external_id, r)
-        created: list[dict[str, Any]] = [
-            {
-                "external_id": r.external_id,
-                "subject_ref": subject_ref(secret, r.external_id),
-                "email": r.email,
-                "locale": r.locale,
-                "last_seq": 0,
-                "created_at": utcnow(),
-            }
-            for r in first_rows.values()
-        ]
-        if created:
-            s.execute(insert(metadata.tables["subject"]), created)
-            existing.update(_subject_ids(s, first_rows))
+            firsts.setdefault(r[1], r)
+        where, param = w.in_list("external_id", list(firsts))
+        ids: dict[str, int] = dict(
+            w.fetch(f"SELECT external_id, id FROM subject WHERE {where}", [param])
+        )
+        new = [ext for ext in firsts if ext not in ids]
+        refs = _references(s, w, secret, new)
+        now = utcnow()
+        now_db = w.ts(now)
+        subject_rows, created, entries = [], [], []
+        for sid, ext in zip(w.new_ids("subject", len(new)), new, strict=True):
+            email, locale = firsts[ext][2:4]
+            ref, generation = refs[ext]
+            subject_rows.append((sid, ext, ref, generation, email, locale, 0, now_db))
+            created.append((sid, ext, ref))
+            ids[ext] = sid
+            detail: dict[str, Any] = {"has_email": email is not None, "locale": locale}
+            if generation > 1:
+                detail["generation"] = generation
+            entries.append(
+                audit.Entry(
+                    action="subject.created",
+                    subject_ref=ref,
+                    actor_type=actor.type.value,
+                    actor=actor.name,
+                    channel=actor.channel.value,
+                    run_id=actor.run_id,
+                    detail=detail,
+                )
+            )
+        w.insert("subject", _SUBJECT_COLUMNS, subject_rows)
+        when = datetime.fromisoformat
         wanted = [
             lifecycle.ImportRow(
-                existing[r.external_id], r.purpose, r.state, r.given_at, r.valid_until
+                ids[ext],
+                purpose,
+                _STATES[state],
+                when(given_at) if given_at else None,
+                when(valid_until) if valid_until else None,
             )
-            for r in rows
-            if r.purpose is not None and r.state is not None
-        ]
-        created_entries = [
-            audit.Entry(
-                action="subject.created",
-                subject_ref=c["subject_ref"],
-                actor_type=actor.type.value,
-                actor=actor.name,
-                channel=actor.channel.value,
-                run_id=actor.run_id,
-                detail={"has_email": c["email"] is not None, "locale": c["locale"]},
-            )
-            for c in created
+            for _, ext, _, _, purpose, state, given_at, valid_until in rows
+            if purpose is not None and state is not None
         ]
         changes = lifecycle.import_consents(
-            s, wanted, actor, propagate=propagate, preface=created_entries
+            s, wanted, actor, propagate=propagate, preface=entries, created=created
         )
-    report.subjects_created += len(created)
+    report.subjects_created += len(new)
     report.consents_created += len(changes)
     report.unchanged += len(wanted) - len(changes)

@@ -158,7 +158,7 @@ def invalidate_stale(
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ImportRow:
     """One consent to bring in from another platform (already validated)."""
 
@@ -176,15 +176,24 @@ def import_consents(
     *,
     propagate: bool = False,
     preface: Sequence[audit.Entry] = (),
+    created: Sequence[tuple[int, str, str]] = (),
 ) -> list[Change]:
     """Write imported consents; a subject that already has a consent for the purpose is skipped,
     which makes re-running an import a no-op. Imports fire no webhooks unless ``propagate``.
     ``preface`` audit entries (the subjects the import created) are chained before the consents'.
+
+    ``created``: (id, external id, reference) of subjects this transaction has just inserted
+    (the bulk import's new subjects, ``last_seq`` 0): they hold no consent and no other
+    transaction can see them yet, so they are neither locked nor read again. Their rows take
+    the same path as every other (``write``).
     """
     now = utcnow()
     infos = purposes.info(session, sorted({r.purpose_key for r in rows}))
-    subjects = lock_subjects(session, ids=[r.subject_id for r in rows])
-    current = load_current(session, subjects)
+    fresh = {sid: LockedSubject(sid, ext, ref, 0) for sid, ext, ref in created}
+    old = [r.subject_id for r in rows if r.subject_id not in fresh]
+    subjects = lock_subjects(session, ids=old) if old else {}
+    current = load_current(session, subjects) if subjects else {}
+    subjects.update(fresh)
     items = []
     for row in rows:
         info = infos[row.purpose_key]
@@ -192,7 +201,10 @@ def import_consents(
         if (subject.id, info.id) in current:
             continue
         imported = Current(row.state, None, row.given_at, row.valid_until)
-        outcome = plan(Action.IMPORT, Current(), info, now=now, imported=imported)
+        outcome = plan(Action.IMPORT, _ABSENT, info, now=now, imported=imported)
         items.append(Item(subject, info, None, None, outcome, Action.IMPORT, actor))
         current[(subject.id, info.id)] = (0, Current(row.state))
     return write(session, items, now=now, propagate=propagate, preface=preface)
+
+
+_ABSENT = Current()
