@@ -60,22 +60,52 @@ def pg_database() -> Iterator[str]:
     try:
         yield url
     finally:
+        _dispose_resets()
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
 
 
+#: Per PostgreSQL URL: an engine kept for the session's resets, and the reset's SQL.
+_RESETS: dict[str, tuple[Engine, str]] = {}
+
+#: The sequences owned by a column of the given tables (serial and identity columns): what
+#: ``TRUNCATE ... RESTART IDENTITY`` restarts.
+_OWNED_SEQUENCES = """
+SELECT s.oid::regclass::text FROM pg_class s
+JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = s.oid
+    AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+WHERE s.relkind = 'S' AND d.refobjid = ANY(CAST(:tables AS regclass[]))
+ORDER BY 1
+"""
+
+
 def _truncate_pg(url: str) -> None:
-    engine = create_engine(url)
-    # Like a freshly upgraded database (and like the SQLite template): empty, but for the
-    # chain's genesis head. (The key lives in a key file, never in the database.)
-    tables = ", ".join(f'"{t.name}"' for t in models.metadata.sorted_tables)
+    """Empty every table, restart their sequences and put back the chain's genesis head: like a
+    freshly upgraded database (and like the SQLite template). (The key lives in a key file,
+    never in the database.)
+
+    What ``TRUNCATE <all tables> RESTART IDENTITY CASCADE`` did, as ``DELETE``s (children first)
+    in one transaction and one round trip: on the tests' small tables that takes ~50 ms where the
+    ``TRUNCATE`` took 0.3-0.9 s (it gives each table a new file), once per PostgreSQL test."""
+    if url not in _RESETS:
+        engine = create_engine(url)
+        tables = [t.name for t in models.metadata.sorted_tables]
+        with engine.connect() as conn:
+            sequences = conn.execute(text(_OWNED_SEQUENCES), {"tables": tables}).scalars().all()
+        sql = [f'DELETE FROM "{name}"' for name in reversed(tables)]
+        sql += [f"ALTER SEQUENCE {sequence} RESTART" for sequence in sequences]
+        sql.append(f"INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '{'0' * 64}')")
+        _RESETS[url] = (engine, ";\n".join(sql))
+    engine, sql_text = _RESETS[url]
     with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-        conn.execute(
-            text("INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, :h)"), {"h": "0" * 64}
-        )
-    engine.dispose()
+        conn.exec_driver_sql(sql_text)
+
+
+def _dispose_resets() -> None:
+    for engine, _ in _RESETS.values():
+        engine.dispose()
+    _RESETS.clear()
 
 
 @pytest.fixture(params=BACKENDS)
