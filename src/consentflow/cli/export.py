@@ -1,0 +1,107 @@
+"""``consentflow export eligible``: the transfer gate from the terminal (``consentflow.transfers``).
+
+Streams every subject whose consent lets SYSTEM use their data for PURPOSE right now, with the
+evidence (consent event, notice version, end of validity), as JSON Lines (the API's
+``GET /api/v1/export/eligible``, byte for byte) or CSV, page by page: to stdout as it is read,
+or to ``--output FILE``, written beside it under a temporary name and renamed into place only
+once complete. A one-line summary (count, SHA-256 of the ids, the audit entry) goes to stderr.
+
+Failure modes, one line on stderr, nothing written (no file, no audit entry): a bad ``--format``,
+an unknown system or purpose, an ``--output`` that cannot be written: exit 2; a system not
+registered for the purpose (``system_not_authorised``): exit 1, like ``consentflow check``'s
+"not allowed". Once rows have gone out, the ``transfer.exported`` audit entry is written
+whatever happens next: an export cut short (the reader of stdout went away, Ctrl-C, a database
+failure) records the rows written before it ended and ``complete: false``; with ``--output`` no
+file is left then.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import IO, Annotated
+
+import typer
+
+from consentflow import transfers, views
+from consentflow.actors import agent_actor
+from consentflow.cli._common import app, connect, fail
+from consentflow.errors import InvalidInput
+
+export_app = typer.Typer(no_args_is_help=True, help="Consent-filtered exports (transfer gate).")
+app.add_typer(export_app, name="export")
+
+FORMATS = ("jsonl", "csv")
+
+
+def _operator() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in some containers
+        return "operator"
+
+
+def _open(output: Path | None) -> tuple[IO[bytes], Path | None]:
+    """Where the rows go: stdout, or a new temporary file beside ``output`` (and its path)."""
+    if output is None:
+        return sys.stdout.buffer, None
+    if output.is_dir():
+        raise InvalidInput(f"cannot write --output {output}: it is a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".part")
+    except OSError as exc:
+        raise InvalidInput(f"cannot write --output {output}: {exc.strerror}") from None
+    return os.fdopen(fd, "wb"), Path(tmp)
+
+
+def _write(export: transfers.Export, out: IO[bytes]) -> None:
+    csv = export.format == "csv"
+    if csv:
+        out.write(views.eligible_csv((), header=True))
+    for page in export.pages():
+        out.write(views.eligible_csv(page) if csv else views.eligible_jsonl(page))
+        out.flush()
+
+
+@export_app.command("eligible")
+def export_eligible(
+    purpose: Annotated[str, typer.Option(help="The purpose the data is for.")],
+    system: Annotated[str, typer.Option(help="The system the data goes to.")],
+    fmt: Annotated[str, typer.Option("--format", help="jsonl (default) or csv.")] = "jsonl",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File (default stdout).")
+    ] = None,
+) -> None:
+    """Everyone whose consent lets SYSTEM use their data for PURPOSE now, with the evidence;
+    audited (count and SHA-256 of the ids sent)."""
+    if fmt not in FORMATS:
+        fail(f"bad --format {fmt[:20]!r}: use {' or '.join(FORMATS)}", 2)
+    actor = agent_actor(_operator())
+    export = transfers.open_export(purpose, system, actor, fmt=fmt, engine=connect())
+    out, tmp = _open(output)  # refused here: nothing has gone out, nothing is audited
+    try:
+        try:
+            _write(export, out)
+        finally:
+            seq = export.finish()
+        if tmp is not None and output is not None:
+            out.close()
+            os.replace(tmp, output)
+    except BrokenPipeError:  # the reader went away (``| head``): stop quietly, as tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        if tmp is not None:
+            out.close()
+            tmp.unlink(missing_ok=True)
+    where = f" to {output}" if output is not None else ""
+    done = "" if export.complete else " (cut short)"
+    typer.echo(
+        f"{export.count} subjects for {purpose} to {system}{where}{done}: "
+        f"sha256 {export.sha256}, audit entry {seq}",
+        err=True,
+    )
+    if not export.complete:
+        raise typer.Exit(1)
