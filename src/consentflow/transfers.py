@@ -53,14 +53,14 @@ from typing import Any
 from sqlalchemy import and_
 from sqlalchemy import select as rows_of
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from consentflow import audit, db, purposes, systems
 from consentflow.access import Decision, Reason
 from consentflow.actors import Actor, audit_fields
 from consentflow.errors import Conflict, InvalidInput
 from consentflow.ledger import effective_state
-from consentflow.models import Consent, State, Subject, SystemPurpose, utcnow
+from consentflow.models import State, SystemPurpose, metadata, utcnow
 from consentflow.timeutil import iso_z
 
 #: The most subjects one batch check answers.
@@ -69,6 +69,10 @@ MAX_BATCH = 10_000
 PAGE_SIZE = 5_000
 #: Ids per ``IN (...)`` list of a batch check (well under every driver's parameter limit).
 _CHUNK = 2_000
+_CONSENT = metadata.tables["consent"]
+_SUBJECT = metadata.tables["subject"]
+#: What a batch answer reads of a consent row (with the subject's external id before it).
+_EVIDENCE = ("state", "purpose_version", "valid_until", "last_event_id")
 CHECKED = "transfer.checked"
 EXPORTED = "transfer.exported"
 
@@ -83,9 +87,10 @@ class Gate:
     system_id: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Eligible:
-    """One cleared subject and the evidence its consent rests on."""
+    """One cleared subject and the evidence its consent rests on. The fields, in this order, are
+    an export's columns (``views.EligibleOut``, which ``views.eligible_jsonl`` writes them as)."""
 
     subject: str
     #: The consent event the answer rests on (the latest change of that consent).
@@ -197,22 +202,17 @@ def _batch_rows(session: Session, opened: Gate, subjects: Sequence[str]) -> dict
     """``{external_id: consent row tuple, or _NO_CONSENT}`` for the subjects that exist."""
     found: dict[str, Any] = {}
     wanted = sorted(set(subjects))
-    consent = and_(
-        col(Consent.subject_id) == Subject.id, col(Consent.purpose_id) == opened.purpose_id
-    )
+    on = and_(_CONSENT.c.subject_id == _SUBJECT.c.id, _CONSENT.c.purpose_id == opened.purpose_id)
+    columns = (_SUBJECT.c.external_id, *(_CONSENT.c[name] for name in _EVIDENCE))
+    conn = session.connection()  # Core rows: no ORM loading per row
     for start in range(0, len(wanted), _CHUNK):
+        chunk = wanted[start : start + _CHUNK]
         stmt = (
-            rows_of(
-                col(Subject.external_id),
-                col(Consent.state),
-                col(Consent.purpose_version),
-                col(Consent.valid_until),
-                col(Consent.last_event_id),
-            )
-            .outerjoin(Consent, consent)
-            .where(col(Subject.external_id).in_(wanted[start : start + _CHUNK]))
+            rows_of(*columns)
+            .select_from(_SUBJECT.outerjoin(_CONSENT, on))
+            .where(_SUBJECT.c.external_id.in_(chunk))
         )
-        for ext, state, version, until, event in session.execute(stmt):
+        for ext, state, version, until, event in conn.execute(stmt):
             found[ext] = _NO_CONSENT if state is None else (state, version, until, event)
     return found
 
@@ -249,30 +249,26 @@ def read_page(
     into given), so the query reads those, in subject id order (the consent table's unique
     ``(subject_id, purpose_id)`` index), and ``judge`` decides each.
     """
+    c = _CONSENT.c
     stmt = (
         rows_of(
-            col(Consent.subject_id),
-            col(Subject.external_id),
-            col(Consent.last_event_id),
-            col(Consent.purpose_version),
-            col(Consent.valid_until),
+            c.subject_id, _SUBJECT.c.external_id, c.last_event_id, c.purpose_version, c.valid_until
         )
-        .join(Subject, col(Subject.id) == Consent.subject_id)
+        .select_from(_CONSENT.join(_SUBJECT, _SUBJECT.c.id == c.subject_id))
         .where(
-            col(Consent.purpose_id) == opened.purpose_id,
-            col(Consent.state) == State.GIVEN.value,
-            col(Consent.subject_id) > after,
+            c.purpose_id == opened.purpose_id,
+            c.state == State.GIVEN.value,
+            c.subject_id > after,
         )
-        .order_by(col(Consent.subject_id))
+        .order_by(c.subject_id)
         .limit(size)
     )
-    rows = session.execute(stmt).all()
-    now = utcnow()
-    given = State.GIVEN.value
+    rows = session.connection().execute(stmt).all()  # Core rows: no ORM loading per row
+    now, given = utcnow(), State.GIVEN
     page = [
         Eligible(ext, event, version, until)
         for _sid, ext, event, version, until in rows
-        if judge(given, until, now) is Reason.GIVEN
+        if effective_state(given, until, now) is given  # ``judge``, for a stored given row
     ]
     return page, (rows[-1][0] if rows else after), len(rows) == size
 
