@@ -95,9 +95,15 @@ def ensure_purposes(engine: Engine) -> None:
 def fingerprint(engine: Engine) -> tuple[object, ...]:
     """Row counts of every table, every consent row and the audit head."""
     with Session(engine) as s:
-        counts = tuple(
-            s.execute(sa_select(func.count()).select_from(t)).scalar_one()
-            for t in metadata.sorted_tables
+        counts = tuple(  # one query for every table's count
+            s.execute(
+                sa_select(
+                    *(
+                        sa_select(func.count()).select_from(t).scalar_subquery()
+                        for t in metadata.sorted_tables
+                    )
+                )
+            ).one()
         )
         consents = tuple(
             (c.id, c.state, c.purpose_version, c.given_at, c.valid_until, c.last_event_id)
@@ -214,7 +220,9 @@ def _run_example(engine: Engine, ops: list[tuple[str, str, timedelta, State]]) -
             if ended_first:
                 cur = Model(State.EXPIRED, cur.version, cur.given_at, cur.valid_until)
             want = expected(op, cur, info, now)
-        before = fingerprint(engine)
+        # A change the model refuses must change nothing (one the model accepts and the ledger
+        # refuses fails the next assertion already, so only a predicted refusal needs this).
+        before = fingerprint(engine) if want is None else None
         ok = run_change(engine, op, external_id, key, now, imported)
         assert ok == (want is not None), (op, key, model[key])
         if not ok:
