@@ -131,7 +131,7 @@ def gate(session: Session, purpose: str, system: str) -> Gate:
         raise Conflict(
             f"system {system!r} is not registered for purpose {purpose!r} "
             f"({Reason.SYSTEM_NOT_AUTHORISED.value}): nothing is released; "
-            "register it with `consentflow system add` or `system purposes`"
+            "see `consentflow system list` for the purposes it is registered for"
         )
     return Gate(purpose=purpose, system=system, purpose_id=info.id, system_id=found.id)
 

@@ -126,7 +126,8 @@ def test_who_may_export(engine: Engine, toks: Tokens) -> None:
         assert closed.status_code == 409
         assert closed.json()["detail"] == (
             "system 'billing' is not registered for purpose 'news' (system_not_authorised): "
-            "nothing is released; register it with `consentflow system add` or `system purposes`"
+            "nothing is released; "
+            "see `consentflow system list` for the purposes it is registered for"
         )
         assert c.get(EXPORT, params=query).status_code == 401
         bad = c.get(EXPORT, params={**query, "format": "xml"}, headers=bearer(toks.admin))
