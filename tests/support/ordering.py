@@ -1,0 +1,60 @@
+"""The order in which the suite's modules are handed out: the long ones first.
+
+CI runs ``pytest -n 3 --dist loadfile`` on two cores: each module runs whole in one worker
+process, and a worker asks for the next module when it is nearly out of tests. xdist's own order
+(most tests first) puts the modules with a few long tests (a Prefect server and worker, the demo,
+the fault scenario) last, where one of them alone makes the tail of the run while the other
+workers have nothing left to do. This plugin (``-p tests.support.ordering`` in pyproject's
+``addopts``, with ``--no-loadscope-reorder`` so xdist keeps the order) puts the modules in
+``LONG`` first, longest first, then the rest with the most tests first, as xdist would; tests
+keep their order inside a module. It changes no test, only when each module starts.
+
+``LONG`` is kept by hand from CI's ``--durations`` (whole modules, set-up included, seconds on
+CI's machine noted beside each); a path in it that does not exist is an error, so a renamed
+module cannot silently drop out of it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: Modules that take a minute or more (or close to it) on CI, longest first.
+LONG = (
+    "tests/operations/test_workers.py",  # a Prefect server, deploy, workers, a zombie window
+    "tests/faults/test_scenario.py",  # the fault scenario
+    "tests/cli/test_deploy.py",  # a Prefect server, two `consentflow deploy` runs
+    "tests/cli/test_demo.py",  # one `consentflow demo` (an embedded Prefect on a new database)
+    "tests/flows/test_lifecycle_flows.py",
+    "tests/web/test_accessibility.py",  # axe-core in Chromium, two widths
+    "tests/flows/test_propagate.py",
+    "tests/ledger/test_lifecycle_properties.py",  # hypothesis, both databases
+    "tests/sweeps/test_concurrency.py",
+    "tests/delivery/test_workers.py",
+)
+
+
+def _module(item: pytest.Item) -> str:
+    return item.nodeid.split("::", 1)[0]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    missing = [path for path in LONG if not (ROOT / path).is_file()]
+    if missing:
+        raise pytest.UsageError(f"tests/support/ordering.py: LONG names missing files {missing}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[_module(item)] = counts.get(_module(item), 0) + 1
+    rank = {path: i for i, path in enumerate(LONG)}
+
+    def key(item: pytest.Item) -> tuple[int, int]:
+        module = _module(item)
+        return (rank.get(module, len(LONG)), -counts[module])
+
+    items.sort(key=key)  # stable: each module's tests keep their order
