@@ -5,8 +5,11 @@ One run of ``deliver_due`` (one worker) works like this:
 1. **Lanes.** It finds the active systems that have due deliveries and starts one lane (an
    asyncio task) per system; when a lane finishes, it looks again. Each lane claims its system's
    due rows in batches, sends them with at most ``per_endpoint`` requests in flight, records each
-   result as its request completes and claims again when the batch is done. Lanes share nothing
-   but one ``httpx.AsyncClient``, so a slow or dead endpoint only ever slows its own lane.
+   result as its request completes, and claims the next batch while the last requests of the
+   current one are still in flight (so a slow endpoint's lane does not drain to nothing between
+   batches). Each lane has its own ``httpx.AsyncClient`` (connection pool: a pool's bookkeeping
+   visits each of its connections on every request), so a slow or dead endpoint only ever
+   slows its own lane.
 2. **Claims.** A claim is one short transaction: select due rows (pending, ``next_attempt_at``
    reached, no live lease, system active) ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (SQLite has a
    single writer), set ``leased_until`` and commit. Other workers skip rows under a live lease;
@@ -24,20 +27,25 @@ One run of ``deliver_due`` (one worker) works like this:
    (``excerpt.py``: bounded read, bounded inflate, no control characters) and ``Retry-After`` is
    read strictly (``schedule.py``). Each attempt is logged (in the Prefect run's logs inside a
    run: ``runlog``).
-4. **Results.** Each result is recorded as soon as its request completes, in a transaction of
-   its own: a ``delivery_attempt`` row, and the delivery moves on: 2xx delivered; 410 disables
+4. **Results.** Each result is recorded as soon as its request completes (group commit: the
+   results that complete while a record transaction runs are written together by the next one,
+   and each request's task waits for its own commit): a ``delivery_attempt`` row, and the
+   delivery moves on: 2xx delivered; 410 disables
    the system (its deliveries are held, never dropped; the lane sends no more and gives back
    the leases of what it has not sent); anything else is retried on the persisted schedule
    (``schedule.py``) or, when the schedule is exhausted, dead-lettered with an audit entry and
    an alert. An update only applies while this worker still holds the row's lease (the lease
    timestamp is the fencing token), so a worker that lost its lease cannot overwrite the result
    of the one that took over. If recording a result fails, the attempt is recorded without what
-   the receiver wrote (status and times kept; error class ``Unrecordable``), so one bad answer
-   never stops the run nor loses other deliveries' results; only a database that refuses that
-   too fails the lane (after its other requests are recorded).
+   the receiver wrote (status and times kept; error class ``Unrecordable``): a group that fails
+   is recorded again one result at a time, so one bad answer never stops the run nor loses
+   other deliveries' results; only a database that refuses that too fails the lane (after its
+   other requests are recorded). On SQLite (one writer) the engine talks to the database from
+   one thread; on PostgreSQL from up to four.
 
-Claims and results (steps 2 and 4) live in ``outbox.py``, one attempt (step 3) in ``attempt.py``,
-the run's counts in ``report.py``; this module runs the lanes.
+Claims and results (steps 2 and 4) live in ``outbox.py``, the group commit in ``recording.py``,
+one attempt (step 3) in ``attempt.py``, the run's counts in ``report.py``; this module runs the
+lanes.
 
 **Cancels and crashes.** A cancel of the run (``asyncio`` cancellation, Ctrl-C through
 ``asyncio.run``) cancels the lanes; an answer whose status has arrived is still recorded (the
@@ -55,7 +63,7 @@ real time, because receivers check it against their own clock.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import collections
 import functools
 import math
 import time
@@ -89,6 +97,7 @@ from consentflow.delivery.outbox import (  # re-exported (see __all__)
     record,
     release,
 )
+from consentflow.delivery.recording import Recorder
 from consentflow.delivery.report import Report
 from consentflow.models import (
     System,
@@ -151,7 +160,8 @@ class Options:
     def lease_for(self) -> timedelta:
         if self.lease is not None:
             return self.lease
-        rounds = math.ceil(self.batch_size / self.per_endpoint)
+        # a batch is claimed while up to 2 rounds of the previous one are still to go
+        rounds = math.ceil(self.batch_size / self.per_endpoint) + 2
         return timedelta(seconds=rounds * (self.total_timeout() + 1) + 60)
 
 
@@ -171,10 +181,23 @@ class _Run:
     deadline: float | None = None
     #: The pass's ``consentflow-audit-anchor`` value: None until read, "" if it could not be.
     anchor: str | None = None
-    #: The threads that talk to the database (at most 4 sessions at a time).
-    pool: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(4, thread_name_prefix="consentflow-delivery")
-    )
+    #: The threads that talk to the database: at most 4 sessions at a time on PostgreSQL, one
+    #: on SQLite (one writer at a time anyway: threads queueing on its lock would sleep in its
+    #: busy handler, milliseconds at a time, instead of waiting their turn here).
+    pool: ThreadPoolExecutor = field(init=False)
+    recorder: Recorder = field(init=False)
+
+    def __post_init__(self) -> None:
+        threads = 1 if self.engine.dialect.name == "sqlite" else 4
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="consentflow-delivery")
+        self.recorder = Recorder(
+            self._submit, run_id=self.run_id, logger=self.logger, recorded=self._recorded
+        )
+
+    def _recorded(self, result: Result, outcome: str) -> None:
+        self.report.note(result, outcome)
+        if self.on_result:
+            self.on_result(result.claimed.system, outcome)
 
     def clock(self) -> datetime:
         return self.now or utcnow()
@@ -195,17 +218,6 @@ class _Run:
         """``fn`` in a transaction of its own, in a database thread."""
         return await asyncio.wrap_future(self._submit(fn))
 
-    async def db_committed(self, fn: Callable[[Session], Any]) -> Any:
-        """Like ``db``, but a cancel (even the event loop's shutdown cancelling every task) does
-        not stop it: the transaction is waited for, then the cancel goes on."""
-        work = self._submit(fn)
-        try:
-            return await asyncio.shield(asyncio.wrap_future(work))
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                work.result()  # blocks: a few milliseconds, once, while the run stops
-            raise
-
 
 def _claim_for(
     s: Session, *, system_id: int, now: datetime, limit: int, lease: timedelta
@@ -213,97 +225,89 @@ def _claim_for(
     return claim(s, system_id, now=now, limit=limit, lease=lease)
 
 
-def _record_for(s: Session, *, result: Result, run_id: str | None) -> str:
-    [outcome] = record(s, [result], run_id=run_id)
-    return outcome
-
-
 def _release_for(s: Session, *, claims: Sequence[Claimed]) -> int:
     return release(s, claims)
 
 
-async def _record(run: _Run, result: Result) -> str:
-    """Record one result now, in a transaction of its own. A cancel waits for it to commit."""
-    task = asyncio.ensure_future(_record_now(run, result))
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            await task
-        raise
+async def _lane(run: _Run, system_id: int) -> int:
+    """One system's lane, with a client (a connection pool) of its own: a pool's bookkeeping
+    looks at each of its connections on every request, so one pool shared by every endpoint
+    would make each request pay for all the others' connections."""
+    async with make_client(run.options.total_timeout()) as client:
+        return await _lane_on(run, client, system_id)
 
 
-async def _record_now(run: _Run, result: Result) -> str:
-    """``record`` one result; if that fails, record the attempt without what the receiver wrote
-    (``Result.unrecordable``). Only a failure of that too (the database is gone) raises."""
-    try:
-        outcome: str = await run.db_committed(
-            functools.partial(_record_for, result=result, run_id=run.run_id)
-        )
-    except Exception as exc:
-        c = result.claimed
-        run.logger.error(
-            "the answer to webhook %s from %s, attempt %d, could not be recorded (%s): "
-            "recording the attempt without it",
-            c.webhook_id,
-            c.system,
-            c.attempts + 1,
-            type(exc).__name__,
-        )
-        result = result.unrecordable(exc)
-        outcome = await run.db_committed(
-            functools.partial(_record_for, result=result, run_id=run.run_id)
-        )
-    run.report.note(result, outcome)
-    if run.on_result:
-        run.on_result(result.claimed.system, outcome)
-    return outcome
-
-
-async def _lane(run: _Run, client: httpx.AsyncClient, system_id: int) -> int:
-    """Claim, send and record (each result as it completes), repeat, for one system; returns
-    how many deliveries it claimed. A 410 stops the lane: what it has not sent is given back."""
+async def _lane_on(run: _Run, client: httpx.AsyncClient, system_id: int) -> int:
+    """Claim, send and record (each result as it completes) for one system, until nothing is
+    due; returns how many deliveries it claimed. At most ``per_endpoint`` requests are in
+    flight; the next batch is claimed while the last requests of the current one are still in
+    flight, so a slow endpoint's lane never drains to nothing between batches. A 410 stops the
+    lane: what it has not sent is given back; so is it after a failure, raised once the
+    requests in flight are recorded."""
     opts = run.options
-    sem = asyncio.Semaphore(opts.per_endpoint)
     timeout = opts.total_timeout()
     lease = opts.lease_for()
     gone = asyncio.Event()  # the system answered 410 Gone and is disabled now
-    handled = 0
+    queue: collections.deque[Claimed] = collections.deque()  # claimed, not yet sent
+    flying: set[asyncio.Task[str]] = set()
+    handled, exhausted = 0, False
+    failure: BaseException | None = None
 
-    async def one(c: Claimed) -> str | None:
-        async with sem:
-            if gone.is_set():
-                return None  # not sent
-            result = await send(
-                client, c, timeout=timeout, clock=run.clock, logger=run.logger, anchor=run.anchor
-            )
-            if result.gone:
-                gone.set()  # before the next request may start
-        outcome = await _record(run, result)
+    async def one(c: Claimed) -> str:
+        result = await send(
+            client, c, timeout=timeout, clock=run.clock, logger=run.logger, anchor=run.anchor
+        )
+        if result.gone:
+            gone.set()  # before the next request may start
+        outcome = await run.recorder.record(result)
         if result.interrupted:
             raise asyncio.CancelledError
         return outcome
 
-    while not run.stopping() and not gone.is_set():
-        want = opts.batch_size
-        if opts.limit is not None:
-            want = min(want, opts.limit - run.claimed)
-        now = run.clock()
-        batch: list[Claimed] = await run.db(
-            functools.partial(_claim_for, system_id=system_id, now=now, limit=want, lease=lease)
-        )
-        if not batch:
-            break
-        run.claimed += len(batch)
-        handled += len(batch)
-        # a cancel of the lane cancels each request; each answer already received is recorded
-        outcomes = await asyncio.gather(*(one(c) for c in batch), return_exceptions=True)
-        unsent = [c for c, o in zip(batch, outcomes, strict=True) if o is None]
-        if unsent:
-            await run.db(functools.partial(_release_for, claims=unsent))
-        for o in outcomes:
-            if isinstance(o, BaseException):
-                raise o
+    def sending() -> bool:
+        return failure is None and not gone.is_set()
+
+    try:
+        while True:
+            if not exhausted and sending() and len(queue) < opts.per_endpoint:
+                want = opts.batch_size
+                if opts.limit is not None:
+                    want = min(want, opts.limit - run.claimed)
+                batch: list[Claimed] = []
+                if not run.stopping():
+                    batch = await run.db(
+                        functools.partial(
+                            _claim_for,
+                            system_id=system_id,
+                            now=run.clock(),
+                            limit=want,
+                            lease=lease,
+                        )
+                    )
+                exhausted = not batch
+                run.claimed += len(batch)
+                handled += len(batch)
+                queue.extend(batch)
+            while queue and sending() and len(flying) < opts.per_endpoint:
+                flying.add(asyncio.create_task(one(queue.popleft())))
+            if not flying:
+                break
+            done, _ = await asyncio.wait(flying, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                flying.discard(task)
+                if task.cancelled():
+                    failure = failure or asyncio.CancelledError()
+                elif task.exception() is not None:
+                    failure = failure or task.exception()
+    except BaseException:  # a cancel: each answer already received is recorded first
+        for task in flying:
+            task.cancel()
+        await asyncio.gather(*flying, return_exceptions=True)
+        raise
+    if queue:
+        await run.db(functools.partial(_release_for, claims=list(queue)))
+    if failure is not None:
+        raise failure
     return handled
 
 
@@ -322,7 +326,7 @@ async def _read_anchor(run: _Run) -> None:
         run.logger.error("no audit anchor on this pass's webhooks: %s", why)
 
 
-async def _drive(run: _Run, client: httpx.AsyncClient) -> BaseException | None:
+async def _drive(run: _Run) -> BaseException | None:
     """Run one lane per system with due deliveries until none is left; the first lane failure
     (the others finish first). If this is cancelled, the lanes are too, and each records the
     answers it already has before the cancel goes on."""
@@ -338,7 +342,7 @@ async def _drive(run: _Run, client: httpx.AsyncClient) -> BaseException | None:
                     await _read_anchor(run)
                 for system_id in due:
                     if system_id not in lanes and system_id not in idle:
-                        lanes[system_id] = asyncio.create_task(_lane(run, client, system_id))
+                        lanes[system_id] = asyncio.create_task(_lane(run, system_id))
             if not lanes:
                 return failure
             done, _ = await asyncio.wait(lanes.values(), return_when=asyncio.FIRST_COMPLETED)
@@ -379,8 +383,7 @@ async def adeliver_due(
     if run.options.max_seconds is not None:
         run.deadline = time.monotonic() + run.options.max_seconds
     try:
-        async with make_client(run.options.total_timeout()) as client:
-            failure = await _drive(run, client)
+        failure = await _drive(run)
         held = await run.db(lambda s: held_counts(s, run.options.systems))
         for name, n in held.items():
             run.report.add(name, HELD, n)

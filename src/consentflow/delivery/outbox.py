@@ -8,9 +8,10 @@ and a body about an erased subject, kept sealed under their data key, is opened 
 ``record`` writes one ``delivery_attempt`` row per attempt and moves each delivery on, only while
 this worker still holds the row's lease (the lease timestamp is the fencing token): 2xx
 delivered, 410 disables the system, anything else retried on the persisted schedule or
-dead-lettered (audited). The engine calls it once per delivery, in a transaction of its own, as
-each attempt completes; if that fails, it records ``Result.unrecordable`` instead (the status
-and times, nothing the receiver wrote). ``release`` gives back the leases of claimed rows that
+dead-lettered (audited). The engine calls it as attempts complete, for the results that
+completed while its previous record transaction ran (``recording``: group commit); if that
+fails, it records each alone, and ``Result.unrecordable`` (the status and times, nothing the
+receiver wrote) for one that fails again. ``release`` gives back the leases of claimed rows that
 were not sent. ``engine`` runs the lanes and re-exports these names."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, update
+from sqlalchemy import and_, bindparam, func, insert, or_, update
 from sqlmodel import Session, col, select
 
 from consentflow import audit, datakeys, secretbox
@@ -33,6 +34,7 @@ from consentflow.models import (
     DeliveryState,
     System,
     SystemStatus,
+    UTCDateTime,
     metadata,
 )
 from consentflow.timeutil import iso_seconds
@@ -263,16 +265,23 @@ def release(session: Session, claims: Sequence[Claimed]) -> int:
 def record(session: Session, results: Sequence[Result], *, run_id: str | None = None) -> list[str]:
     """Write the attempts and move each delivery on; returns each result's outcome.
 
-    Per result: its attempt row, then the delivery's new state (only while this worker still
-    holds the lease: otherwise the outcome is ``superseded``). Then, per system: the latest
-    success, and a 410 Gone disables the endpoint. Dead letters and disablings are audited.
+    The rows this worker still holds (pending, and leased with this result's lease token) are
+    locked first; a result whose row is not among them is ``superseded`` (its lease ran out and
+    another worker took the row over) and moves nothing. Per result: its attempt row, then the
+    delivery's new state, one statement per kind of outcome over the whole group. Then, per
+    system: the latest success, and a 410 Gone disables the endpoint. Dead letters and
+    disablings are audited.
     """
     outcomes: list[str] = []
     entries: list[audit.Entry] = []
     last_success: dict[int, datetime] = {}
     gone: dict[int, Result] = {}
+    held = _held(session, results)
+    moves: dict[str, list[dict[str, Any]]] = {}
     for r in results:
-        outcome = _settle(session, r)
+        outcome, params = _settle(r) if r.claimed.id in held else (SUPERSEDED, None)
+        if params is not None:
+            moves.setdefault(outcome, []).append(params)
         if outcome == DELIVERED:
             prev = last_success.get(r.claimed.system_id)
             at = r.finished_at
@@ -284,6 +293,8 @@ def record(session: Session, results: Sequence[Result], *, run_id: str | None = 
         outcomes.append(outcome)
     if results:
         session.execute(insert(_ATTEMPTS), [_attempt_row(r) for r in results])
+    for outcome, rows in moves.items():
+        session.execute(_MOVES[outcome], rows)
     _note_successes(session, last_success)
     entries += _disable_gone(session, gone, run_id)
     audit.append(session, entries)
@@ -291,6 +302,28 @@ def record(session: Session, results: Sequence[Result], *, run_id: str | None = 
 
 
 _ATTEMPTS = metadata.tables["delivery_attempt"]
+_DELIVERY = metadata.tables["delivery"]
+
+
+def _held(session: Session, results: Sequence[Result]) -> set[int]:
+    """The deliveries among ``results`` this worker still holds, locked until commit: pending,
+    leased with the token of its claim (the fencing token). One query per distinct token."""
+    by_token: dict[datetime, list[int]] = {}
+    for r in results:
+        by_token.setdefault(r.claimed.lease_token, []).append(r.claimed.id)
+    if not by_token:
+        return set()
+    d = _DELIVERY.c
+    stmt = (
+        select(d.id)
+        .where(
+            d.state == DeliveryState.PENDING.value,
+            or_(*(and_(d.id.in_(ids), d.leased_until == t) for t, ids in by_token.items())),
+        )
+        .order_by(d.id)
+        .with_for_update()
+    )
+    return set(session.exec(stmt).all())
 
 
 def _rowcount(result: Any) -> int:
@@ -311,38 +344,46 @@ def _attempt_row(r: Result) -> dict[str, Any]:
     }
 
 
-def _settle(session: Session, r: Result) -> str:
-    """Move one delivery on after an attempt; the outcome (``superseded``: lease lost)."""
-    c = r.claimed
-    attempt = c.attempts + 1
-    mine = and_(
-        col(Delivery.id) == c.id,
-        col(Delivery.state) == DeliveryState.PENDING.value,
-        col(Delivery.leased_until) == c.lease_token,
-    )
-    values: dict[str, Any] = {"attempts": attempt, "last_status": r.status, "leased_until": None}
-    if r.ok:
-        outcome = DELIVERED
-        values.update(
-            state=DeliveryState.DELIVERED.value,
-            delivered_at=func.coalesce(col(Delivery.delivered_at), r.finished_at),
-            last_error=None,
+def _move(**values: Any) -> Any:
+    """The UPDATE that moves one held delivery on, for executemany (``b_*`` parameters)."""
+    d = _DELIVERY.c
+    return (
+        update(_DELIVERY)
+        .where(d.id == bindparam("b_id"))
+        .values(
+            attempts=bindparam("b_attempts"),
+            last_status=bindparam("b_status"),
+            leased_until=None,
+            **values,
         )
-    elif r.gone:
-        outcome = DISABLED
-        values.update(last_error=r.describe()[:500], next_attempt_at=r.finished_at)
-    else:
-        delay = next_delay(attempt, slow_down=r.slow_down, retry_after=r.retry_after)
-        values["last_error"] = r.describe()[:500]
-        if delay is None:
-            outcome = DEAD
-            values["state"] = DeliveryState.DEAD.value
-        else:
-            outcome = RETRIED
-            values["next_attempt_at"] = r.finished_at + delay
-    if not _rowcount(session.execute(update(Delivery).where(mine).values(**values))):
-        return SUPERSEDED  # the lease ran out and another worker took the row over
-    return outcome
+    )
+
+
+_MOVES = {
+    DELIVERED: _move(
+        state=DeliveryState.DELIVERED.value,
+        delivered_at=func.coalesce(_DELIVERY.c.delivered_at, bindparam("b_at", type_=UTCDateTime)),
+        last_error=None,
+    ),
+    DISABLED: _move(last_error=bindparam("b_error"), next_attempt_at=bindparam("b_at")),
+    RETRIED: _move(last_error=bindparam("b_error"), next_attempt_at=bindparam("b_at")),
+    DEAD: _move(last_error=bindparam("b_error"), state=DeliveryState.DEAD.value),
+}
+
+
+def _settle(r: Result) -> tuple[str, dict[str, Any]]:
+    """How one held delivery moves on after an attempt: its outcome and ``_MOVES`` parameters."""
+    attempt = r.claimed.attempts + 1
+    params: dict[str, Any] = {"b_id": r.claimed.id, "b_attempts": attempt, "b_status": r.status}
+    if r.ok:
+        return DELIVERED, {**params, "b_at": r.finished_at}
+    params["b_error"] = r.describe()[:500]
+    if r.gone:
+        return DISABLED, {**params, "b_at": r.finished_at}
+    delay = next_delay(attempt, slow_down=r.slow_down, retry_after=r.retry_after)
+    if delay is None:
+        return DEAD, params
+    return RETRIED, {**params, "b_at": r.finished_at + delay}
 
 
 def _dead_letter_entry(r: Result, run_id: str | None) -> audit.Entry:
@@ -365,15 +406,22 @@ def _dead_letter_entry(r: Result, run_id: str | None) -> audit.Entry:
 
 
 def _note_successes(session: Session, last_success: dict[int, datetime]) -> None:
-    for system_id, at in last_success.items():
+    if last_success:
         session.execute(
-            update(System)
-            .where(
-                col(System.id) == system_id,
-                or_(col(System.last_success_at).is_(None), col(System.last_success_at) < at),
-            )
-            .values(last_success_at=at)
+            _NOTE_SUCCESS, [{"b_id": sid, "b_at": at} for sid, at in last_success.items()]
         )
+
+
+_SYSTEM = metadata.tables["system"]
+#: A system's latest success moves forward only (results of a group commit in any order).
+_NOTE_SUCCESS = (
+    update(_SYSTEM)
+    .where(
+        _SYSTEM.c.id == bindparam("b_id"),
+        or_(_SYSTEM.c.last_success_at.is_(None), _SYSTEM.c.last_success_at < bindparam("b_at")),
+    )
+    .values(last_success_at=bindparam("b_at"))
+)
 
 
 def _disable_gone(
