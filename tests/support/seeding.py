@@ -5,14 +5,17 @@
 
 from __future__ import annotations
 
+import csv
+import tempfile
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
-from consentflow import audit, db, lifecycle, models, subjects
+from consentflow import audit, db, importer, lifecycle, models, subjects
 from consentflow.lifecycle import Actor, ImportRow
 from consentflow.models import ActorType, AuditEntry, Channel, Consent, ConsentRequest, State
 
@@ -31,6 +34,42 @@ def seed_subjects(
             address = f"{prefix}{i}@example.com" if email else None
             ids.append(subjects.add(s, f"{prefix}{i}", email=address, locale=locale).id)
         return ids
+
+
+def import_subjects(
+    engine: Engine,
+    n: int,
+    *,
+    prefix: str = "p",
+    email: bool = True,
+    locale: str | None = "en",
+    consent: tuple[str, State] | None = None,
+    propagate: bool = False,
+) -> list[int]:
+    """``seed_subjects`` for hundreds of subjects: the same subjects (and ``subject.created``
+    entries, by the import actor) registered through the bulk importer in one batch, each
+    with a consent ``(purpose, state)`` if given (``propagate``: webhooks for it, as an
+    import with ``--propagate``). Their ids, in order."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "subjects.csv"
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            out = csv.writer(fh)
+            out.writerow(importer.COLUMNS)
+            purpose, state = (consent[0], consent[1].value) if consent else ("", "")
+            for i in range(n):
+                address = f"{prefix}{i}@example.com" if email else ""
+                out.writerow([f"{prefix}{i}", address, locale or "", purpose, state, "", ""])
+        report = importer.import_file(engine, path, propagate=propagate, batch_size=n)
+    assert not report.errors and report.subjects_created == n, report
+    with db.session_scope(engine) as s:
+        found = dict(
+            s.exec(
+                select(models.Subject.external_id, models.Subject.id).where(
+                    col(models.Subject.external_id).startswith(prefix)
+                )
+            ).all()
+        )
+    return [found[f"{prefix}{i}"] for i in range(n)]
 
 
 def give(

@@ -23,8 +23,9 @@ import pytest
 from standardwebhooks import Webhook
 
 from consentflow import db, lifecycle, purposes, settings, subjects, systems
-from consentflow.lifecycle import Actor, ImportRow
+from consentflow.lifecycle import Actor
 from consentflow.models import State
+from tests.support.seeding import import_subjects
 
 
 @dataclass
@@ -171,9 +172,9 @@ def bulk_withdrawals(engine: Any, receiver: Receiver, path: str, n: int) -> str:
     with db.session_scope(engine) as s:
         purposes.add(s, "news", title="News", validity_days=365)
         _, secret = systems.add(s, "bulk", ["news"], webhook_url=receiver.url(path))
-        ids = [subjects.add(s, f"bulk-{i}").id for i in range(n)]
-    with db.session_scope(engine) as s:
-        rows = [ImportRow(sid, "news", State.WITHDRAWN) for sid in ids if sid is not None]
-        lifecycle.import_consents(s, rows, Actor(), propagate=True)
+    withdrawn = ("news", State.WITHDRAWN)
+    import_subjects(
+        engine, n, prefix="bulk-", email=False, locale=None, consent=withdrawn, propagate=True
+    )
     assert secret
     return secret

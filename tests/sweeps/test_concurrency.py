@@ -12,7 +12,7 @@ from sqlmodel import select
 
 from consentflow import db, purposes, systems
 from consentflow.models import ConsentEvent, Delivery, EmailMessage, utcnow
-from tests.support.seeding import count, give, seed_subjects, verify_audit
+from tests.support.seeding import count, give, import_subjects, verify_audit
 from tests.support.smtp import SmtpSink
 
 DAY = timedelta(days=1)
@@ -83,7 +83,7 @@ def test_two_concurrent_expiry_sweeps_expire_each_consent_once(pg_engine, pg_url
         for key in ("a", "b", "c"):
             purposes.add(s, key, title=key, validity_days=365)
         systems.add(s, "crm", ["a"], webhook_url="https://crm.example.com/h")
-    ids = seed_subjects(pg_engine, 300)
+    ids = import_subjects(pg_engine, 300)
     for key in ("a", "b", "c"):  # several consents per subject: batches share subjects
         give(pg_engine, ids, key, [now - (i % 50 + 1) * DAY for i in range(300)])
     url = pg_engine.url.render_as_string(hide_password=False)
@@ -116,7 +116,7 @@ def test_two_concurrent_reminder_runs_email_each_person_once(  # type: ignore[no
     now = utcnow()
     with db.session_scope(pg_engine) as s:
         purposes.add(s, "news", title="News", validity_days=365)
-    ids = seed_subjects(pg_engine, 240)
+    ids = import_subjects(pg_engine, 240)
     give(pg_engine, ids, "news", [now + (1 + i % 25) * DAY for i in range(240)])
     url = pg_engine.url.render_as_string(hide_password=False)
 
