@@ -1,4 +1,9 @@
-"""Purpose-based access checks: may this system use this person's data for this purpose?"""
+"""Purpose-based access checks: may this system use this person's data for this purpose?
+
+One check is one indexed query, built once (``_LOOKUP``): the purpose, the system and its
+registration, the subject and the consent row, outer-joined so that whatever is missing says
+why the answer is no. Answers come from the current-state table, never from replaying history;
+an unknown system is the caller's mistake (``NotFound``), not an answer."""
 
 from __future__ import annotations
 
@@ -6,8 +11,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any, NamedTuple
 
-from sqlmodel import Session, select
+from sqlalchemy import Select, Table, and_, bindparam, literal, select
+from sqlmodel import Session
 
 from consentflow.errors import NotFound
 from consentflow.ledger import effective_state
@@ -46,6 +53,48 @@ class Decision:
     event_id: uuid.UUID | None = None
 
 
+class _Found(NamedTuple):
+    """The consent row an answer rests on."""
+
+    state: str
+    purpose_version: int
+    valid_until: datetime | None
+    last_event_id: uuid.UUID
+
+
+def _lookup() -> Select[Any]:
+    """Everything one check needs, in one indexed query (built once; the values are bound per
+    check): the purpose, the system and its registration for the purpose, the subject and the
+    consent, each NULL when there is none."""
+    p, y, sp = _table(Purpose), _table(System), _table(SystemPurpose)
+    s, c = _table(Subject), _table(Consent)
+    one = select(literal(1).label("one")).subquery()
+    return select(
+        p.c.id.label("purpose_id"),
+        y.c.id.label("system_id"),
+        sp.c.system_id.label("authorised"),
+        s.c.id.label("subject_id"),
+        c.c.state,
+        c.c.purpose_version,
+        c.c.valid_until,
+        c.c.last_event_id,
+    ).select_from(
+        one.outerjoin(p, p.c.key == bindparam("b_purpose"))
+        .outerjoin(y, y.c.name == bindparam("b_system"))
+        .outerjoin(sp, and_(sp.c.system_id == y.c.id, sp.c.purpose_id == p.c.id))
+        .outerjoin(s, s.c.external_id == bindparam("b_subject"))
+        .outerjoin(c, and_(c.c.subject_id == s.c.id, c.c.purpose_id == p.c.id))
+    )
+
+
+def _table(model: Any) -> Table:
+    found: Table = model.__table__
+    return found
+
+
+_LOOKUP = _lookup()
+
+
 def check(
     session: Session,
     external_id: str,
@@ -54,14 +103,15 @@ def check(
     *,
     at: datetime | None = None,
 ) -> Decision:
-    """Answer from the current-state table with indexed lookups only (no history replay).
+    """Answer from the current-state table with indexed lookups only (no history replay): one
+    query, prepared once.
 
     A given consent whose validity has ended counts as expired even before the sweep records it.
     An unknown ``system`` raises ``NotFound``: it is a caller's mistake, not an answer.
     """
     now = at or utcnow()
 
-    def answer(reason: Reason, consent: Consent | None = None) -> Decision:
+    def answer(reason: Reason, consent: _Found | None = None) -> Decision:
         return Decision(
             allowed=reason is Reason.GIVEN,
             reason=reason,
@@ -75,28 +125,18 @@ def check(
             event_id=consent.last_event_id if consent else None,
         )
 
-    purpose_id = session.exec(select(Purpose.id).where(Purpose.key == purpose_key)).first()
-    if system is not None:
-        system_id = session.exec(select(System.id).where(System.name == system)).first()
-        if system_id is None:
-            raise NotFound(f"unknown system {system!r}: see `consentflow system list`")
-    if purpose_id is None:
+    values = {"b_purpose": purpose_key, "b_system": system, "b_subject": external_id}
+    row = session.execute(_LOOKUP, values).one()
+    if system is not None and row.system_id is None:
+        raise NotFound(f"unknown system {system!r}: see `consentflow system list`")
+    if row.purpose_id is None:
         return answer(Reason.UNKNOWN_PURPOSE)
-    if system is not None:
-        authorised = session.exec(
-            select(SystemPurpose.system_id).where(
-                SystemPurpose.system_id == system_id, SystemPurpose.purpose_id == purpose_id
-            )
-        ).first()
-        if authorised is None:
-            return answer(Reason.SYSTEM_NOT_AUTHORISED)
-    subject_id = session.exec(select(Subject.id).where(Subject.external_id == external_id)).first()
-    if subject_id is None:
+    if system is not None and row.authorised is None:
+        return answer(Reason.SYSTEM_NOT_AUTHORISED)
+    if row.subject_id is None:
         return answer(Reason.UNKNOWN_SUBJECT)
-    consent = session.exec(
-        select(Consent).where(Consent.subject_id == subject_id, Consent.purpose_id == purpose_id)
-    ).first()
-    if consent is None:
+    if row.state is None:
         return answer(Reason.NO_CONSENT)
+    consent = _Found(row.state, row.purpose_version, row.valid_until, row.last_event_id)
     # A lapsed given consent answers "expired" (its stored state stays "given" until swept).
     return answer(Reason(effective_state(State(consent.state), consent.valid_until, now)), consent)
