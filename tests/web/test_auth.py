@@ -27,6 +27,9 @@ PUBLIC = {
     ("HEAD", "/l/{token}"),
     ("POST", "/l/{token}"),
     ("GET", "/l/{token}/receipt"),
+    ("GET", "/l/{token}/erase"),  # the signed link is the authority, as on every /l/ page
+    ("HEAD", "/l/{token}/erase"),
+    ("POST", "/l/{token}/erase"),
     ("GET", "/link/new"),
     ("POST", "/link/new"),
 }
@@ -129,9 +132,18 @@ def test_scope_matrix_is_as_designed():
     act = ("POST", "/api/v1/subjects/{subject}/consents/{purpose}/{action}")
     assert by[act] == {"admin", "support"}
     assert by[("POST", "/api/v1/deliveries/{delivery_id}/replay")] == {"admin"}
-    # A system token may do nothing but check and read the feed (and ask who it is).
+    # A system token may do nothing but check (one person, or many before a transfer, for
+    # itself only), read the feed and ask who it is.
     system_routes = {p for (m, p), a in by.items() if "system" in a}
-    assert system_routes == {"/api/v1/check", "/api/v1/feed", "/api/v1/me"}
+    assert system_routes == {
+        "/api/v1/check",
+        "/api/v1/check/batch",
+        "/api/v1/export/eligible",
+        "/api/v1/feed",
+        "/api/v1/me",
+    }
+    # Only an administrator erases a person through the API.
+    assert by[("POST", "/api/v1/subjects/{subject}/erase")] == {"admin"}
     # A metrics token may scrape (and ask who it is), nothing else: no personal data.
     assert {(m, p) for (m, p), a in by.items() if "metrics" in a} == {
         ("GET", "/metrics"),
