@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gc
 import hashlib
 import hmac
 import re
@@ -358,6 +359,7 @@ def _first_pass(
         if len(good) >= 5000:
             scratch.add(good)
             good = []
+            gc.collect(1)  # see _collector_paused
     scratch.add(good)
     errors += scratch.conflicts()
     errors.sort(key=lambda e: e.line)
@@ -393,7 +395,7 @@ def import_file(
     actor = lifecycle.Actor(
         ActorType.IMPORT, Channel.IMPORT, name=_actor_name(path), run_id=report.import_id
     )
-    with _scratch() as scratch:
+    with _scratch() as scratch, _collector_paused():
         try:
             report.rows, report.errors = _first_pass(path, known, now, scratch)
         except sqlite3.Error as exc:
@@ -406,6 +408,7 @@ def import_file(
             for batch in scratch.batches(batch_size):
                 _import_batch(engine, batch, actor, propagate, report)
                 committed = True
+                gc.collect(1)  # what reference counting left of the batch: young objects only
         except BaseException as exc:
             if committed:
                 with contextlib.suppress(Exception):  # the original error matters more
@@ -413,6 +416,21 @@ def import_file(
             raise
     _record_run(engine, actor, report, propagate)
     return report
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No automatic garbage collection while the import runs (then as it was). Its millions of
+    short-lived rows are freed by reference counting; the collector would walk every object the
+    process holds, again and again, for nothing (a fifth of the import's time). Each batch ends
+    with a collection of the young generations, so cycles cannot pile up."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _actor_name(path: Path) -> str:
