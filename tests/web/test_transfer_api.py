@@ -5,10 +5,14 @@ and is audited however it ends."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import threading
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -16,7 +20,7 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from consentflow import access, db, lifecycle, subjects, transfers
+from consentflow import access, db, lifecycle, subjects, transfers, views
 from consentflow.lifecycle import Actor
 from consentflow.models import AuditEntry
 from consentflow.views import EligibleOut
@@ -164,6 +168,23 @@ def test_an_export_in_each_format_carries_the_evidence(engine: Engine, toks: Tok
         assert entry.detail["format"] == fmt
         assert (entry.detail["count"], entry.detail["complete"]) == (5, True)
         assert entry.detail["sha256"] == sha(GIVEN)
+
+
+def test_the_bulk_writers_fall_back_for_values_they_cannot_join() -> None:
+    # The identifier rule keeps such ids out; the writers stay right even if one got in.
+    odd = transfers.Eligible('x},{"y', uuid.uuid4(), 1, None)
+    plain = transfers.Eligible("a", uuid.uuid4(), 2, datetime(2027, 1, 2, 3, 4, 5, tzinfo=UTC))
+    lines = views.eligible_jsonl([odd, plain]).decode().splitlines()
+    assert lines == [
+        EligibleOut.model_validate(row, from_attributes=True).model_dump_json()
+        for row in (odd, plain)
+    ]
+    table = list(csv.reader(io.StringIO(views.eligible_csv([odd, plain], header=True).decode())))
+    assert table == [
+        list(views.ELIGIBLE_FIELDS),
+        ['x},{"y', str(odd.event_id), "1", ""],
+        ["a", str(plain.event_id), "2", "2027-01-02T03:04:05Z"],
+    ]
 
 
 class PageHold:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable
+import re
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -60,21 +61,42 @@ class EligibleOut(View):
 #: An export's columns, in order (the CSV header).
 ELIGIBLE_FIELDS: tuple[str, ...] = tuple(EligibleOut.model_fields)
 _OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE
+#: What makes ``csv.writer`` quote a field (its defaults: the delimiter, quote, line breaks).
+_CSV_QUOTED = re.compile(r'[,"\r\n]')
 
 
-def eligible_jsonl(rows: Iterable[Any]) -> bytes:
+def eligible_jsonl(rows: Sequence[Any]) -> bytes:
     """``rows`` (``transfers.Eligible``: a dataclass with ``ELIGIBLE_FIELDS``, in that order,
-    which orjson writes as it is) as JSON Lines of ``EligibleOut``."""
-    dumps = orjson.dumps
-    return b"".join(dumps(r, option=_OPTIONS) for r in rows)
+    which orjson writes as it is) as JSON Lines of ``EligibleOut``.
+
+    The page is written as one JSON array, cut into lines between its objects: several times
+    faster than a call per row. No value can hold ``},{`` (ids, event ids, numbers and times);
+    if one ever did, the line count would not match and the rows are written one by one.
+    """
+    if not rows:
+        return b""
+    lines = orjson.dumps(rows, option=orjson.OPT_UTC_Z)[1:-1].replace(b"},{", b"}\n{") + b"\n"
+    if lines.count(b"\n") == len(rows):
+        return lines
+    return b"".join(orjson.dumps(r, option=_OPTIONS) for r in rows)
 
 
-def eligible_csv(rows: Iterable[Any], *, header: bool = False) -> bytes:
-    """``rows`` (``transfers.Eligible``) as CSV lines of ``EligibleOut`` (``header`` first)."""
+def eligible_csv(rows: Sequence[Any], *, header: bool = False) -> bytes:
+    """``rows`` (``transfers.Eligible``) as CSV lines of ``EligibleOut`` (``header`` first).
+
+    Ids, event ids, numbers and times never need CSV quoting, so lines are joined as they are;
+    a page with a value that would (checked in one pass) goes through ``csv.writer`` instead.
+    """
+    head = ",".join(ELIGIBLE_FIELDS) + "\n" if header else ""
+    if not _CSV_QUOTED.search("".join(r.subject for r in rows)):
+        body = "".join(
+            f"{r.subject},{r.event_id},{r.purpose_version},{iso_z(r.valid_until) or ''}\n"
+            for r in rows
+        )
+        return (head + body).encode()
     out = io.StringIO()
+    out.write(head)
     writer = csv.writer(out, lineterminator="\n")
-    if header:
-        writer.writerow(ELIGIBLE_FIELDS)
     writer.writerows(
         (r.subject, str(r.event_id), r.purpose_version, iso_z(r.valid_until) or "") for r in rows
     )
