@@ -1,19 +1,27 @@
 """`consentflow run FLOW` with a Prefect server configured: a run of the flow's deployment on a
 worker (the test server, a process pool without a worker: creation is what the command does),
 or with --local in this process; who asked is recorded either way. Runs in process without a
-server are tested with the flows (tests/flows/test_lifecycle_flows.py)."""
+server are tested with the flows (tests/flows/test_lifecycle_flows.py); how a run without one
+starts its embedded Prefect (a prepared database kept between runs) at the end."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from consentflow import db, purposes
 from consentflow.cli.run import requester
+from consentflow.models import utcnow
 from tests.support import deployments
-from tests.support.seeding import audit_entries, row_counts
+from tests.support.seeding import audit_entries, give, row_counts, seed_subjects
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -101,3 +109,72 @@ def test_several_deployments_one_named(on_server, cli, deployed) -> None:  # typ
 def test_watch_needs_a_server(engine, cli) -> None:  # type: ignore[no-untyped-def]
     r = cli("run", "expiry-sweep", "--watch")
     assert r.code == 2 and "--watch needs a Prefect server" in r.err
+
+
+# ------------------------------------------------------------------------------------------
+# Without a Prefect server: the embedded one, and what a run prepares for the next
+# ------------------------------------------------------------------------------------------
+
+
+def _user_run(tmp_path: Path, url: str) -> subprocess.Popen[str]:
+    """`consentflow run expiry-sweep --json` in its own process, as a new user runs it: no
+    consentflow or Prefect settings but the database, a home and temporary directory of its
+    own (the prepared database goes to the default data directory under that home)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CONSENTFLOW_", "PREFECT_")) and k != "DO_NOT_TRACK"
+    }
+    env.update(
+        HOME=str(tmp_path / "home"), TMPDIR=str(tmp_path / "tmp"), CONSENTFLOW_DATABASE_URL=url
+    )
+    env.pop("XDG_DATA_HOME", None)
+    command = [sys.executable, "-m", "consentflow.cli", "run", "expiry-sweep", "--json"]
+    return subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _finished(process: subprocess.Popen[str]) -> dict[str, Any]:
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-3000:]
+    assert err == ""
+    report: dict[str, Any] = json.loads(out)
+    assert report["outcome"] == "completed"
+    return report
+
+
+def test_a_run_without_a_server_prepares_what_the_next_ones_reuse(tmp_path: Path) -> None:
+    """The first run leaves one prepared Prefect database in the data directory; two later runs
+    at once both start from it (it is neither prepared again nor changed) and complete; none
+    leaves anything in the temporary directory or in ~/.prefect."""
+    (tmp_path / "home").mkdir()
+    (tmp_path / "tmp").mkdir()
+    url = f"sqlite:///{tmp_path / 'consentflow.db'}"
+    engine = db.make_engine(url)
+    db.upgrade(engine)
+    with db.session_scope(engine) as s:
+        purposes.add(s, "news", title="News", validity_days=365)
+    give(engine, seed_subjects(engine, 2), "news", utcnow() - timedelta(days=1))
+
+    first = _finished(_user_run(tmp_path, url))
+    assert first["totals"] == {"expired": 2}
+    store = tmp_path / "home" / ".local" / "share" / "consentflow" / "prefect"
+    [prepared] = list(store.iterdir())
+    assert prepared.name.startswith("server-") and prepared.suffix == ".db"
+    with prepared.open("rb") as f:
+        assert f.read(16) == b"SQLite format 3\x00"
+    before = (prepared.stat().st_ino, prepared.stat().st_mtime_ns)
+    digest = hashlib.sha256(prepared.read_bytes()).hexdigest()
+
+    again = [_user_run(tmp_path, url) for _ in range(2)]
+    reports = [_finished(p) for p in again]
+    assert {r["run_id"] for r in reports}.isdisjoint({first["run_id"]})
+    assert len({r["run_id"] for r in reports}) == 2
+    assert list(store.iterdir()) == [prepared]
+    assert (prepared.stat().st_ino, prepared.stat().st_mtime_ns) == before
+    assert hashlib.sha256(prepared.read_bytes()).hexdigest() == digest
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert not (tmp_path / "home" / ".prefect").exists()
+    assert len(audit_entries(engine, "flow.run")) == 3
+    engine.dispose()

@@ -33,6 +33,7 @@ import os
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -40,6 +41,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlmodel import col, select
 
 from consentflow import db
+from consentflow.cli import _embedded
 from consentflow.cli._common import app, emit, parse_time
 from consentflow.errors import ConsentflowError, InvalidInput
 from consentflow.models import AuditEntry
@@ -48,9 +50,10 @@ from consentflow.models import AuditEntry
 EXPLICIT_PREFECT = ("PREFECT_API_URL", "PREFECT_HOME", "PREFECT_PROFILES_PATH", "PREFECT_PROFILE")
 
 
-def _hermetic_prefect() -> None:
+def _hermetic_prefect() -> Path | None:
     """Prefect settings for a run started from the CLI, as environment defaults (each can be
-    overridden by setting it). Call before Prefect is imported.
+    overridden by setting it). Call before Prefect is imported. Returns the temporary
+    ``PREFECT_HOME`` it made, if it made one (see below).
 
     * Without ``PREFECT_API_URL``: no telemetry, no log shipping to the embedded API (nobody reads
       it), and, unless a Prefect home or profile is chosen explicitly (``EXPLICIT_PREFECT``), a
@@ -63,8 +66,9 @@ def _hermetic_prefect() -> None:
       CRITICAL; ``_quiet_prefect_logs`` does the rest once Prefect is imported.
     """
     if "prefect" in sys.modules:
-        return  # too late: Prefect read its settings on import (the test suite sets its own)
+        return None  # too late: Prefect read its settings on import (the test suite sets its own)
     env = os.environ
+    made: Path | None = None
     if not env.get("PREFECT_API_URL"):
         env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         env.setdefault("DO_NOT_TRACK", "1")
@@ -76,10 +80,12 @@ def _hermetic_prefect() -> None:
             # server's own atexit hook has stopped it (atexit runs last-in, first-out).
             atexit.register(shutil.rmtree, home, ignore_errors=True)
             env["PREFECT_HOME"] = home
+            made = Path(home)
     if not env.get("PREFECT_LOGGING_LEVEL"):
         env.setdefault("PREFECT_LOGGING_ROOT_LEVEL", "CRITICAL")
         if not env.get("PREFECT_API_URL"):
             env.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
+    return made
 
 
 class _OneLine(logging.Formatter):
@@ -168,7 +174,16 @@ def run_flow(  # Long: one typed option per line is what --help reads
 ) -> None:
     """Run a flow now (expiry-sweep, renewal-reminders, ...): on a worker when a Prefect server
     is configured (PREFECT_API_URL), else (or with --local) in this process; audited either way."""
-    _hermetic_prefect()
+    # The variable itself, not Prefect's settings: a profile, a test harness or an embedded
+    # server gives Prefect an API too, but only PREFECT_API_URL says "runs go to the workers".
+    on_worker = not local and (deployment is not None or bool(os.environ.get("PREFECT_API_URL")))
+    if local and (deployment or watch):
+        raise InvalidInput("--deployment and --watch are for a run on a worker, not --local")
+    if not on_worker and watch:
+        raise InvalidInput("--watch needs a Prefect server (PREFECT_API_URL): a local run waits")
+    home = _hermetic_prefect()
+    if home is not None and not on_worker:
+        _embedded.start(home)  # starts while the flow is imported and its parameters checked
     from consentflow import runs
 
     _, params_model = runs.load_flow(flow)
@@ -181,13 +196,6 @@ def run_flow(  # Long: one typed option per line is what --help reads
         "purposes": [p.strip() for p in purposes.split(",") if p.strip()] if purposes else None,
     }
     values = build_values(params_model.model_fields, options, param or [])
-    # The variable itself, not Prefect's settings: a profile, a test harness or an embedded
-    # server gives Prefect an API too, but only PREFECT_API_URL says "runs go to the workers".
-    on_worker = not local and (deployment is not None or bool(os.environ.get("PREFECT_API_URL")))
-    if local and (deployment or watch):
-        raise InvalidInput("--deployment and --watch are for a run on a worker, not --local")
-    if not on_worker and watch:
-        raise InvalidInput("--watch needs a Prefect server (PREFECT_API_URL): a local run waits")
     db.ensure_schema(db.get_engine())  # before a run starts, not as its failure
     if on_worker:
         _on_worker(flow, values, deployment, watch, as_json)
@@ -266,6 +274,7 @@ def _in_process(flow: str, values: dict[str, Any], as_json: bool) -> None:
     from consentflow import runs
 
     flow_fn, parameters = runs.prepare_flow(flow, values)
+    _embedded.ready()
     try:
         with tags(f"{runs.REQUESTED_BY_TAG}{requester()}"):
             state = flow_fn(**parameters, return_state=True)
