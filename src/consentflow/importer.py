@@ -38,13 +38,11 @@ from __future__ import annotations
 import contextlib
 import csv
 import gc
-import hashlib
-import hmac
 import re
 import sqlite3
 import tempfile
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -58,6 +56,7 @@ from consentflow import audit, db, lifecycle, purposes, subjects
 from consentflow.actors import column_length, unprintable
 from consentflow.errors import ConsentflowError, InvalidInput
 from consentflow.keys import reference_key
+from consentflow.ledger._batch import create_subjects
 from consentflow.models import ActorType, Channel, State, utcnow
 from consentflow.timeutil import parse_instant
 
@@ -139,7 +138,7 @@ class _Rules:
             self.locales[value] = checked
         return checked
 
-    def row(self, line: int, v: list[str], extra: int) -> Row:  # Long: the rules in order
+    def row(self, line: int, v: list[str], extra: int) -> Row:
         """Validate one record (``v``: its fields in ``COLUMNS`` order, stripped); raises
         ``InvalidInput`` with what is wrong.
 
@@ -366,12 +365,6 @@ def _first_pass(
     return rows, errors
 
 
-def validate(path: Path, known_purposes: set[str], now: datetime) -> tuple[int, list[RowError]]:
-    """The first pass alone: how many rows, and every error by line."""
-    with _scratch() as scratch:
-        return _first_pass(path, known_purposes, now, scratch)
-
-
 # ------------------------------------------------------------------------------ the import
 
 
@@ -469,53 +462,14 @@ def _record_run(
         )
 
 
-def referencer(secret: bytes) -> Callable[[str], str]:
-    """``keys.subject_ref(secret, ·)`` for many ids: the key's HMAC state is computed once."""
-    keyed = hmac.new(secret, b"subject:", hashlib.sha256)
-
-    def reference(external_id: str) -> str:
-        h = keyed.copy()
-        h.update(external_id.encode())
-        return h.hexdigest()[:32]
-
-    return reference
-
-
-def _references(
-    session: Session, w: db.Writer, secret: bytes, external_ids: list[str]
-) -> dict[str, tuple[str, int]]:
-    """``subjects.new_references`` for many ids: (reference, generation) of a new registration
-    of each; one query unless some id was registered and erased before."""
-    reference = referencer(secret)
-    refs = {ext: reference(ext) for ext in external_ids}
-    where, param = w.in_list("subject_ref", list(refs.values()))
-    taken = {r[0] for r in w.fetch(f"SELECT subject_ref FROM subject WHERE {where}", [param])}
-    out = {ext: (ref, 1) for ext, ref in refs.items()}
-    again = [ext for ext, ref in refs.items() if ref in taken]
-    if again:
-        out |= subjects.new_references(session, secret, again)
-    return out
-
-
-_SUBJECT_COLUMNS = [
-    db.Column(name, pg_type)
-    for name, pg_type in (
-        ("id", "bigint"), ("external_id", "text"), ("subject_ref", "text"),
-        ("generation", "int"), ("email", "text"), ("locale", "text"), ("last_seq", "int"),
-        ("created_at", "timestamptz"),
-    )
-]  # fmt: skip
-
-
-def _import_batch(  # Long: one transaction, read top to bottom
+def _import_batch(
     engine: Engine, rows: list[Row], actor: lifecycle.Actor, propagate: bool, report: Report
 ) -> None:
-    """One transaction: the batch's new subjects (inserted with known ids, so they need no
-    reading back), then every consent row through ``lifecycle.import_consents`` (new subjects
-    as ``created``; those already there locked and checked for what they hold)."""
+    """One transaction: the batch's new subjects (``create_subjects``), then every consent row
+    through ``lifecycle.import_consents`` (new subjects as ``created``; those already there
+    locked and checked for what they hold)."""
     with db.session_scope(engine) as s:
         w = db.Writer(s)
-        secret = reference_key(s)
         firsts: dict[str, Row] = {}
         for r in rows:
             firsts.setdefault(r[1], r)
@@ -523,32 +477,9 @@ def _import_batch(  # Long: one transaction, read top to bottom
         ids: dict[str, int] = dict(
             w.fetch(f"SELECT external_id, id FROM subject WHERE {where}", [param])
         )
-        new = [ext for ext in firsts if ext not in ids]
-        refs = _references(s, w, secret, new)
-        now = utcnow()
-        now_db = w.ts(now)
-        subject_rows, created, entries = [], [], []
-        for sid, ext in zip(w.new_ids("subject", len(new)), new, strict=True):
-            email, locale = firsts[ext][2:4]
-            ref, generation = refs[ext]
-            subject_rows.append((sid, ext, ref, generation, email, locale, 0, now_db))
-            created.append((sid, ext, ref))
-            ids[ext] = sid
-            detail: dict[str, Any] = {"has_email": email is not None, "locale": locale}
-            if generation > 1:
-                detail["generation"] = generation
-            entries.append(
-                audit.Entry(
-                    action="subject.created",
-                    subject_ref=ref,
-                    actor_type=actor.type.value,
-                    actor=actor.name,
-                    channel=actor.channel.value,
-                    run_id=actor.run_id,
-                    detail=detail,
-                )
-            )
-        w.insert("subject", _SUBJECT_COLUMNS, subject_rows)
+        new = [(ext, r[2], r[3]) for ext, r in firsts.items() if ext not in ids]
+        created, entries = create_subjects(s, new, actor, reference_key(s))
+        ids |= {ext: sid for sid, ext, _ in created}
         when = datetime.fromisoformat
         wanted = [
             lifecycle.ImportRow(

@@ -31,7 +31,7 @@ from consentflow import (
     systems,
 )
 from consentflow.errors import InvalidInput
-from consentflow.ledger import _write
+from consentflow.ledger import _batch, _write
 from consentflow.models import AuditEntry, Consent, ConsentEvent, Delivery, Subject, metadata
 
 HEADER = "external_id,email,locale,purpose,state,given_at,valid_until\n"
@@ -624,7 +624,7 @@ def test_the_address_shortcut_agrees_on_any_plain_address(value: str) -> None:
 
 def test_references_are_the_keyed_hash_of_keys() -> None:
     secret = b"k" * 32
-    reference = importer.referencer(secret)
+    reference = _batch.referencer(secret)
     for ext in ["alice", "user00000001", "a.b:c+d-e_f", "x" * 200]:
         assert reference(ext) == keys.subject_ref(secret, ext)
 

@@ -1,5 +1,9 @@
 """Batch changes: expiry, invalidation and import, many consents per transaction.
 
+An import's new subjects are registered by ``create_subjects`` (one statement per batch, the
+rows ``subjects.add`` writes); ``import_consents`` then writes their consents without locking
+or reading them again (``created``).
+
 They claim their consents (``_claim``: fresh, locked, shared among concurrent workers on
 PostgreSQL), judge each with ``plan`` exactly as a single change would (``items_for``) and write
 them all through the one write path (``ledger._write.write``), so a batch writes exactly the rows
@@ -8,16 +12,18 @@ the single forms would, in a handful of statements.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import hmac
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlmodel import Session
 
-from consentflow import audit, purposes
+from consentflow import audit, purposes, subjects
 from consentflow.actors import Actor, system_actor
-from consentflow.db import Writer
+from consentflow.db import Column, Writer
 from consentflow.errors import TransitionNotAllowed
 from consentflow.ledger._changes import items_for
 from consentflow.ledger._rules import Current, plan
@@ -208,3 +214,77 @@ def import_consents(
 
 
 _ABSENT = Current()
+
+#: A new subject of an import: external id, email, locale (checked by the importer).
+NewSubject = tuple[str, str | None, str | None]
+_SUBJECT_COLUMNS = [
+    Column(name, pg_type)
+    for name, pg_type in (
+        ("id", "bigint"), ("external_id", "text"), ("subject_ref", "text"),
+        ("generation", "int"), ("email", "text"), ("locale", "text"), ("last_seq", "int"),
+        ("created_at", "timestamptz"),
+    )
+]  # fmt: skip
+
+
+def create_subjects(
+    session: Session, new: Sequence[NewSubject], actor: Actor, secret: bytes
+) -> tuple[list[tuple[int, str, str]], list[audit.Entry]]:
+    """Register subjects an import brings (none of them registered now) in one statement: the
+    rows ``subjects.add`` writes (the reference keyed with ``secret``, the reference key; the
+    next generation for an id whose earlier registrations were erased), with ids drawn up
+    front so nothing is read back. Returns (id, external id, reference) of each, for
+    ``import_consents(created=...)``, and their ``subject.created`` audit entries, to be chained
+    (``preface``) before their consents' entries."""
+    w = Writer(session)
+    references = _references(session, w, secret, [ext for ext, _, _ in new])
+    now_db = w.ts(utcnow())
+    rows, created, entries = [], [], []
+    for sid, (ext, email, locale) in zip(w.new_ids("subject", len(new)), new, strict=True):
+        ref, generation = references[ext]
+        rows.append((sid, ext, ref, generation, email, locale, 0, now_db))
+        created.append((sid, ext, ref))
+        detail: dict[str, Any] = {"has_email": email is not None, "locale": locale}
+        if generation > 1:
+            detail["generation"] = generation
+        entries.append(
+            audit.Entry(
+                action="subject.created",
+                subject_ref=ref,
+                actor_type=actor.type.value,
+                actor=actor.name,
+                channel=actor.channel.value,
+                run_id=actor.run_id,
+                detail=detail,
+            )
+        )
+    w.insert("subject", _SUBJECT_COLUMNS, rows)
+    return created, entries
+
+
+def referencer(secret: bytes) -> Callable[[str], str]:
+    """``keys.subject_ref(secret, ·)`` for many ids: the key's HMAC state is computed once."""
+    keyed = hmac.new(secret, b"subject:", hashlib.sha256)
+
+    def reference(external_id: str) -> str:
+        h = keyed.copy()
+        h.update(external_id.encode())
+        return h.hexdigest()[:32]
+
+    return reference
+
+
+def _references(
+    session: Session, w: Writer, secret: bytes, external_ids: list[str]
+) -> dict[str, tuple[str, int]]:
+    """``subjects.new_references`` for many ids: (reference, generation) of a new registration
+    of each; one query unless some id was registered and erased before."""
+    reference = referencer(secret)
+    refs = {ext: reference(ext) for ext in external_ids}
+    where, param = w.in_list("subject_ref", list(refs.values()))
+    taken = {r[0] for r in w.fetch(f"SELECT subject_ref FROM subject WHERE {where}", [param])}
+    out = {ext: (ref, 1) for ext, ref in refs.items()}
+    again = [ext for ext, ref in refs.items() if ref in taken]
+    if again:
+        out |= subjects.new_references(session, secret, again)
+    return out
