@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from datetime import timedelta
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 from consentflow import db, purposes
+from consentflow.cli import _embedded
 from consentflow.cli.run import requester
 from consentflow.models import utcnow
 from tests.support import deployments
@@ -178,3 +180,32 @@ def test_a_run_without_a_server_prepares_what_the_next_ones_reuse(tmp_path: Path
     assert not (tmp_path / "home" / ".prefect").exists()
     assert len(audit_entries(engine, "flow.run")) == 3
     engine.dispose()
+
+
+def test_a_prepared_database_is_checked_and_replaced_whole(tmp_path: Path) -> None:
+    """Only a SQLite file stamped by Prefect's migrations is used; saving one writes a single
+    self-contained file (no -wal beside it) and removes other versions' files."""
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database")
+    assert not _embedded.usable(garbage)
+    assert not _embedded.usable(tmp_path / "missing.db")
+
+    source = tmp_path / "server" / "prefect.db"
+    source.parent.mkdir()
+    with sqlite3.connect(source) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE alembic_version (version_num TEXT)")
+    assert not _embedded.usable(source)  # migrations never finished: no revision stamped
+    with sqlite3.connect(source) as conn:
+        conn.execute("INSERT INTO alembic_version VALUES ('head')")
+
+    store = tmp_path / "data" / "prefect"
+    store.mkdir(parents=True)
+    (store / "server-0.0.1-old.db").write_bytes(b"an older Prefect's")
+    template = store / "server-9.9.9-new.db"
+    _embedded.save_template(source, template)
+    assert [p.name for p in store.iterdir()] == [template.name]
+    assert _embedded.usable(template)
+    assert [p.name for p in store.iterdir()] == [template.name]  # reading it left nothing
+    with sqlite3.connect(f"{template.as_uri()}?immutable=1", uri=True) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"

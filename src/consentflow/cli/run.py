@@ -16,7 +16,9 @@ Which Prefect: the server named by ``PREFECT_API_URL``, or the profile chosen ex
 ``PREFECT_PROFILE``, ``PREFECT_HOME`` or ``PREFECT_PROFILES_PATH``; otherwise an embedded Prefect
 in a throw-away ``PREFECT_HOME``, so that a default profile pointing at some server (``prefect
 config set PREFECT_API_URL=...`` writes one into ``~/.prefect/profiles.toml``) never captures a
-run started here (see ``_hermetic_prefect``).
+run started here (see ``_hermetic_prefect``). That embedded server is started as soon as the run
+is known to be local, while the flow is imported, from a database prepared once per Prefect
+version (``cli._embedded``: start-up in seconds, not Prefect's migrations on every run).
 
 A run that fails ends in one line on stderr and exit status 1 (its summary, outcome ``failed``,
 is still printed on stdout); Prefect's own log records, which carry the tracebacks, stay off the

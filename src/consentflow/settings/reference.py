@@ -97,8 +97,11 @@ OTHER_VARIABLES: tuple[OtherVariable, ...] = (
         "flow's deployment for a worker (`--local` runs it in this process), `consentflow "
         "deploy` installs the deployments and automations there, and the web app's `POST "
         "/api/v1/runs/{flow}` creates deployment runs (without it: 409). Unset: `consentflow "
-        "run` runs flows on an embedded Prefect in a temporary `PREFECT_HOME`, removed at exit. "
-        "A consent change never talks to Prefect: `propagate` is woken through the database.",
+        "run` runs flows on an embedded Prefect server of its own, in a temporary "
+        "`PREFECT_HOME` removed at exit, started at once from a prepared database (Prefect's "
+        "migrations done once per Prefect version, kept in `<data dir>/prefect/`; the first "
+        "run prepares it). A consent change never talks to Prefect: `propagate` is woken "
+        "through the database.",
     ),
     OtherVariable(
         "PREFECT_FLOWS_HEARTBEAT_FREQUENCY",
@@ -110,7 +113,17 @@ OTHER_VARIABLES: tuple[OtherVariable, ...] = (
         "PREFECT_HOME, PREFECT_PROFILES_PATH, PREFECT_PROFILE",
         "An explicit choice of Prefect home or profile: `consentflow run` and `consentflow demo` "
         "then use it instead of a temporary `PREFECT_HOME` (a default profile in `~/.prefect` "
-        "is never consulted otherwise).",
+        "is never consulted otherwise), and leave starting a server to Prefect (no prepared "
+        "database).",
+    ),
+    OtherVariable(
+        "PREFECT_SERVER_DATABASE_MIGRATE_ON_START, PREFECT_SERVER_REGISTER_BLOCKS_ON_START, "
+        "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED, PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED",
+        "The embedded server of `consentflow run` (no `PREFECT_API_URL`) sets these to `false` "
+        "unless they are set: no automations or stored events in a server that lives for one "
+        "run, and, when it starts from the prepared database, no migrations or block "
+        "registration (done in it already). `PREFECT_SERVER_EPHEMERAL_ENABLED=false` turns the "
+        "embedded server off (a run without `PREFECT_API_URL` then fails, as Prefect says).",
     ),
     OtherVariable(
         "PREFECT_LOGGING_LEVEL",
