@@ -30,11 +30,12 @@ import base64
 import binascii
 import hmac
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from consentflow import keys
 from consentflow.errors import InvalidInput
@@ -164,6 +165,26 @@ def latest_choice(session: Session, subject_id: int, purpose_id: int) -> tuple[i
         .limit(1)
     ).first()
     return (int(row[0]), str(row[1])) if row is not None else None
+
+
+def latest_choices(
+    session: Session, pairs: Sequence[tuple[int, int]]
+) -> dict[tuple[int, int], int]:
+    """``latest_choice``'s sequence number for many (subject, purpose) pairs in one query
+    (a sweep issuing a bound link per email); a pair with no choice is left out (0 for
+    ``issue``)."""
+    wanted = set(pairs)
+    if not wanted:
+        return {}
+    rows = session.exec(
+        select(ConsentEvent.subject_id, ConsentEvent.purpose_id, func.max(ConsentEvent.seq))
+        .where(
+            col(ConsentEvent.subject_id).in_(sorted({s for s, _ in wanted})),
+            col(ConsentEvent.action).in_([a.value for a in CHOICES]),
+        )
+        .group_by(col(ConsentEvent.subject_id), col(ConsentEvent.purpose_id))
+    ).all()
+    return {(s, p): int(seq) for s, p, seq in rows if (s, p) in wanted}
 
 
 def superseded(session: Session, link: Link, *, lock: bool = False) -> bool:

@@ -102,6 +102,7 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
         extensions=["jinja2.ext.i18n"],
+        auto_reload=False,  # packaged templates: no file check on every render
     )
     env.policies["ext.i18n.trimmed"] = True  # as templates/babel-email.cfg extracts them
     env.install_gettext_callables(_gettext, _ngettext, newstyle=True)  # type: ignore[attr-defined]

@@ -2,14 +2,17 @@
 in ``claims``).
 
 A ``Recorder`` belongs to one batch. ``submit`` hands it one message's outcome (from the mailer's
-event loop, or from the caller's thread); it is recorded in a transaction of its own, in a thread
-of the recorder's own, and ``submit`` returns the future of that record, which the mailer waits
-for before the connection sends its next message (``mail.Mailer.send``). Records run one at a
-time, in the order submitted; each message's outcome is submitted at most once.
+event loop, or from the caller's thread) and returns the future of its record, which the mailer
+waits for before the connection sends its next message (``mail.Mailer.send``). Records run in a
+thread of the recorder's own, in the order submitted, as a group commit: the outcomes submitted
+while a record transaction runs are written together by the next one (with two connections,
+one transaction for both of their answers instead of two), and each outcome's future is done
+when its transaction has committed. Each message's outcome is submitted at most once.
 
 Failure modes:
 
-* A record that fails (the database refused what the server wrote, a dropped connection) is tried
+* A group whose transaction fails is recorded again one outcome at a time; an outcome whose
+  record fails (the database refused what the server wrote, a dropped connection) is tried
   once more without the server's text (status and code kept; the error says the reply could not
   be recorded), so one bad answer never loses the outcome, nor stops the others.
 * If that fails too (the database is gone), the message stays ``claimed`` (released after the
@@ -34,8 +37,8 @@ from consentflow.mail import SendResult
 
 log = logging.getLogger("consentflow.sweeps")
 
-#: Records one message's outcome (by its index in the batch) in a transaction of its own.
-Record = Callable[[int, SendResult], None]
+#: Records messages' outcomes (by their index in the batch) in one transaction.
+Record = Callable[[list[tuple[int, SendResult]]], None]
 
 
 class Recorder:
@@ -48,6 +51,7 @@ class Recorder:
         self._lock = threading.Lock()
         self._submitted = [False] * size
         self._closed = False
+        self._queue: list[tuple[int, SendResult, Future[None]]] = []
         #: Set when an outcome could not be recorded at all: send no more messages.
         self.broken = threading.Event()
         #: What made recording fail for good (the first such error), if anything did.
@@ -60,7 +64,10 @@ class Recorder:
             if self._closed or self._submitted[index]:
                 return None
             self._submitted[index] = True
-            return self._pool.submit(self._one, index, result)
+            done: Future[None] = Future()
+            self._queue.append((index, result, done))
+            self._pool.submit(self._drain)  # a drain finding the queue empty returns at once
+            return done
 
     def pending(self) -> list[int]:
         """The messages whose outcome has not been submitted."""
@@ -87,9 +94,24 @@ class Recorder:
         if interrupted is not None:
             raise interrupted
 
+    def _drain(self) -> None:
+        """Record every outcome queued so far in one transaction (one at a time if that
+        fails); then their futures are done."""
+        with self._lock:
+            group, self._queue = self._queue, []
+        if not group:
+            return
+        try:
+            self._record([(index, result) for index, result, _ in group])
+        except BaseException:  # the recorder's thread: no interrupt arrives here
+            for index, result, _ in group:
+                self._one(index, result)
+        for _, _, done in group:
+            done.set_result(None)
+
     def _one(self, index: int, result: SendResult) -> None:
         try:
-            self._record(index, result)
+            self._record([(index, result)])
             return
         except BaseException as exc:  # the recorder's thread: no interrupt arrives here
             first = exc
@@ -105,7 +127,7 @@ class Recorder:
             error=f"the server's reply could not be recorded ({type(first).__name__})",
         )
         try:
-            self._record(index, plain)
+            self._record([(index, plain)])
         except BaseException as exc:
             log.error(
                 "the outcome of email %s could not be recorded (%s): it stays claimed until "

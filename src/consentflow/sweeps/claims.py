@@ -9,10 +9,11 @@ are sent, so that two concurrent runs never email the same item and a re-run doe
    (``Consent.reminder_stage`` or ``ConsentRequest.followups_sent``/``last_sent_at``) so it is no
    longer due (``write_claims``); commit.
 2. *send* over the mailer's pooled connections, outside any transaction (``deliver``).
-3. *record*, as soon as the server answers each message, in a transaction of its own per
-   message (``record_results``, run by ``_recorder.Recorder`` in a thread of its own while the
-   other connections keep sending): the message becomes ``sent``, ``bounced``
-   (5xx: the address is suppressed, and every later claim skips it), ``deferred`` (4xx,
+3. *record*, as soon as the server answers each message (``record_results``, run by
+   ``_recorder.Recorder`` in a thread of its own while the other connections keep sending; the
+   answers that arrive while a record transaction runs are written together by the next): the
+   message becomes ``sent``, ``bounced`` (5xx: the address is suppressed, and every later
+   claim skips it), ``deferred`` (4xx,
    timeout, lost connection, server down: the item's advance is undone from the message log, so
    it is due for the next run) or ``failed`` (this message alone cannot be sent as things
    stand: a non-ASCII address on a server without SMTPUTF8, a stored address that breaks the
@@ -151,9 +152,16 @@ def mailable(session: Session, batch: Batch, rows: Sequence[Any], dry_run: bool)
     return found
 
 
-def link(session: Session, action: LinkAction, subject_id: int, purpose_id: int | None) -> str:
-    """A fresh signed link for an email."""
-    return links.url(links.issue(session, action, subject_id, purpose_id))
+def link(
+    session: Session,
+    action: LinkAction,
+    subject_id: int,
+    purpose_id: int | None,
+    *,
+    choice: int | None = None,
+) -> str:
+    """A fresh signed link for an email (``choice``: see ``links.issue``)."""
+    return links.url(links.issue(session, action, subject_id, purpose_id, choice=choice))
 
 
 def new_claim(kind: Kind, r: Any, **fields: Any) -> Claim:
@@ -227,8 +235,9 @@ def deliver(ctx: SweepContext, claims: list[Claim], batch: Batch) -> Batch:
     assert ctx.mailer is not None, "a real run needs a mailer"
     counts: Counts = Counter()
 
-    def record(index: int, result: SendResult) -> None:
-        counts.update(record_results(ctx, [claims[index]], [result]))
+    def record(items: list[tuple[int, SendResult]]) -> None:
+        outcomes = record_results(ctx, [claims[i] for i, _ in items], [r for _, r in items])
+        counts.update(outcomes)
 
     recorder = Recorder(record, len(claims), lambda i: claims[i].message_id)
     report: mail.SendReport | None = None

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import and_, case, or_
 from sqlmodel import Session, col
 
+from consentflow import links
 from consentflow.links import LinkAction
 from consentflow.mail import Kind
 from consentflow.models import Consent, State, utcnow
@@ -73,12 +74,15 @@ def remind_batch(ctx: SweepContext, size: int, cursor: int = 0) -> Batch:
             purpose_ids=None if ctx.purposes is None else list(infos),
             title_version=Consent.purpose_version,
         )
-        claims = [_claim(s, r, ctx.as_of) for r in mailable(s, batch, rows, ctx.dry_run)]
+        found = mailable(s, batch, rows, ctx.dry_run)
+        # the renew links are bound to each consent's latest choice: read them in one query
+        choices = links.latest_choices(s, [(r.subject_id, r.purpose_id) for r in found])
+        claims = [_claim(s, r, ctx.as_of, choices) for r in found]
         write_claims(s, claims, run_id=ctx.run_id, now=now)
     return deliver(ctx, claims, batch)
 
 
-def _claim(session: Session, r: Any, as_of: datetime) -> Claim:
+def _claim(session: Session, r: Any, as_of: datetime, choices: dict[tuple[int, int], int]) -> Claim:
     revoke_url = link(session, LinkAction.REVOKE, r.subject_id, r.purpose_id)
     return new_claim(
         Kind.RENEWAL_REMINDER,
@@ -89,7 +93,13 @@ def _claim(session: Session, r: Any, as_of: datetime) -> Claim:
             "purpose_title": email_title(r),
             "valid_until": r.valid_until,
             "days_left": max(1, math.ceil((r.valid_until - as_of) / timedelta(days=1))),
-            "renew_url": link(session, LinkAction.RENEW, r.subject_id, r.purpose_id),
+            "renew_url": link(
+                session,
+                LinkAction.RENEW,
+                r.subject_id,
+                r.purpose_id,
+                choice=choices.get((r.subject_id, r.purpose_id), 0),
+            ),
             "revoke_url": revoke_url,
             "preferences_url": link(session, LinkAction.PREFERENCES, r.subject_id, None),
             "withdraw_all_url": link(session, LinkAction.REVOKE, r.subject_id, None),
