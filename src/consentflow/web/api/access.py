@@ -16,7 +16,7 @@ from collections.abc import Generator
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Query
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Send
@@ -139,13 +139,16 @@ def check_batch(
     body: BatchCheckIn,
     session: ReadSession,
     caller: Annotated[TokenInfo, Depends(CHECK.reading)],
-) -> views.BatchCheckOut:
+) -> Response:
     """The access check for up to 10,000 subjects at once (one purpose, one system): each
     answered in the order asked, with its reason code and the evidence relied on; audited
     (``transfer.checked``: who, purpose, system, count cleared, SHA-256 of their ids)."""
     system = _gate_system(caller, body.system)
     result = transfers.check_batch(body.purpose, system, body.subjects, _gate_actor(caller))
-    return views.BatchCheckOut.model_validate(result)
+    # Written here, once: FastAPI would dump the model, validate it again and dump it again
+    # (a third of a second for 10,000 answers).
+    view = views.BatchCheckOut.model_validate(result)
+    return Response(view.model_dump_json(), media_type="application/json")
 
 
 _MEDIA = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
