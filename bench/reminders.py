@@ -1,10 +1,11 @@
 """Benchmark: renewal-reminder emails per second through the sweep, against a bare aiosmtplib loop.
 
 Not a test. It creates a database (SQLite in a temp dir, or a PostgreSQL database of its own with
-``--url``, dropped at the end) with one purpose and ``N`` subjects (default 2,000), each with an
-address and a given consent whose validity ends in 3 days (so the 7-day stage is due), and starts
-an SMTP server on 127.0.0.1 (aiosmtpd, in a subprocess so that it does not share this process's
-interpreter lock; it accepts every message and keeps its exact bytes). Then:
+``--url``, dropped at the end) with, per round (``--rounds``, default 3), one purpose and ``N``
+subjects (``--subjects``, default 1,000), each with an address and a given consent whose validity
+ends in 3 days (so the 7-day stage is due), and starts an SMTP server on 127.0.0.1 (aiosmtpd, in
+a subprocess so that it does not share this process's interpreter lock; it accepts every message
+and keeps its exact bytes). Then:
 
 (a) the sweep: ``sweeps.remind_batch`` (what each task of the ``renewal-reminders`` flow runs,
     without Prefect around it), batch after batch (``--batch-size``, the flow's default 500)
@@ -13,16 +14,18 @@ interpreter lock; it accepts every message and keeps its exact bytes). Then:
     ``email_message`` row per email, each consent advanced, fresh signed links), every message
     rendered from its templates and built, sent, and each outcome recorded as the server
     answers it, before that connection sends its next message (the claim protocol:
-    ``sweeps/claims.py``). Timed from the first batch to the last commit; every consent is
-    checked advanced and every message ``sent``, and the server counted N messages.
+    ``sweeps/claims.py``); messages are built while the earlier ones are being sent. Timed
+    from the first batch to the last commit; every consent is checked advanced and every
+    message ``sent``, and the server counted N messages.
 (b) the baseline: the very messages the server received in (a), byte for byte, sent again with
     a bare ``aiosmtplib.SMTP`` loop over one connection (``sendmail`` per message, no database,
     no rendering); and, for reference, the same over as many connections as the mailer's pool.
 
+Each round runs (a) then (b) on that round's purpose; it prints every round and the medians.
 Target (issue 11): (a) >= 0.6x the one-connection loop.
 
-    python bench/reminders.py                                  # SQLite, 2,000 emails
-    python bench/reminders.py --subjects 500                   # a quick run
+    python bench/reminders.py                                  # SQLite, 3 x 1,000 emails
+    python bench/reminders.py --subjects 300 --rounds 1        # a quick run
     python bench/reminders.py --url postgresql://postgres@127.0.0.1:5432/postgres
     python bench/reminders.py --profile                        # cProfile of the sweep's thread
 """
@@ -38,6 +41,7 @@ import pickle
 import pstats
 import secrets
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -151,25 +155,28 @@ def make_database(url: str | None, tmp: Path) -> tuple[str, Any]:
     return parsed.set(database=name).render_as_string(hide_password=False), drop
 
 
-def fill(engine: Any, n: int, as_of: Any) -> None:
-    """``n`` subjects with an address, each a given consent ending in 3 days."""
+def fill(engine: Any, n: int, rounds: int, as_of: Any) -> None:
+    """Per round, a purpose ``news<r>`` and ``n`` subjects with an address, each a given consent
+    to it ending in 3 days."""
     from consentflow import db, lifecycle, purposes, subjects
     from consentflow.lifecycle import Actor, ImportRow
     from consentflow.models import ActorType, Channel, State
 
-    with db.session_scope(engine) as s:
-        purposes.add(s, "news", title="Monthly news", validity_days=365)
-    ids = []
-    with db.session_scope(engine) as s:
-        for i in range(n):
-            ids.append(subjects.add(s, f"p{i}", email=f"p{i}@example.com", locale="en").id)
     end = as_of + timedelta(days=3)
-    with db.session_scope(engine) as s:
-        lifecycle.import_consents(
-            s,
-            [ImportRow(sid, "news", State.GIVEN, end - timedelta(days=300), end) for sid in ids],
-            Actor(ActorType.IMPORT, Channel.IMPORT, name="bench"),
-        )
+    for r in range(rounds):
+        with db.session_scope(engine) as s:
+            purposes.add(s, f"news{r}", title=f"Monthly news {r}", validity_days=365)
+            ids = [
+                subjects.add(s, f"p{r}-{i}", email=f"p{r}-{i}@example.com", locale="en").id
+                for i in range(n)
+            ]
+        with db.session_scope(engine) as s:
+            rows = [
+                ImportRow(i, f"news{r}", State.GIVEN, end - timedelta(days=300), end) for i in ids
+            ]
+            lifecycle.import_consents(
+                s, rows, Actor(ActorType.IMPORT, Channel.IMPORT, name="bench")
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,7 +184,9 @@ def fill(engine: Any, n: int, as_of: Any) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def run_sweep(engine: Any, port: int, as_of: Any, batch: int, profile: bool) -> tuple[int, float]:
+def run_sweep(
+    engine: Any, port: int, as_of: Any, batch: int, purpose: str, profile: bool
+) -> tuple[int, float]:
     from consentflow import mail, sweeps
 
     config = mail.SmtpConfig.from_settings()
@@ -186,7 +195,12 @@ def run_sweep(engine: Any, port: int, as_of: Any, batch: int, profile: bool) -> 
     profiler = cProfile.Profile() if profile else None
     with mail.Mailer(config) as mailer:
         ctx = sweeps.SweepContext(
-            as_of, run_id="bench-reminders", engine=engine, mailer=mailer, stages=STAGES
+            as_of,
+            run_id="bench-reminders",
+            engine=engine,
+            mailer=mailer,
+            stages=STAGES,
+            purposes=(purpose,),
         )
         started = time.perf_counter()
         if profiler:
@@ -202,8 +216,8 @@ def run_sweep(engine: Any, port: int, as_of: Any, batch: int, profile: bool) -> 
         stats = pstats.Stats(profiler).sort_stats("cumulative")
         stats.print_stats(30)
         stats.sort_stats("tottime").print_stats(20)
-    assert set(counts) == {("news", "sent")}, counts
-    return counts[("news", "sent")], elapsed
+    assert set(counts) == {(purpose, "sent")}, counts
+    return counts[(purpose, "sent")], elapsed
 
 
 async def _bare(messages: list[tuple[str, list[str], bytes]], port: int, connections: int) -> int:
@@ -249,9 +263,7 @@ def check(engine: Any, n: int) -> None:
             ).all()
         )
         status = dict(
-            s.exec(
-                select(EmailMessage.status, func.count()).group_by(EmailMessage.status)
-            ).all()
+            s.exec(select(EmailMessage.status, func.count()).group_by(EmailMessage.status)).all()
         )
     assert stages == {7: n} and status == {"sent": n}, (stages, status)
 
@@ -264,7 +276,8 @@ def check(engine: Any, n: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--url", help="PostgreSQL server URL (default: SQLite in a temp dir)")
-    ap.add_argument("--subjects", type=int, default=2000)
+    ap.add_argument("--subjects", type=int, default=1000, help="reminders per round")
+    ap.add_argument("--rounds", type=int, default=3, help="sweep + baselines, interleaved")
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--profile", action="store_true", help="cProfile the sweep's thread")
     ap.add_argument("--server", help=argparse.SUPPRESS)
@@ -285,31 +298,43 @@ def main() -> None:
         db.upgrade(engine)
         as_of = utcnow()
         started = time.perf_counter()
-        fill(engine, args.subjects, as_of)
+        fill(engine, args.subjects, args.rounds, as_of)
         pool = settings.get_settings().smtp_pool_size
         print(
-            f"{engine.dialect.name}: {args.subjects:,} reminders due, batches of "
-            f"{args.batch_size}, mailer pool of {pool} connections (filled in "
+            f"{engine.dialect.name}: {args.rounds} rounds of {args.subjects:,} reminders, "
+            f"batches of {args.batch_size}, mailer pool of {pool} connections (filled in "
             f"{time.perf_counter() - started:.1f} s); SMTP server in a subprocess"
         )
-        sent, elapsed = run_sweep(engine, server.port, as_of, args.batch_size, args.profile)
-        check(engine, args.subjects)
-        messages = server.take()
-        assert len(messages) == sent == args.subjects, (len(messages), sent)
-        rate = sent / elapsed
-        one = run_bare(messages, server.port, 1)
-        assert len(server.take()) == sent
-        many = run_bare(messages, server.port, pool)
-        server.take()
-        size = sum(len(m[2]) for m in messages) / len(messages)
-        print(f"  (a) sweep: remind_batch, claim/send/record      {rate:9,.0f} emails/s")
-        print(f"  (b) bare aiosmtplib, one connection              {one:9,.0f} emails/s")
-        print(f"  (b) bare aiosmtplib, {pool} connections              {many:9,.0f} emails/s")
-        print(f"  (messages of {size:,.0f} bytes on average)")
-        ratio = rate / one
+        rates: dict[str, list[float]] = {"sweep": [], "one": [], "pool": []}
+        size = 0.0
+        for r in range(args.rounds):
+            sent, elapsed = run_sweep(
+                engine, server.port, as_of, args.batch_size, f"news{r}", args.profile and r == 0
+            )
+            messages = server.take()
+            assert len(messages) == sent == args.subjects, (len(messages), sent)
+            rates["sweep"].append(sent / elapsed)
+            rates["one"].append(run_bare(messages, server.port, 1))
+            assert len(server.take()) == sent
+            rates["pool"].append(run_bare(messages, server.port, pool))
+            assert len(server.take()) == sent
+            size = sum(len(m[2]) for m in messages) / len(messages)
+            print(
+                f"  round {r + 1}: sweep {rates['sweep'][-1]:7,.0f}/s, bare one connection "
+                f"{rates['one'][-1]:7,.0f}/s, bare {pool} connections {rates['pool'][-1]:7,.0f}/s"
+            )
+        check(engine, args.subjects * args.rounds)
+        med = {k: statistics.median(v) for k, v in rates.items()}
+        print(f"medians over {args.rounds} rounds (messages of {size:,.0f} bytes on average):")
+        print(f"  (a) sweep: remind_batch, claim/send/record      {med['sweep']:9,.0f} emails/s")
+        print(f"  (b) bare aiosmtplib, one connection              {med['one']:9,.0f} emails/s")
+        print(
+            f"  (b) bare aiosmtplib, {pool} connections              {med['pool']:9,.0f} emails/s"
+        )
+        ratio = med["sweep"] / med["one"]
         met = "met" if ratio >= 0.6 else "NOT met"
         print(f"\nsweep / one-connection loop = {ratio:.2f} (target >= 0.6: {met})")
-        print(f"sweep / {pool}-connection loop = {rate / many:.2f}")
+        print(f"sweep / {pool}-connection loop = {med['sweep'] / med['pool']:.2f}")
     finally:
         server.close()
         drop()

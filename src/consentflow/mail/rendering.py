@@ -35,7 +35,7 @@ from __future__ import annotations
 import re
 import textwrap
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from functools import lru_cache
 from typing import Any
@@ -87,7 +87,15 @@ def _format_date(ctx: Context, value: date | datetime | str) -> str:
         return str(value)  # a missing value raises (StrictUndefined)
     if not isinstance(value, date):
         raise TypeError(f"an email date must be a date, a datetime or a string, not {value!r}")
-    return i18n.format_date(value, _lang(ctx), "long")
+    if isinstance(value, datetime):  # as i18n.format_date takes it: the day in UTC
+        value = value.astimezone(UTC).date()
+    return _long_date(value, _lang(ctx))
+
+
+@lru_cache(maxsize=4096)
+def _long_date(day: date, lang: str) -> str:
+    """Babel's long date (cached: a batch's messages mostly share a few days)."""
+    return i18n.format_date(day, lang, "long")
 
 
 @lru_cache(maxsize=1)

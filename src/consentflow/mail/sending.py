@@ -43,7 +43,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -93,6 +93,14 @@ OnResult = Callable[[int, "SendResult"], "Future[Any] | None"]
 
 #: The outcome of a message that was in flight when sending was cancelled.
 INTERRUPTED = "interrupted while in flight: outcome unknown (the server may have accepted it)"
+
+
+class _BuildFailed(Exception):
+    """Building a message (the caller's iterable) failed: re-raised as it was by ``send``."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class MailUnavailable(Exception):
@@ -185,28 +193,27 @@ class Mailer:
 
     def send(
         self,
-        messages: Sequence[Outgoing],
+        messages: Iterable[Outgoing],
         on_result: OnResult | None = None,
         stop: threading.Event | None = None,
     ) -> SendReport:
         """Send ``messages`` over the pool; never raises for SMTP trouble (see ``SendReport``).
 
-        Results are kept as they arrive: should sending stop on an unexpected error, the
-        messages already accepted stay ``sent`` and only the others come back ``deferred``.
+        ``messages`` may be a lazy iterable (a generator building each message): it is consumed
+        in the caller's thread while the messages already built are being sent, so building the
+        next messages overlaps with waiting for the server. An exception it raises ends the
+        batch: the messages already built are sent (their results handed over), then it is
+        re-raised. Results are kept as they arrive: should sending stop on an unexpected error,
+        the messages already accepted stay ``sent`` and only the others come back ``deferred``.
         ``on_result`` and ``stop``: see the module docstring. A cancel (any ``BaseException``
         while waiting) stops the sending, waits for it to end, and is re-raised."""
-        if not messages:
+        if isinstance(messages, Sequence) and not messages:
             return SendReport([])
-        if not self._warned_one_click and any(m.one_click_omitted for m in messages):
-            self._warned_one_click = True  # once per mailer, that is once per flow run
-            log.warning(
-                "one-click unsubscribe left out: CONSENTFLOW_PUBLIC_URL (%s) is not https, and "
-                "RFC 8058 requires https for List-Unsubscribe-Post; emails keep List-Unsubscribe",
-                _origin(get_settings().public_url),
-            )
-        results: list[SendResult | None] = [None] * len(messages)
+        results: list[SendResult | None] = []
         try:
-            reason = self._send_batch(list(messages), results, on_result, stop or threading.Event())
+            reason = self._send_batch(iter(messages), results, on_result, stop or threading.Event())
+        except _BuildFailed as failed:
+            raise failed.error from None
         except Exception as exc:
             reason = f"sending stopped: {_describe(exc)}"
             log.error("%s", reason)
@@ -217,33 +224,66 @@ class Mailer:
         final = [r or SendResult(SendStatus.DEFERRED, None, f"not sent: {reason}") for r in results]
         return SendReport(final, unavailable)
 
+    def _note(self, message: Outgoing) -> None:
+        if message.one_click_omitted and not self._warned_one_click:
+            self._warned_one_click = True  # once per mailer, that is once per flow run
+            log.warning(
+                "one-click unsubscribe left out: CONSENTFLOW_PUBLIC_URL (%s) is not https, and "
+                "RFC 8058 requires https for List-Unsubscribe-Post; emails keep List-Unsubscribe",
+                _origin(get_settings().public_url),
+            )
+
     def _send_batch(
         self,
-        messages: list[Outgoing],
+        messages: Iterator[Outgoing],
         results: list[SendResult | None],
         on_result: OnResult | None,
         stop: threading.Event,
     ) -> str | None:
-        """``_send_all`` on the mailer's loop; a cancel of the caller cancels it and returns only
-        once it has ended (every answer received handed over), then is re-raised."""
-        if self._loop is None:
+        """``_send_all`` on the mailer's loop, fed from ``messages`` as this thread builds them;
+        a cancel of the caller cancels it and returns only once it has ended (every answer
+        received handed over), then is re-raised."""
+        loop = self._loop
+        if loop is None:
             raise RuntimeError("use the Mailer as a context manager: `with Mailer() as m:`")
         ended = threading.Event()
+        queue: asyncio.Queue[tuple[int, Outgoing] | None] = asyncio.Queue()
 
         async def run() -> str | None:
             try:
-                return await self._send_all(messages, results, on_result, stop)
+                return await self._send_all(queue, results, on_result, stop)
             finally:
                 ended.set()
 
-        future = asyncio.run_coroutine_threadsafe(run(), self._loop)
+        future = asyncio.run_coroutine_threadsafe(run(), loop)
         try:
+            try:
+                while not (future.done() or stop.is_set()):
+                    message = next(messages, None)
+                    if message is None:
+                        break
+                    self._note(message)
+                    results.append(None)
+                    loop.call_soon_threadsafe(queue.put_nowait, (len(results) - 1, message))
+            except Exception as exc:  # building a message failed: send those built, then raise
+                self._end(queue)
+                future.result()
+                raise _BuildFailed(exc) from exc
+            self._end(queue)
             reason: str | None = future.result()
             return reason
+        except _BuildFailed:
+            raise
         except BaseException:
             future.cancel()
             _wait_through(ended, self.config.timeout + 5)
             raise
+
+    def _end(self, queue: asyncio.Queue[tuple[int, Outgoing] | None]) -> None:
+        """No more messages: one end mark per connection."""
+        assert self._loop is not None
+        for _ in self._conns:
+            self._loop.call_soon_threadsafe(queue.put_nowait, None)
 
     async def _connection(self, slot: int) -> aiosmtplib.SMTP:
         conn = self._conns[slot]
@@ -283,24 +323,26 @@ class Mailer:
 
     async def _send_all(
         self,
-        messages: list[Outgoing],
+        queue: asyncio.Queue[tuple[int, Outgoing] | None],
         results: list[SendResult | None],
         on_result: OnResult | None,
         stop: threading.Event,
     ) -> str | None:
-        """Fill ``results`` (one per message, as each arrives, each handed to ``on_result``);
-        why sending stopped, if it did."""
-        pending = list(reversed(list(enumerate(messages))))
+        """Send what ``queue`` brings (until an end mark per connection), filling ``results``
+        (one per message, as each arrives, each handed to ``on_result``); why sending stopped,
+        if it did."""
         halt: list[str] = []
 
         async def worker(slot: int) -> None:
             await self._probe(slot)
-            while pending and not halt and not stop.is_set():
-                index, message = pending.pop()
+            while not halt and not stop.is_set():
+                item = await queue.get()
+                if item is None:
+                    return
+                index, message = item
                 try:
                     conn = await self._connection(slot)
                 except Exception as exc:  # any reason not to reach the server stops the batch
-                    pending.append((index, message))
                     halt.append(f"cannot connect to the SMTP server: {_describe(exc)}")
                     return
                 try:
@@ -316,9 +358,8 @@ class Mailer:
                 if recorded is not None:  # the next message only once this one is recorded
                     await asyncio.shield(asyncio.wrap_future(recorded))
 
-        slots = min(self.config.pool_size, len(messages))
         outcomes = await asyncio.gather(
-            *(worker(slot) for slot in range(slots)), return_exceptions=True
+            *(worker(slot) for slot in range(len(self._conns))), return_exceptions=True
         )
         cancelled = [o for o in outcomes if isinstance(o, asyncio.CancelledError)]
         if cancelled:

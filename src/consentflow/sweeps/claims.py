@@ -52,7 +52,7 @@ mail server are redacted (``mail.redact``) before they are stored.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -242,22 +242,26 @@ def deliver(ctx: SweepContext, claims: list[Claim], batch: Batch) -> Batch:
     recorder = Recorder(record, len(claims), lambda i: claims[i].message_id)
     report: mail.SendReport | None = None
     failure: BaseException | None = None
-    try:
-        outgoing: list[tuple[int, mail.Outgoing]] = []
+    outgoing: list[int] = []  # message number -> claim index
+
+    def built() -> Iterator[mail.Outgoing]:
+        """Each claim's message, built as the mailer takes them (while earlier ones are sent)."""
         for index, claim in enumerate(claims):
-            built = _build(claim)
-            if isinstance(built, SendResult):
-                recorder.submit(index, built)
+            message = _build(claim)
+            if isinstance(message, SendResult):
+                recorder.submit(index, message)
             else:
-                outgoing.append((index, built))
-        if outgoing:
-            report = ctx.mailer.send(
-                [m for _, m in outgoing],
-                on_result=lambda i, r: recorder.submit(outgoing[i][0], r),
-                stop=recorder.broken,
-            )
-            for (index, _), result in zip(outgoing, report.results, strict=True):
-                recorder.submit(index, result)  # those the callback did not hand over
+                outgoing.append(index)
+                yield message
+
+    try:
+        report = ctx.mailer.send(
+            built(),
+            on_result=lambda i, r: recorder.submit(outgoing[i], r),
+            stop=recorder.broken,
+        )
+        for index, result in zip(outgoing, report.results, strict=True):
+            recorder.submit(index, result)  # those the callback did not hand over
     except BaseException as exc:  # recorded below (each unsent one deferred), then re-raised
         failure = exc
     unsent = SendResult(SendStatus.DEFERRED, None, f"not sent: {_exc_text(failure)}")
