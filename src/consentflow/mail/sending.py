@@ -16,6 +16,11 @@ outcome is exactly one of:
   the address is NOT suppressed (the person did nothing wrong: once the server offers SMTPUTF8,
   their next message goes out).
 
+``send`` takes the messages as a lazy iterable too: it is consumed in the caller's thread while
+the messages already built are sent, so building (rendering, composing) overlaps with waiting
+for the server; an exception from the iterable ends the batch once the built messages are sent
+and their outcomes handed over, and is raised as it was.
+
 A failure of one message never changes the outcome of another: every per-message exception
 becomes that message's result, and results are kept as they arrive, so even an error that stops
 the whole batch leaves the messages already accepted recorded ``sent``.

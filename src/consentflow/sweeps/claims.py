@@ -27,9 +27,11 @@ build one is its own ``failed``), the mailer returns one result per message and 
 accepted ones ``sent`` even when sending stops, and every result is recorded, exactly once, in
 step 3. A record the database refuses is tried again without the server's text; only a
 database that refuses that too stops the batch (the rest are still tried; what could not be
-recorded stays ``claimed``). Only a template error (the same for every message of the batch,
-nothing sent yet) or an unavailable server fails the batch, after recording what happened to
-each message.
+recorded stays ``claimed``). Each message is built while the earlier ones are being sent
+(``Mailer.send`` takes them lazily). Only a template error (raised while building: the messages
+built before it are sent and recorded, the rest deferred; usually the first message, since a
+template is the same for the batch) or an unavailable server fails the batch, after recording
+what happened to each message.
 
 Cancels: a KeyboardInterrupt or Prefect's cancel (TerminationSignal) while a batch is sending
 stops the sending at once; every answer already received is recorded (the records are waited
@@ -278,7 +280,8 @@ def deliver(ctx: SweepContext, claims: list[Claim], batch: Batch) -> Batch:
 
 def _build(claim: Claim) -> mail.Outgoing | SendResult:
     """One claim's message, or its ``failed`` result when this message alone cannot be built.
-    A template error is the same for the whole batch: it is raised (every message deferred)."""
+    A template error is the same for the whole batch: it is raised (the messages not yet built
+    are deferred)."""
     rendered = mail.render(claim.kind, claim.locale, claim.context)
     try:
         return mail.compose(
