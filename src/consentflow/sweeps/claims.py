@@ -301,14 +301,16 @@ def _exc_text(exc: BaseException | None) -> str:
 
 
 def record_results(ctx: SweepContext, claims: list[Claim], results: Sequence[SendResult]) -> Counts:
-    """Step 3 (``deliver`` calls it for one message at a time): mark each claimed message,
-    suppress hard bounces, undo deferred claims, audit (with ``ctx.run_id``), in one transaction
-    on ``ctx.engine``."""
+    """Step 3 (``deliver`` calls it for the outcomes that arrived since its previous record):
+    mark each claimed message, suppress hard bounces, undo deferred claims, audit (with
+    ``ctx.run_id``), in one transaction on ``ctx.engine``, under the subjects' locks (on
+    PostgreSQL; SQLite's writer already holds the whole database)."""
     now = utcnow()
     counts: Counts = Counter()
     pairs = list(zip(claims, results, strict=True))
     with db.session_scope(ctx.engine) as s:
-        lock_subjects(s, [c.subject_id for c in claims], skip_locked=False)
+        if db.is_postgres(s):
+            lock_subjects(s, [c.subject_id for c in claims], skip_locked=False)
         _mark(s, pairs, now)
         bounced = [(c, r) for c, r in pairs if r.status is SendStatus.BOUNCED]
         if bounced:
@@ -325,13 +327,8 @@ def record_results(ctx: SweepContext, claims: list[Claim], results: Sequence[Sen
 
 def _mark(session: Session, pairs: list[tuple[Claim, SendResult]], now: datetime) -> None:
     """Each claimed message's outcome (``sent_at`` only when sent)."""
-    messages = table(EmailMessage)
     session.execute(
-        messages.update()
-        .where(messages.c.id == bindparam("b_id"))
-        .values(
-            status=bindparam("b_status"), sent_at=bindparam("b_sent"), error=bindparam("b_error")
-        ),
+        _MARK,
         [
             {
                 "b_id": c.row_id,
@@ -342,6 +339,14 @@ def _mark(session: Session, pairs: list[tuple[Claim, SendResult]], now: datetime
             for c, r in pairs
         ],
     )
+
+
+_MESSAGES = table(EmailMessage)
+_MARK = (
+    _MESSAGES.update()
+    .where(_MESSAGES.c.id == bindparam("b_id"))
+    .values(status=bindparam("b_status"), sent_at=bindparam("b_sent"), error=bindparam("b_error"))
+)
 
 
 def _suppress(session: Session, items: list[tuple[str, SendResult]], now: datetime) -> None:
