@@ -105,7 +105,7 @@ def test_batch_answers_each_subject_as_the_access_check_does(ledger: Engine, sys
 
 def test_export_streams_the_cleared_in_pages_and_audits_the_whole(ledger: Engine) -> None:
     export = transfers.open_export("news", "crm", WHO, engine=ledger)
-    export.page_size = 2  # several keyset pages over 6 given rows (g1..g3, lapsed, ...)
+    export.page_size = 2  # windows of 2 subject ids over the 8 subjects
     pages = list(export.pages())
 
     rows = [r for page in pages for r in page]
@@ -118,9 +118,7 @@ def test_export_streams_the_cleared_in_pages_and_audits_the_whole(ledger: Engine
                 d.purpose_version,
                 d.valid_until,
             )
-    # Stored "given" rows: g1, g2, g3, lapsed (the withdrawn one is not read): 2 full pages and
-    # an empty last one that says there is no more.
-    assert export.pages_read == 3
+    assert export.pages_read == 4
     assert export.complete and export.count == 3
     assert entries(ledger, transfers.EXPORTED) == []  # written when the export ends
 
@@ -183,3 +181,16 @@ def test_a_batch_holds_one_to_ten_thousand_ids(ledger: Engine) -> None:
             select(AuditEntry).where(col(AuditEntry.action) == transfers.CHECKED)
         ).all()
     assert entry.detail["count"] == transfers.MAX_BATCH
+
+
+def test_each_page_is_judged_when_it_is_read(ledger: Engine) -> None:
+    export = transfers.open_export("news", "crm", WHO, engine=ledger)
+    export.page_size = 1
+    pages = export.pages()
+    assert [r.subject for r in next(pages)] == ["g1"]
+    with db.session_scope(ledger) as s:  # withdrawn while the export is under way
+        lifecycle.revoke(s, "g3", "news", Actor())
+        subjects.add(s, "late")  # after the export started: not in it
+        lifecycle.grant(s, "late", "news", Actor())
+    assert [r.subject for page in pages for r in page] == ["g2"]
+    assert export.complete and export.count == 2
