@@ -9,9 +9,8 @@ workers have nothing left to do. This plugin (``-p tests.support.ordering`` in p
 ``LONG`` first, longest first, then the rest with the most tests first, as xdist would; tests
 keep their order inside a module. It changes no test, only when each module starts.
 
-``LONG`` is kept by hand from CI's ``--durations`` (whole modules, set-up included, seconds on
-CI's machine noted beside each); a path in it that does not exist is an error, so a renamed
-module cannot silently drop out of it.
+``LONG`` is kept by hand from ``--durations`` (whole modules, set-up included); a path in it
+that does not exist is an error, so a renamed module cannot silently drop out of it.
 """
 
 from __future__ import annotations
@@ -22,18 +21,24 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-#: Modules that take a minute or more (or close to it) on CI, longest first.
+#: Modules that take a minute or more, longest first. The seconds: the whole module, set-up
+#: included, alone in one process on a busy two-core machine (CI's are shorter).
 LONG = (
-    "tests/operations/test_workers.py",  # a Prefect server, deploy, workers, a zombie window
-    "tests/faults/test_scenario.py",  # the fault scenario
-    "tests/cli/test_deploy.py",  # a Prefect server, two `consentflow deploy` runs
-    "tests/cli/test_demo.py",  # one `consentflow demo` (an embedded Prefect on a new database)
-    "tests/flows/test_lifecycle_flows.py",
-    "tests/web/test_accessibility.py",  # axe-core in Chromium, two widths
-    "tests/flows/test_propagate.py",
-    "tests/ledger/test_lifecycle_properties.py",  # hypothesis, both databases
-    "tests/sweeps/test_concurrency.py",
-    "tests/delivery/test_workers.py",
+    "tests/operations/test_workers.py",  # 230-380: a Prefect server, deploy, workers, a zombie
+    "tests/flows/test_lifecycle_flows.py",  # 175: the Prefect harness, CLI runs in subprocesses
+    "tests/web/test_schemathesis.py",  # 195
+    "tests/faults/test_scenario.py",  # the fault scenario (~85 on CI) and the Prefect harness
+    "tests/flows/test_propagate.py",  # 145 (the harness ~50 of it)
+    "tests/cli/test_deploy.py",  # 115: a Prefect server, two `consentflow deploy` runs
+    "tests/ledger/test_importer.py",  # 75
+    "tests/web/test_serve.py",  # 70
+    "tests/delivery/test_workers.py",  # 70
+    "tests/sweeps/test_concurrency.py",  # 70
+    "tests/web/test_runs.py",  # 65
+    "tests/web/test_accessibility.py",  # 60: axe-core in Chromium, two widths
+    "tests/ledger/test_lifecycle_properties.py",  # 60: hypothesis, both databases
+    "tests/cli/test_demo.py",  # 55: one `consentflow demo` (an embedded Prefect, a new database)
+    "tests/web/test_newlink_browser.py",  # 55
 )
 
 
