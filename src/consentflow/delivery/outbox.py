@@ -307,23 +307,24 @@ _DELIVERY = metadata.tables["delivery"]
 
 def _held(session: Session, results: Sequence[Result]) -> set[int]:
     """The deliveries among ``results`` this worker still holds, locked until commit: pending,
-    leased with the token of its claim (the fencing token). One query per distinct token."""
-    by_token: dict[datetime, list[int]] = {}
-    for r in results:
-        by_token.setdefault(r.claimed.lease_token, []).append(r.claimed.id)
-    if not by_token:
+    and leased with the token of its claim (the fencing token)."""
+    token = {r.claimed.id: r.claimed.lease_token for r in results}
+    if not token:
         return set()
-    d = _DELIVERY.c
-    stmt = (
-        select(d.id)
-        .where(
-            d.state == DeliveryState.PENDING.value,
-            or_(*(and_(d.id.in_(ids), d.leased_until == t) for t, ids in by_token.items())),
-        )
-        .order_by(d.id)
-        .with_for_update()
+    rows = session.execute(_LEASES, {"b_ids": sorted(token)}).all()
+    return {i for i, leased_until in rows if leased_until == token[i]}
+
+
+#: The pending rows among some ids, locked, with their lease (built once: see ``_held``).
+_LEASES = (
+    select(_DELIVERY.c.id, _DELIVERY.c.leased_until)
+    .where(
+        _DELIVERY.c.id.in_(bindparam("b_ids", expanding=True)),
+        _DELIVERY.c.state == DeliveryState.PENDING.value,
     )
-    return set(session.exec(stmt).all())
+    .order_by(_DELIVERY.c.id)
+    .with_for_update()
+)
 
 
 def _rowcount(result: Any) -> int:
