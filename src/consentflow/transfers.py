@@ -15,8 +15,8 @@ Two shapes:
   ``unknown_subject``, ids without a consent row ``no_consent``. A few set-based reads in one
   read-only unit of work.
 - ``Export``: every cleared subject, streamed in keyset pages (``read_page``: the next
-  ``PAGE_SIZE`` subject ids, with their consent for the purpose, in subject id order, up to the
-  highest id when the export started: people added later are not in it). Each page is read in
+  ``PAGE_SIZE`` subjects after the last id read, with their consent for the purpose, in subject
+  id order). Each page is read in
   a short read-only unit of work of its own and judged at the instant it is read, so a consent
   withdrawn during a long export is honoured for the pages not yet read; nothing is held
   between pages but the last subject id, a count and a running hash, so memory stays flat
@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func
+from sqlalchemy import and_
 from sqlalchemy import select as rows_of
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
@@ -245,37 +245,38 @@ def _decide(opened: Gate, ext: str, rows: dict[str, Any], now: datetime) -> Deci
     )
 
 
-def last_subject(session: Session) -> int:
-    """The highest subject id now: an export reads up to it (people added later are not in it)."""
-    return int(session.connection().execute(rows_of(func.max(_SUBJECT.c.id))).scalar() or 0)
-
-
 def read_page(
-    session: Session, opened: Gate, after: int, last: int, size: int = PAGE_SIZE
-) -> list[Eligible]:
-    """One keyset page: the cleared subjects among those with ids in ``(after, after + size]``
-    (and at most ``last``), in id order, judged now (``judge``).
+    session: Session, opened: Gate, after: int, size: int = PAGE_SIZE
+) -> tuple[list[Eligible], int, bool]:
+    """One keyset page: the cleared subjects among the next ``size`` subjects after id
+    ``after``, in id order, judged now (``judge``); with the last subject id read and whether
+    more may follow.
 
-    A window of subject ids, each joined to its consent for the purpose (if any) through the
-    consent table's unique ``(subject_id, purpose_id)`` index: the same plan on SQLite and
-    PostgreSQL whatever their statistics say (both planners would otherwise rather read every
-    given consent of the purpose through its ``(purpose_id, state, ...)`` index and sort them,
-    on every page). Every row is judged in Python, so the export's rule is ``judge`` alone.
+    The subjects are read in id order and each joined to its consent for the purpose (if any)
+    through the consent table's unique ``(subject_id, purpose_id)`` index, the consent side
+    bounded by the same id: one plan on SQLite and PostgreSQL whatever their statistics say
+    (left to themselves, SQLite's planner reads every given consent of the purpose through its
+    ``(purpose_id, state, ...)`` index and sorts them, and PostgreSQL's merge join scans the
+    consents from the first subject, on every page). Every row is judged in Python, so the
+    export's rule is ``judge`` alone.
     """
-    c, on = _CONSENT.c, _CONSENT.c.subject_id == _SUBJECT.c.id
+    c, s = _CONSENT.c, _SUBJECT.c
+    on = and_(c.subject_id == s.id, c.purpose_id == opened.purpose_id, c.subject_id > after)
     stmt = (
-        rows_of(_SUBJECT.c.external_id, c.state, c.last_event_id, c.purpose_version, c.valid_until)
-        .select_from(_SUBJECT.outerjoin(_CONSENT, and_(on, c.purpose_id == opened.purpose_id)))
-        .where(_SUBJECT.c.id > after, _SUBJECT.c.id <= min(after + size, last))
-        .order_by(_SUBJECT.c.id)
+        rows_of(s.id, s.external_id, c.state, c.last_event_id, c.purpose_version, c.valid_until)
+        .select_from(_SUBJECT.outerjoin(_CONSENT, on))
+        .where(s.id > after)
+        .order_by(s.id)
+        .limit(size)
     )
     rows = session.connection().execute(stmt).all()  # Core rows: no ORM loading per row
     now, given = utcnow(), Reason.GIVEN
-    return [
+    page = [
         Eligible(ext, event, version, until)
-        for ext, state, event, version, until in rows
+        for _id, ext, state, event, version, until in rows
         if state is not None and judge(state, until, now) is given
     ]
+    return page, (rows[-1][0] if rows else after), len(rows) == size
 
 
 @dataclass
@@ -301,12 +302,10 @@ class Export:
     _hash: Any = field(default_factory=hashlib.sha256, repr=False)
 
     def pages(self) -> Generator[list[Eligible]]:
-        after, size, last = 0, self.page_size or PAGE_SIZE, None
-        while last is None or after < last:
+        after, more, size = 0, True, self.page_size or PAGE_SIZE
+        while more:
             with db.session_scope(self.engine, readonly=True) as session:
-                last = last_subject(session) if last is None else last
-                page = read_page(session, self.opened, after, last, size)
-            after += size
+                page, after, more = read_page(session, self.opened, after, size)
             self.pages_read += 1
             if page:
                 yield page

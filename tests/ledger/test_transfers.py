@@ -105,7 +105,7 @@ def test_batch_answers_each_subject_as_the_access_check_does(ledger: Engine, sys
 
 def test_export_streams_the_cleared_in_pages_and_audits_the_whole(ledger: Engine) -> None:
     export = transfers.open_export("news", "crm", WHO, engine=ledger)
-    export.page_size = 2  # windows of 2 subject ids over the 8 subjects
+    export.page_size = 2  # pages of 2 subjects over the 8 subjects
     pages = list(export.pages())
 
     rows = [r for page in pages for r in page]
@@ -118,7 +118,7 @@ def test_export_streams_the_cleared_in_pages_and_audits_the_whole(ledger: Engine
                 d.purpose_version,
                 d.valid_until,
             )
-    assert export.pages_read == 4
+    assert export.pages_read == 5  # 4 full pages, and an empty one that says there is no more
     assert export.complete and export.count == 3
     assert entries(ledger, transfers.EXPORTED) == []  # written when the export ends
 
@@ -190,7 +190,7 @@ def test_each_page_is_judged_when_it_is_read(ledger: Engine) -> None:
     assert [r.subject for r in next(pages)] == ["g1"]
     with db.session_scope(ledger) as s:  # withdrawn while the export is under way
         lifecycle.revoke(s, "g3", "news", Actor())
-        subjects.add(s, "late")  # after the export started: not in it
+        subjects.add(s, "late")  # after the export started, after the last id read: in it
         lifecycle.grant(s, "late", "news", Actor())
-    assert [r.subject for page in pages for r in page] == ["g2"]
-    assert export.complete and export.count == 2
+    assert [r.subject for page in pages for r in page] == ["g2", "late"]
+    assert export.complete and export.count == 3
