@@ -244,6 +244,9 @@ def test_a_killed_worker_leaves_nothing_stuck_and_nothing_sent_twice(ops: Ops) -
     # The zombie automation marks both runs Crashed (their heartbeats stopped) ...
     for run_id in (loop, reminders):
         assert "No heartbeat" in (crashed(ops, run_id).state.message or "")
+    # (the reminders deployment's next run is asked for now, so that the new worker starts its
+    # process while the new propagate run starts: checked below)
+    again = ops.api_run("renewal-reminders", {})["run_id"]
     # ... the Crashed trigger starts a new propagate run, which takes the free slot and loops:
     # every withdrawal is delivered, those in flight once their lease has passed.
     eventually(
@@ -264,7 +267,6 @@ def test_a_killed_worker_leaves_nothing_stuck_and_nothing_sent_twice(ops: Ops) -
     # Nothing stuck: the reminders deployment (one run at a time) runs its next run, which does
     # not send again the email the crashed run was sending (the mail server still holds that
     # one: a second attempt would be held too, and counted).
-    again = ops.api_run("renewal-reminders", {})["run_id"]
     assert final(ops, again).state.type.value == "COMPLETED", ops.diagnose()
     assert ops.sink.handler.waiting == 1 and not ops.sink.to(REMINDED)
 
