@@ -28,6 +28,7 @@ terminal unless ``PREFECT_LOGGING_LEVEL`` is set.
 from __future__ import annotations
 
 import atexit
+import gc
 import getpass
 import json
 import logging
@@ -88,6 +89,19 @@ def _hermetic_prefect() -> Path | None:
         if not env.get("PREFECT_API_URL"):
             env.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
     return made
+
+
+_frozen_at_exit: list[bool] = []
+
+
+def _freeze_at_exit() -> None:
+    """Make ``gc.freeze()`` the last thing done at exit (registered before anything else of the
+    run, and atexit runs last-in, first-out): the interpreter's final garbage collection then
+    skips everything Prefect and the flow imported, which otherwise costs ~0.5 CPU-s after the
+    summary is printed (2 s on a busy 2-core machine). Once per process."""
+    if not _frozen_at_exit:
+        _frozen_at_exit.append(True)
+        atexit.register(gc.freeze)
 
 
 class _OneLine(logging.Formatter):
@@ -176,6 +190,7 @@ def run_flow(  # Long: one typed option per line is what --help reads
 ) -> None:
     """Run a flow now (expiry-sweep, renewal-reminders, ...): on a worker when a Prefect server
     is configured (PREFECT_API_URL), else (or with --local) in this process; audited either way."""
+    _freeze_at_exit()
     # The variable itself, not Prefect's settings: a profile, a test harness or an embedded
     # server gives Prefect an API too, but only PREFECT_API_URL says "runs go to the workers".
     on_worker = not local and (deployment is not None or bool(os.environ.get("PREFECT_API_URL")))
