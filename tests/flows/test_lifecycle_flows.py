@@ -1,12 +1,12 @@
 """The four lifecycle flows run for real: Prefect's test harness (started once), both databases,
 a real SMTP server on loopback. The logic itself is tested through the plain functions in
 tests/sweeps/; these check what only a real run shows: run ids in every audit entry, the
-per-run entry and artifact, failure and resume, retries, dry runs, the CLI and the demo."""
+per-run entry and artifact, failure and resume, retries, dry runs and the CLI (the demo:
+tests/cli/test_demo.py)."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from datetime import timedelta
@@ -23,10 +23,11 @@ import flows.collection_followups as followups_flow
 import flows.expiry_sweep as expiry_flow
 import flows.reconsent as reconsent_flow
 import flows.renewal_reminders as reminders_flow
-from consentflow import db, lifecycle, purposes, runs, sweeps, systems, tokens
+from consentflow import db, lifecycle, purposes, runs, sweeps, systems
 from consentflow.errors import InvalidInput
 from consentflow.lifecycle import Actor
 from consentflow.models import Consent, ConsentEvent, ConsentRequest, State, utcnow
+from tests.support.cli import fresh_machine, left_behind
 from tests.support.net import free_port
 from tests.support.seeding import (
     audit_entries,
@@ -285,34 +286,6 @@ def test_cli_refuses_bad_stages_in_one_line(world, cli) -> None:  # type: ignore
     assert row_counts(world) == before  # no run started, none recorded
 
 
-def _fresh_machine(tmp_path: Path) -> dict[str, str]:
-    """The environment of a new user's shell: no consentflow or Prefect settings, a home of its
-    own whose default Prefect profile points at a server that is not there (it must be ignored:
-    only PREFECT_API_URL or an explicitly chosen home or profile may send runs elsewhere), and a
-    temporary directory of its own (to see that the throw-away Prefect home is removed)."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("CONSENTFLOW_", "PREFECT_")) and k != "DO_NOT_TRACK"
-    }
-    home = tmp_path / "home"
-    (home / ".prefect").mkdir(parents=True)
-    (home / ".prefect" / "profiles.toml").write_text(
-        'active = "elsewhere"\n[profiles.elsewhere]\nPREFECT_API_URL = "http://127.0.0.1:9/api"\n'
-    )
-    (tmp_path / "tmp").mkdir()
-    env.update(HOME=str(home), TMPDIR=str(tmp_path / "tmp"))
-    return env
-
-
-def _left_behind(tmp_path: Path) -> list[str]:
-    """What a CLI process left in its home's Prefect directory and its temporary directory."""
-    prefect_home = sorted(p.name for p in (tmp_path / "home" / ".prefect").iterdir())
-    return [n for n in prefect_home if n != "profiles.toml"] + sorted(
-        p.name for p in (tmp_path / "tmp").iterdir()
-    )
-
-
 def test_a_failed_cli_run_shows_no_traceback(tmp_path: Path) -> None:
     """`consentflow run` as a user runs it, in its own process, when the SMTP server is down:
     one warning line (the default public URL is http), then one line saying the run failed and
@@ -323,7 +296,7 @@ def test_a_failed_cli_run_shows_no_traceback(tmp_path: Path) -> None:
     with db.session_scope(engine) as s:
         purposes.add(s, "news", title="News", validity_days=365)
     give(engine, seed_subjects(engine, 2), "news", utcnow() + 5 * DAY)
-    env = _fresh_machine(tmp_path)
+    env = fresh_machine(tmp_path)
     env.update(
         CONSENTFLOW_DATABASE_URL=url,
         CONSENTFLOW_SMTP_HOST="127.0.0.1",
@@ -358,53 +331,5 @@ def test_a_failed_cli_run_shows_no_traceback(tmp_path: Path) -> None:
     assert failure.endswith(f"; run {report['run_id']} recorded as failed in the audit trail")
     [run] = audit_entries(engine, "flow.run")
     assert run.run_id == report["run_id"] and run.detail["outcome"] == "failed"
-    assert _left_behind(tmp_path) == []
+    assert left_behind(tmp_path) == []
     engine.dispose()
-
-
-def test_demo_runs_on_a_fresh_machine(tmp_path: Path) -> None:
-    """`consentflow demo` as a new user runs it: its own process, no configuration, no server
-    (a default Prefect profile pointing at one is ignored), nothing left in its Prefect home."""
-    result = subprocess.run(
-        [sys.executable, "-m", "consentflow.cli", "demo", "--directory", str(tmp_path / "d")],
-        cwd=tmp_path,
-        env=_fresh_machine(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stderr == ""
-    out = result.stdout
-    for flow in ("expiry-sweep", "renewal-reminders", "collection-followups", "reconsent"):
-        assert f"\n{flow}: " in out
-    assert "audit trail intact" in out and "expiry-sweep again: 0 expired" in out
-    path = tmp_path / "d" / "consentflow-demo.db"
-    assert path.exists() and not (tmp_path / "consentflow.db").exists()
-    assert _left_behind(tmp_path) == []
-
-    # Propagation: 8 expiries, 3 withdrawals and 5 invalidations reach crm; ads (profiling
-    # only) answers 503, so its 5 are retried later, and the health table says so.
-    propagate = out.split("\npropagate: ", 1)[1].split("\n\n", 1)[0]
-    assert "crm          delivered               16" in propagate
-    assert "ads          retried                  5" in propagate
-    assert "webhooks received on 127.0.0.1:" in out and ": crm 16 (answered 200), ads 5 " in out
-    assert "  signature verified with standardwebhooks: msg_" in out  # a test extra: installed
-    health = out.split("delivery health per endpoint:\n", 1)[1].split("\n\n", 1)[0]
-    ads, crm = health.splitlines()
-    assert ads.split()[:2] == ["ads", "NOT"] and "pending 5 (retrying 5)" in ads
-    assert "failures in 24 h 5" in ads
-    assert crm.split()[:2] == ["crm", "ok"] and "delivered 16, pending 0" in crm
-
-    # The emails: the default public URL is http, so no one-click header, and a note says why.
-    assert "0 with RFC 8058 one-click" in out
-    assert "note: one-click unsubscribe left out: CONSENTFLOW_PUBLIC_URL (http://" in out
-
-    # The way into the web app: a compliance token for this database, and its path.
-    assert f"CONSENTFLOW_DATABASE_URL=sqlite:///{path} consentflow serve" in out
-    token = out.rsplit("for the demo database only: ", 1)[1].strip()
-    engine = db.make_engine(f"sqlite:///{path}")
-    with db.session_scope(engine) as s:
-        info = tokens.verify(s, token)
-    engine.dispose()
-    assert info is not None and info.scope.value == "compliance"
