@@ -6,9 +6,9 @@ single transaction and shapes the answer; the rules live in the service, read-si
 ``web.errors``.
 
 Routers, in the order their paths appear: ``meta`` (health, me), ``purposes`` (+ the systems
-list), ``subjects`` (+ receipt), ``consents`` (changes, requests), ``access`` (check, feed),
-``deliveries`` (+ replay), ``runs``, ``audit``; then ``metrics``, the one route at the root
-(``/metrics``, where Prometheus looks).
+list), ``subjects`` (+ receipt, erase), ``consents`` (changes, requests), ``access`` (check,
+feed, check/batch, export/eligible), ``deliveries`` (+ replay), ``runs``, ``audit``; then
+``metrics``, the one route at the root (``/metrics``, where Prometheus looks).
 """
 
 from __future__ import annotations
