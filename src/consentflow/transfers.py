@@ -58,11 +58,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from consentflow import audit, db, purposes, systems
-from consentflow.access import Decision, Reason
+from consentflow.access import Decision, Reason, judge
 from consentflow.actors import Actor, audit_fields
 from consentflow.errors import Conflict, InvalidInput
-from consentflow.ledger import effective_state
-from consentflow.models import State, SystemPurpose, metadata, utcnow
+from consentflow.models import SystemPurpose, metadata, utcnow
 from consentflow.timeutil import iso_z
 
 #: The most subjects one batch check answers.
@@ -136,16 +135,6 @@ def gate(session: Session, purpose: str, system: str) -> Gate:
             "see `consentflow system list` for the purposes it is registered for"
         )
     return Gate(purpose=purpose, system=system, purpose_id=info.id, system_id=found.id)
-
-
-def judge(state: str, valid_until: datetime | None, at: datetime) -> Reason:
-    """The access check's answer for a consent row at ``at`` (``effective_state``)."""
-    return _REASONS[effective_state(_STATES[state], valid_until, at)]
-
-
-#: Enum lookups by value, once (a batch judges 10,000 rows).
-_STATES = {s.value: s for s in State}
-_REASONS = {s: Reason(s.value) for s in State}
 
 
 def subjects_digest(ids: Sequence[str]) -> str:
