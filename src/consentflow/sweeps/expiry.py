@@ -13,6 +13,8 @@ shape of its own (``ctx`` and the run's ``limit``, no size or cursor).
 
 from __future__ import annotations
 
+from collections import Counter
+
 from sqlalchemy import func
 from sqlmodel import col, select
 
@@ -40,9 +42,14 @@ def expire_batch(ctx: SweepContext, size: int, cursor: int = 0) -> Batch:
             actor=lifecycle.system_actor(ctx.run_id),
         )
     batch = Batch(seen=len(changes), more=bool(changes))
+    expired: Counter[str] = Counter()
+    enqueued: Counter[str] = Counter()
     for change in changes:
-        batch.add(change.purpose, "expired")
-        batch.add(change.purpose, "webhooks_enqueued", change.deliveries)
+        expired[change.purpose] += 1
+        enqueued[change.purpose] += change.deliveries
+    for purpose, n in expired.items():
+        batch.add(purpose, "expired", n)
+        batch.add(purpose, "webhooks_enqueued", enqueued[purpose])
     return batch
 
 
