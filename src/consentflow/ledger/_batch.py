@@ -73,6 +73,9 @@ def _claim(w: Writer, where: str, params: list[Any], order: str, limit: int) -> 
     )
 
 
+_STATES = {s.value: s for s in State}
+
+
 def _batch(
     session: Session,
     action: Action,
@@ -91,7 +94,7 @@ def _batch(
         subject = subjects.get(sid)
         if subject is None:
             subject = subjects[sid] = LockedSubject(sid, ext, ref, last_seq)
-        cur = Current(State(state), version, w.from_ts(given_at), w.from_ts(valid_until))
+        cur = Current(_STATES[state], version, w.from_ts(given_at), w.from_ts(valid_until))
         try:
             items += items_for(action, subject, infos[pid], cid, cur, actor, now, as_of)
         except TransitionNotAllowed:
