@@ -142,3 +142,42 @@ def test_transient_errors_are_retried_others_are_not() -> None:
     assert sweeps.transient(TimeoutError())
     assert not sweeps.transient(RuntimeError("bug"))
     assert not sweeps.transient(lifecycle.TransitionNotAllowed("no"))
+
+
+def test_a_batch_writes_what_the_single_path_writes_with_time_ordered_ids(engine) -> None:  # type: ignore[no-untyped-def]
+    """Two identical consents, one expired by ``lifecycle.expire`` and then one by a sweep
+    batch: the same history, outbox and audit rows but for the subject, the times and the ids;
+    every event and webhook id is a UUIDv7 (RFC 9562), the later one sorting later."""
+    import orjson
+
+    now = utcnow()
+    with db.session_scope(engine) as s:
+        purposes.add(s, "news", title="News", validity_days=365)
+        systems.add(s, "crm", ["news"], webhook_url="https://crm.example.com/hooks")
+    single, batch = seed_subjects(engine, 2)  # external ids p0 and p1
+    give(engine, [single, batch], "news", now - DAY)
+    with db.session_scope(engine) as s:
+        lifecycle.expire(s, "p0", "news", as_of=now)
+    assert sweep(engine, now) == {("news", "expired"): 1, ("news", "webhooks_enqueued"): 1}
+
+    with db.session_scope(engine) as s:
+        found = s.exec(select(ConsentEvent).where(ConsentEvent.action == "expire")).all()
+        deliveries = {d.event_id: d for d in s.exec(select(Delivery)).all()}
+    events = sorted(found, key=lambda e: e.subject_id != single)  # the single path's first
+    entries = {e.detail["event_id"]: e for e in audit_entries(engine, "consent.expire")}
+
+    def shape(event: ConsentEvent) -> tuple[object, ...]:
+        delivery, entry = deliveries[event.id], entries[str(event.id)]
+        body = orjson.loads(delivery.payload)
+        assert body["data"].pop("subject") == ("p0" if event.subject_id == single else "p1")
+        assert body["data"].pop("event_id") == str(event.id) and body.pop("timestamp")
+        detail = dict(entry.detail, event_id=None)
+        assert event.id.version == 7 and delivery.webhook_id.startswith("msg_")
+        fields = event.model_dump(exclude={"id", "subject_id", "recorded_at"})
+        return (fields, body, delivery.event_type, delivery.state, detail, entry.purpose_key)
+
+    assert shape(events[0]) == shape(events[1])
+    # Made later, never sorting earlier: the milliseconds lead (random bits after them).
+    first, then = (deliveries[e.id].webhook_id for e in events)
+    assert events[0].id.int >> 80 <= events[1].id.int >> 80 and first[:16] <= then[:16]
+    verify_audit(engine)
