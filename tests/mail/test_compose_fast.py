@@ -85,6 +85,11 @@ def test_edge_cases_give_the_same_bytes(case: str) -> None:
     [
         dict(name="Zoë Consents, Inc.", from_address="consent@example.org"),
         dict(to="a-very-long-local-part." + "x" * 60 + "@sub.domain.example.com"),
+        dict(to="first.o'hara+news=x/y{z}~@mail.example.co.uk"),
+        dict(to="x" * 60 + "@example.com"),  # "To: " + 72 characters: one over the line
+        dict(to="x" * 59 + "@example.com"),  # exactly the line
+        dict(message_id="<179606995581.20467.1407225529623079238@localhost>"),
+        dict(message_id="<a.b@" + "d" * 60 + ".example>"),
         dict(message_id="<" + "9" * 70 + "@a-long-domain-for-message-ids.example.org>"),
         dict(unsubscribe="<http://consent.example.com/l/x.y>"),
         dict(unsubscribe="<https://consent.example.com/l/" + "t" * 300 + ">"),

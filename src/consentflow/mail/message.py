@@ -30,10 +30,11 @@ servers without 8BITMIME take them too).
 Speed: building an ``EmailMessage`` costs milliseconds (every header parsed into an object and
 folded again on the way out), most of an email sweep's time. An all-ASCII message (the usual
 case) is therefore written directly (``_as_written``): the headers that need the policy (From,
-To, Subject, Message-ID, Content-Language) are folded by it once per distinct value (cached),
-the bodies by the same quoted-printable encoder; the bytes are those of the ``EmailMessage``
-path apart from the random boundary (``tests/mail/test_compose_fast.py`` compares them). A
-message that needs SMTPUTF8 is built with ``EmailMessage``.
+Subject, Content-Language, and a To or Message-ID that is not a plain dot-atom on one line) are
+folded by it once per distinct value (cached), the bodies by the same quoted-printable
+encoder; the bytes are those of the ``EmailMessage`` path apart from the random boundary
+(``tests/mail/test_compose_fast.py`` compares them). A message that needs SMTPUTF8 is built
+with ``EmailMessage``.
 
 Failure modes: ``compose`` raises ``InvalidInput`` when the recipient is not one valid address
 (a value stored before the address rule, see ``addresses``) and ``ValueError`` when a header
@@ -47,6 +48,7 @@ import email.header
 import email.policy
 import email.quoprimime
 import random
+import re
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -201,10 +203,10 @@ def _as_written(
     boundary = "=" * 15 + f"{random.randrange(sys.maxsize):019d}" + "=="
     lines = [
         _header("From", _from_value(name, from_address)),
-        _header("To", to),
+        _plain("To", to, _ADDR_SPEC) or _header("To", to),
         _subject_line(rendered.subject),
         f"Date: {format_datetime(now)}\r\n".encode(),
-        _header("Message-ID", message_id),
+        _plain("Message-ID", message_id, _MSG_ID) or _header("Message-ID", message_id),
         b"Auto-Submitted: auto-generated\r\n",
     ]
     if unsubscribe:
@@ -239,6 +241,21 @@ def _quoted_printable(text: str) -> bytes:
     normal = (b"\n".join(lines) + b"\n").decode("latin-1")
     encoded = email.quoprimime.body_encode(normal, LINE_LENGTH)
     return encoded.replace("\n", "\r\n").encode("ascii")
+
+
+#: A dot-atom address and a Message-ID of one: the policy writes them as they are when the
+#: line fits, so they need not go through it (each message has its own, so no cache helps).
+_DOT_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+_ADDR_SPEC = re.compile(rf"{_DOT_ATOM}@{_DOT_ATOM}")
+_MSG_ID = re.compile(rf"<{_DOT_ATOM}@{_DOT_ATOM}>")
+
+
+def _plain(name: str, value: str, shape: re.Pattern[str]) -> bytes | None:
+    """``name: value`` as the policy writes a simple value that fits on the line, else None."""
+    line = f"{name}: {value}"
+    if len(line) <= LINE_LENGTH and shape.fullmatch(value):
+        return f"{line}\r\n".encode("ascii")
+    return None
 
 
 @lru_cache(maxsize=64)
