@@ -1,62 +1,80 @@
-"""Benchmark: the expiry sweep against hand-written set-based SQL doing the same writes.
+"""Benchmark: the expiry sweep against plain SQL writing the same rows, and against bare tables.
 
-Not a test. It fills a database with N consents (default 1,000,000: N/4 subjects x 4 purposes,
-one history event each), D of them past their validity (default 250,000, spread over subjects
-and purposes), copies it, and then expires the D due consents twice, once on each copy:
+Not a test. It fills a database with N consents (default 200,000; the issue's figure is
+1,000,000: ``--consents 1000000``): N/4 subjects x 4 purposes, one history event each, a quarter
+of them past their validity (spread evenly over subjects and purposes), and one downstream system
+with a webhook subscribed to every purpose, so each expiry also writes one outbox row. It then
+copies the database and expires the due consents on each copy, batch by batch (``--batch-size``,
+default 5,000, the flow's default), one transaction per batch, each timed from the first batch
+to the last commit:
 
-(a) the sweep: ``consentflow.sweeps.expire_batch`` (what each task of the expiry-sweep flow
-    runs: ``lifecycle.expire_due`` with a flow run id), batch after batch until nothing is due,
-    timed from the first batch to the last commit;
-(b) the baseline: hand-written SQL through the bare driver, per batch of the same size and in
-    the same order, one transaction each: select the due rows, set state/last event, insert one
-    history row each, advance each subject's sequence number, append one hash-chained audit row
-    each (hashed in Python: SQL cannot chain hashes), move the audit head. On PostgreSQL the
-    writes are one statement per table per batch (``unnest`` arrays); on SQLite prepared
-    statements over the batch.
+(a) the sweep, in process: ``consentflow.sweeps.expire_batch`` (what each task of the
+    expiry-sweep flow runs), drained as the flow drains it, in a fresh child process that also
+    reports its peak memory (RSS) and how far the sweep raised it above the process's set-up;
+(b) the same-schema baseline: the fastest plain SQL, through the bare driver, that writes the
+    same rows into consentflow's own tables and indexes: per batch, claim the due consents
+    (PostgreSQL: ``FOR UPDATE ... SKIP LOCKED``), set state and last event, advance each
+    subject's sequence number, one history row, one outbox row with its webhook body and one
+    audit entry each (the chain hashed in Python: SQL cannot chain hashes), move the audit head.
+    PostgreSQL: one statement per table per batch (``UPDATE ... FROM unnest`` /
+    ``INSERT ... SELECT FROM unnest``); SQLite: prepared statements over the batch;
+(c) the bare limit: the same number of rows (one state, history, audit and outbox row per
+    expiry) with the same columns and values of the same size, written into bare tables with no
+    keys or indexes, per batch of the same size, one transaction each (PostgreSQL ``COPY``,
+    SQLite ``executemany``); the rows are made in Python beforehand, outside the timer;
+(d) one real run of the ``expiry-sweep`` Prefect flow on a fourth copy, as ``consentflow run
+    expiry-sweep`` runs it (an embedded Prefect server in a throw-away ``PREFECT_HOME``, started
+    by a trivial flow run first, since a deployment's worker does not pay for that per run): its
+    rate from the first batch task's start to the last one's end as the Prefect API records them,
+    and from the call to its return; the task runs the API holds for the run (orchestration
+    overhead: one per batch, ``bench/orchestration.py`` compares two sizes).
 
-(c) the flow: one real run of the ``expiry-sweep`` Prefect flow on a third copy, as
-    ``consentflow run expiry-sweep`` starts it (embedded Prefect with the CLI's hermetic
-    settings, Prefect's defaults otherwise): the same batches, each a Prefect task run, plus the
-    run's own audit entry and summary artifact. Timed from the call to its return; the embedded
-    server is started by a trivial flow run first, since a deployment's worker does not pay
-    for that per run.
-
-The copies are checked to hold the same number of expired consents, events and audit entries
-afterwards (the flow's copy one audit entry more: the run's). It prints each rate, and the
-ratios (a)/(b) and (c)/(b) against the same baseline (the target for (a) is >= 0.5). No webhooks
-are subscribed, so no side writes outbox rows.
+Afterwards the copies are checked: the same counts of expired consents, events, outbox rows and
+audit entries, every chain verifies, and the baseline wrote rows equal to the sweep's in every
+column but ids, times and hashes. It prints each rate and the ratios (a)/(b) (target >= 0.5) and
+(b)/(c) (the baseline must reach >= 0.3 of the bare limit).
 
     python bench/expiry_sweep.py                                   # SQLite file in a temp dir
-    python bench/expiry_sweep.py --consents 200000 --due 50000     # a quicker run
+    python bench/expiry_sweep.py --consents 1000000                # the issue's size
     python bench/expiry_sweep.py --url postgresql://postgres@127.0.0.1:5432/postgres
+    python bench/expiry_sweep.py --memory-at 100000                # also: peak memory at 100k
     python bench/expiry_sweep.py --profile                         # where the sweep spends time
-    python bench/expiry_sweep.py --no-flow                         # (a) and (b) only
+    python bench/expiry_sweep.py --no-flow                         # (a), (b) and (c) only
 """
 
 from __future__ import annotations
 
 import argparse
-import cProfile
-import hashlib
+import multiprocessing
 import os
-import pstats
 import shutil
+import sys
 import tempfile
 import time
-import uuid
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 
-from consentflow import db, purposes, settings, sweeps
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _expiry_sql import (
+    CpuClock,
+    backend_pid,
+    check_same_rows,
+    run_bare,
+    run_baseline,
+    totals,
+)
+
+from consentflow import db, purposes, systems
 from consentflow.models import utcnow
 
 PURPOSES = ["news", "offers", "profiling", "partners"]
-GENESIS = "0" * 64
+SPAWN = multiprocessing.get_context("spawn")
 
 
 # --------------------------------------------------------------------------------------------
@@ -69,17 +87,17 @@ def fill(engine: Engine, n: int, due: int, as_of: datetime) -> None:
     with db.session_scope(engine) as s:
         for key in PURPOSES:
             purposes.add(s, key, title=key.title(), validity_days=365)
+        systems.add(s, "crm", PURPOSES, webhook_url="https://crm.example.com/hooks")
     pg = engine.dialect.name == "postgresql"
     n_subjects = (n + len(PURPOSES) - 1) // len(PURPOSES)
     # Consent i (1-based) belongs to subject (i-1)/4+1 and purpose (i-1)%4+1; it is due when
     # (i * 7919) % n < due, which picks exactly `due` consents spread evenly over the table.
-    p = {"n": n, "due": due, "subjects": n_subjects, "as_of": as_of}
+    p: dict[str, Any] = {"n": n, "due": due, "subjects": n_subjects, "as_of": as_of}
     if pg:
-        p["as_of"] = as_of
         statements = [
             """INSERT INTO subject (id, external_id, subject_ref, email, locale, last_seq,
                                     created_at)
-               SELECT i, 's' || i, 'ref' || i, NULL, 'en', 0, :as_of
+               SELECT i, 's' || i, md5('ref' || i), NULL, 'en', 0, :as_of
                FROM generate_series(1, :subjects) AS i""",
             """INSERT INTO consent (id, subject_id, purpose_id, state, purpose_version, given_at,
                                     valid_until, updated_at, last_event_id, reminder_stage)
@@ -97,7 +115,8 @@ def fill(engine: Engine, n: int, due: int, as_of: datetime) -> None:
             """WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < :subjects)
                INSERT INTO subject (id, external_id, subject_ref, email, locale, last_seq,
                                     created_at)
-               SELECT i, 's' || i, 'ref' || i, NULL, 'en', 0, :as_of || '.000000' FROM g""",
+               SELECT i, 's' || i, lower(hex(randomblob(16))), NULL, 'en', 0,
+                      :as_of || '.000000' FROM g""",
             """WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < :n)
                INSERT INTO consent (id, subject_id, purpose_id, state, purpose_version, given_at,
                                     valid_until, updated_at, last_event_id, reminder_stage)
@@ -128,9 +147,13 @@ def fill(engine: Engine, n: int, due: int, as_of: datetime) -> None:
             for table in ("subject", "consent"):
                 sequence = f"pg_get_serial_sequence('{table}', 'id')"
                 conn.execute(text(f"SELECT setval({sequence}, max(id)) FROM {table}"))
-            conn.execute(text("ANALYZE"))
-        else:
-            conn.execute(text("ANALYZE"))
+        conn.execute(text("ANALYZE"))
+    if not pg:
+        raw = engine.raw_connection()
+        try:
+            raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # type: ignore[union-attr]
+        finally:
+            raw.close()
 
 
 def copy_database(url: str, engine: Engine, name: str) -> str:
@@ -154,30 +177,97 @@ def copy_database(url: str, engine: Engine, name: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# (a) the sweep, (b) the baseline
+# (a) the sweep, in a child process of its own
 # --------------------------------------------------------------------------------------------
 
 
-def run_sweep(engine: Engine, as_of: datetime, batch: int) -> int:
-    done = 0
+def _rss_mb(field: str = "VmHWM") -> float:
+    """This process's peak resident memory (``VmHWM``), or its current one (``VmRSS``), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _sweep_child(url: str, as_of: datetime, batch: int, profile: bool, out: Any) -> None:
+    import cProfile
+    import io
+    import pstats
+
+    from consentflow import db, sweeps
+
+    engine = db.make_engine(url)
     ctx = sweeps.SweepContext(as_of, run_id="bench-sweep", engine=engine)
+
+    def backend() -> int | None:  # the pool's one connection, reused by every batch
+        with db.session_scope(engine, readonly=True) as s:
+            return backend_pid(s.connection().connection.cursor(), engine.dialect.name != "sqlite")
+
+    pid = backend()
+    set_up = _rss_mb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # the peak restarts from here (Linux)
+    profiler = cProfile.Profile() if profile else None
+    done, batches = 0, 0
+    started, cpu = time.perf_counter(), CpuClock(pid)
+    if profiler:
+        profiler.enable()
     for result in sweeps.drain(
-        lambda size, cursor: sweeps.expire_batch(ctx, size, cursor),
-        batch_size=batch,
+        lambda size, cursor: sweeps.expire_batch(ctx, size, cursor), batch_size=batch
     ):
         done += result.seen
-    return done
+        batches += 1
+    if profiler:
+        profiler.disable()
+    seconds, cpu_seconds = time.perf_counter() - started, cpu.seconds()
+    assert backend() == pid, "the sweep used another connection: its CPU time is not counted"
+    report = ""
+    if profiler:
+        buf = io.StringIO()
+        pstats.Stats(profiler, stream=buf).sort_stats("tottime").print_stats(22)
+        report = buf.getvalue()
+    engine.dispose()
+    out.put((done, batches, seconds, cpu_seconds, set_up, _rss_mb(), report))
+
+
+@dataclass
+class SweepResult:
+    done: int
+    batches: int
+    seconds: float
+    cpu_seconds: float | None
+    rss_set_up: float
+    rss_peak: float
+    profile: str
+
+
+def run_sweep(url: str, as_of: datetime, batch: int, profile: bool = False) -> SweepResult:
+    """(a) in a fresh process, so that its peak memory is the sweep's own."""
+    out = SPAWN.Queue()
+    child = SPAWN.Process(target=_sweep_child, args=(url, as_of, batch, profile, out))
+    child.start()
+    result = SweepResult(*out.get())
+    child.join()
+    assert child.exitcode == 0, child.exitcode
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# (d) the flow
+# --------------------------------------------------------------------------------------------
 
 
 def start_prefect() -> None:
-    """Embedded Prefect with the CLI's settings (before Prefect is imported), then one trivial
-    flow run so that the embedded server is up before anything is timed."""
-    from consentflow.cli.run import _hermetic_prefect, _quiet_prefect_logs
-
-    _hermetic_prefect()
+    """An embedded Prefect as ``consentflow run`` gets it without a server (a throw-away
+    ``PREFECT_HOME``, no telemetry), set before Prefect is imported; then one trivial flow run,
+    so the embedded server is up before anything is timed."""
+    os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="consentflow-bench-prefect-"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.pop("PREFECT_API_URL", None)
     from prefect import flow
-
-    _quiet_prefect_logs()
 
     @flow(name="bench-warm-up")
     def warm_up() -> int:
@@ -186,153 +276,61 @@ def start_prefect() -> None:
     warm_up()
 
 
-def run_flow(url: str, as_of: datetime, batch: int) -> int:
-    """(c): one run of the expiry-sweep flow on the database at ``url``; how many expired."""
+@dataclass
+class FlowResult:
+    expired: int
+    seconds: float  # the call, start to return
+    batch_seconds: float  # first batch task's start to the last one's end (Prefect API)
+    task_runs: dict[str, int]  # by task name, from the Prefect API
+    flow_run_id: str
+
+
+def task_runs_of(flow_run_id: str, expected: int | None = None) -> list[Any]:
+    """The task runs the Prefect API holds for a flow run, once all ``expected`` ended (the
+    server records them from events, a moment after the client finished them)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline = time.monotonic() + 120
+    with get_client(sync_client=True) as client:
+        while True:
+            runs: list[Any] = []
+            while True:
+                page = client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                    limit=200,
+                    offset=len(runs),
+                )
+                runs += page
+                if len(page) < 200:
+                    break
+            ended = [r for r in runs if r.end_time is not None]
+            if expected is None or len(ended) >= expected or time.monotonic() > deadline:
+                return runs
+            time.sleep(0.5)
+
+
+def run_flow(url: str, as_of: datetime, batch: int, expected_batches: int) -> FlowResult:
+    """(d): one run of the expiry-sweep flow on the database at ``url``."""
+    from consentflow import settings
     from flows import expiry_sweep
 
     os.environ["CONSENTFLOW_DATABASE_URL"] = url  # the flow's tasks use the default engine
     settings.get_settings.cache_clear()
+    started = time.perf_counter()
     summary = expiry_sweep.expiry_sweep(as_of=as_of, batch_size=batch)
+    seconds = time.perf_counter() - started
     assert summary.outcome == "completed", summary.outcome
-    return summary.total("expired")
-
-
-def _iso(ts: datetime) -> str:
-    return ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def run_baseline(engine: Engine, as_of: datetime, batch: int) -> int:
-    """Hand-written SQL through the bare driver (see the module docstring)."""
-    pg = engine.dialect.name == "postgresql"
-    raw = engine.raw_connection()
-    cur = raw.cursor()
-    mark = "%s" if pg else "?"
-
-    def q(sql: str) -> str:
-        return sql.replace("?", mark)
-
-    def ts(value: datetime) -> Any:
-        return value if pg else value.strftime("%Y-%m-%d %H:%M:%S.%f")
-
-    cur.execute("SELECT id, key FROM purpose")
-    keys = dict(cur.fetchall())
-    done = 0
-    lock = " FOR UPDATE OF c, s SKIP LOCKED" if pg else ""
-    while True:
-        now = datetime.now(UTC)
-        if not pg:
-            cur.execute("BEGIN IMMEDIATE")
-        cur.execute(
-            q(
-                "SELECT c.id, c.subject_id, c.purpose_id, c.purpose_version, c.valid_until,"
-                " s.last_seq, s.subject_ref FROM consent c JOIN subject s ON s.id = c.subject_id"
-                " WHERE c.state = 'given' AND c.valid_until <= ?"
-                f" ORDER BY c.valid_until, c.id LIMIT {batch}{lock}"
-            ),
-            (ts(as_of),),
-        )
-        rows = cur.fetchall()
-        if not rows:
-            if pg:
-                raw.rollback()
-            else:
-                cur.execute("ROLLBACK")
-            break
-        seqs: dict[int, int] = {}
-        consents, events, audit_rows = [], [], []
-        cur.execute("SELECT seq, hash FROM audit_head WHERE id = 1" + (" FOR UPDATE" if pg else ""))
-        head_seq, prev = cur.fetchone()
-        now_db, now_iso = ts(now), _iso(now)
-        for cid, sid, pid, version, valid_until, last_seq, ref in rows:
-            seq = seqs[sid] = seqs.get(sid, last_seq) + 1
-            eid = uuid.uuid4()
-            # The validity end as stored is both the event's valid_until and its occurred_at.
-            ended_iso = valid_until.isoformat() if pg else valid_until.replace(" ", "T") + "+00:00"
-            consents.append((cid, eid if pg else eid.hex))
-            events.append((eid if pg else eid.hex, sid, pid, seq, version, valid_until, now_db))
-            detail = orjson.dumps(
-                {"event_id": str(eid), "seq": seq, "from": "given", "to": "expired",
-                 "purpose_version": version, "occurred_at": ended_iso},
-                option=orjson.OPT_SORT_KEYS,
-            )  # fmt: skip
-            head_seq += 1
-            header = [head_seq, now_iso, "consent.expire", ref, keys[pid], "system", "consentflow",
-                      "system", "bench-baseline"]  # fmt: skip
-            digest = hashlib.sha256(
-                b"%s\n%s\n%s" % (prev.encode(), orjson.dumps(header), detail)
-            ).hexdigest()
-            audit_rows.append((head_seq, now_db, ref, keys[pid], detail.decode(), prev, digest))
-            prev = digest
-        subjects = list(seqs.items())
-        if pg:
-            cur.execute(
-                "UPDATE consent c SET state = 'expired', updated_at = %s, last_event_id = v.e,"
-                " reminder_stage = NULL FROM unnest(%b::int[], %b::uuid[]) AS v(i, e)"
-                " WHERE c.id = v.i",
-                (now, [c[0] for c in consents], [c[1] for c in consents]),
-            )
-            cur.execute(
-                "INSERT INTO consent_event (id, subject_id, purpose_id, seq, action, state,"
-                " previous_state, purpose_version, occurred_at, recorded_at, valid_until,"
-                " actor_type, actor, channel, run_id) SELECT e, s, p, q, 'expire', 'expired',"
-                " 'given', v, o, r, o, 'system', 'consentflow', 'system', 'bench-baseline'"
-                " FROM unnest(%b::uuid[], %b::int[], %b::int[], %b::int[], %b::int[],"
-                " %b::timestamptz[], %b::timestamptz[]) AS x(e, s, p, q, v, o, r)",
-                [list(col) for col in zip(*events, strict=True)],
-            )
-            cur.execute(
-                "UPDATE subject SET last_seq = v.q FROM unnest(%b::int[], %b::int[]) AS v(i, q)"
-                " WHERE subject.id = v.i",
-                ([s for s, _ in subjects], [q_ for _, q_ in subjects]),
-            )
-            cur.execute(
-                "INSERT INTO audit_entry (seq, recorded_at, action, subject_ref, purpose_key,"
-                " actor_type, actor, channel, run_id, detail, prev_hash, hash)"
-                " SELECT q, r, 'consent.expire', s, p, 'system', 'consentflow', 'system',"
-                " 'bench-baseline', d::json, h0, h FROM unnest(%b::int[], %b::timestamptz[],"
-                " %b::text[], %b::text[], %b::text[], %b::text[], %b::text[])"
-                " AS x(q, r, s, p, d, h0, h)",
-                [list(col) for col in zip(*audit_rows, strict=True)],
-            )
-            cur.execute("UPDATE audit_head SET seq = %s, hash = %s WHERE id = 1", (head_seq, prev))
-            raw.commit()
-        else:
-            cur.executemany(
-                "UPDATE consent SET state = 'expired', updated_at = ?, last_event_id = ?,"
-                " reminder_stage = NULL WHERE id = ?",
-                [(now_db, e, c) for c, e in consents],
-            )
-            cur.executemany(
-                "INSERT INTO consent_event (id, subject_id, purpose_id, seq, action, state,"
-                " previous_state, purpose_version, occurred_at, recorded_at, valid_until,"
-                " actor_type, actor, channel, run_id) VALUES (?, ?, ?, ?, 'expire', 'expired',"
-                " 'given', ?, ?, ?, ?, 'system', 'consentflow', 'system', 'bench-baseline')",
-                [(*e, e[5]) for e in events],
-            )
-            cur.executemany(
-                "UPDATE subject SET last_seq = ? WHERE id = ?", [(q_, s) for s, q_ in subjects]
-            )
-            cur.executemany(
-                "INSERT INTO audit_entry (seq, recorded_at, action, subject_ref, purpose_key,"
-                " actor_type, actor, channel, run_id, detail, prev_hash, hash) VALUES"
-                " (?, ?, 'consent.expire', ?, ?, 'system', 'consentflow', 'system',"
-                " 'bench-baseline', ?, ?, ?)",
-                audit_rows,
-            )
-            cur.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (head_seq, prev))
-            cur.execute("COMMIT")
-        done += len(rows)
-    raw.close()
-    return done
-
-
-def totals(engine: Engine) -> tuple[int, int, int]:
-    with engine.connect() as conn:
-        return (
-            conn.execute(text("SELECT count(*) FROM consent WHERE state = 'expired'")).scalar_one(),
-            conn.execute(text("SELECT count(*) FROM consent_event")).scalar_one(),
-            conn.execute(text("SELECT count(*) FROM audit_entry")).scalar_one(),
-        )
+    assert summary.run_id is not None
+    runs = task_runs_of(summary.run_id, expected_batches)
+    names: dict[str, int] = {}
+    for r in runs:
+        names[r.name.rsplit("-", 1)[0]] = names.get(r.name.rsplit("-", 1)[0], 0) + 1
+    batches = [r for r in runs if r.name.startswith("expire-batch")]
+    span = max(r.end_time for r in batches) - min(r.start_time for r in batches)
+    return FlowResult(
+        summary.total("expired"), seconds, span.total_seconds(), names, summary.run_id
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,105 +338,180 @@ def totals(engine: Engine) -> tuple[int, int, int]:
 # --------------------------------------------------------------------------------------------
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+class Databases:
+    """The source database and its copies, dropped (PostgreSQL) or deleted at the end."""
+
+    def __init__(self, url: str | None, prefix: str = "consentflow_bench") -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="consentflow-bench-"))
+        self.prefix = prefix
+        self.made: list[str] = []
+        self.admin: Engine | None = None
+        if url:
+            parsed = make_url(db.normalise_url(url))
+            self.admin = create_engine(
+                parsed.set(database="postgres").render_as_string(hide_password=False),
+                isolation_level="AUTOCOMMIT",
+            )
+            name = f"{prefix}_src"
+            with self.admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+            self.made.append(name)
+            self.base = parsed.set(database=name).render_as_string(hide_password=False)
+        else:
+            self.base = f"sqlite:///{self.tmp / 'src.db'}"
+
+    def filled(self, n: int, due: int, as_of: datetime) -> Engine:
+        engine = db.make_engine(self.base)
+        db.upgrade(engine)
+        fill(engine, n, due, as_of)
+        return engine
+
+    def copy(self, engine: Engine, what: str) -> str:
+        name = f"{self.prefix}_{what}"
+        self.made.append(name)
+        return copy_database(self.base, engine, name)
+
+    def drop(self, url: str) -> None:
+        """Free a copy's space as soon as it is checked (1,000,000 consents take ~0.5 GB)."""
+        if self.admin is None:
+            Path(make_url(url).database or "").unlink(missing_ok=True)
+            return
+        name = make_url(url).database
+        with self.admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    def close(self) -> None:
+        if self.admin is not None:
+            with self.admin.connect() as conn:
+                for name in self.made:
+                    conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            self.admin.dispose()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _rate(n: int, seconds: float, cpu: float | None = None) -> str:
+    text = f"{n:,} in {seconds:.2f} s = {n / seconds:,.0f}/s"
+    if cpu is not None:
+        text += f" (CPU {cpu:.2f} s: {n / cpu:,.0f} per CPU second)"
+    return text
+
+
+def _ratio(base: tuple[float, float | None], other: tuple[float, float | None]) -> str:
+    """Rate of ``other`` over rate of ``base`` for the same work: elapsed, and per CPU second."""
+    text = f"{base[0] / other[0]:.2f}"
+    if base[1] is not None and other[1] is not None:
+        text += f" (per CPU second {base[1] / other[1]:.2f})"
+    return text
+
+
+def memory_only(url: str | None, n: int, batch: int) -> SweepResult:
+    """The sweep alone on ``n`` consents (for ``--memory-at``)."""
+    dbs = Databases(url, prefix="consentflow_bench_mem")
+    try:
+        as_of = utcnow()
+        engine = dbs.filled(n, n // 4, as_of)
+        url_a = dbs.copy(engine, "a")
+        return run_sweep(url_a, as_of, batch)
+    finally:
+        dbs.close()
+
+
+def main() -> None:  # Long: one phase after another, each printed as it ends
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--url", help="PostgreSQL server URL (default: SQLite in a temp dir)")
-    ap.add_argument("--consents", type=int, default=1_000_000)
-    ap.add_argument("--due", type=int, default=250_000)
+    ap.add_argument("--consents", type=int, default=200_000)
+    ap.add_argument("--due", type=int, help="due consents (default: a quarter)")
     ap.add_argument("--batch-size", type=int, default=5000)
     ap.add_argument("--profile", action="store_true", help="profile the sweep (slower)")
-    ap.add_argument("--no-flow", action="store_true", help="skip (c), the Prefect flow run")
+    ap.add_argument("--no-flow", action="store_true", help="skip (d), the Prefect flow run")
+    ap.add_argument("--memory-at", type=int, help="also sweep this many consents: memory ratio")
     args = ap.parse_args()
+    due = args.due if args.due is not None else args.consents // 4
     if args.consents % 7919 == 0:
         ap.error("--consents must not be a multiple of 7919")
 
-    tmp = Path(tempfile.mkdtemp(prefix="consentflow-bench-"))
-    made: list[str] = []
-    if args.url:
-        parsed = make_url(db.normalise_url(args.url))
-        base = parsed.set(database="consentflow_bench_src").render_as_string(hide_password=False)
-        admin = create_engine(
-            parsed.set(database="postgres").render_as_string(hide_password=False),
-            isolation_level="AUTOCOMMIT",
-        )
-        with admin.connect() as conn:
-            for name in ("consentflow_bench_src", *(f"consentflow_bench_{x}" for x in "abc")):
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-            conn.execute(text('CREATE DATABASE "consentflow_bench_src"'))
-        made.append("consentflow_bench_src")
-    else:
-        admin = None
-        base = f"sqlite:///{tmp / 'src.db'}"
+    dbs = Databases(args.url)
     try:
         as_of = utcnow()
-        engine = db.make_engine(base)
-        db.upgrade(engine)
         started = time.perf_counter()
-        fill(engine, args.consents, args.due, as_of)
+        engine = dbs.filled(args.consents, due, as_of)
         print(
-            f"{engine.dialect.name}: {args.consents:,} consents, {args.due:,} due, "
-            f"batches of {args.batch_size:,} (filled in {time.perf_counter() - started:.1f} s)"
+            f"{engine.dialect.name}: {args.consents:,} consents, {due:,} due, one webhook "
+            f"subscriber, batches of {args.batch_size:,} (filled in "
+            f"{time.perf_counter() - started:.1f} s; load average "
+            f"{', '.join(f'{x:.1f}' for x in os.getloadavg())})",
+            flush=True,
         )
-        url_a = copy_database(base, engine, "consentflow_bench_a")
-        url_b = copy_database(base, engine, "consentflow_bench_b")
-        made += ["consentflow_bench_a", "consentflow_bench_b"]
-        if not args.no_flow:
-            url_c = copy_database(base, engine, "consentflow_bench_c")
-            made.append("consentflow_bench_c")
+        url_a, url_b, url_c = (dbs.copy(engine, x) for x in "abc")
+        url_d = None if args.no_flow else dbs.copy(engine, "d")
 
+        t_c, cpu_c = run_bare(url_c, due, args.batch_size, as_of)
+        dbs.drop(url_c)
+        print(f"(c) bare limit, no keys or indexes:   {_rate(due, t_c, cpu_c)}", flush=True)
         eng_b = db.make_engine(url_b)
-        started = time.perf_counter()
-        n_b = run_baseline(eng_b, as_of, args.batch_size)
-        t_b = time.perf_counter() - started
-
+        n_b, t_b, cpu_b = run_baseline(eng_b, as_of, args.batch_size)
+        print(f"(b) same-schema baseline (plain SQL): {_rate(n_b, t_b, cpu_b)}", flush=True)
+        a = run_sweep(url_a, as_of, args.batch_size, args.profile)
+        print(
+            f"(a) expiry sweep (sweeps.expire_batch, in process): "
+            f"{_rate(a.done, a.seconds, a.cpu_seconds)}; {a.batches} batches; peak RSS "
+            f"{a.rss_peak:.0f} MB (+{a.rss_peak - a.rss_set_up:.0f} MB over its set-up)",
+            flush=True,
+        )
         eng_a = db.make_engine(url_a)
-        profiler = cProfile.Profile() if args.profile else None
-        started = time.perf_counter()
-        if profiler:
-            profiler.enable()
-        n_a = run_sweep(eng_a, as_of, args.batch_size)
-        if profiler:
-            profiler.disable()
-        t_a = time.perf_counter() - started
-
         check_a, check_b = totals(eng_a), totals(eng_b)
-        assert n_a == n_b == args.due, (n_a, n_b)
+        assert a.done == n_b == due, (a.done, n_b)
         assert check_a == check_b, (check_a, check_b)
-        rate_a, rate_b = n_a / t_a, n_b / t_b
-        print(f"(a) expiry sweep (sweeps.expire_batch): {n_a:,} in {t_a:.2f} s = {rate_a:,.0f}/s")
-        print(f"(b) hand-written set-based SQL:         {n_b:,} in {t_b:.2f} s = {rate_b:,.0f}/s")
-        print(f"ratio (a)/(b): {rate_a / rate_b:.2f}  (target >= 0.5)")
-        if profiler:
-            pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+        check_same_rows(eng_a, eng_b)
         eng_a.dispose()
         eng_b.dispose()
+        dbs.drop(url_a)
+        dbs.drop(url_b)
+        print("checked: same rows in (a) and (b), both audit chains verify")
+        for name, x, y, target in (
+            ("(a)/(b)", (t_b, cpu_b), (a.seconds, a.cpu_seconds), "target >= 0.5"),
+            ("(b)/(c)", (t_c, cpu_c), (t_b, cpu_b), "the baseline must reach >= 0.3"),
+            ("(a)/(c)", (t_c, cpu_c), (a.seconds, a.cpu_seconds), "hence >= 0.15"),
+        ):
+            print(f"ratio {name}: {_ratio(x, y)}  ({target})")
+        if a.profile:
+            print(a.profile)
 
-        if not args.no_flow:
+        if url_d is not None:
             started = time.perf_counter()
             start_prefect()
             warm = time.perf_counter() - started
-            started = time.perf_counter()
-            n_c = run_flow(url_c, as_of, args.batch_size)
-            t_c = time.perf_counter() - started
-            eng_c = db.make_engine(url_c)
-            expired, events, entries = totals(eng_c)
-            eng_c.dispose()
-            assert n_c == args.due, n_c
-            assert (expired, events, entries - 1) == check_b, ((expired, events, entries), check_b)
-            rate_c = n_c / t_c
-            tasks = -(-args.due // args.batch_size) + 1  # the last, empty batch ends the loop
-            print(
-                f"(c) expiry-sweep flow run (Prefect, {tasks} tasks): {n_c:,} in {t_c:.2f} s "
-                f"= {rate_c:,.0f}/s  (embedded server started beforehand, in {warm:.1f} s)"
+            expected = -(-due // args.batch_size) + 1  # the last, empty batch ends the loop
+            d = run_flow(url_d, as_of, args.batch_size, expected)
+            eng_d = db.make_engine(url_d)
+            expired, events, deliveries, entries = totals(eng_d)
+            eng_d.dispose()
+            assert d.expired == due, d.expired
+            assert (expired, events, deliveries, entries - 1) == check_b, (
+                (expired, events, deliveries, entries),
+                check_b,
             )
-            print(f"ratio (c)/(b): {rate_c / rate_b:.2f}   (c)/(a): {rate_c / rate_a:.2f}")
+            print(
+                f"(d) expiry-sweep flow run (Prefect; embedded server started beforehand in "
+                f"{warm:.1f} s): first batch to last commit {_rate(d.expired, d.batch_seconds)}; "
+                f"call to return {_rate(d.expired, d.seconds)}"
+            )
+            print(f"    task runs recorded by the Prefect API: {d.task_runs} (batches: {expected})")
+            print(
+                f"ratio (d)/(b): {d.expired / d.batch_seconds / (n_b / t_b):.2f} (batches), "
+                f"{d.expired / d.seconds / (n_b / t_b):.2f} (call)"
+            )
+        if args.memory_at:
+            m = memory_only(args.url, args.memory_at, args.batch_size)
+            print(
+                f"memory: peak RSS {m.rss_peak:.0f} MB at {args.memory_at:,} consents "
+                f"(+{m.rss_peak - m.rss_set_up:.0f} MB), {a.rss_peak:.0f} MB at "
+                f"{args.consents:,} (+{a.rss_peak - a.rss_set_up:.0f} MB): ratio "
+                f"{a.rss_peak / m.rss_peak:.2f} (target <= 1.3)"
+            )
     finally:
-        if admin is not None:
-            with admin.connect() as conn:
-                for name in made:
-                    conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
-        shutil.rmtree(tmp, ignore_errors=True)
+        dbs.close()
 
 
 if __name__ == "__main__":
