@@ -9,26 +9,30 @@ first batch: the ``recorded_at`` of the first audit entry the batch writes (the 
 printed too. Runs are numbered: run 1 is the first on a new data directory, the later ones
 reuse whatever the earlier ones prepared.
 
-Modes (``--modes``, default all):
+Modes (``--modes``, default both), each in rounds: every round runs ``python -c "import
+prefect"`` and then each series once, so all series see the same load on a shared machine; each
+figure is also printed in units of its round's ``import prefect`` time.
 
-* ``embedded``: no Prefect server configured (what issue 11's target 3 is about; target < 5 s
-  every run). Two runs at once are also timed at the end (``concurrent``): both must complete.
-* ``before``: the same runs the way ``consentflow run`` started Prefect before: Prefect's own
-  temporary server in a new ``PREFECT_HOME`` each run, migrations included (the explicit
-  ``PREFECT_HOME`` makes the CLI leave Prefect to itself, which is exactly that).
+* ``local``, no Prefect server configured (issue 11's target 3: first batch under 5 s, every
+  run): ``consentflow run expiry-sweep`` as it is now; **before**: the same command the way it
+  started Prefect before (Prefect's own temporary server in a new ``PREFECT_HOME`` each run,
+  migrations included: an explicit ``PREFECT_HOME`` makes the CLI leave Prefect to itself, which
+  is exactly that); the **baseline** bare Prefect flow with one task (``@flow`` calling one
+  ``@task``; the figure is when the task's body starts) in a reused ``PREFECT_HOME``, Prefect's
+  own best case (run 1 migrates, later runs reuse). Then two ``consentflow run`` at once (both
+  must complete).
 * ``server``: a local ``prefect server start`` (its own home, started and made ready before
-  timing; not part of the figure), ``PREFECT_API_URL`` set: ``consentflow run expiry-sweep
-  --local`` (the flow runs here against the server: target < 2 s), and ``consentflow run
-  expiry-sweep`` as a user runs it there, which only creates a deployment run for a worker
-  (timed to the ``flow.requested`` entry and to the command's exit; no worker runs it).
+  timing; not part of the figures), ``PREFECT_API_URL`` set (target under 2 s):
+  ``consentflow run expiry-sweep --local`` (the flow runs in the command's process against the
+  server); ``consentflow run expiry-sweep`` as a user runs it there, which only creates a
+  deployment run for a worker (timed to its ``flow.requested`` entry, and to the command's
+  exit; no worker runs it); the bare flow against the server.
 
-Baselines measured in the same run: ``python -c "import prefect"``, and a bare Prefect flow
-with one task (``@flow`` calling one ``@task``; the figure is when the task's body starts), with
-no server in a reused ``PREFECT_HOME`` (Prefect's own best case: run 1 migrates, later runs
-reuse) and against the server.
+CPU seconds of each command (with the embedded server it waited for) are printed too: less
+sensitive than wall time to other jobs on a shared machine.
 
-    python bench/startup.py                        # all modes, 4 runs each
-    python bench/startup.py --runs 2 --modes embedded
+    python bench/startup.py                        # both modes, 4 rounds each
+    python bench/startup.py --runs 2 --modes local
     python bench/startup.py --importtime           # also: where the CLI's imports spend time
 """
 
@@ -227,25 +231,68 @@ def prefect_server(root: Path) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
-def mode_embedded(root: Path, runs: int, due: int) -> dict[str, list[dict[str, float]]]:
+Rows = dict[str, list[dict[str, float]]]
+
+QUIET = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",  # as consentflow run sets it
+}
+
+IMPORT_PREFECT = "baseline: python -c 'import prefect'"
+
+
+def import_prefect() -> dict[str, float]:
+    _, total, _ = timed([sys.executable, "-c", "import prefect"], dict(os.environ), ROOT)
+    return {"first": total, "total": total, "cpu": LAST_CPU[0]}
+
+
+def rounds(runs: int, series: dict[str, Any]) -> Rows:
+    """``runs`` rounds, each running every series once in turn after ``import prefect``, so
+    that every series sees the same load on a shared machine; each row also carries its
+    round's ``import prefect`` time (``per_import``: the figure in units of it)."""
+    results: Rows = {IMPORT_PREFECT: [], **{name: [] for name in series}}
+    for _ in range(runs):
+        base = import_prefect()
+        results[IMPORT_PREFECT].append(base)
+        for name, run in series.items():
+            row = run()
+            row["per_import"] = row["first"] / base["first"]
+            results[name].append(row)
+    return results
+
+
+def mode_local(root: Path, runs: int, due: int) -> Rows:
+    """No Prefect server: consentflow run now, as before, and a bare flow."""
     ledger = Ledger(root, due)
     env = user_env(root, CONSENTFLOW_DATABASE_URL=ledger.url)
-    results: dict[str, list[dict[str, float]]] = {"consentflow run": []}
-    for _ in range(runs):
-        results["consentflow run"].append(cf_run(ledger, env, root))
-    results["concurrent (2 at once)"] = concurrent(ledger, env, root)
-    home = root / "bare-home"
-    home.mkdir()
-    bare_env = user_env(root, PREFECT_HOME=str(home), **QUIET)
-    results["baseline: bare flow, reused PREFECT_HOME"] = [
-        bare_flow(bare_env, root) for _ in range(runs)
-    ]
+    homes = iter(range(runs))
+
+    def before() -> dict[str, float]:
+        home = root / f"prefect-home-{next(homes)}"
+        home.mkdir()
+        old = user_env(root, CONSENTFLOW_DATABASE_URL=ledger.url, PREFECT_HOME=str(home))
+        return cf_run(ledger, old, root)
+
+    bare_home = root / "bare-home"
+    bare_home.mkdir()
+    bare_env = user_env(root, PREFECT_HOME=str(bare_home), **QUIET)
+    results = rounds(
+        runs,
+        {
+            "consentflow run (no server)": lambda: cf_run(ledger, env, root),
+            "before: new PREFECT_HOME per run (as shipped before)": before,
+            "baseline: bare flow, reused PREFECT_HOME": lambda: bare_flow(bare_env, root),
+        },
+    )
+    results["consentflow run, 2 at once (after the above)"] = concurrent(ledger, env, root)
     return results
 
 
 def concurrent(ledger: Ledger, env: dict[str, str], cwd: Path) -> list[dict[str, float]]:
-    """Two runs at once: both complete; each one's first batch (they share the due consents:
-    whichever batch comes first takes them, so the other's first entry may be its end entry)."""
+    """Two runs at once: both complete; the first batch of either (they share the due
+    consents: whichever batch comes first takes them)."""
     before = ledger.seed()
     command = [str(BIN / "consentflow"), "run", "expiry-sweep", "--json"]
     start = time.time()
@@ -262,53 +309,29 @@ def concurrent(ledger: Ledger, env: dict[str, str], cwd: Path) -> list[dict[str,
     return [{"first": (first or start) - start, "total": total}]
 
 
-QUIET = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "PREFECT_LOGGING_LEVEL": "WARNING",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",  # as consentflow run sets it
-}
-
-
-def mode_before(root: Path, runs: int, due: int) -> dict[str, list[dict[str, float]]]:
-    ledger = Ledger(root, due)
-    results: list[dict[str, float]] = []
-    for i in range(runs):
-        home = root / f"prefect-home-{i}"
-        home.mkdir()
-        env = user_env(root, CONSENTFLOW_DATABASE_URL=ledger.url, PREFECT_HOME=str(home))
-        results.append(cf_run(ledger, env, root))
-    return {"before: new PREFECT_HOME per run (as shipped before)": results}
-
-
-def mode_server(root: Path, runs: int, due: int) -> dict[str, list[dict[str, float]]]:
+def mode_server(root: Path, runs: int, due: int) -> Rows:
+    """A local Prefect server: --local, a deployment run created, and a bare flow."""
     ledger = Ledger(root, due)
     with prefect_server(root) as api:
         env = user_env(root, CONSENTFLOW_DATABASE_URL=ledger.url, PREFECT_API_URL=api, **QUIET)
         env["PREFECT_HOME"] = str(root / "client-home")
         timed([sys.executable, "-c", DEPLOY], env, root)
-        results: dict[str, list[dict[str, float]]] = {"--local": [], "deployment run": []}
-        for _ in range(runs):
-            results["--local"].append(cf_run(ledger, env, root, "--local"))
-        for _ in range(runs):
+
+        def deployment_run() -> dict[str, float]:
             before = ledger.last_seq()
-            start, total, _ = timed(
-                [str(BIN / "consentflow"), "run", "expiry-sweep", "--dry-run"], env, root
-            )
+            command = [str(BIN / "consentflow"), "run", "expiry-sweep", "--dry-run"]
+            start, total, _ = timed(command, env, root)
             created = ledger.first_entry(before, ("flow.requested",))
-            results["deployment run"].append(
-                {"first": (created or start) - start, "total": total, "cpu": LAST_CPU[0]}
-            )
-        results["baseline: bare flow"] = [bare_flow(env, root) for _ in range(runs)]
-    return results
+            return {"first": (created or start) - start, "total": total, "cpu": LAST_CPU[0]}
 
-
-def import_prefect(runs: int) -> list[dict[str, float]]:
-    out = []
-    for _ in range(runs):
-        _, total, _ = timed([sys.executable, "-c", "import prefect"], dict(os.environ), ROOT)
-        out.append({"first": total, "total": total, "cpu": LAST_CPU[0]})
-    return out
+        return rounds(
+            runs,
+            {
+                "consentflow run --local (server)": lambda: cf_run(ledger, env, root, "--local"),
+                "consentflow run: deployment run created (to flow.requested)": deployment_run,
+                "baseline: bare flow against the server": lambda: bare_flow(env, root),
+            },
+        )
 
 
 def importtime() -> None:
@@ -345,6 +368,9 @@ def report(name: str, rows: list[dict[str, float]]) -> None:
     if all("cpu" in r for r in rows):
         cpus = " ".join(f"{r['cpu']:5.2f}" for r in rows)
         print(f"  CPU s (process + its server):   {cpus}")
+    if all("per_import" in r for r in rows):
+        ratios = " ".join(f"{r['per_import']:5.2f}" for r in rows)
+        print(f"  in units of that round's import:{ratios}")
     print(f"  run 1: {rows[0]['first']:.2f} s; later runs median {statistics.median(later):.2f} s")
 
 
@@ -352,13 +378,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=4, help="runs per mode (default 4)")
     parser.add_argument("--due", type=int, default=20, help="consents due before each run")
-    parser.add_argument("--modes", default="embedded,before,server", help="comma-separated")
+    parser.add_argument("--modes", default="local,server", help="comma-separated")
     parser.add_argument("--importtime", action="store_true", help="print the import profile")
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
     args = parser.parse_args()
-    modes = {"embedded": mode_embedded, "before": mode_before, "server": mode_server}
+    modes = {"local": mode_local, "server": mode_server}
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start")
-    report("baseline: python -c 'import prefect'", import_prefect(args.runs))
     root = Path(tempfile.mkdtemp(prefix="bench-startup-"))
     try:
         for mode in args.modes.split(","):

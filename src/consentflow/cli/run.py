@@ -67,8 +67,9 @@ def _hermetic_prefect() -> Path | None:
       in ``./.env``, ``./prefect.toml`` or ``./pyproject.toml``), so the default profile in
       ``~/.prefect`` is never consulted.
     * Unless ``PREFECT_LOGGING_LEVEL`` is set: other libraries' log records (the root logger),
-      and the embedded server's, which runs in a subprocess writing to our stderr, only at
-      CRITICAL; ``_quiet_prefect_logs`` does the rest once Prefect is imported.
+      and the embedded server's (a subprocess: ``cli._embedded`` keeps its output in the
+      temporary home, Prefect's own would write to our stderr), only at CRITICAL;
+      ``_quiet_prefect_logs`` does the rest once Prefect is imported.
     """
     if "prefect" in sys.modules:
         return None  # too late: Prefect read its settings on import (the test suite sets its own)
