@@ -6,9 +6,9 @@ once, as ``consentflow run expiry-sweep`` runs it without a server (an embedded 
 throw-away ``PREFECT_HOME``, warmed up by a trivial flow run first), and then asks the Prefect
 API how many task runs the flow run has, by task name. The claim to check: task runs grow with
 batches (one per batch of ``--batch-size`` consents, plus the empty batch that ends the loop),
-not with consents. It also prints the run's time from the first batch task's start to the last
-one's end (as the API records them), and the same batches in process without Prefect
-(``sweeps.expire_batch``) on a copy, so the difference is Prefect's cost per task run.
+not with consents. It also prints the run's time from the first batch's start to the last one's
+commit, and the same batches in process without Prefect (``sweeps.expire_batch``) on a copy, so
+the difference is roughly Prefect's cost per task run (on a shared machine, mostly noise).
 
     python bench/orchestration.py                       # SQLite, 10,000 and 1,000,000
     python bench/orchestration.py --sizes 10000 100000  # quicker
