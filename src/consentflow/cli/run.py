@@ -219,11 +219,11 @@ def run_flow(  # Long: one typed option per line is what --help reads
     if not on_worker and watch:
         raise InvalidInput("--watch needs a Prefect server (PREFECT_API_URL): a local run waits")
     home = _hermetic_prefect()
-    if home is not None and not on_worker:
+    from consentflow import runs  # finds flows by name without importing Prefect
+
+    if home is not None and not on_worker and flow in runs.flow_names():
         _embedded.start(home)  # starts while the flow is imported and its parameters checked
     with _imports_without_gc():
-        from consentflow import runs
-
         _, params_model = runs.load_flow(flow)
     _quiet_prefect_logs()
     options = {
