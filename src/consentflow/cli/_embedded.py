@@ -167,7 +167,11 @@ def start(home: Path) -> None:
                 database.write_bytes(template.read_bytes())
                 prepared = True
     for name, value in {**_ONE_SHOT, **(_PREPARED if prepared else {})}.items():
-        env.setdefault(name, value)
+        legacy = name.replace("PREFECT_SERVER_", "PREFECT_API_", 1)  # Prefect's older names
+        if legacy == "PREFECT_API_REGISTER_BLOCKS_ON_START":
+            legacy = "PREFECT_API_BLOCKS_REGISTER_ON_START"
+        if name not in env and legacy not in env:
+            env[name] = value
     env.update(_SERVER_FLAGS)
     env["PREFECT_HOME"] = str(home)
     port = _free_port()
@@ -181,6 +185,7 @@ def start(home: Path) -> None:
         process = subprocess.Popen(
             [*command, "--lifespan", "on"],
             env=env,
+            stdin=subprocess.DEVNULL,
             stdout=None if shown else out,
             stderr=None if shown else subprocess.STDOUT,
         )
