@@ -46,6 +46,7 @@ column but ids, times and hashes. It prints each rate and the ratios (a)/(b) (ta
 from __future__ import annotations
 
 import argparse
+import atexit
 import functools
 import multiprocessing
 import os
@@ -262,7 +263,10 @@ def start_prefect() -> None:
     """An embedded Prefect as ``consentflow run`` gets it without a server (a throw-away
     ``PREFECT_HOME``, no telemetry), set before Prefect is imported; then one trivial flow run,
     so the embedded server is up before anything is timed."""
-    os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="consentflow-bench-prefect-"))
+    if not os.environ.get("PREFECT_HOME"):
+        home = tempfile.mkdtemp(prefix="consentflow-bench-prefect-")
+        atexit.register(shutil.rmtree, home, True)
+        os.environ["PREFECT_HOME"] = home
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
