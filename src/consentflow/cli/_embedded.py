@@ -17,8 +17,10 @@ for it: 8-30 s before the first batch on a 2-core machine. ``consentflow run`` i
   store (``PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED``; nobody reads a temporary server's
   events). Each is only a default: a variable set in the environment wins;
 * points this process's Prefect at it (``PREFECT_API_URL`` in this process only, set before
-  Prefect is imported) and waits for its ``/api/health`` just before the flow starts
-  (``ready``), which also saves the prepared database if there was none (``save_template``).
+  Prefect is imported; ``PREFECT_CLIENT_CSRF_SUPPORT_ENABLED`` false: that server asks for no
+  token) and waits for its ``/api/health`` just before the flow starts (``ready``), which also
+  saves the prepared database if there was none (``save_template``). The command imports
+  Prefect's flow engine while it waits (``cli.run.ENGINE_MODULES``).
 
 Invariants: each run has its own server, port and database (a copy, in the run's temporary
 ``PREFECT_HOME``), so two runs at once share nothing but the prepared database, which is only
@@ -193,6 +195,8 @@ def start(home: Path) -> None:
     # After the temporary home's removal was registered: atexit runs last-in, first-out.
     atexit.register(stop)
     os.environ["PREFECT_API_URL"] = _server.api_url
+    # The embedded server has no CSRF protection: no token request before the first change.
+    os.environ.setdefault("PREFECT_CLIENT_CSRF_SUPPORT_ENABLED", "false")
 
 
 def _startup_timeout() -> float:
