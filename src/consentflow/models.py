@@ -165,8 +165,9 @@ class Subject(SQLModel, table=True):
     #: again after n erasures. The reference derives from the external id for the first, from
     #: ``<id>#<generation>`` after that (``subjects.reference``), so each lifetime has its own.
     generation: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
-    #: Kept only because reminders and follow-ups are sent by email.
-    email: str | None = Field(default=None, max_length=320)
+    #: Kept only because reminders and follow-ups are sent by email. Indexed: the workspace
+    #: finds a person by it (``lookup.search``).
+    email: str | None = Field(default=None, max_length=320, index=True)
     #: The person's language tag (``fr``, ``de-AT``); None: not known, so the pages follow the
     #: browser's ``Accept-Language`` (``i18n.negotiate``) and emails use the default language.
     locale: str | None = Field(default=None, max_length=35, nullable=True)
