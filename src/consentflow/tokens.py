@@ -18,7 +18,10 @@ SHA-256 hash is all the database keeps. A session admits its caller (``session_l
 while it is not revoked, not past ``expires_at`` (the server's clock decides, whatever the
 cookie's lifetime in the browser) and its token is active; ``end_session`` (sign-out) and
 ``revoke`` (the token: every session of it, in the same transaction) end it at once. So a
-database dump holds no usable session, and a copied cookie dies with its session.
+database dump holds no usable session, and a copied cookie dies with its session. Signing in and
+signing out are audited (``session.started``, ``session.ended``) under the token's name, never
+the session id; a refused sign-in is not (an unknown token names nobody, and a flood of wrong
+tokens must not grow the trail).
 """
 
 from __future__ import annotations
@@ -214,6 +217,13 @@ def start_session(session: Session, info: TokenInfo, max_age: int) -> str:
         )
     )
     session.flush()
+    audit.record(
+        session,
+        "session.started",
+        actor_type=ActorType.AGENT.value,
+        actor=info.name,
+        detail={"scope": info.scope.value, "max_age_s": max_age},
+    )
     return session_id
 
 
@@ -249,12 +259,19 @@ def end_session(session: Session, session_id: str) -> bool:
     """Sign-out: revoke the web session with this id; whether there was a live one."""
     if not session_id or len(session_id) > 100:
         return False
-    result = session.execute(
-        update(WebSession)
+    row = session.exec(
+        select(WebSession, ApiToken.name)
+        .join(ApiToken, col(ApiToken.id) == WebSession.token_id)
         .where(
             col(WebSession.id_hash) == _session_hash(session_id),
             col(WebSession.revoked_at).is_(None),
         )
-        .values(revoked_at=utcnow())
-    )
-    return bool(getattr(result, "rowcount", 0))
+    ).first()
+    if row is None:
+        return False
+    web, name = row
+    web.revoked_at = utcnow()
+    session.add(web)
+    session.flush()
+    audit.record(session, "session.ended", actor_type=ActorType.AGENT.value, actor=name)
+    return True

@@ -20,11 +20,11 @@ import httpx
 import pytest
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
-from sqlmodel import select
+from sqlmodel import col, select
 
-from consentflow import db, keys, links, settings, subjects, tokens
+from consentflow import audit, db, keys, links, settings, subjects, tokens
 from consentflow.links import BadLink, LinkAction
-from consentflow.models import WebSession, utcnow
+from consentflow.models import AuditEntry, WebSession, utcnow
 from consentflow.web import security
 from tests.support.web import Tokens, seed, served
 
@@ -83,6 +83,39 @@ def test_signing_out_ends_every_copy_of_the_cookie(site: Any, engine: Engine) ->
     with db.session_scope(engine) as s:
         (row,) = s.exec(select(WebSession)).all()
         assert row.revoked_at is not None
+
+
+def test_signing_in_and_out_is_audited_under_the_tokens_name(site: Any, engine: Engine) -> None:
+    """Sign-in and sign-out leave one entry each under the token's name, holding neither the
+    token nor the session id; a refused sign-in and a second sign-out leave none."""
+    base, made = site
+    browser = _sign_in(base, made.compliance)
+    session_id = browser.cookies[security.SESSION_COOKIE]
+    page = browser.get("/login")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert csrf is not None
+    refused = browser.post("/login", data={"token": "cf_wrong", "csrf_token": csrf.group(1)})
+    assert refused.status_code == 401
+    _sign_out(browser)
+    _sign_in(base, made.admin)
+    with db.session_scope(engine) as s:
+        entries = s.exec(
+            select(AuditEntry).where(col(AuditEntry.action).startswith("session."))
+        ).all()
+        seen = [(e.action, e.actor) for e in sorted(entries, key=lambda e: e.seq)]
+        assert seen == [
+            ("session.started", "carol"),
+            ("session.ended", "carol"),
+            ("session.started", "root"),
+        ]
+        dump = json.dumps([e.detail for e in entries])
+        assert session_id not in dump and made.compliance not in dump
+        assert audit.verify(s).ok
+    # That session already ended: ending it again records nothing more.
+    with db.session_scope(engine) as s:
+        assert tokens.end_session(s, session_id) is False
+        n = len(s.exec(select(AuditEntry).where(AuditEntry.action == "session.ended")).all())
+        assert n == 1
 
 
 def test_revoking_the_token_ends_its_sessions_at_once(site: Any, engine: Engine) -> None:
