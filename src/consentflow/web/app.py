@@ -11,7 +11,9 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from consentflow.web import api, errors, pages
+from consentflow.web.api import subject_search
 from consentflow.web.middleware import BodyLimits, SecurityHeaders
+from consentflow.web.pages import subjects as subject_pages
 from consentflow.web.templating import TEMPLATES_DIR, templates
 
 __all__ = ["TEMPLATES_DIR", "create_app", "templates"]
@@ -29,7 +31,9 @@ def create_app() -> FastAPI:
         redoc_url=None,
     )
     app.include_router(api.router)
+    app.include_router(subject_search.router)
     app.include_router(pages.router)
+    app.include_router(subject_pages.router)
     app.add_middleware(BodyLimits)
     app.add_middleware(SecurityHeaders)  # added last: outermost
     errors.install(app)

@@ -6,7 +6,7 @@ external id (``/api/v1/subjects/ID/...``) names a person, and query strings carr
 logger (by name, in its logging configuration), so each line keeps the client, method, route,
 protocol and status, and loses the rest:
 ``GET /l/{token}``, ``POST /api/v1/subjects/{subject}/consents/news/grant``,
-``GET /api/v1/check``.
+``GET /api/v1/check``, ``GET /subjects/{subject}`` (the workspace's pages).
 
 The rules hold wherever the app is mounted (a ``--root-path`` or proxy prefix comes before
 them) and whatever the client sends: an id holding an encoded ``/`` (``%2F``, which uvicorn logs
@@ -24,10 +24,13 @@ import re
 ACCESS_LOGGER = "uvicorn.access"
 
 #: What may follow a subject's id: the routes of ``web/api/subjects.py`` and ``consents.py``.
-_SUBJECT_TAIL = r"(?:/consents(?:/[^/]+/[^/]+)?|/history|/receipt|/links|/erase)?/?$"
+_SUBJECT_TAIL = r"(?:/consents(?:/[^/]+/[^/]+)?|/history|/receipt|/links|/erase|/overview)?/?$"
+#: What may follow a subject's id on the workspace's pages (``/subjects/{subject}``).
+_PAGE_TAIL = r"(?:/record)?/?$"
 _REDACTIONS = [
     (re.compile(r"/l/[^/]*"), "/l/{token}"),
     (re.compile(rf"/api/v1/subjects/.+?(?={_SUBJECT_TAIL})"), "/api/v1/subjects/{subject}"),
+    (re.compile(rf"(?<!/api/v1)/subjects/.+?(?={_PAGE_TAIL})"), "/subjects/{subject}"),
 ]
 _ADDRESS_SEGMENT = re.compile(r"(?<=/)[^/]*(?:@|%40)[^/]*", re.IGNORECASE)
 
