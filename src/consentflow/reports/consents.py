@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from sqlmodel import Session, col
 
 from consentflow.models import Consent, ConsentEvent, State
+from consentflow.reports import _where
 from consentflow.reports._sql import ALL, STATES, count_if, midnight, purpose_keys, utc_day
 from consentflow.reports._table import Chart, Series, Table
 
@@ -45,7 +46,7 @@ def states(session: Session, now: datetime) -> Table:
     lapsed_stmt = (
         select(col(Consent.purpose_id), func.count().label("n"))
         # lapsed = ledger.has_lapsed / effective_state (ledger/_rules.py), in SQL
-        .where(col(Consent.state) == State.GIVEN.value, col(Consent.valid_until) <= now)
+        .where(_where.lapsed(Consent, now))
         .group_by(col(Consent.purpose_id))
     )
     for row in session.execute(lapsed_stmt):
@@ -156,7 +157,7 @@ def expiring(session: Session, now: datetime) -> Table:
             count_if(until > t14).label("c"),
             func.count().label("n"),
         )
-        .where(col(Consent.state) == State.GIVEN.value, until > now, until <= t30)
+        .where(_where.expiring(Consent, now, t30))
         .group_by(col(Consent.purpose_id))
     )
     keys = purpose_keys(session)

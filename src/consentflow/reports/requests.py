@@ -25,6 +25,7 @@ from consentflow.models import (
     UTCDateTime,
 )
 from consentflow.purposes import PurposeInfo
+from consentflow.reports import _where
 from consentflow.reports._sql import ALL, count_if, purpose_keys, utc_day
 from consentflow.reports._table import Table
 
@@ -73,7 +74,7 @@ def pending_requests(session: Session, now: datetime) -> Table:
             count_if(at < t90).label("d"),
             func.count().label("n"),
         )
-        .where(col(ConsentRequest.status) == RequestStatus.OPEN.value)
+        .where(_where.pending(ConsentRequest))
         .group_by(col(ConsentRequest.purpose_id), col(ConsentRequest.kind))
     )
     keys = purpose_keys(session)
@@ -123,18 +124,17 @@ def _published(session: Session, infos: dict[int, PurposeInfo]) -> dict[int, dat
 
 def _cohort_counts(session: Session, infos: dict[int, PurposeInfo]) -> dict[int, Any]:
     """Per purpose: given on an older notice, given on the material one or later, invalidated."""
-    mv = case(
-        *((col(Consent.purpose_id) == pid, info.material_version) for pid, info in infos.items()),
-        else_=0,
-    )
-    given = col(Consent.state) == State.GIVEN.value
+    materials = {pid: info.material_version for pid, info in infos.items()}
+    mv = _where.material_version(Consent, materials)
     return {
         r.purpose_id: r
         for r in session.execute(
             select(
                 col(Consent.purpose_id),
-                count_if(given & (col(Consent.purpose_version) < mv)).label("old"),
-                count_if(given & (col(Consent.purpose_version) >= mv)).label("new"),
+                count_if(_where.stale(Consent, materials)).label("old"),
+                count_if(
+                    (col(Consent.state) == State.GIVEN.value) & (col(Consent.purpose_version) >= mv)
+                ).label("new"),
                 count_if(col(Consent.state) == State.INVALIDATED.value).label("invalidated"),
             )
             .where(col(Consent.purpose_id).in_(list(infos)))

@@ -1,0 +1,495 @@
+"""The rows behind the dashboard's numbers: one definition per cohort, listed in keyset pages.
+
+A cohort is a filter set, a keyset order and a row shape (``Definition``):
+
+- ``consents``: consents by (effective) state and purpose; order: consent id.
+- ``not-reconfirmed``: given on a notice version older than the purpose's latest material one
+  (``asked=no``: never asked yet; ``asked=yes``: asked); order: consent id.
+- ``requests``: open consent requests (by age: ``since``/``until`` on when asked); order: id.
+- ``expiring``: given consents whose validity ends within ``days`` (30); order: (end, id).
+- ``withdrawals``: withdrawal events recorded in ``[since, until)``; order: (recorded, id).
+- ``deliveries``: undelivered and dead deliveries (``status``), per system; order: id.
+
+The WHERE clause of each dashboard count is shared with its cohort (``reports._where``), so a
+dashboard figure equals the number of rows its list yields (``tests/web/test_lists_api.py``).
+
+Invariants:
+
+- Keyset pagination only (never OFFSET): a page is the rows after the last row's order key, so
+  a page costs the same at any depth and no row is listed twice, whatever is inserted meanwhile.
+- A filter a cohort does not take, or a value that names nothing (an unknown purpose or
+  system), is ``InvalidInput`` starting with the field's name; nothing is read.
+- ``restrict`` (a system token's own system) limits consents, requests and withdrawals to the
+  system's purposes and deliveries to its own; it cannot be widened by a ``system`` filter.
+- No email address is read unless ``email=True`` (the door decides who may ask).
+- ``Export`` reads each page in a short read-only unit of work of its own; only the cursor, a
+  count and a running SHA-256 of the subjects' ids are held between pages (flat memory). Its
+  audit entry (``cohort.exported``: who, cohort, filters, count, SHA-256, complete or not) is
+  written once by ``finish``, by reference only (filters and counts, never a person's data).
+
+Failure modes: ``InvalidInput`` as above, and for a cursor that is not this list's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, and_, func, literal, select, true, tuple_
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from consentflow import audit, db, purposes, views
+from consentflow.actors import Actor, audit_fields
+from consentflow.errors import InvalidInput
+from consentflow.models import metadata, utcnow
+from consentflow.reports import _filters, _where
+from consentflow.reports._filters import CHOICES, MAX_DAYS, Cohort, Filters, parse_filters
+from consentflow.timeutil import iso_z
+
+#: The most rows one page holds.
+MAX_LIMIT = 1000
+#: Rows per page when none is asked for.
+DEFAULT_LIMIT = 100
+#: Rows read per page of an export.
+EXPORT_PAGE = 5000
+#: ``expiring`` without ``days``: the dashboard's 30-day window.
+DEFAULT_DAYS = 30
+EXPORTED = "cohort.exported"
+encode_cursor = _filters.encode_cursor
+__all__ = ["CHOICES", "DEFINITIONS", "MAX_DAYS", "Cohort", "Export", "Filters", "parse_filters"]
+
+_C = metadata.tables["consent"].alias("c")
+_S = metadata.tables["subject"].alias("s")
+_P = metadata.tables["purpose"].alias("p")
+_E = metadata.tables["consent_event"].alias("e")
+_R = metadata.tables["consent_request"].alias("r")
+_D = metadata.tables["delivery"].alias("d")
+_SYS = metadata.tables["system"].alias("sys")
+_SP = metadata.tables["system_purpose"]
+
+
+@dataclass(frozen=True)
+class Query:
+    """The state one page is read with: resolved ids, the instant, the restriction."""
+
+    filters: Filters
+    now: datetime
+    email: bool
+    purpose_id: int | None
+    system_id: int | None
+    #: Purpose id -> latest material version, for the revised purposes.
+    materials: Mapping[int, int]
+
+
+@dataclass(frozen=True)
+class Definition:
+    """One cohort: its title, the filters it takes, its order key and how it reads."""
+
+    name: Cohort
+    title: str
+    description: str
+    #: The filters this cohort takes (names of ``Filters`` fields).
+    takes: frozenset[str]
+    #: The row's model (``views``); its fields but ``email`` are the columns, in order.
+    model: type[views.View]
+    #: The keyset order's kinds: "int", "time" or "uuid", one per key column.
+    key_kinds: tuple[str, ...]
+    build: Callable[[Query], tuple[Select[Any], tuple[Any, ...]]]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The row's columns, in order (the CSV header); ``email`` is added last when asked."""
+        return _fields(self.model)
+
+
+def _fields(model: type[views.View]) -> tuple[str, ...]:
+    """A row model's columns, in order, without ``email`` (added only when asked)."""
+    return tuple(name for name in model.model_fields if name != "email")
+
+
+_COMMON = frozenset({"purpose", "locale", "version", "system"})
+
+
+def _system_purposes(q: Query, purpose_col: Any) -> ColumnElement[bool]:
+    if q.system_id is None:
+        return true()
+    return purpose_col.in_(select(_SP.c.purpose_id).where(_SP.c.system_id == q.system_id))
+
+
+def _common(q: Query, purpose_col: Any, version_col: Any) -> list[Any]:
+    f = q.filters
+    where: list[Any] = [_system_purposes(q, purpose_col)]
+    if q.purpose_id is not None:
+        where.append(purpose_col == q.purpose_id)
+    if f.locale is not None:
+        where.append(_S.c.locale == f.locale)
+    if f.version is not None:
+        where.append(version_col == f.version)
+    return where
+
+
+def _range(column: Any, f: Filters) -> list[Any]:
+    out: list[Any] = []
+    if f.since is not None:
+        out.append(column >= f.since)
+    if f.until is not None:
+        out.append(column < f.until)
+    return out
+
+
+def _email(q: Query) -> list[Any]:
+    return [_S.c.email.label("email")] if q.email else []
+
+
+def _consent_select(q: Query, *where: Any) -> Select[Any]:
+    c = _C.c
+    f = q.filters
+    conditions = [*where, *_common(q, c.purpose_id, c.purpose_version)]
+    if f.channel is not None:
+        conditions.append(_E.c.channel == f.channel)
+    return (
+        select(
+            _S.c.external_id.label("subject"),
+            _P.c.key.label("purpose"),
+            _where.effective_state(c, q.now).label("state"),
+            c.purpose_version,
+            _E.c.channel,
+            _S.c.locale,
+            c.given_at,
+            c.valid_until,
+            c.updated_at,
+            c.last_event_id.label("event_id"),
+            *_email(q),
+        )
+        .select_from(
+            _C.join(_S, _S.c.id == c.subject_id)
+            .join(_P, _P.c.id == c.purpose_id)
+            .join(_E, _E.c.id == c.last_event_id)
+        )
+        .where(and_(*conditions))
+    )
+
+
+def _consents(q: Query) -> tuple[Select[Any], tuple[Any, ...]]:
+    f = q.filters
+    where = [] if f.state is None else [_where.in_state(_C.c, f.state, q.now)]
+    return _consent_select(q, *where, *_range(_C.c.updated_at, f)), (_C.c.id,)
+
+
+def _not_reconfirmed(q: Query) -> tuple[Select[Any], tuple[Any, ...]]:
+    f = q.filters
+    where = [_where.stale(_C.c, q.materials), *_range(_C.c.updated_at, f)]
+    if f.asked is not None:
+        asked = _where.asked(_C.c, q.materials)
+        where.append(asked if f.asked == "yes" else ~asked)
+    return _consent_select(q, *where), (_C.c.id,)
+
+
+def _expiring(q: Query) -> tuple[Select[Any], tuple[Any, ...]]:
+    end = q.now + timedelta(days=q.filters.days or DEFAULT_DAYS)
+    return _consent_select(q, _where.expiring(_C.c, q.now, end)), (_C.c.valid_until, _C.c.id)
+
+
+def _requests(q: Query) -> tuple[Select[Any], tuple[Any, ...]]:
+    r, f = _R.c, q.filters
+    where = [_where.pending(r), *_common(q, r.purpose_id, r.purpose_version)]
+    where += _range(r.requested_at, f)
+    if f.kind is not None:
+        where.append(r.kind == f.kind)
+    stmt = (
+        select(
+            r.id.label("request_id"),
+            _S.c.external_id.label("subject"),
+            _P.c.key.label("purpose"),
+            r.kind,
+            r.status,
+            r.purpose_version,
+            _S.c.locale,
+            r.requested_at,
+            r.deadline,
+            r.followups_sent,
+            *_email(q),
+        )
+        .select_from(_R.join(_S, _S.c.id == r.subject_id).join(_P, _P.c.id == r.purpose_id))
+        .where(and_(*where))
+    )
+    return stmt, (r.id,)
+
+
+def _withdrawals(q: Query) -> tuple[Select[Any], tuple[Any, ...]]:
+    e, f = _E.c, q.filters
+    where = [_where.withdrawal(e), *_common(q, e.purpose_id, e.purpose_version)]
+    where += _range(e.recorded_at, f)
+    if f.channel is not None:
+        where.append(e.channel == f.channel)
+    stmt = (
+        select(
+            e.id.label("event_id"),
+            _S.c.external_id.label("subject"),
+            _P.c.key.label("purpose"),
+            e.recorded_at,
+            e.occurred_at,
+            e.previous_state,
+            e.purpose_version,
+            e.channel,
+            e.actor_type,
+            _S.c.locale,
+            *_email(q),
+        )
+        .select_from(_E.join(_S, _S.c.id == e.subject_id).join(_P, _P.c.id == e.purpose_id))
+        .where(and_(*where))
+    )
+    return stmt, (e.recorded_at, e.id)
+
+
+def _deliveries(q: Query) -> tuple[Select[Any], tuple[Any, ...]]:
+    d, f = _D.c, q.filters
+    if f.status == "dead":
+        where = [_where.dead(d)]
+    elif f.status == "undelivered":
+        where = [_where.undelivered(d)]
+    else:
+        where = [_where.dead(d) | _where.undelivered(d)]
+    where += _range(d.created_at, f)
+    if q.system_id is not None:
+        where.append(d.system_id == q.system_id)
+    if q.purpose_id is not None:
+        where.append(_E.c.purpose_id == q.purpose_id)
+    if f.locale is not None:
+        where.append(_S.c.locale == f.locale)
+    subject_id = func.coalesce(_E.c.subject_id, d.erasure_subject_id)
+    stmt = (
+        select(
+            d.id.label("delivery_id"),
+            _SYS.c.name.label("system"),
+            _S.c.external_id.label("subject"),
+            _P.c.key.label("purpose"),
+            d.event_type,
+            d.state,
+            d.attempts,
+            d.created_at,
+            d.next_attempt_at,
+            d.last_status,
+            d.last_error,
+            *_email(q),
+        )
+        .select_from(
+            _D.join(_SYS, _SYS.c.id == d.system_id)
+            .outerjoin(_E, _E.c.id == d.event_id)
+            .join(_S, _S.c.id == subject_id)
+            .outerjoin(_P, _P.c.id == _E.c.purpose_id)
+        )
+        .where(and_(*where))
+    )
+    return stmt, (d.id,)
+
+
+DEFINITIONS: dict[Cohort, Definition] = {
+    d.name: d
+    for d in (
+        Definition(
+            Cohort.CONSENTS,
+            "Consents",
+            "Every consent by its state now (a given consent past its end counts as expired).",
+            _COMMON | {"state", "channel", "since", "until"},
+            views.ConsentRowOut,
+            ("int",),
+            _consents,
+        ),
+        Definition(
+            Cohort.NOT_RECONFIRMED,
+            "Not yet re-confirmed",
+            "Given on a notice older than the purpose's latest material revision "
+            "(asked=no: never asked yet).",
+            _COMMON | {"channel", "since", "until", "asked"},
+            views.ConsentRowOut,
+            ("int",),
+            _not_reconfirmed,
+        ),
+        Definition(
+            Cohort.REQUESTS,
+            "Pending requests",
+            "Open consent requests, oldest first (since/until: when they were asked).",
+            _COMMON | {"kind", "since", "until"},
+            views.RequestRowOut,
+            ("int",),
+            _requests,
+        ),
+        Definition(
+            Cohort.EXPIRING,
+            "Expiring",
+            "Given consents whose validity ends within the next days (30 unless days= says).",
+            _COMMON | {"channel", "days"},
+            views.ConsentRowOut,
+            ("time", "int"),
+            _expiring,
+        ),
+        Definition(
+            Cohort.WITHDRAWALS,
+            "Withdrawals",
+            "Withdrawals recorded in a date range (since inclusive, until exclusive).",
+            _COMMON | {"channel", "since", "until"},
+            views.WithdrawalRowOut,
+            ("time", "uuid"),
+            _withdrawals,
+        ),
+        Definition(
+            Cohort.DELIVERIES,
+            "Undelivered and dead deliveries",
+            "Withdrawals a downstream system has not received yet (undelivered) or whose "
+            "retries are exhausted (dead), per system.",
+            frozenset({"purpose", "locale", "system", "status", "since", "until"}),
+            views.DeliveryRowOut,
+            ("int",),
+            _deliveries,
+        ),
+    )
+}
+
+
+def decode_cursor(cohort: Cohort, cursor: str) -> tuple[Any, ...]:
+    """The order key a cursor of this list carries (``InvalidInput`` for anything else)."""
+    return _filters.decode_cursor(cohort, cursor, DEFINITIONS[cohort].key_kinds)
+
+
+# ------------------------------------------------------------------------------ reading
+
+
+def prepare(
+    session: Session,
+    cohort: Cohort,
+    filters: Filters,
+    *,
+    restrict: str | None = None,
+    email: bool = False,
+    now: datetime | None = None,
+) -> Query:
+    """Check the filters against the cohort and resolve their names; ``restrict``: the one
+    system a caller may see (a system token's)."""
+    definition = DEFINITIONS[cohort]
+    for name in filters.given():
+        if name not in definition.takes:
+            takes = ", ".join(sorted(definition.takes))
+            raise InvalidInput(f"{name}: the {cohort.value} list does not take it (takes {takes})")
+    if filters.since and filters.until and filters.since >= filters.until:
+        raise InvalidInput("until: must be after since")
+    infos = purposes.info(session)
+    purpose_id = None
+    if filters.purpose is not None:
+        if filters.purpose not in infos:
+            raise InvalidInput(
+                f"purpose: no such purpose {filters.purpose!r}; see `consentflow purpose list`"
+            )
+        purpose_id = infos[filters.purpose].id
+    system = restrict or filters.system
+    system_id = None
+    if system is not None:
+        system_id = session.execute(select(_SYS.c.id).where(_SYS.c.name == system)).scalar()
+        if system_id is None:
+            raise InvalidInput(f"system: no such system {system!r}; see `consentflow system list`")
+    materials = {i.id: i.material_version for i in infos.values() if i.material_version > 1}
+    return Query(filters, now or utcnow(), email, purpose_id, system_id, materials)
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[dict[str, Any]]
+    #: The last row's order key when more rows may follow, else None.
+    next_key: tuple[Any, ...] | None
+
+
+def read_page(
+    session: Session,
+    cohort: Cohort,
+    q: Query,
+    after: tuple[Any, ...] | None = None,
+    limit: int = DEFAULT_LIMIT,
+) -> Page:
+    """Up to ``limit`` rows after the order key ``after``, in the cohort's order."""
+    stmt, keys = DEFINITIONS[cohort].build(q)
+    width = len(stmt.selected_columns)
+    stmt = stmt.add_columns(*(k.label(f"_k{i}") for i, k in enumerate(keys)))
+    if after is not None:
+        bound = tuple_(*(literal(v, k.type) for v, k in zip(after, keys, strict=True)))
+        stmt = stmt.where(tuple_(*keys) > bound if len(keys) > 1 else keys[0] > after[0])
+    stmt = stmt.order_by(*keys).limit(limit + 1)
+    result = session.connection().execute(stmt)  # Core rows: no ORM loading per row
+    names = [str(n) for n in list(result.keys())[:width]]
+    raw = result.all()
+    rows = [dict(zip(names, row[:width], strict=True)) for row in raw[:limit]]
+    more = len(raw) > limit
+    return Page(rows, tuple(raw[limit - 1][width:]) if more else None)
+
+
+def columns(cohort: Cohort, email: bool = False) -> tuple[str, ...]:
+    return (*DEFINITIONS[cohort].columns, *(("email",) if email else ()))
+
+
+# ------------------------------------------------------------------------------ export
+
+
+@dataclass
+class Export:
+    """One streamed export of a cohort: iterate ``pages()`` once, then ``finish()``.
+
+    A page counts as handed out (``count``, the running hash of the subjects' ids, one a line)
+    once the consumer asks for the next one; ``finish`` appends ``cohort.exported`` once.
+    """
+
+    cohort: Cohort
+    query: Query
+    actor: Actor
+    format: str = "jsonl"
+    engine: Engine | None = None
+    page_size: int | None = None
+    count: int = 0
+    complete: bool = False
+    audit_seq: int | None = None
+    started_at: datetime = field(default_factory=utcnow)
+    _hash: Any = field(default_factory=hashlib.sha256, repr=False)
+
+    def pages(self) -> Generator[list[dict[str, Any]]]:
+        after: tuple[Any, ...] | None = None
+        size = self.page_size or EXPORT_PAGE
+        while True:
+            with db.session_scope(self.engine, readonly=True) as session:
+                page = read_page(session, self.cohort, self.query, after, size)
+            if page.rows:
+                yield page.rows
+                self.count += len(page.rows)
+                self._hash.update("".join(f"{r['subject']}\n" for r in page.rows).encode())
+            if page.next_key is None:
+                break
+            after = page.next_key
+        self.complete = True
+
+    @property
+    def sha256(self) -> str:
+        return str(self._hash.hexdigest())
+
+    def finish(self) -> int:
+        """Append the export's audit entry (once): who, which cohort and filters, how many."""
+        if self.audit_seq is None:
+            detail = {
+                "cohort": self.cohort.value,
+                "filters": self.query.filters.given(),
+                "email": self.query.email,
+                "count": self.count,
+                "sha256": self.sha256,
+                "complete": self.complete,
+                "format": self.format,
+                "started_at": iso_z(self.started_at),
+            }
+            with db.session_scope(self.engine) as session:
+                self.audit_seq = audit.record(
+                    session,
+                    EXPORTED,
+                    purpose_key=self.query.filters.purpose,
+                    detail=detail,
+                    **audit_fields(self.actor),
+                )
+        return self.audit_seq

@@ -1,0 +1,148 @@
+"""Output models of the cohort lists (``reports.cohorts``): one row model per row shape, a page.
+
+The fields of each row model, in order, are that list's columns (the CSV header). ``email`` is
+last and present only when the caller may and did ask for it (``include=email``): a row built
+without it leaves it unset, and pages are written with ``exclude_unset`` so it is absent, not
+null. Export rows are written in bulk (``cohort_jsonl``, ``cohort_csv``) in the models' JSON form
+(times ISO 8601 with ``Z``, ids as text); a test compares them with ``model_dump_json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from consentflow.timeutil import iso_z
+from consentflow.views._base import TextId, View
+
+
+class ConsentRowOut(View):
+    """A consent (lists ``consents``, ``not-reconfirmed``, ``expiring``)."""
+
+    subject: str
+    purpose: str
+    #: The state now: a given consent past its end is ``expired``, as the access check says.
+    state: str
+    purpose_version: int
+    #: The channel of the consent's latest change.
+    channel: str
+    locale: str | None
+    given_at: datetime | None
+    valid_until: datetime | None
+    updated_at: datetime
+    #: The consent's latest event.
+    event_id: TextId
+    email: str | None = None
+
+
+class RequestRowOut(View):
+    """An open consent request (list ``requests``)."""
+
+    request_id: int
+    subject: str
+    purpose: str
+    kind: str
+    status: str
+    purpose_version: int
+    locale: str | None
+    requested_at: datetime
+    deadline: datetime | None
+    followups_sent: int
+    email: str | None = None
+
+
+class WithdrawalRowOut(View):
+    """A withdrawal event (list ``withdrawals``)."""
+
+    event_id: TextId
+    subject: str
+    purpose: str
+    recorded_at: datetime
+    occurred_at: datetime
+    previous_state: str | None
+    purpose_version: int
+    channel: str
+    actor_type: str
+    locale: str | None
+    email: str | None = None
+
+
+class DeliveryRowOut(View):
+    """An undelivered or dead delivery (list ``deliveries``)."""
+
+    delivery_id: int
+    system: str
+    #: The subject the withdrawal is about (an erased person's tombstone id for ``subject.erased``).
+    subject: str
+    #: None for a ``subject.erased`` delivery.
+    purpose: str | None
+    event_type: str
+    state: str
+    attempts: int
+    created_at: datetime
+    next_attempt_at: datetime
+    last_status: int | None
+    last_error: str | None
+    email: str | None = None
+
+
+ListRowOut = ConsentRowOut | RequestRowOut | WithdrawalRowOut | DeliveryRowOut
+
+
+class ListPageOut(View):
+    """One page of a cohort list, in the cohort's keyset order."""
+
+    cohort: str
+    #: The filters applied, as given (text).
+    filters: dict[str, str]
+    limit: int
+    #: Pass as ``cursor`` for the next page; None on the last page.
+    next: str | None
+    rows: list[ListRowOut]
+
+
+class CohortOut(View):
+    """A list there is: its name, what it holds, the filters it takes, its columns."""
+
+    name: str
+    title: str
+    description: str
+    filters: list[str]
+    columns: list[str]
+
+
+_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE
+
+
+def cohort_jsonl(rows: Sequence[dict[str, Any]]) -> bytes:
+    """Rows (dicts in a row model's field order) as JSON Lines of that model."""
+    dumps = orjson.dumps
+    return b"".join([dumps(r, option=_OPTIONS) for r in rows])
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return iso_z(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
+def cohort_csv(
+    rows: Sequence[dict[str, Any]], columns: Sequence[str], *, header: bool = False
+) -> bytes:
+    """Rows as CSV lines in ``columns`` order (``header`` first); None is an empty cell."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    if header:
+        writer.writerow(columns)
+    writer.writerows([[_cell(r[c]) for c in columns] for r in rows])
+    return out.getvalue().encode()
