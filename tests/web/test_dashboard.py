@@ -131,12 +131,14 @@ def test_trend_and_anomalies(data, engine):
         anomalies = dashboard.anomalies(s, utcnow())
     assert len(trend.rows) == 90 and trend.rows[-1][0] == utcnow().date().isoformat()
     today = trend.rows[-1]
-    assert today[1:] == [10 + 5 + 12, 3 + 12, 0]  # grants, withdrawals, expiries
-    assert [s.name for s in chart.series] == ["grants", "withdrawals", "expiries"]
+    assert today[1:] == [10 + 5 + 12, 3 + 12, 0, 0]  # grants, withdrawals, expiries, imported
+    assert [s.name for s in chart.series] == ["grants", "withdrawals", "expiries", "imported"]
     assert all(len(s.points.split()) == 90 for s in chart.series)
-    flagged = {(r[0], r[1]) for r in anomalies.rows}
-    assert (utcnow().date().isoformat(), "news") in flagged
-    assert (utcnow().date().isoformat(), dashboard.ALL) in flagged
+    assert len({s.dash for s in chart.series}) == 4  # told apart by pattern, not colour alone
+    # Today's burst has no history before it (the ledger began today): no baseline, no anomaly.
+    assert anomalies.rows == []
+    day = utcnow().date().isoformat()
+    assert trend.links[(89, 2)] == f"/lists/withdrawals?since={day}&until={day}"
 
 
 def test_no_anomaly_below_the_floor(engine):
@@ -188,6 +190,8 @@ def test_delivery_health_and_runs(data, engine, monkeypatch):
     crm = _rows(health)["crm"]
     col = {c: i for i, c in enumerate(health.columns)}
     assert crm[col["pending"]] == 15 and crm[col["dead"]] == 0 and crm[col["status"]] == "active"
+    assert str(crm[col["health"]]) == "healthy"  # never attempted yet, and nothing old
+    assert health.links[(0, col["pending"])] == "/lists/deliveries?system=crm&status=undelivered"
     assert crm[col["oldest undelivered"]] != "-"
     col = {c: i for i, c in enumerate(runs.columns)}
     dry, real = runs.rows

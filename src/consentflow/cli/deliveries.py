@@ -159,7 +159,10 @@ def deliveries_redeliver(
 
 @deliveries_app.command("health")
 def deliveries_health(as_json: JsonOpt = False) -> None:
-    """Per endpoint: status, pending and held, dead letters, oldest undelivered, last success."""
+    """Per endpoint: the verdict (ok or NOT OK, and the worst condition: never succeeded,
+    failing, dead letters, held, old undelivered, healthy), status, pending and held, dead
+    letters, oldest undelivered, last success, and every problem found. The dashboard and the
+    API judge with the same function (``delivery.health.judge``)."""
     with session() as s:
         rows = health.endpoint_health(s)
 
@@ -170,11 +173,12 @@ def deliveries_health(as_json: JsonOpt = False) -> None:
             age = (
                 f"{h.oldest_undelivered_age_s}s" if h.oldest_undelivered_age_s is not None else "-"
             )
-            reason = f" ({h.status_reason})" if h.status_reason else ""
+            problems = f" ({'; '.join(h.problems)})" if h.problems else ""
             typer.echo(
-                f"{h.system:<20} {h.status:<9} pending {h.pending:>6} held {h.held:>6} "
+                f"{h.system:<20} {'ok' if h.ok else 'NOT OK':<6} {h.condition:<15} "
+                f"{h.status:<9} pending {h.pending:>6} held {h.held:>6} "
                 f"dead {h.dead:>5} oldest {age:>9} last ok {fmt_time(h.last_success_at)} "
-                f"failures/24h {h.failures_24h}{reason}"
+                f"failures/24h {h.failures_24h}{problems}"
             )
 
     emit([views.HealthRow.model_validate(h) for h in rows], as_json, text)

@@ -9,21 +9,31 @@ passed in) or a door.
 Failure modes: none of their own; they only read (safe in a read-only unit of work).
 """
 
+from consentflow.reports._links import lists
 from consentflow.reports._sql import ALL, STATES
-from consentflow.reports._table import Chart, Link, Series, Table
+from consentflow.reports._table import Chart, Flag, Link, Series, Table
 from consentflow.reports.catalog import purpose_systems
 from consentflow.reports.consents import (
     ANOMALY_FACTOR,
     ANOMALY_MIN,
     BASELINE_DAYS,
+    MAX_RANGE_DAYS,
+    MEASURES,
+    MIN_HISTORY_DAYS,
     TREND_DAYS,
+    Range,
     anomalies,
+    anomalous_days,
+    default_range,
     event_days,
     expiring,
+    first_days,
+    parse_range,
+    series_by,
     states,
     trend,
 )
-from consentflow.reports.dashboard import TABLES, Dashboard, HealthSource, build, table
+from consentflow.reports.dashboard import TABLES, Dashboard, HealthSource, Tile, build, table
 from consentflow.reports.deliveries import (
     HealthRow,
     age,
@@ -37,28 +47,40 @@ __all__ = [
     "ANOMALY_FACTOR",
     "ANOMALY_MIN",
     "BASELINE_DAYS",
+    "MAX_RANGE_DAYS",
+    "MEASURES",
+    "MIN_HISTORY_DAYS",
     "STATES",
     "TABLES",
     "TREND_DAYS",
     "Chart",
     "Dashboard",
+    "Flag",
     "HealthRow",
     "HealthSource",
     "Link",
+    "Range",
     "Series",
     "Table",
+    "Tile",
     "age",
     "anomalies",
+    "anomalous_days",
     "build",
+    "default_range",
     "delivery",
     "event_days",
     "expiring",
+    "first_days",
+    "lists",
+    "parse_range",
     "pending_requests",
     "purpose_systems",
     "recent_runs",
     "reconsent",
     "requests_page",
     "runs",
+    "series_by",
     "states",
     "table",
     "trend",

@@ -1,5 +1,6 @@
-"""What a report is made of: a ``Table`` (title, columns, rows, note) that the page and the CSV
-export render alike, a ``Link`` cell, and the ``Chart`` of the trend.
+"""What a report is made of: a ``Table`` (title, columns, rows, note, and where its numbers
+link) that the page and the CSV export render alike, a ``Link`` cell, a ``Flag`` cell, and the
+``Chart`` of a trend.
 
 CSV cells that a spreadsheet would run as a formula are neutralised (numbers stay numbers).
 """
@@ -27,6 +28,18 @@ class Link:
         return self.href
 
 
+@dataclass(frozen=True)
+class Flag:
+    """A judged cell (the delivery health verdict): its text, and a level (ok, warning,
+    critical) the page shows with a symbol and a colour; the CSV gets the text."""
+
+    text: str
+    level: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
 @dataclass
 class Table:
     name: str
@@ -34,6 +47,12 @@ class Table:
     columns: list[str]
     rows: list[list[Any]] = field(default_factory=list)
     note: str = ""
+    #: Where a number leads: (row index, column index) -> the list of the people (or deliveries)
+    #: it counts. The page links the number; the CSV keeps the number.
+    links: dict[tuple[int, int], str] = field(default_factory=dict)
+
+    def link(self, row: int, column: str, href: str) -> None:
+        self.links[(row, self.columns.index(column))] = href
 
     def numeric(self, index: int) -> bool:
         """Whether a column holds numbers (right-aligned on the page)."""
@@ -69,15 +88,24 @@ class Series:
     color: str
     values: list[int]
     points: str = ""
+    #: The SVG dash pattern of its line ("" for solid): series differ by more than colour.
+    dash: str = ""
+
+    @property
+    def total(self) -> int:
+        return sum(self.values)
 
 
 @dataclass
 class Chart:
+    """Lines over days in an SVG of ``width`` x ``height`` user units (it scales to its box)."""
+
     days: list[str]
     series: list[Series]
+    title: str = ""
     width: int = 720
-    height: int = 180
-    pad: int = 30
+    height: int = 200
+    pad: int = 6
     top: int = 1
 
     def layout(self) -> Chart:

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
-from consentflow.reports._table import Table
+from consentflow.reports._links import lists
+from consentflow.reports._table import Flag, Table
 
 
 class HealthRow(Protocol):
@@ -22,6 +23,12 @@ class HealthRow(Protocol):
     def system(self) -> str: ...
     @property
     def status(self) -> str: ...
+    @property
+    def condition(self) -> str: ...
+    @property
+    def severity(self) -> str: ...
+    @property
+    def problems(self) -> tuple[str, ...]: ...
     @property
     def status_reason(self) -> str | None: ...
     @property
@@ -52,13 +59,15 @@ def age(seconds: float | None) -> str:
 
 
 def delivery(health: Sequence[HealthRow]) -> Table:
-    """Per downstream system: is every withdrawal getting through? (The delivery engine's own
-    per-endpoint health, itself a few grouped queries.)"""
+    """Per downstream system: is every withdrawal getting through? The verdict is the delivery
+    engine's own (``delivery.health.judge``, as the CLI and the API say it); the figures are its
+    per-endpoint health, itself a few grouped queries. Pending and dead link to those deliveries."""
     table = Table(
         "delivery",
         "Delivery health per downstream system",
         [
             "system",
+            "health",
             "status",
             "pending",
             "held",
@@ -67,16 +76,19 @@ def delivery(health: Sequence[HealthRow]) -> Table:
             "failures (24h)",
             "dead",
             "last success",
-            "status reason",
+            "problems",
         ],
-        note="Pending: withdrawals not yet delivered (held: waiting for a paused or disabled "
-        "system). Retrying: pending after a failed attempt. Dead: retries exhausted, kept for "
-        "replay.",
+        note="Health: never succeeded, failing (the latest attempt failed), dead letters, held "
+        "(paused or disabled), old undelivered (waiting over an hour), or healthy; the same "
+        "verdict as 'consentflow deliveries health'. Pending: withdrawals not yet delivered "
+        "(held: waiting for a paused or disabled system). Retrying: pending after a failed "
+        "attempt. Dead: retries exhausted, kept for replay.",
     )
-    for h in health:
+    for i, h in enumerate(health):
         table.rows.append(
             [
                 h.system,
+                Flag(h.condition, h.severity),
                 h.status,
                 h.pending,
                 h.held,
@@ -85,7 +97,11 @@ def delivery(health: Sequence[HealthRow]) -> Table:
                 h.failures_24h,
                 h.dead,
                 h.last_success_at,
-                h.status_reason,
+                "; ".join(h.problems) or None,
             ]
         )
+        if h.pending:
+            table.link(i, "pending", lists("deliveries", system=h.system, status="undelivered"))
+        if h.dead:
+            table.link(i, "dead", lists("deliveries", system=h.system, status="dead"))
     return table

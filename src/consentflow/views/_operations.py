@@ -70,8 +70,14 @@ class HealthRow(View):
     system: str
     status: Name
     status_reason: str | None
-    #: Active, nothing dead, nothing retrying.
+    #: The verdict's condition is ``healthy`` (``delivery.health.judge``).
     ok: bool
+    #: The worst of: never succeeded, failing, dead letters, held, old undelivered; or healthy.
+    condition: str
+    #: critical, warning or ok.
+    severity: str
+    #: Every condition found, worst first, with its figures.
+    problems: list[str]
     #: Withdrawals not yet delivered; ``held`` of them wait because the system is not active.
     pending: int
     held: int
