@@ -25,7 +25,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, TypeVar
@@ -113,17 +113,21 @@ def kill_tree(root: int) -> list[int]:
 
 
 class Worker:
-    """One ``prefect worker start`` subprocess with the environment ``env``."""
+    """One ``prefect worker start`` subprocess with the environment ``env`` (and ``options``
+    such as ``--name NAME --limit 1``)."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, pool: str) -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path, pool: str, options: Sequence[str] = ()
+    ) -> None:
         self.env = env
         self.log_path = log_path
         self.pool = pool
+        self.options = list(options)
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Worker:
         command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", self.pool]
-        command += ["--type", "process"]
+        command += ["--type", "process", *self.options]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
