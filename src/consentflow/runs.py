@@ -332,10 +332,19 @@ def run_ui_url(run_id: str) -> str | None:
 
 
 def start_deployment_run(
-    flow: str, values: dict[str, Any], requested_by: str, deployment: str | None = None
+    flow: str,
+    values: dict[str, Any],
+    requested_by: str,
+    deployment: str | None = None,
+    *,
+    idempotency_key: str | None = None,
 ) -> StartedRun:
     """Create a run of ``flow``'s deployment on the Prefect server, for a worker to run with
     its own environment, tagged ``requested-by:WHO``; audit ``flow.requested`` at once.
+
+    ``idempotency_key`` (a form's one-time value, say): Prefect answers a second request with
+    the same key with the run the first one created, and that run is audited once, so a form
+    sent twice starts one run.
 
     ``values`` are checked first (``prepare_flow``: ``InvalidInput`` naming the field) and only
     those given are sent, so the deployment's own parameter defaults still apply. ``deployment``
@@ -355,6 +364,7 @@ def start_deployment_run(
             timeout=0,
             tags=[f"{REQUESTED_BY_TAG}{requested_by}"],
             as_subflow=False,
+            idempotency_key=idempotency_key,
         )
     except (httpx.HTTPError, PrefectHTTPStatusError) as exc:
         raise Conflict(f"the Prefect server refused the run: {_one_line(str(exc))}") from None
@@ -372,6 +382,8 @@ def start_deployment_run(
     from consentflow import db
 
     with db.session_scope() as session:
+        if idempotency_key is not None and _requested(session, run_id):
+            return started  # the same request again: that run is on record already
         audit.record(
             session,
             REQUESTED,
@@ -382,6 +394,14 @@ def start_deployment_run(
             detail=started.as_dict(),
         )
     return started
+
+
+def _requested(session: Session, run_id: str) -> bool:
+    """Whether the run already has its ``flow.requested`` entry."""
+    found = session.exec(
+        select(AuditEntry.seq).where(AuditEntry.run_id == run_id, AuditEntry.action == REQUESTED)
+    ).first()
+    return found is not None
 
 
 def find_deployment(flow: str, name: str | None = None) -> Any:

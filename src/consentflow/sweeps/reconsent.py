@@ -17,13 +17,14 @@ no longer open. Emails go through the claim protocol (``claims``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, case, func, or_
 from sqlmodel import Session, col, select
 
-from consentflow import lifecycle
+from consentflow import lifecycle, purposes
 from consentflow.links import LinkAction
 from consentflow.mail import Kind
 from consentflow.models import (
@@ -172,6 +173,17 @@ def _unasked_stale(infos: dict[int, PurposeInfo]) -> Any:
         .exists()
     )
     return and_(stale, ~asked)
+
+
+def would_ask(session: Session, key: str) -> int:
+    """How many people a material revision of purpose ``key``, published now, would ask to
+    re-consent: the consents ``reconsent_open_batch`` would then open a request for, by its own
+    rule (``_unasked_stale``, with the purpose's material version at the next version). An
+    editorial revision asks nobody. ``NotFound`` for an unknown purpose."""
+    found = purposes.get(session, key)
+    revised = replace(found, material_version=found.current_version + 1)
+    due = _unasked_stale({found.id: revised})
+    return int(session.exec(select(func.count()).select_from(Consent).where(due)).one())
 
 
 def _open_requests(

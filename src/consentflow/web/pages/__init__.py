@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from consentflow.web.pages import dashboard, erasure, links, login, newlink, preferences
+from consentflow.web.pages import actions, dashboard, erasure, links, login, newlink, preferences
 from consentflow.web.pages.login import login_page
 
 __all__ = ["login_page", "router"]
 
 router = APIRouter(include_in_schema=False)
-for _module in (login, dashboard, links, preferences, erasure, newlink):
+for _module in (login, dashboard, links, preferences, erasure, newlink, actions):
     router.routes.extend(_module.router.routes)
