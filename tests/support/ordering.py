@@ -36,6 +36,8 @@ LONG = (
     "tests/sweeps/test_concurrency.py",  # 70
     "tests/web/test_runs.py",  # 65
     "tests/web/test_accessibility.py",  # 60: axe-core in Chromium, two widths
+    "tests/web/test_subject_pages_browser.py",  # 60: axe-core in Chromium, 320 and 1440 px
+    "tests/web/test_subject_search.py",  # 60: both databases, an erasure per test
     "tests/ledger/test_lifecycle_properties.py",  # 60: hypothesis, both databases
     "tests/cli/test_demo.py",  # 55: one `consentflow demo` (an embedded Prefect, a new database)
     "tests/web/test_newlink_browser.py",  # 55
