@@ -523,6 +523,34 @@ def measure(
     }
 
 
+def measure_phase(base: str, workdir: Path, n: int, phase: str) -> str:
+    """One phase alone (``--phase``): for a machine too loaded to run the three one after the
+    other in time; run the three at once, each in its own process, and compare their rates per
+    CPU second (what the load does not change)."""
+    path = workdir / f"import-{n}.csv"
+    write_csv(path, n)
+    url = fresh_copy(base, f"{PREFIX}_{phase}")
+    extra = ""
+    if phase == "a":
+        imp = run_import(url, path, None)
+        seconds, cpu = imp["seconds"], imp["cpu"]
+        extra = (
+            f"   peak RSS {imp['peak_kib'] / 1024:.0f} MiB,"
+            f" growth {(imp['peak_kib'] - imp['rss_before_kib']) / 1024:.0f} MiB"
+        )
+    elif phase == "b":
+        seconds, cpu = run_baseline(url, path)
+    else:
+        seconds, cpu = run_bare(url, path, n)
+    drop(url)
+    path.unlink()
+    name = {"a": "(a) import", "b": "(b) same-schema", "c": "(c) bare"}[phase]
+    return (
+        f"{n:>9,} rows, {name}: {seconds:.0f} s, {n / seconds:,.0f} rows/s,"
+        f" {cpu:.0f} CPU-s, {n / cpu:,.0f} rows/CPU-s{extra}   (load {_load()})"
+    )
+
+
 def all_or_nothing(base: str, workdir: Path, n: int) -> str:
     """A file of ``n`` rows whose last row is bad (an unknown state), imported as the CLI does
     without ``--skip-bad``: it must be refused whole, nothing written (not even an audit entry)."""
@@ -577,6 +605,12 @@ def main() -> None:
         help="first, import a file of this many good rows and one bad last row: it must be"
         " refused whole (0: skip)",
     )
+    parser.add_argument(
+        "--phase",
+        choices=["a", "b", "c"],
+        help="run one phase alone (to run the three at once in three processes on a loaded"
+        " machine; compare per CPU second); no comparison, no ratios",
+    )
     parser.add_argument("--child-import", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_import:
@@ -588,7 +622,7 @@ def main() -> None:
         if args.all_or_nothing_rows:
             print(all_or_nothing(base, workdir, args.all_or_nothing_rows), flush=True)
         results = []
-        for n in args.rows:
+        for n in args.rows if not args.phase else []:
             check = not args.no_check and (args.check_at is None or args.check_at == n)
             r = measure(base, workdir, n, args.profile, check)
             results.append(r)
@@ -610,6 +644,9 @@ def main() -> None:
                 f"growth {r['growth_mib']:.0f} MiB   {checked}   ({took}; load {_load()})",
                 flush=True,
             )
+        if args.phase:
+            for n in args.rows:
+                print(measure_phase(base, workdir, n, args.phase), flush=True)
         if len(results) > 1:
             lo, hi = results[0], results[-1]
             print(
