@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: included, alone in one process on a busy two-core machine (CI's are shorter).
 LONG = (
     "tests/operations/test_workers.py",  # 230-380: a Prefect server, deploy, workers, a zombie
+    "tests/operations/test_two_workers.py",  # a Prefect server, deploy, two workers, 6+ runs
     "tests/flows/test_lifecycle_flows.py",  # 175: the Prefect harness, CLI runs in subprocesses
     "tests/web/test_schemathesis.py",  # 195
     "tests/faults/test_scenario.py",  # the fault scenario (~85 on CI) and the Prefect harness
@@ -35,6 +36,7 @@ LONG = (
     "tests/delivery/test_workers.py",  # 70
     "tests/sweeps/test_concurrency.py",  # 70
     "tests/web/test_runs.py",  # 65
+    "tests/web/test_dashboard_browser.py",  # 225: axe-core in Chromium, 320/390/1440 px
     "tests/web/test_accessibility.py",  # 60: axe-core in Chromium, two widths
     "tests/web/test_subject_pages_browser.py",  # 60: axe-core in Chromium, 320 and 1440 px
     "tests/web/test_subject_search.py",  # 60: both databases, an erasure per test

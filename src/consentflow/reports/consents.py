@@ -19,6 +19,7 @@ from sqlmodel import Session, col
 
 from consentflow.errors import InvalidInput
 from consentflow.models import Consent, ConsentEvent, Purpose, State
+from consentflow.reports import _where
 from consentflow.reports._links import lists
 from consentflow.reports._sql import ALL, STATES, count_if, purpose_keys, utc_day
 from consentflow.reports._table import Chart, Series, Table
@@ -51,7 +52,7 @@ def states(session: Session, now: datetime) -> Table:
     lapsed_stmt = (
         select(col(Consent.purpose_id), func.count().label("n"))
         # lapsed = ledger.has_lapsed / effective_state (ledger/_rules.py), in SQL
-        .where(col(Consent.state) == State.GIVEN.value, col(Consent.valid_until) <= now)
+        .where(_where.lapsed(Consent, now))
         .group_by(col(Consent.purpose_id))
     )
     for row in session.execute(lapsed_stmt):
@@ -85,6 +86,8 @@ MAX_SERIES = 6
 _DASHES = ["", "6 3", "2 3", "10 3 2 3", "1 5", "12 6"]
 _COLORS = ["#1f4fd1", "#b71c1c", "#9a4300", "#1b5e20", "#6a1b9a", "#37474f"]
 _CHANNEL_IMPORT = "import"
+#: The importer's action: a consent migrated from elsewhere, in whatever state it had there.
+_IMPORT = "import"
 
 
 @dataclass(frozen=True)
@@ -145,9 +148,9 @@ def parse_range(since: str | None, until: str | None, now: datetime) -> Range:
 
 
 def event_days(session: Session, now: datetime, window: Range | None = None) -> list[Any]:
-    """Grants, withdrawals and expiries per (UTC day, action, purpose, channel) over the trend's
-    range and the anomaly baseline before it: one grouped query that feeds the trends and the
-    anomalies."""
+    """Grants, withdrawals, expiries and imports per (UTC day, action, purpose, channel) over
+    the trend's range and the anomaly baseline before it: one grouped query that feeds the
+    trends and the anomalies."""
     window = window or default_range(now)
     since = window.start() - timedelta(days=BASELINE_DAYS)
     day = utc_day(session, ConsentEvent.recorded_at).label("day")
@@ -163,7 +166,7 @@ def event_days(session: Session, now: datetime, window: Range | None = None) -> 
         .where(
             col(ConsentEvent.recorded_at) >= since,
             col(ConsentEvent.recorded_at) < window.end(),
-            col(ConsentEvent.action).in_(list(_TREND_ACTIONS)),
+            col(ConsentEvent.action).in_([*_TREND_ACTIONS, _IMPORT]),
         )
         .group_by(day, col(ConsentEvent.action), col(ConsentEvent.purpose_id), channel)
     )
@@ -193,8 +196,7 @@ def trend(
     window: Range | None = None,
 ) -> tuple[Table, Chart]:
     """Grants, withdrawals and expiries recorded per day over the range (default: the last 90
-    days), and how many of those changes the importer recorded. Withdrawals link to their
-    list."""
+    days), and the consents the importer recorded. Withdrawals link to their list."""
     window = window or default_range(now)
     rows = event_days(session, now, window) if days_rows is None else days_rows
     days = window.days
@@ -203,15 +205,13 @@ def trend(
     for row in rows:
         day = str(row.day)
         if day in counts["grants"]:
-            counts[names[row.action]][day] += int(row.n)
-            if row.channel == _CHANNEL_IMPORT:
-                counts["imported"][day] += int(row.n)
+            counts[names.get(row.action, "imported")][day] += int(row.n)
     table = Table(
         "trend",
         f"Grants, withdrawals and expiries per day, {days[0]} to {days[-1]}",
         ["day", *names.values(), "imported"],
-        note="Imported: of that day's changes, how many the importer recorded (migrated "
-        "history, not people acting that day).",
+        note="Imported: consents the importer recorded that day (migrated history, in any "
+        "state; not people acting that day, so not counted as grants or withdrawals).",
     )
     table.rows = [[d, *(counts[n][d] for n in [*names.values(), "imported"])] for d in days]
     for i, d in enumerate(days):
@@ -220,7 +220,7 @@ def trend(
     chart = _chart(
         days,
         {n: counts[n] for n in [*names.values(), "imported"]},
-        "Grants, withdrawals, expiries and imported changes per day",
+        "Grants, withdrawals, expiries and imported consents per day",
     )
     return table, chart
 
@@ -382,7 +382,7 @@ def expiring(session: Session, now: datetime) -> Table:
             count_if(until > t14).label("c"),
             func.count().label("n"),
         )
-        .where(col(Consent.state) == State.GIVEN.value, until > now, until <= t30)
+        .where(_where.expiring(Consent, now, t30))
         .group_by(col(Consent.purpose_id))
     )
     keys = purpose_keys(session)
