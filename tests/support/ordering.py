@@ -37,12 +37,15 @@ LONG = (
     "tests/sweeps/test_concurrency.py",  # 70
     "tests/web/test_runs.py",  # 65
     "tests/web/test_dashboard_browser.py",  # 225: axe-core in Chromium, 320/390/1440 px
+    "tests/web/test_lists_browser.py",  # 60-250: axe-core in Chromium, 130 people, 3 runs
     "tests/web/test_accessibility.py",  # 60: axe-core in Chromium, two widths
     "tests/web/test_subject_pages_browser.py",  # 60: axe-core in Chromium, 320 and 1440 px
     "tests/web/test_subject_search.py",  # 60: both databases, an erasure per test
     "tests/ledger/test_lifecycle_properties.py",  # 60: hypothesis, both databases
     "tests/cli/test_demo.py",  # 55: one `consentflow demo` (an embedded Prefect, a new database)
     "tests/web/test_newlink_browser.py",  # 55
+    "tests/web/test_actions.py",  # 60-120 (busy machine): both databases, the Prefect harness
+    "tests/web/test_actions_browser.py",  # 60-190 (busy machine): axe-core in Chromium
 )
 
 

@@ -12,9 +12,9 @@ from fastapi import FastAPI
 
 from consentflow.web import api, errors, pages
 from consentflow.web.api import lists as list_api
-from consentflow.web.pages import lists as list_pages
 from consentflow.web.api import subject_search
 from consentflow.web.middleware import BodyLimits, SecurityHeaders
+from consentflow.web.pages import lists as list_pages
 from consentflow.web.pages import subjects as subject_pages
 from consentflow.web.templating import TEMPLATES_DIR, templates
 
@@ -33,11 +33,11 @@ def create_app() -> FastAPI:
         redoc_url=None,
     )
     app.include_router(api.router)
-    app.include_router(list_api.router)
     app.include_router(subject_search.router)
+    app.include_router(list_api.router)
     app.include_router(pages.router)
-    app.include_router(list_pages.router)
     app.include_router(subject_pages.router)
+    app.include_router(list_pages.router)
     app.add_middleware(BodyLimits)
     app.add_middleware(SecurityHeaders)  # added last: outermost
     errors.install(app)
