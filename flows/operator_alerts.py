@@ -11,11 +11,16 @@ check the channels.
 What one run does:
 
 * sends one alert to every Apprise URL in ``CONSENTFLOW_ALERT_URLS`` (each URL on its own, so one
-  broken channel does not hide the others) and by email to ``CONSENTFLOW_COMPLIANCE_EMAIL``;
+  broken channel does not hide the others) and by email to ``CONSENTFLOW_COMPLIANCE_EMAIL``
+  (``flows.channels``, shared with ``compliance-digest``);
 * for a ``Crashed`` run of a consentflow flow, records the crash in the audit trail
   (``consentflow.runs.record_crashed``: a ``flow.run`` entry with outcome ``crashed``, only if
   the run left no end entry of its own);
 * appends one audit entry ``alert.sent`` with the outcome per channel.
+
+An endpoint's failing spell (every attempt since its last success failed) alerts once: the
+propagate flow raises ``consentflow.endpoint.failing`` after every run while it lasts, and a
+spell already alerted (its key in an ``alert.sent`` entry) is not sent again.
 
 Invariants: alerts, logs and the audit entry name events, flows, runs and systems, never people,
 addresses or secrets; an Apprise URL (which may carry a token) is never logged or recorded, only
@@ -27,19 +32,23 @@ no channel configured the run completes with a warning and outcome ``unconfigure
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Annotated, Any
 
-import apprise
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from consentflow import audit, db, mail, runs
-from consentflow.models import ActorType, Channel
+from consentflow import audit, db, runs
+from consentflow.delivery.events import ENDPOINT_FAILING
+from consentflow.models import ActorType, Channel, utcnow
+from consentflow.reports import digest
 from consentflow.settings import get_settings
+from flows import channels
+from flows.channels import alert_urls, scheme, send_apprise, send_email
+
+__all__ = ["alert_urls", "operator_alerts", "scheme", "send_apprise", "send_email"]
 
 FLOW = "operator-alerts"
 
@@ -63,19 +72,7 @@ class AlertReport:
 
     @property
     def outcome(self) -> str:
-        if not self.channels:
-            return "unconfigured"
-        return "sent" if "sent" in self.channels.values() else "failed"
-
-
-def alert_urls() -> list[str]:
-    """The Apprise URLs of ``CONSENTFLOW_ALERT_URLS`` (comma- or space-separated)."""
-    return [u for u in re.split(r"[,\s]+", get_settings().alert_urls) if u]
-
-
-def scheme(url: str) -> str:
-    """What may be said about an Apprise URL: its scheme (``slack``, ``json``), never the rest."""
-    return url.split("://", 1)[0].lower() if "://" in url else "unknown"
+        return channels.outcome(self.channels)
 
 
 def ui_link(run_id: str) -> str | None:
@@ -113,26 +110,10 @@ def title_for(event: str, resource: str, flow: str, state: str) -> str:
         return "consentflow: test alert (the alert channels work)"
     if event == "consentflow.delivery.dead_lettered":
         return f"consentflow: deliveries dead-lettered at endpoint {system}"
-    if event == "consentflow.endpoint.failing":
+    if event == ENDPOINT_FAILING:
         return f"consentflow: endpoint {system} is failing"
     what = state or event.rsplit(".", 1)[-1]
     return f"consentflow: {flow or 'flow'} run {what}"
-
-
-@task(name="send-apprise", retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE)
-def send_apprise(url: str, title: str, body: str) -> None:
-    """Send the alert to one Apprise URL; raises (so the task retries) if it was refused."""
-    notifier = apprise.Apprise()
-    if not notifier.add(url):
-        raise ValueError(f"not an Apprise URL we can use (scheme {scheme(url)!r})")
-    if not notifier.notify(title=title, body=body):
-        raise RuntimeError(f"the {scheme(url)} channel refused the alert")
-
-
-@task(name="send-alert-email", retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE)
-def send_email(to: str, title: str, body: str) -> str:
-    """Email the alert (``consentflow.mail.send_alert``); its Message-ID."""
-    return mail.send_alert(to, title, body)
 
 
 #: The tasks a run uses, which tests may swap (e.g. for copies without retry delays).
@@ -141,26 +122,9 @@ email_task = send_email
 
 
 def deliver(title: str, body: str) -> dict[str, str]:
-    """Send to every channel configured; the outcome per channel (``sent`` / ``failed``)."""
-    log = get_run_logger()
-    outcomes: dict[str, str] = {}
-    for n, url in enumerate(alert_urls(), start=1):
-        name = f"apprise:{scheme(url)}#{n}"
-        try:
-            apprise_task(url, title, body)
-            outcomes[name] = "sent"
-        except Exception as exc:
-            log.error("alert not sent through %s: %s", name, exc)
-            outcomes[name] = "failed"
-    to = get_settings().compliance_email
-    if to:
-        try:
-            email_task(to, title, body)
-            outcomes["email"] = "sent"
-        except Exception as exc:
-            log.error("alert email not sent: %s", exc)
-            outcomes["email"] = "failed"
-    return outcomes
+    """Send to every channel configured (``flows.channels.deliver``, with this module's tasks);
+    the outcome per channel (``sent`` / ``failed``)."""
+    return channels.deliver(title, body, apprise_task=apprise_task, email_task=email_task)
 
 
 def record(report: AlertReport, facts: dict[str, str]) -> None:
@@ -182,6 +146,25 @@ def record(report: AlertReport, facts: dict[str, str]) -> None:
                 "crash_recorded": report.crash_recorded,
             },
         )
+
+
+def spell_key(event: str, resource: str) -> str | None:
+    """For ``consentflow.endpoint.failing``: the key of the endpoint's failing spell (every
+    attempt since its last success failed; ``reports.digest.failing_systems``), so that one
+    spell alerts once however many propagate runs report it; None for other events or an
+    endpoint not failing in the ledger's record (then the alert is sent)."""
+    if event != ENDPOINT_FAILING:
+        return None
+    system = resource.removeprefix("consentflow.endpoint.")
+    with db.session_scope() as session:
+        spell = digest.failing_systems(session, utcnow(), longer_than=timedelta(0)).get(system)
+    return f"endpoint-failing:{system}:{spell.isoformat()}" if spell else None
+
+
+def already_alerted(key: str) -> bool:
+    """Whether an ``alert.sent`` entry of the last 60 days holds ``key`` and reached a channel."""
+    with db.session_scope() as session:
+        return key in digest.alerted(session, utcnow() - timedelta(days=60))
 
 
 def record_crash(run_id: str, flow: str, message: str) -> bool:
@@ -251,6 +234,15 @@ def operator_alerts(
     report = AlertReport(title=title)
     if state == "Crashed":
         report.crash_recorded = record_crash(run_id, flow, message)
+    key = spell_key(event, resource)
+    if key and already_alerted(key):
+        get_run_logger().info("this failing spell was already alerted: %s", key)
+        return {
+            "title": title,
+            "outcome": "already alerted",
+            "channels": {},
+            "crash_recorded": report.crash_recorded,
+        }
     report.channels = deliver(title, compose(event, resource, run_id, flow, state, message))
     if report.outcome == "unconfigured":
         get_run_logger().warning(
@@ -258,7 +250,7 @@ def operator_alerts(
             "CONSENTFLOW_COMPLIANCE_EMAIL on the worker"
         )
     facts = {"event": event, "resource": resource, "flow": flow, "state": state}
-    record(report, {**facts, "about_run": run_id})
+    record(report, {**facts, "about_run": run_id, **({"key": key} if key else {})})
     if report.outcome == "failed":
         raise RuntimeError(f"alert not delivered on any channel: {', '.join(report.channels)}")
     return {

@@ -36,6 +36,8 @@ EXPECTED = {
     "propagate/continuous",
     "operator-alerts/on-event",
     "audit-anchor/hourly",
+    "compliance-digest/daily",
+    "compliance-digest/alerts",
 }
 
 
@@ -120,9 +122,9 @@ def test_deploy_creates_the_pool_the_deployments_and_the_automations(
     assert set(found) == EXPECTED
     for name in EXPECTED:
         assert f"deployment {name}: deployed" in deployed
-    by_entrypoint = {d["entrypoint"]: d for d in spec["deployments"]}
+    by_entrypoint = {(d["entrypoint"], d["name"]): d for d in spec["deployments"]}
     for dep in found.values():
-        assert dep.parameters == by_entrypoint[dep.entrypoint].get("parameters", {})
+        assert dep.parameters == by_entrypoint[dep.entrypoint, dep.name].get("parameters", {})
         assert dep.work_pool_name == "consentflow-pool"
 
     hourly = found["expiry-sweep/hourly"]
