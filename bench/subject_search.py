@@ -64,8 +64,8 @@ FROM generate_series(CAST(:lo AS int), CAST(:hi AS int)) g
 """
 _CONSENTS = f"""
 WITH picked AS (
-    SELECT g, p.i, p.pid, ((g * 7919 + p.i * 104729) % 100) AS r,
-           :now - make_interval(days => ((g * 37 + p.i * 11) % 360)) AS at
+    SELECT g, p.i, p.pid, ((g::bigint * 7919 + p.i * 104729) % 100) AS r,
+           :now - make_interval(days => ((g::bigint * 37 + p.i * 11) % 360)::int) AS at
     FROM generate_series(CAST(:lo AS int), CAST(:hi AS int)) g
     CROSS JOIN (VALUES (1, CAST(:p1 AS int)), (2, CAST(:p2 AS int)),
                 (3, CAST(:p3 AS int))) AS p(i, pid)
@@ -116,23 +116,27 @@ FROM consent_event e WHERE e.state = 'withdrawn' AND e.subject_id BETWEEN :lo AN
 """
 
 
-def fill(engine, n: int, batch: int = 100_000) -> None:
+def fill(engine, n: int, batch: int = 100_000, start: int = 1) -> None:
     """N subjects, 3 consents and events each, 4 audit entries each, a delivery per withdrawal:
     generated inside PostgreSQL (``generate_series``; the references with pgcrypto's HMAC, so
     they equal ``subjects.reference``), a batch of subjects per transaction."""
     now = utcnow()
     with db.session_scope(engine) as s:
-        for key in PURPOSES:
-            purposes.add(s, key, title=key.title(), validity_days=365)
-        systems.add(s, "crm", PURPOSES, webhook_url="https://crm.example.com/hooks")
+        if start == 1:
+            for key in PURPOSES:
+                purposes.add(s, key, title=key.title(), validity_days=365)
+            systems.add(s, "crm", PURPOSES, webhook_url="https://crm.example.com/hooks")
         pids = {k: i.id for k, i in purposes.info(s).items()}
         secret = keys.reference_key(s)
         base = s.execute(text("SELECT seq FROM audit_head WHERE id = 1")).one()[0]
+        if start > 1:  # the entries of the subjects filled before follow the head's seq
+            top = s.execute(text("SELECT max(seq) FROM audit_entry")).one()[0]
+            base = top - 4 * (start - 1)
         system_id = s.execute(text("SELECT id FROM system WHERE name = 'crm'")).one()[0]
     started = time.perf_counter()
     with engine.begin() as conn:
         conn.execute(text("CREATE EXTENSION IF NOT EXISTS pgcrypto"))
-    for lo in range(1, n + 1, batch):
+    for lo in range(start, n + 1, batch):
         hi = min(lo + batch - 1, n)
         p = {"lo": lo, "hi": hi, "now": now, "key": secret, "base": base, "system": system_id}
         p |= {"p1": pids["news"], "p2": pids["offers"], "p3": pids["partners"]}
@@ -213,10 +217,16 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=500)
     parser.add_argument("--http", action="store_true", help="also time the API on uvicorn")
     parser.add_argument("--reuse", action="store_true", help="keep a database filled before")
+    parser.add_argument("--fill-from", type=int, help="go on filling a database from subject K")
     args = parser.parse_args()
-    url = args.url if args.reuse else fresh(args.url)
+    url = args.url if args.reuse or args.fill_from else fresh(args.url)
     engine = db.make_engine(url)
-    if not args.reuse:
+    if args.fill_from:
+        fill(engine, args.subjects, start=args.fill_from)
+    elif args.reuse:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("ANALYZE"))
+    else:
         db.upgrade(engine)
         fill(engine, args.subjects)
     with db.session_scope(engine) as s:
