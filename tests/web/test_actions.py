@@ -30,6 +30,7 @@ from consentflow.models import (
     utcnow,
 )
 from consentflow.sweeps import SweepContext, reconsent_open_batch
+from tests.support import deployments
 from tests.support.seeding import audit_entries, count, row_counts
 from tests.support.web import Tokens, bearer, client, seed
 
@@ -366,6 +367,50 @@ def test_a_flow_form_needs_its_one_time_value(engine, made) -> None:  # type: ig
     data = {"csrf_token": csrf, "nonce": "short", "confirm": "yes"}
     answer = app.post("/flows/expiry-sweep/start", data=data)
     assert answer.status_code == 422 and "nonce:" in answer.text
+
+
+@pytest.fixture(scope="module")
+def deployed(prefect_harness) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    return deployments.deploy()
+
+
+def test_compliance_previews_and_starts_a_flow_on_a_worker(engine, made, deployed) -> None:  # type: ignore[no-untyped-def]
+    app = signed_in(made.compliance)
+    page = app.get("/flows")
+    assert 'id="no-server"' not in page.text
+    runs_before = deployments.flow_run_count()
+    done, sent = confirmed(
+        app, "/flows/expiry-sweep/preview", hidden(page.text, "preview-expiry-sweep-form")
+    )
+    assert done.status_code == 303, done.text
+    run_id = done.headers["location"].removeprefix("/flows?run=")
+    created = deployments.flow_run(run_id)
+    assert created.deployment_id == deployed["expiry-sweep/adhoc"]
+    assert created.parameters == {"dry_run": True} and "requested-by:web:carol" in created.tags
+    assert created.state.is_scheduled()  # no worker here: created, not run in the web process
+    shown = app.get(done.headers["location"])
+    assert "Dry run of expiry-sweep created" in shown.text and run_id in shown.text
+    [entry] = audit_entries(engine, "flow.requested")
+    assert (entry.run_id, entry.actor, entry.channel) == (run_id, "web:carol", "support")
+
+    # The same form again: Prefect answers with the same run, which is audited once.
+    again = app.post("/flows/expiry-sweep/preview", data=sent)
+    assert again.headers["location"] == done.headers["location"]
+    assert deployments.flow_run_count() == runs_before + 1
+    assert len(audit_entries(engine, "flow.requested")) == 1
+
+    started, _ = confirmed(
+        app, "/flows/expiry-sweep/start", hidden(page.text, "start-expiry-sweep-form")
+    )
+    real = deployments.flow_run(started.headers["location"].removeprefix("/flows?run="))
+    assert real.id != created.id and real.parameters == {}
+    assert len(audit_entries(engine, "flow.requested")) == 2
+
+    before = row_counts(engine)
+    form = hidden(page.text, "start-collection-followups-form")
+    refused, _ = confirmed(app, "/flows/collection-followups/start", form)
+    assert refused.status_code == 409 and "no deployment of collection-followups" in refused.text
+    assert row_counts(engine) == before
 
 
 # ----------------------------------------------------------------------------------- revise

@@ -12,6 +12,9 @@ Three sweeps, run in this order by the ``reconsent`` flow:
 
 Renewing or granting on the new version, refusing or revoking answers a request, which is then
 no longer open. Emails go through the claim protocol (``claims``).
+
+``would_ask`` counts, by the same rule, whom a material revision published now would ask (the
+workspace's preview before publishing one).
 """
 
 from __future__ import annotations
