@@ -122,10 +122,11 @@ def test_only_the_right_scopes_may_act(engine, made) -> None:  # type: ignore[no
         for token in refused:
             answer = app.post(path, data=body, headers=bearer(token))
             assert answer.status_code == 403, (path, answer.text)
-        # Allowed scopes still need the form's CSRF token (a bearer header brings none).
+        # Allowed scopes get past the scope check (a script's bearer header needs no CSRF
+        # token: no browser sends one by itself); without ``confirm`` nothing changes.
         for token in (made.compliance, made.admin):
             answer = app.post(path, data=body, headers=bearer(token))
-            assert answer.status_code == 403 and "Nothing was changed" in answer.text
+            assert answer.status_code not in (401, 403), (path, answer.text)
     assert row_counts(engine) == before
 
 

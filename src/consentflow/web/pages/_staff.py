@@ -6,8 +6,9 @@ The pattern (``web.pages.actions`` describes it whole):
 - ``page`` renders a staff page (English only, like the dashboard) with the caller and a CSRF
   token bound to the ``cf_csrf`` cookie (signed double submit, ``web.security``), setting that
   cookie when the browser has none yet;
-- ``csrf_ok`` checks a form's token; ``refused`` is the 403 page a missing or wrong one gets
-  (nothing is changed);
+- ``csrf_ok`` checks a form's token (a request with a bearer header, which no browser adds by
+  itself, needs none); ``refused`` is the 403 page a missing or wrong one gets (nothing is
+  changed);
 - ``confirm`` is the one confirmation step: what will happen, the form's fields carried over
   as hidden inputs, and one button that sends them again with ``confirm=yes``;
 - ``staff_actor`` is who the ledger records: an agent named after the signed-in token, through
@@ -69,7 +70,13 @@ def page(
 
 
 def csrf_ok(request: Request, session: Session, token: str | None) -> bool:
-    """Whether a form's CSRF token was made for this browser's binding, and recently."""
+    """Whether a form's CSRF token was made for this browser's binding, and recently.
+
+    A request authenticated by its ``Authorization`` header (a script with a bearer token,
+    checked by ``auth.Require`` before this runs) needs none: no browser sends that header by
+    itself, so no other site can make one; the sign-in cookie is what a forged form would ride."""
+    if request.headers.get("authorization"):
+        return True
     return security.check_csrf(session, request.cookies.get(security.CSRF_COOKIE), token)
 
 
