@@ -261,7 +261,14 @@ def test_two_workers_share_propagation_and_deliver_each_webhook_once(
     assert undelivered(ops) >= EXPIRING, "runs after the expiry test, which enqueues them"
     hold = Hold(PER_ENDPOINT + 1)
     ops.receiver.set("/bulk", hook=hold)
-    one_pass = {"run_seconds": 0, "systems": ["bulk"], "per_endpoint": PER_ENDPOINT}
+    # One pass each (no loop slot, no loop-ended event); a run claims for a few seconds only,
+    # so each claim takes half the queue: the two runs deliver it all, and none is needed after.
+    one_pass = {
+        "run_seconds": 0,
+        "systems": ["bulk"],
+        "per_endpoint": PER_ENDPOINT,
+        "batch_size": EXPIRING // 2,
+    }
     runs = ask(ops, "propagate", one_pass)
     eventually(
         hold.open.is_set,
