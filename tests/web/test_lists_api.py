@@ -388,8 +388,9 @@ def test_each_dashboard_number_is_the_number_of_rows_in_its_list(
 
 
 class PageHold:
-    """Around ``cohorts.read_page``: counts the pages read, and holds the second read until
-    ``release`` is set (so a page boundary is pending while the test looks)."""
+    """Around ``cohorts.shape`` (an export's rows, a partition of the server-side cursor at a
+    time): counts the partitions read, and holds the second until ``release`` is set (so a
+    partition boundary is pending while the test looks)."""
 
     def __init__(self, real: Callable[..., Any]) -> None:
         self.real = real
@@ -407,9 +408,9 @@ class PageHold:
 def test_the_first_row_arrives_before_the_last_page_is_read(
     engine: Engine, toks: Tokens, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    hold = PageHold(cohorts.read_page)
+    hold = PageHold(cohorts.shape)
     monkeypatch.setattr(cohorts, "EXPORT_PAGE", 2)
-    monkeypatch.setattr(cohorts, "read_page", hold)
+    monkeypatch.setattr(cohorts, "shape", hold)
     with Session(engine) as s:
         total = len(s.exec(select(Consent.id)).all())
     with (
@@ -423,7 +424,7 @@ def test_the_first_row_arrives_before_the_last_page_is_read(
     ):
         lines = r.iter_lines()
         first = json.loads(next(lines))
-        assert hold.read == 1  # the second page is held: not read yet
+        assert hold.read == 1  # the second partition is held: not read yet
         assert entries(engine) == []  # and the export has not ended
         hold.release.set()
         rest = [json.loads(line) for line in lines]

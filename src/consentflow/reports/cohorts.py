@@ -1,31 +1,23 @@
-"""The rows behind the dashboard's numbers: one definition per cohort, listed in keyset pages.
+"""The rows behind the dashboard's numbers: one definition per cohort (``Definition``: a filter
+set, a keyset order, a row shape): ``consents`` (by state now; order: id), ``not-reconfirmed``
+(given on a notice older than the latest material one; ``asked=no``: never asked; id),
+``requests`` (open; id), ``expiring`` (within ``days``; valid until, id), ``withdrawals``
+(recorded in ``[since, until)``; recorded, id), ``deliveries`` (undelivered or dead; id).
 
-A cohort is a filter set, a keyset order and a row shape (``Definition``):
-
-- ``consents``: consents by (effective) state and purpose; order: consent id.
-- ``not-reconfirmed``: given on a notice version older than the purpose's latest material one
-  (``asked=no``: never asked yet; ``asked=yes``: asked); order: consent id.
-- ``requests``: open consent requests (by age: ``since``/``until`` on when asked); order: id.
-- ``expiring``: given consents whose validity ends within ``days`` (30); order: (end, id).
-- ``withdrawals``: withdrawal events recorded in ``[since, until)``; order: (recorded, id).
-- ``deliveries``: undelivered and dead deliveries (``status``), per system; order: id.
-
-The WHERE clause of each dashboard count is shared with its cohort (``reports._where``), so a
-dashboard figure equals the number of rows its list yields (``tests/web/test_lists_api.py``).
+Each dashboard count shares its WHERE clause with its cohort (``reports._where``), so a figure
+equals the number of rows its list yields (``tests/web/test_lists_api.py``).
 
 Invariants:
 
-- Keyset pagination only (never OFFSET): a page is the rows after the last row's order key, so
-  a page costs the same at any depth and no row is listed twice, whatever is inserted meanwhile.
-- A filter a cohort does not take, or a value that names nothing (an unknown purpose or
-  system), is ``InvalidInput`` starting with the field's name; nothing is read.
-- ``restrict`` (a system token's own system) limits consents, requests and withdrawals to the
-  system's purposes and deliveries to its own; it cannot be widened by a ``system`` filter.
-- No email address is read unless ``email=True`` (the door decides who may ask).
-- ``Export`` reads each page in a short read-only unit of work of its own; only the cursor, a
-  count and a running SHA-256 of the subjects' ids are held between pages (flat memory). Its
-  audit entry (``cohort.exported``: who, cohort, filters, count, SHA-256, complete or not) is
-  written once by ``finish``, by reference only (filters and counts, never a person's data).
+- Keyset pages only (never OFFSET): a page is the rows after the last row's order key, so it
+  costs the same at any depth and no row is listed twice, whatever is inserted meanwhile.
+- A filter a cohort does not take, or a name that names nothing, is ``InvalidInput`` starting
+  with the field's name. ``restrict`` (a system token's system) limits the lists to its
+  purposes and its deliveries. No email address is read unless ``email=True``.
+- ``Export`` reads the list in one query on a server-side cursor (one snapshot, planned once),
+  a partition at a time: only a partition, a count and a running SHA-256 of the subjects' ids
+  are held (flat memory). ``finish`` writes its audit entry once (``cohort.exported``: who,
+  cohort, filters, count, SHA-256, complete or not), by reference only.
 
 Failure modes: ``InvalidInput`` as above, and for a cursor that is not this list's.
 """
@@ -33,7 +25,7 @@ Failure modes: ``InvalidInput`` as above, and for a cursor that is not this list
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -377,29 +369,42 @@ def prepare(
             raise InvalidInput(f"{name}: the {cohort.value} list does not take it (takes {takes})")
     if filters.since and filters.until and filters.since >= filters.until:
         raise InvalidInput("until: must be after since")
-    infos = purposes.info(session)
     purpose_id = None
     if filters.purpose is not None:
-        if filters.purpose not in infos:
+        purpose_id = session.execute(select(_P.c.id).where(_P.c.key == filters.purpose)).scalar()
+        if purpose_id is None:
             raise InvalidInput(
                 f"purpose: no such purpose {filters.purpose!r}; see `consentflow purpose list`"
             )
-        purpose_id = infos[filters.purpose].id
     system = restrict or filters.system
     system_id = None
     if system is not None:
         system_id = session.execute(select(_SYS.c.id).where(_SYS.c.name == system)).scalar()
         if system_id is None:
             raise InvalidInput(f"system: no such system {system!r}; see `consentflow system list`")
-    materials = {i.id: i.material_version for i in infos.values() if i.material_version > 1}
+    materials: dict[int, int] = {}
+    if cohort is Cohort.NOT_RECONFIRMED:  # the one list that needs the notices
+        infos = purposes.info(session).values()
+        materials = {i.id: i.material_version for i in infos if i.material_version > 1}
     return Query(filters, now or utcnow(), email, purpose_id, system_id, materials)
 
 
 @dataclass(frozen=True)
 class Page:
     rows: list[dict[str, Any]]
-    #: The last row's order key when more rows may follow, else None.
-    next_key: tuple[Any, ...] | None
+    next_key: tuple[Any, ...] | None  #: the last row's order key if more may follow
+
+
+def _statement(cohort: Cohort, q: Query, after: tuple[Any, ...] | None) -> tuple[Any, int]:
+    """The list's SELECT in keyset order from after ``after`` (key columns after the row's)."""
+    stmt, keys = DEFINITIONS[cohort].build(q)
+    width = len(stmt.selected_columns)
+    stmt = stmt.add_columns(*(k.label(f"_k{i}") for i, k in enumerate(keys)))
+    if after is not None:
+        bound = tuple_(*(literal(v, k.type) for v, k in zip(after, keys, strict=True)))
+        # The first key's own bound too: an index on it starts there (a row comparison is none).
+        stmt = stmt.where(keys[0] >= after[0], tuple_(*keys) > bound)
+    return stmt.order_by(*keys), width
 
 
 def read_page(
@@ -410,19 +415,17 @@ def read_page(
     limit: int = DEFAULT_LIMIT,
 ) -> Page:
     """Up to ``limit`` rows after the order key ``after``, in the cohort's order."""
-    stmt, keys = DEFINITIONS[cohort].build(q)
-    width = len(stmt.selected_columns)
-    stmt = stmt.add_columns(*(k.label(f"_k{i}") for i, k in enumerate(keys)))
-    if after is not None:
-        bound = tuple_(*(literal(v, k.type) for v, k in zip(after, keys, strict=True)))
-        stmt = stmt.where(tuple_(*keys) > bound if len(keys) > 1 else keys[0] > after[0])
-    stmt = stmt.order_by(*keys).limit(limit + 1)
-    result = session.connection().execute(stmt)  # Core rows: no ORM loading per row
+    stmt, width = _statement(cohort, q, after)
+    result = session.connection().execute(stmt.limit(limit + 1))  # Core rows: no ORM objects
     names = [str(n) for n in list(result.keys())[:width]]
     raw = result.all()
-    rows = [dict(zip(names, row[:width], strict=True)) for row in raw[:limit]]
     more = len(raw) > limit
-    return Page(rows, tuple(raw[limit - 1][width:]) if more else None)
+    return Page(shape(names, width, raw[:limit]), tuple(raw[limit - 1][width:]) if more else None)
+
+
+def shape(names: list[str], width: int, part: Sequence[Any]) -> list[dict[str, Any]]:
+    """Result rows as the list's rows (dicts of the row's columns, the order key left out)."""
+    return [dict(zip(names, row[:width], strict=True)) for row in part]
 
 
 def columns(cohort: Cohort, email: bool = False) -> tuple[str, ...]:
@@ -453,18 +456,19 @@ class Export:
     _hash: Any = field(default_factory=hashlib.sha256, repr=False)
 
     def pages(self) -> Generator[list[dict[str, Any]]]:
-        after: tuple[Any, ...] | None = None
+        """The rows in pages of ``page_size``: one query, read through a server-side cursor
+        (one snapshot; the database plans the whole list once, not a page at a time)."""
         size = self.page_size or EXPORT_PAGE
-        while True:
-            with db.session_scope(self.engine, readonly=True) as session:
-                page = read_page(session, self.cohort, self.query, after, size)
-            if page.rows:
-                yield page.rows
-                self.count += len(page.rows)
-                self._hash.update("".join(f"{r['subject']}\n" for r in page.rows).encode())
-            if page.next_key is None:
-                break
-            after = page.next_key
+        stmt, width = _statement(self.cohort, self.query, None)
+        with db.session_scope(self.engine, readonly=True) as session:
+            options = {"stream_results": True, "yield_per": size}
+            result = session.connection(execution_options=options).execute(stmt)
+            names = [str(n) for n in list(result.keys())[:width]]
+            for part in result.partitions(size):
+                rows = shape(names, width, part)
+                yield rows
+                self.count += len(rows)
+                self._hash.update("".join(f"{r['subject']}\n" for r in rows).encode())
         self.complete = True
 
     @property

@@ -4,8 +4,9 @@ whole cohort streamed as CSV or JSON Lines.
 - ``GET /api/v1/lists``: the lists there are, their filters and columns.
 - ``GET /api/v1/lists/{cohort}``: one keyset page (``limit`` <= 1000) and the ``next`` cursor.
 - ``GET /api/v1/lists/{cohort}/export?format=csv|jsonl``: every row, streamed from the first byte
-  (the response starts before the first page is read; each page of ``cohorts.Export`` is read,
-  written and handed to the server in turn, so memory stays flat), audited when the response
+  (the response starts before the first row is read; each partition of ``cohorts.Export``'s
+  server-side cursor is read, written and handed to the server in turn, so memory stays
+  flat), audited when the response
   ends however it ends (``cohort.exported``: who, cohort, filters, count, SHA-256 of the
   subjects' ids, complete or not).
 
