@@ -69,10 +69,19 @@ class AlertReport:
     title: str
     channels: dict[str, str] = field(default_factory=dict)
     crash_recorded: bool = False
+    already_alerted: bool = False
 
     @property
     def outcome(self) -> str:
-        return channels.outcome(self.channels)
+        return "already alerted" if self.already_alerted else channels.outcome(self.channels)
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "title": self.title,
+            "outcome": self.outcome,
+            "channels": self.channels,
+            "crash_recorded": self.crash_recorded,
+        }
 
 
 def ui_link(run_id: str) -> str | None:
@@ -237,12 +246,8 @@ def operator_alerts(
     key = spell_key(event, resource)
     if key and already_alerted(key):
         get_run_logger().info("this failing spell was already alerted: %s", key)
-        return {
-            "title": title,
-            "outcome": "already alerted",
-            "channels": {},
-            "crash_recorded": report.crash_recorded,
-        }
+        report.already_alerted = True
+        return report.result()
     report.channels = deliver(title, compose(event, resource, run_id, flow, state, message))
     if report.outcome == "unconfigured":
         get_run_logger().warning(
@@ -253,9 +258,4 @@ def operator_alerts(
     record(report, {**facts, "about_run": run_id, **({"key": key} if key else {})})
     if report.outcome == "failed":
         raise RuntimeError(f"alert not delivered on any channel: {', '.join(report.channels)}")
-    return {
-        "title": title,
-        "outcome": report.outcome,
-        "channels": report.channels,
-        "crash_recorded": report.crash_recorded,
-    }
+    return report.result()

@@ -258,10 +258,10 @@ def failing_systems(
     )
     waiting = aliased(Delivery)
     undelivered = (
-        select(waiting.id)
+        select(col(waiting.id))
         .where(
-            waiting.system_id == col(System.id),
-            waiting.state.in_([DeliveryState.PENDING.value, DeliveryState.DEAD.value]),
+            col(waiting.system_id) == col(System.id),
+            col(waiting.state).in_([DeliveryState.PENDING.value, DeliveryState.DEAD.value]),
         )
         .correlate_except(waiting)
         .exists()
