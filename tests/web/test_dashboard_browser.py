@@ -19,7 +19,7 @@ from consentflow.lifecycle import Actor
 from consentflow.models import utcnow
 from tests.support.browser import chromium, needs_chromium
 from tests.support.web import seed, served
-from tests.web.test_accessibility import Audit
+from tests.web.test_accessibility import ARTIFACTS, Audit
 
 pytestmark = [
     needs_chromium,
@@ -79,6 +79,8 @@ def test_dashboard_is_clean_and_reflows(site, browser, width):
         page.locator("#chart-trend summary").click()
         assert page.locator("#chart-trend details table").is_visible()
         audit.check("dashboard-table-open")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"dashboard-{width}.png"), full_page=True)
         # The verdict is in words and a symbol, not colour alone.
         crm = page.locator("#table-delivery tbody tr", has_text="crm").first
         assert "held" in crm.locator(".flag").inner_text()

@@ -85,7 +85,6 @@ MAX_SERIES = 6
 #: Line patterns (SVG dash arrays) so series differ by more than colour.
 _DASHES = ["", "6 3", "2 3", "10 3 2 3", "1 5", "12 6"]
 _COLORS = ["#1f4fd1", "#b71c1c", "#9a4300", "#1b5e20", "#6a1b9a", "#37474f"]
-_CHANNEL_IMPORT = "import"
 #: The importer's action: a consent migrated from elsewhere, in whatever state it had there.
 _IMPORT = "import"
 
@@ -148,27 +147,38 @@ def parse_range(since: str | None, until: str | None, now: datetime) -> Range:
 
 
 def event_days(session: Session, now: datetime, window: Range | None = None) -> list[Any]:
-    """Grants, withdrawals, expiries and imports per (UTC day, action, purpose, channel) over
-    the trend's range and the anomaly baseline before it: one grouped query that feeds the
-    trends and the anomalies."""
+    """Grants, withdrawals, expiries and imports per (UTC day, action, purpose) over the trend's
+    range and the anomaly baseline before it: one grouped query, read from the (recorded_at,
+    action, purpose_id) index alone, that feeds the trends and the anomalies."""
     window = window or default_range(now)
     since = window.start() - timedelta(days=BASELINE_DAYS)
     day = utc_day(session, ConsentEvent.recorded_at).label("day")
-    channel = col(ConsentEvent.channel)
     stmt = (
-        select(
-            day,
-            col(ConsentEvent.action),
-            col(ConsentEvent.purpose_id),
-            channel,
-            func.count().label("n"),
-        )
+        select(day, col(ConsentEvent.action), col(ConsentEvent.purpose_id), func.count().label("n"))
         .where(
             col(ConsentEvent.recorded_at) >= since,
             col(ConsentEvent.recorded_at) < window.end(),
             col(ConsentEvent.action).in_([*_TREND_ACTIONS, _IMPORT]),
         )
-        .group_by(day, col(ConsentEvent.action), col(ConsentEvent.purpose_id), channel)
+        .group_by(day, col(ConsentEvent.action), col(ConsentEvent.purpose_id))
+    )
+    return list(session.execute(stmt))
+
+
+def channel_days(session: Session, window: Range, measure: str) -> list[Any]:
+    """One measure's events per (UTC day, channel) over the range: a second grouped query, as
+    the channel is not in the trend's index (it reads only that action's rows in the range)."""
+    action = {v: k for k, v in _TREND_ACTIONS.items()}[measure]
+    day = utc_day(session, ConsentEvent.recorded_at).label("day")
+    channel = col(ConsentEvent.channel)
+    stmt = (
+        select(day, channel, func.count().label("n"))
+        .where(
+            col(ConsentEvent.recorded_at) >= window.start(),
+            col(ConsentEvent.recorded_at) < window.end(),
+            col(ConsentEvent.action) == action,
+        )
+        .group_by(day, channel)
     )
     return list(session.execute(stmt))
 
@@ -232,13 +242,15 @@ def _split(
     measure: str,
     by: str,
 ) -> dict[str, dict[str, int]]:
+    """Per purpose (from ``event_days`` rows) or per channel (``channel_days`` rows): the
+    measure's count per day of the range."""
     action = {v: k for k, v in _TREND_ACTIONS.items()}[measure]
-    keys = purpose_keys(session)
+    keys = purpose_keys(session) if by == "purpose" else {}
     days = set(window.days)
     out: dict[str, dict[str, int]] = {}
     for row in rows:
         day = str(row.day)
-        if row.action != action or day not in days:
+        if day not in days or (by == "purpose" and row.action != action):
             continue
         name = keys[row.purpose_id] if by == "purpose" else str(row.channel)
         per_day = out.setdefault(name, {})
@@ -255,12 +267,16 @@ def series_by(
     measure: str = "withdrawals",
 ) -> tuple[Table, Chart]:
     """One measure (grants, withdrawals or expiries) per day, a series per purpose (``by`` =
-    "purpose") or per channel ("channel": web, email link, support, API, import, system).
-    Withdrawals link to their list with that purpose or channel."""
+    "purpose", from ``days_rows`` when given) or per channel ("channel": web, email link,
+    support, API, import, system; its own query). Withdrawals link to their list with that
+    purpose or channel."""
     if measure not in MEASURES:
         raise InvalidInput(f"measure: use one of {', '.join(MEASURES)}")
     window = window or default_range(now)
-    rows = event_days(session, now, window) if days_rows is None else days_rows
+    if by == "channel":
+        rows = channel_days(session, window, measure)
+    else:
+        rows = event_days(session, now, window) if days_rows is None else days_rows
     values = _split(session, rows, window, measure, by)
     names = sorted(values)
     days = window.days
@@ -319,8 +335,8 @@ def anomalies(
     """Days in the range whose withdrawals exceed 3x the median of the 28 days before and 10,
     per purpose and overall. A day is judged only when that purpose's recorded history began at
     least 28 days before it (a short history is no baseline: with none, every busy day would look
-    "new"). Imported withdrawals are not counted (migrated history, not people acting that
-    day)."""
+    "new"). Imported consents (the importer's own action) are not counted: migrated history,
+    not people acting that day."""
     window = window or default_range(now)
     rows = event_days(session, now, window) if days_rows is None else days_rows
     first = window.start() - timedelta(days=BASELINE_DAYS)
@@ -330,7 +346,7 @@ def anomalies(
     began = first_days(session)
     series: dict[str, dict[str, int]] = {}
     for row in rows:
-        if row.action != "revoke" or row.channel == _CHANNEL_IMPORT:
+        if row.action != "revoke":
             continue
         for name in (keys[row.purpose_id], ALL):
             per_day = series.setdefault(name, {})
@@ -341,7 +357,7 @@ def anomalies(
         ["day", "purpose", "withdrawals", "baseline (28-day median)", "ratio"],
         note=f"A day is flagged when its withdrawals exceed {ANOMALY_FACTOR}x the median of the "
         f"{BASELINE_DAYS} days before it and {ANOMALY_MIN}, and only once {MIN_HISTORY_DAYS} "
-        "days of history lie before it. Imported withdrawals are not counted.",
+        "days of history lie before it. Imported consents are not counted.",
     )
     for name, per_day in series.items():
         values = [per_day.get(d.date().isoformat(), 0) for d in span]
