@@ -528,7 +528,7 @@ def measure_phase(base: str, workdir: Path, n: int, phase: str) -> str:
     other in time; run the three at once, each in its own process, and compare their rates per
     CPU second (what the load does not change)."""
     path = workdir / f"import-{n}.csv"
-    write_csv(path, n)
+    write_csv(path, n if phase != "c" else min(n, BATCH))  # (c) repeats the first batch's rows
     url = fresh_copy(base, f"{PREFIX}_{phase}")
     extra = ""
     if phase == "a":
