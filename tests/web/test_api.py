@@ -312,6 +312,9 @@ def test_purposes_and_versions(api):
     detail = r.json()
     assert detail["current_version"] == 2 and detail["material_version"] == 2
     assert [v["title"] for v in detail["versions"]] == ["Texts", "Text messages"]
+    with db.session_scope(readonly=True) as s:
+        revised = s.exec(select(AuditEntry).where(AuditEntry.action == "purpose.revised")).one()
+        assert (revised.actor_type, revised.actor) == ("agent", "api:root")
     listed = {p["key"]: p for p in c.get("/api/v1/purposes", headers=bearer(t.support)).json()}
     assert listed["news"]["systems"] == ["crm"] and set(listed) == {"news", "invoices", "sms"}
     r = c.post("/api/v1/purposes/sms/versions", headers=h, json={"material": False})

@@ -8,9 +8,11 @@ from typing import Annotated
 from fastapi import Depends
 
 from consentflow import purposes, reports, systems
+from consentflow.actors import Actor
 from consentflow.errors import NotFound
+from consentflow.models import ActorType, Channel
 from consentflow.tokens import TokenInfo
-from consentflow.web.api._params import PurposePath, resource_router
+from consentflow.web.api._params import PurposePath, api_actor, resource_router
 from consentflow.web.auth import ADMIN, COMPLIANCE, READ, DbSession, ReadSession
 from consentflow.web.schemas import (
     CONFLICT,
@@ -100,7 +102,7 @@ def revise_purpose(
     key: PurposePath,
     body: RevisionIn,
     session: DbSession,
-    _: Annotated[TokenInfo, Depends(ADMIN)],
+    caller: Annotated[TokenInfo, Depends(ADMIN)],
 ) -> PurposeDetail:
     """Publish a new notice version; ``material`` means consents must be re-confirmed.
 
@@ -117,8 +119,9 @@ def revise_purpose(
         data_categories=list(body.data_categories) if body.data_categories is not None else None,
         validity_days=body.validity_days,
         texts=texts_arg(body.texts),
+        actor=Actor(ActorType.AGENT, Channel.API, name=api_actor(caller)),
     )
-    return get_purpose(key, session, _)
+    return get_purpose(key, session, caller)
 
 
 @router.get("/systems", response_model=list[SystemOut], tags=["systems"])
