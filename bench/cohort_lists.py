@@ -22,6 +22,7 @@ the consents, and a delivery per withdrawal (a fifth of them pending, a tenth de
 from __future__ import annotations
 
 import argparse
+import io
 import random
 import statistics
 import sys
@@ -34,7 +35,6 @@ import httpx
 from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from subject_search import _copy
 from transfer_gate import fresh, rss_kib, serve
 
 from consentflow import db, purposes, systems, tokens
@@ -47,6 +47,21 @@ ACTION = {"given": "grant", "withdrawn": "revoke", "refused": "refuse", "request
 ACTION["expired"] = "expire"
 LOCALES = ["en", "fr", "de", "es"]
 CHANNELS = ["web", "email_link", "api", "support"]
+
+
+def _copy(cur, table: str, columns: list[str], rows: list[tuple]) -> None:
+    """Rows into ``table`` through COPY (text format)."""
+
+    def cell(v: object) -> str:
+        if v is None:
+            return "\\N"
+        return str(v).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+
+    buf = io.StringIO()
+    for r in rows:
+        buf.write("\t".join(cell(v) for v in r) + "\n")
+    with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        copy.write(buf.getvalue())
 
 
 # Long: one pass builds every table's rows for a batch of subjects.
@@ -220,6 +235,41 @@ def bench_pages(base: str, token: str, repeat: int) -> None:
                 )
 
 
+def bench_inprocess(engine, repeat: int) -> None:
+    """The route's own work without HTTP: filters, prepare, read_page, the page model as JSON,
+    in a read-only unit of work; wall and CPU time of this process (the rest of the wall time
+    is the database and, on a loaded machine, waiting for a core)."""
+    from consentflow import views
+
+    for cohort, params in SERIES:
+        name = cohorts.Cohort(cohort)
+        for where, frac in (("page 1", None), ("95% deep", 0.95)):
+            cursor = KEYS.get((cohort, frac)) if frac else None
+            if frac and cursor is None:
+                continue
+            after = cohorts.decode_cursor(name, cursor) if cursor else None
+            wall, cpu = [], []
+            for _ in range(repeat):
+                t0, c0 = time.perf_counter(), time.process_time()
+                with db.session_scope(engine, readonly=True) as s:
+                    filters = cohorts.parse_filters(params)
+                    q = cohorts.prepare(s, name, filters)
+                    page = cohorts.read_page(s, name, q, after, 100)
+                    model = cohorts.DEFINITIONS[name].model
+                    views.ListPageOut(
+                        cohort=cohort, filters=filters.given(), limit=100, next=None,
+                        rows=[model.model_validate(r) for r in page.rows],
+                    ).model_dump_json(exclude_unset=True)  # fmt: skip
+                wall.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
+            label = f"{cohort} {params or ''} {where}"
+            print(
+                f"  {label:<62} wall p50 {statistics.median(wall) * 1000:6.1f} ms  "
+                f"p99 {pct(wall, 99) * 1000:6.1f} ms  "
+                f"CPU p50 {statistics.median(cpu) * 1000:5.1f} ms"
+            )
+
+
 def page_baseline(engine, repeat: int) -> None:
     """The floor of a page: the bare keyset SELECT of 100 consent ids after a deep id."""
     raw = engine.raw_connection()
@@ -316,6 +366,8 @@ def main() -> None:
         print(f"list pages (limit 100), {args.repeat} requests each, HTTP on loopback:")
         page_baseline(engine, args.repeat)
         bench_pages(base, token, args.repeat)
+        print("list pages in process (no HTTP): wall and this process's CPU:")
+        bench_inprocess(engine, args.repeat)
         print("exports (GET /api/v1/lists/consents/export):")
         for purpose in ("news", None):
             copy_baseline(engine, purpose)
