@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlmodel import select
+from sqlmodel import col, select
 
 from consentflow import db, lifecycle
 from consentflow.lifecycle import Actor
@@ -373,16 +373,50 @@ def test_deliveries_health_and_replay(api, engine):
     health = {h_["system"]: h_ for h_ in c.get("/api/v1/deliveries/health", headers=h).json()}
     assert health["crm"]["dead"] == 1 and health["crm"]["pending"] == 0
     assert health["crm"]["ok"] is False and "billing" not in health  # billing has no webhook
-    # Compliance may look but not replay.
+    # Support may look at people, not replay; compliance replays (as from the workspace).
     path = f"/api/v1/deliveries/{delivery_id}/replay"
-    assert c.post(path, headers=bearer(t.compliance)).status_code == 403
-    r = c.post("/api/v1/systems/crm/replay", headers=h)
+    assert c.post(path, headers=bearer(t.support)).status_code == 403
+    r = c.post("/api/v1/systems/crm/replay", headers=bearer(t.compliance))
     assert r.json() == {"replayed": 1, "ids": [delivery_id]}
     detail = c.get(f"/api/v1/deliveries/{delivery_id}", headers=h).json()
     assert detail["state"] == "pending" and detail["webhook_id"] == webhook_id
     assert json.loads(detail["payload"])["type"] == "consent.withdrawn"
     assert c.post("/api/v1/deliveries/999/replay", headers=h).status_code == 404
     assert c.get("/api/v1/deliveries/999", headers=h).status_code == 404
+
+
+def test_pausing_and_resuming_a_system(api, engine):
+    """Compliance pauses and resumes an endpoint through the API as the CLI and the workspace
+    do: its deliveries are held, then due again; each change audited under the token."""
+    c, t = api
+    h = bearer(t.compliance)
+    c.post("/api/v1/subjects/alice/consents/news/grant", headers=bearer(t.admin))
+    c.post("/api/v1/subjects/alice/consents/news/revoke", headers=bearer(t.admin))
+    r = c.post("/api/v1/systems/crm/pause", headers=h, json={"reason": "CRM maintenance"})
+    assert r.status_code == 200, r.text
+    assert r.json() == {
+        "name": "crm",
+        "status": "paused",
+        "reason": "CRM maintenance",
+        "pending": 1,
+    }
+    again = c.post("/api/v1/systems/crm/pause", headers=h)
+    assert again.status_code == 409 and "paused already" in again.json()["detail"]
+    assert c.post("/api/v1/systems/crm/resume", headers=bearer(t.support)).status_code == 403
+    assert c.post("/api/v1/systems/nope/resume", headers=h).status_code == 404
+    assert c.post("/api/v1/systems/crm/explode", headers=h).status_code == 422
+    r = c.post("/api/v1/systems/crm/resume", headers=h)
+    assert r.status_code == 200 and r.json()["status"] == "active"
+    with db.session_scope(engine) as s:
+        entries = s.exec(
+            select(AuditEntry).where(
+                col(AuditEntry.action).in_(["system.paused", "system.resumed"])
+            )
+        ).all()
+        assert [(e.action, e.actor) for e in entries] == [
+            ("system.paused", "carol"),
+            ("system.resumed", "carol"),
+        ]
 
 
 def test_audit_verify_and_export(api):

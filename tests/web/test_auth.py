@@ -131,7 +131,9 @@ def test_scope_matrix_is_as_designed():
     assert by[("GET", "/dashboard")] == {"admin", "compliance"}
     act = ("POST", "/api/v1/subjects/{subject}/consents/{purpose}/{action}")
     assert by[act] == {"admin", "support"}
-    assert by[("POST", "/api/v1/deliveries/{delivery_id}/replay")] == {"admin"}
+    assert by[("POST", "/api/v1/deliveries/{delivery_id}/replay")] == {"admin", "compliance"}
+    assert by[("POST", "/api/v1/systems/{name}/{verb}")] == {"admin", "compliance"}
+    assert by[("POST", "/api/v1/purposes/{key}/versions")] == {"admin", "compliance"}
     # A system token may do nothing but check (one person, or many before a transfer, for
     # itself only), read the feed and ask who it is.
     system_routes = {p for (m, p), a in by.items() if "system" in a}

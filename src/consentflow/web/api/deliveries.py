@@ -1,14 +1,19 @@
-"""Webhook deliveries (the outbox): list, health per system, one with its attempts, and replay
-(one delivery, or a system's dead letters). The list and the detail are the delivery engine's own
-queries (``delivery.ops``, the same as ``deliveries list/show``); replays are its audited operation
-(``web.delivery_ops``)."""
+"""Webhook deliveries (the outbox): list, health per system, one with its attempts, replay
+(one delivery, or a system's dead letters), and pausing or resuming a system's endpoint (as
+``consentflow system pause|resume`` and the workspace's Systems page do). The list and the
+detail are the delivery engine's own queries (``delivery.ops``, the same as ``deliveries
+list/show``); replays are its audited operation (``web.delivery_ops``), pause and resume
+``delivery.ops.set_status`` (audited ``system.paused`` / ``system.resumed`` under the calling
+token). Compliance may do all of these (issue 10: compliance replays dead letters and pauses and
+resumes a system), as from the workspace."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import Depends, Query
+from fastapi import Body, Depends, Query
 
+from consentflow import views
 from consentflow.delivery import ops
 from consentflow.models import DeliveryState
 from consentflow.tokens import TokenInfo
@@ -21,13 +26,15 @@ from consentflow.web.api._params import (
     SystemQuery,
     resource_router,
 )
-from consentflow.web.auth import ADMIN, COMPLIANCE, DbSession, ReadSession
+from consentflow.web.auth import COMPLIANCE, DbSession, ReadSession
 from consentflow.web.schemas import (
+    CONFLICT,
     NOT_FOUND,
     DeliveriesOut,
     DeliveryDetail,
     DeliveryOut,
     HealthRow,
+    Reason,
     ReplayOut,
 )
 
@@ -80,7 +87,7 @@ def get_delivery(
     responses=NOT_FOUND,
 )
 def replay_delivery(
-    delivery_id: IdPath, session: DbSession, caller: Annotated[TokenInfo, Depends(ADMIN)]
+    delivery_id: IdPath, session: DbSession, caller: Annotated[TokenInfo, Depends(COMPLIANCE)]
 ) -> ReplayOut:
     """Send one delivery again (same webhook id, fresh signature), whatever its state."""
     ids = delivery_ops.replay(session, [delivery_id], actor=caller.name)
@@ -91,7 +98,7 @@ def replay_delivery(
 def replay_dead(
     name: SystemPath,
     session: DbSession,
-    caller: Annotated[TokenInfo, Depends(ADMIN)],
+    caller: Annotated[TokenInfo, Depends(COMPLIANCE)],
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
 ) -> ReplayOut:
     """Send a system's dead letters again (oldest first, up to ``limit``)."""
@@ -99,3 +106,23 @@ def replay_dead(
         session, delivery_ops.dead_ids(session, name, limit), actor=caller.name
     )
     return ReplayOut(replayed=len(ids), ids=ids)
+
+
+@router.post(
+    "/systems/{name}/{verb}",
+    response_model=views.SystemStatusOut,
+    responses={**NOT_FOUND, **CONFLICT},
+)
+def set_system_status(
+    name: SystemPath,
+    verb: Literal["pause", "resume"],
+    session: DbSession,
+    caller: Annotated[TokenInfo, Depends(COMPLIANCE)],
+    reason: Annotated[Reason | None, Body(embed=True)] = None,
+) -> views.SystemStatusOut:
+    """Pause a system's endpoint (its deliveries are held, nothing is discarded) or resume it
+    (its held deliveries go out at once). 409 if it is in that state already."""
+    system, pending = ops.set_status(session, name, verb, reason=reason, actor=caller.name)
+    return views.SystemStatusOut(
+        name=name, status=system.status, reason=system.status_reason, pending=pending
+    )

@@ -102,7 +102,7 @@ def revise_purpose(
     key: PurposePath,
     body: RevisionIn,
     session: DbSession,
-    caller: Annotated[TokenInfo, Depends(ADMIN)],
+    caller: Annotated[TokenInfo, Depends(COMPLIANCE)],
 ) -> PurposeDetail:
     """Publish a new notice version; ``material`` means consents must be re-confirmed.
 
