@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: included, alone in one process on a busy two-core machine (CI's are shorter).
 LONG = (
     "tests/operations/test_workers.py",  # 230-380: a Prefect server, deploy, workers, a zombie
-    "tests/operations/test_two_workers.py",  # 860-910 at load ~20: a server, two workers, 6 runs
+    "tests/operations/test_two_workers.py",  # 240 (set-up 140), 860-910 at load ~20: 2 workers
     "tests/flows/test_lifecycle_flows.py",  # 175: the Prefect harness, CLI runs in subprocesses
     "tests/web/test_schemathesis.py",  # 195
     "tests/faults/test_scenario.py",  # the fault scenario (~85 on CI) and the Prefect harness
