@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, select, type_coerce
+from sqlalchemy import func, select, type_coerce
 from sqlmodel import Session, col
 
 from consentflow import purposes
