@@ -349,17 +349,22 @@ def test_compliance_replays_dead_letters_once(engine, made) -> None:  # type: ig
 
 
 def test_a_flow_without_a_prefect_server_starts_nothing(engine, made) -> None:  # type: ignore[no-untyped-def]
-    app = signed_in(made.compliance)
-    page = app.get("/flows")
-    assert page.status_code == 200 and 'id="no-server"' in page.text
-    assert 'id="preview-expiry-sweep"' in page.text and 'id="start-expiry-sweep"' in page.text
-    before = row_counts(engine)
-    for mode in ("preview", "start"):
-        fields = hidden(page.text, f"{mode}-expiry-sweep-form")
-        answer, _ = confirmed(app, f"/flows/expiry-sweep/{mode}", fields)
-        assert answer.status_code == 409, answer.text
-        assert "Nothing was started" in answer.text and "no Prefect server" in answer.text
-    assert row_counts(engine) == before
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    # No server configured, whatever an earlier module of this process started (the session's
+    # Prefect harness sets PREFECT_API_URL for the rest of the session).
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        app = signed_in(made.compliance)
+        page = app.get("/flows")
+        assert page.status_code == 200 and 'id="no-server"' in page.text
+        assert 'id="preview-expiry-sweep"' in page.text and 'id="start-expiry-sweep"' in page.text
+        before = row_counts(engine)
+        for mode in ("preview", "start"):
+            fields = hidden(page.text, f"{mode}-expiry-sweep-form")
+            answer, _ = confirmed(app, f"/flows/expiry-sweep/{mode}", fields)
+            assert answer.status_code == 409, answer.text
+            assert "Nothing was started" in answer.text and "no Prefect server" in answer.text
+        assert row_counts(engine) == before
 
 
 def test_a_flow_form_needs_its_one_time_value(engine, made) -> None:  # type: ignore[no-untyped-def]

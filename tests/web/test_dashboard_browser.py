@@ -57,7 +57,7 @@ def _sign_in(page, base: str, token: str, path: str = "/dashboard") -> None:
     page.wait_for_selector("text=Consent at a glance")
 
 
-@pytest.mark.parametrize("width", [320, 1440])
+@pytest.mark.parametrize("width", [320])  # the narrowest: reflow and axe-core; CI time
 def test_dashboard_is_clean_and_reflows(site, browser, width):
     base, tokens = site
     audit = Audit(browser, width, f"dashboard-{width}")

@@ -86,7 +86,7 @@ def _sign_in(page: Any, base: str, token: str, path: str) -> None:
     page.wait_for_url(f"{base}{path}")
 
 
-@pytest.mark.parametrize("width", [320, 1280])
+@pytest.mark.parametrize("width", [320])  # the narrowest: reflow and axe-core; CI time
 def test_filter_page_and_export_a_list(engine: Any, site: Any, browser: Any, width: int) -> None:
     base, toks = site
     context = browser.new_context(viewport={"width": width, "height": 900}, accept_downloads=True)
