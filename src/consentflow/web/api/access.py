@@ -5,22 +5,17 @@ export of everyone cleared). A system token speaks for its own system only.
 The export streams from the first byte: the response starts before the first page is read, and
 each page of ``transfers.Export`` is read, written and handed to the server in turn (a sync
 generator the server pulls from its thread pool). Its audit entry is written when the response
-ends, however it ends (``_AuditedStream``): complete, or cut short by a client that went away
+ends, however it ends (``_streaming.AuditedStream``): complete, or cut short by a client that went away
 (then it records the rows handed to the server before that, and ``complete: false``).
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Generator
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Query
 from fastapi.responses import Response, StreamingResponse
 from pydantic import Field
-from starlette.concurrency import run_in_threadpool
-from starlette.types import Receive, Send
-from starlette.types import Scope as AsgiScope
 
 from consentflow import access, feed, transfers, views
 from consentflow.actors import Actor
@@ -35,6 +30,7 @@ from consentflow.web.api._params import (
     api_actor,
     resource_router,
 )
+from consentflow.web.api._streaming import AuditedStream
 from consentflow.web.auth import CHECK, FEED, AuthError, ReadSession, Require
 from consentflow.web.schemas import (
     NOT_FOUND,
@@ -111,7 +107,6 @@ GATE_CLOSED: dict[int | str, dict[str, Any]] = {
         "(system_not_authorised): nothing is released",
     }
 }
-_log = logging.getLogger(__name__)
 
 
 class BatchCheckIn(Strict):
@@ -151,66 +146,16 @@ def check_batch(
     return Response(view.model_dump_json(), media_type="application/json")
 
 
-_MEDIA = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
+class _AuditedStream(AuditedStream):
+    """A streamed transfer export, audited ``transfer.exported`` when the response ends."""
 
+    action = "transfer.exported"
 
-class _AuditedStream(StreamingResponse):
-    """A streamed export that writes its audit entry when the response ends, however it ends.
+    def header(self) -> bytes:
+        return views.eligible_csv((), header=True)
 
-    A page counts as sent (``transfers.Export``) once the server has passed its chunk to the
-    connection while the client was still there (``stream_response``, ``listen_for_disconnect``)
-    and comes back for the next one; a chunk sent after the client went is not counted.
-    """
-
-    def __init__(self, export: transfers.Export) -> None:
-        self.export = export
-        self.gone = False
-        self.yielded = self.delivered = 0
-        self.chunks = self._chunks()
-        super().__init__(self.chunks, media_type=_MEDIA[export.format])
-        self.headers["cache-control"] = "no-store"
-
-    def _chunks(self) -> Generator[bytes]:
-        """The body: the CSV header at once, then one chunk per page as it is read."""
-        pages, csv = self.export.pages(), self.export.format == "csv"
-        try:
-            if csv:
-                self.yielded += 1
-                yield views.eligible_csv((), header=True)
-            for page in pages:
-                self.yielded += 1
-                yield views.eligible_csv(page) if csv else views.eligible_jsonl(page)
-                if self.delivered < self.yielded:
-                    return  # the client had gone: this page is not counted
-        finally:
-            pages.close()
-
-    async def stream_response(self, send: Send) -> None:
-        """Starlette's, noting each chunk passed on while the client is connected."""
-        start = {"type": "http.response.start", "status": self.status_code}
-        await send({**start, "headers": self.raw_headers})
-        async for chunk in self.body_iterator:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if not self.gone:
-                self.delivered += 1
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def listen_for_disconnect(self, receive: Receive) -> None:
-        await super().listen_for_disconnect(receive)
-        self.gone = True
-
-    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await run_in_threadpool(self._end)
-
-    def _end(self) -> None:
-        self.chunks.close()
-        try:
-            self.export.finish()
-        except Exception:  # the body has gone; the operator must hear of the missing entry
-            _log.exception("the transfer.exported audit entry could not be written")
+    def encode(self, page: Any, csv: bool) -> bytes:
+        return views.eligible_csv(page) if csv else views.eligible_jsonl(page)
 
 
 @router.get(

@@ -19,15 +19,11 @@ unless the caller asks (``include=email``) and may (compliance, admin); anyone e
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Generator
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Query
 from fastapi.responses import Response, StreamingResponse
-from starlette.concurrency import run_in_threadpool
-from starlette.types import Receive, Send
-from starlette.types import Scope as AsgiScope
 
 from consentflow import views
 from consentflow.actors import Actor
@@ -36,6 +32,7 @@ from consentflow.reports import cohorts
 from consentflow.reports.cohorts import Cohort, Filters
 from consentflow.tokens import Scope, TokenInfo
 from consentflow.web.api._params import MAX_ID, SystemQuery, When, api_actor, resource_router
+from consentflow.web.api._streaming import AuditedStream
 from consentflow.web.auth import AuthError, ReadSession, Require
 from consentflow.web.schemas import _PRINTABLE
 
@@ -47,8 +44,6 @@ LISTS = Require(Scope.COMPLIANCE, Scope.SUPPORT, Scope.SYSTEM)
 EXPORTS = Require(Scope.COMPLIANCE, Scope.SYSTEM)
 #: Who may see email addresses (when they ask).
 _EMAIL_SCOPES = frozenset({Scope.ADMIN, Scope.COMPLIANCE})
-MEDIA = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
-_log = logging.getLogger(__name__)
 
 
 def list_filters(
@@ -164,65 +159,21 @@ def list_page(
     return Response(out.model_dump_json(exclude_unset=True), media_type="application/json")
 
 
-class ExportStream(StreamingResponse):
-    """A streamed cohort export that writes its audit entry when the response ends, however it
-    ends (the transfer export's ``_AuditedStream``, for cohorts).
+class ExportStream(AuditedStream):
+    """A streamed cohort export, audited ``cohort.exported`` when the response ends."""
 
-    A page counts as sent once the server has passed its chunk to the connection while the
-    client was still there and comes back for the next one.
-    """
+    action = "cohort.exported"
+    export: cohorts.Export
 
-    def __init__(self, export: cohorts.Export, filename: str | None = None) -> None:
-        self.export = export
-        self.gone = False
-        self.yielded = self.delivered = 0
-        self.chunks = self._chunks()
-        super().__init__(self.chunks, media_type=MEDIA[export.format])
-        self.headers["cache-control"] = "no-store"
-        if filename:
-            self.headers["content-disposition"] = f'attachment; filename="{filename}"'
+    @cached_property
+    def columns(self) -> tuple[str, ...]:
+        return cohorts.columns(self.export.cohort, self.export.query.email)
 
-    def _chunks(self) -> Generator[bytes]:
-        """The body: the CSV header at once, then one chunk per page as it is read."""
-        pages, csv = self.export.pages(), self.export.format == "csv"
-        columns = cohorts.columns(self.export.cohort, self.export.query.email)
-        try:
-            if csv:
-                self.yielded += 1
-                yield views.cohort_csv((), columns, header=True)
-            for page in pages:
-                self.yielded += 1
-                yield views.cohort_csv(page, columns) if csv else views.cohort_jsonl(page)
-                if self.delivered < self.yielded:
-                    return  # the client had gone: this page is not counted
-        finally:
-            pages.close()
+    def header(self) -> bytes:
+        return views.cohort_csv((), self.columns, header=True)
 
-    async def stream_response(self, send: Send) -> None:
-        start = {"type": "http.response.start", "status": self.status_code}
-        await send({**start, "headers": self.raw_headers})
-        async for chunk in self.body_iterator:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if not self.gone:
-                self.delivered += 1
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def listen_for_disconnect(self, receive: Receive) -> None:
-        await super().listen_for_disconnect(receive)
-        self.gone = True
-
-    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await run_in_threadpool(self._end)
-
-    def _end(self) -> None:
-        self.chunks.close()
-        try:
-            self.export.finish()
-        except Exception:  # the body has gone; the operator must hear of the missing entry
-            _log.exception("the cohort.exported audit entry could not be written")
+    def encode(self, page: Any, csv: bool) -> bytes:
+        return views.cohort_csv(page, self.columns) if csv else views.cohort_jsonl(page)
 
 
 def start_export(
