@@ -21,8 +21,9 @@ import getpass
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Annotated
+from typing import IO, Annotated, Any
 
 import typer
 
@@ -57,6 +58,31 @@ def _open(output: Path | None) -> tuple[IO[bytes], Path | None]:
     return os.fdopen(fd, "wb"), Path(tmp)
 
 
+def deliver(export: Any, output: Path | None, write: Callable[[Any, IO[bytes]], None]) -> int:
+    """Write an audited export (``transfers.Export``, ``cohorts.Export``) to ``output`` or stdout
+    with ``write``, and record its audit entry however the writing ends; returns the entry's seq.
+
+    An ``output`` that cannot be written is refused before anything is read or audited; a file
+    appears whole or not at all (a temporary file beside it, renamed at the end); a reader that
+    goes away (``| head``) stops the export quietly, and the entry records what was written."""
+    out, tmp = _open(output)
+    try:
+        try:
+            write(export, out)
+        finally:
+            seq = export.finish()
+        if tmp is not None and output is not None:
+            out.close()
+            os.replace(tmp, output)
+    except BrokenPipeError:  # the reader went away (``| head``): stop quietly, as tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        if tmp is not None:
+            out.close()
+            tmp.unlink(missing_ok=True)
+    return seq
+
+
 def _write(export: transfers.Export, out: IO[bytes]) -> None:
     csv = export.format == "csv"
     if csv:
@@ -81,21 +107,7 @@ def export_eligible(
         fail(f"bad --format {fmt[:20]!r}: use {' or '.join(FORMATS)}", 2)
     actor = agent_actor(_operator())
     export = transfers.open_export(purpose, system, actor, fmt=fmt, engine=connect())
-    out, tmp = _open(output)  # refused here: nothing has gone out, nothing is audited
-    try:
-        try:
-            _write(export, out)
-        finally:
-            seq = export.finish()
-        if tmp is not None and output is not None:
-            out.close()
-            os.replace(tmp, output)
-    except BrokenPipeError:  # the reader went away (``| head``): stop quietly, as tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    finally:
-        if tmp is not None:
-            out.close()
-            tmp.unlink(missing_ok=True)
+    seq = deliver(export, output, _write)
     where = f" to {output}" if output is not None else ""
     done = "" if export.complete else " (cut short)"
     typer.echo(

@@ -17,8 +17,6 @@ records the rows written before it ended and ``complete: false`` (exit 1).
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import IO, Annotated
 
@@ -27,7 +25,7 @@ import typer
 from consentflow import db, views
 from consentflow.actors import agent_actor
 from consentflow.cli._common import app, connect, fail
-from consentflow.cli.export import FORMATS, _open, _operator
+from consentflow.cli.export import FORMATS, _operator, deliver
 from consentflow.reports import cohorts
 
 _Opt = Annotated[str | None, typer.Option(show_default=False)]
@@ -89,21 +87,7 @@ def list_cohort(
     with db.session_scope(engine, readonly=True) as session:
         q = cohorts.prepare(session, chosen, filters, email=include == "email")
     export = cohorts.Export(chosen, q, agent_actor(_operator()), format=fmt, engine=engine)
-    out, tmp = _open(output)  # refused here: nothing has gone out, nothing is audited
-    try:
-        try:
-            _write(export, out)
-        finally:
-            seq = export.finish()
-        if tmp is not None and output is not None:
-            out.close()
-            os.replace(tmp, output)
-    except BrokenPipeError:  # the reader went away (``| head``): stop quietly, as tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    finally:
-        if tmp is not None:
-            out.close()
-            tmp.unlink(missing_ok=True)
+    seq = deliver(export, output, _write)  # an unwritable --output: refused, unaudited
     where = f" to {output}" if output is not None else ""
     done = "" if export.complete else " (cut short)"
     typer.echo(
