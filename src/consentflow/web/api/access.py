@@ -5,8 +5,8 @@ export of everyone cleared). A system token speaks for its own system only.
 The export streams from the first byte: the response starts before the first page is read, and
 each page of ``transfers.Export`` is read, written and handed to the server in turn (a sync
 generator the server pulls from its thread pool). Its audit entry is written when the response
-ends, however it ends (``_streaming.AuditedStream``): complete, or cut short by a client that went away
-(then it records the rows handed to the server before that, and ``complete: false``).
+ends, however it ends (``_streaming.AuditedStream``): complete, or cut short by a client that
+went away (then it records the rows handed to the server before that, and ``complete: false``).
 """
 
 from __future__ import annotations
