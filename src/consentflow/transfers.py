@@ -50,14 +50,14 @@ import uuid
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import and_
 from sqlalchemy import select as rows_of
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from consentflow import audit, db, purposes, systems
+from consentflow import audit, db, purposes, systems, views
 from consentflow.access import Decision, Reason, judge
 from consentflow.actors import Actor, audit_fields
 from consentflow.errors import Conflict, InvalidInput
@@ -270,13 +270,15 @@ def read_page(
 
 @dataclass
 class Export:
-    """One streamed export through an open gate: iterate ``pages()`` once, then ``finish()``.
+    """One streamed export through an open gate: iterate ``chunks()`` (or ``pages()``) once,
+    then ``finish()``.
 
     A page counts as handed out (``count``, the running hash) once the consumer asks for the
     next one, i.e. after it has dealt with it: a consumer that stops early records only what it
     took. ``finish`` appends the ``transfer.exported`` entry once, whenever it is called.
     """
 
+    action: ClassVar[str] = EXPORTED
     opened: Gate
     actor: Actor
     format: str = "jsonl"
@@ -301,6 +303,18 @@ class Export:
                 self.count += len(page)
                 self._hash.update("".join(f"{row.subject}\n" for row in page).encode())
         self.complete = True
+
+    def chunks(self) -> Generator[bytes]:
+        """The export's body: the CSV header (CSV only), then each page written at once."""
+        csv = self.format == "csv"
+        if csv:
+            yield views.eligible_csv((), header=True)
+        pages = self.pages()
+        try:
+            for page in pages:
+                yield views.eligible_csv(page) if csv else views.eligible_jsonl(page)
+        finally:
+            pages.close()
 
     @property
     def sha256(self) -> str:

@@ -20,7 +20,7 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from consentflow import db, lifecycle, purposes, reports, subjects
+from consentflow import db, lifecycle, purposes, reports, subjects, views
 from consentflow.delivery.health import endpoint_health
 from consentflow.lifecycle import Actor
 from consentflow.models import (
@@ -338,6 +338,24 @@ def test_an_export_is_every_row_in_each_format_and_audited(engine: Engine, toks:
         assert entry.detail["format"] == fmt
 
 
+def test_every_cohort_exports_its_pages_rows_in_each_format(engine: Engine, toks: Tokens) -> None:
+    """The bulk writers (driver values, no row model) write exactly the pages' rows: times ISO
+    8601 with Z on both databases, ids as text, None as null or an empty cell."""
+    auth = bearer(toks.compliance)
+    with client() as c:
+        for cohort in Cohort:
+            rows = every_row(c, cohort.value, toks.compliance, limit=100, include="email")
+            url = f"{API}/{cohort.value}/export"
+            lines = c.get(url, params={"include": "email"}, headers=auth)
+            table = c.get(url, params={"include": "email", "format": "csv"}, headers=auth)
+            assert [json.loads(x) for x in lines.text.splitlines()] == rows, cohort
+            header, *cells = list(csv.reader(io.StringIO(table.text)))
+            assert header == [*cohorts.DEFINITIONS[cohort].columns, "email"], cohort
+            text = [["" if v is None else str(v) for v in r.values()] for r in rows]
+            assert cells == text, cohort
+            assert any(r.get("email") for r in rows), cohort
+
+
 def test_each_dashboard_number_is_the_number_of_rows_in_its_list(
     engine: Engine, toks: Tokens
 ) -> None:
@@ -388,9 +406,9 @@ def test_each_dashboard_number_is_the_number_of_rows_in_its_list(
 
 
 class PageHold:
-    """Around ``cohorts.shape`` (an export's rows, a partition of the server-side cursor at a
-    time): counts the partitions read, and holds the second until ``release`` is set (so a
-    partition boundary is pending while the test looks)."""
+    """Around ``views.cohort_jsonl`` (an export's rows written, a partition of the server-side
+    cursor at a time): counts the partitions read, and holds the second until ``release`` is
+    set (so a partition boundary is pending while the test looks)."""
 
     def __init__(self, real: Callable[..., Any]) -> None:
         self.real = real
@@ -408,9 +426,9 @@ class PageHold:
 def test_the_first_row_arrives_before_the_last_page_is_read(
     engine: Engine, toks: Tokens, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    hold = PageHold(cohorts.shape)
+    hold = PageHold(views.cohort_jsonl)
     monkeypatch.setattr(cohorts, "EXPORT_PAGE", 2)
-    monkeypatch.setattr(cohorts, "shape", hold)
+    monkeypatch.setattr(views, "cohort_jsonl", hold)
     with Session(engine) as s:
         total = len(s.exec(select(Consent.id)).all())
     with (

@@ -24,7 +24,7 @@ from consentflow import access, db, lifecycle, subjects, transfers, views
 from consentflow.lifecycle import Actor
 from consentflow.models import AuditEntry
 from consentflow.views import EligibleOut
-from consentflow.web.api import access as access_api
+from consentflow.web.api._streaming import AuditedStream
 from tests.support.web import Tokens, bearer, client, seed, served
 
 GIVEN = ["alice", "bob", "c1", "c2", "c3"]  # subject id order
@@ -251,13 +251,13 @@ def test_a_client_gone_midway_is_recorded_as_what_it_was_sent(
     engine: Engine, toks: Tokens, held: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     base, hold, finished = held
-    listen = access_api._AuditedStream.listen_for_disconnect
+    listen = AuditedStream.listen_for_disconnect
 
     async def listen_then_release(self: Any, receive: Any) -> None:
         await listen(self, receive)
         hold.release.set()  # the server has seen the client go: let the held page be read
 
-    monkeypatch.setattr(access_api._AuditedStream, "listen_for_disconnect", listen_then_release)
+    monkeypatch.setattr(AuditedStream, "listen_for_disconnect", listen_then_release)
     with (
         httpx.Client(timeout=10) as http,
         http.stream(

@@ -21,13 +21,12 @@ import getpass
 import os
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Annotated, Any
 
 import typer
 
-from consentflow import transfers, views
+from consentflow import transfers
 from consentflow.actors import agent_actor
 from consentflow.cli._common import app, connect, fail
 from consentflow.errors import InvalidInput
@@ -58,9 +57,10 @@ def _open(output: Path | None) -> tuple[IO[bytes], Path | None]:
     return os.fdopen(fd, "wb"), Path(tmp)
 
 
-def deliver(export: Any, output: Path | None, write: Callable[[Any, IO[bytes]], None]) -> int:
+def deliver(export: Any, output: Path | None) -> int:
     """Write an audited export (``transfers.Export``, ``cohorts.Export``) to ``output`` or stdout
-    with ``write``, and record its audit entry however the writing ends; returns the entry's seq.
+    a chunk at a time, and record its audit entry however the writing ends; returns the
+    entry's seq.
 
     An ``output`` that cannot be written is refused before anything is read or audited; a file
     appears whole or not at all (a temporary file beside it, renamed at the end); a reader that
@@ -68,7 +68,9 @@ def deliver(export: Any, output: Path | None, write: Callable[[Any, IO[bytes]], 
     out, tmp = _open(output)
     try:
         try:
-            write(export, out)
+            for chunk in export.chunks():
+                out.write(chunk)
+                out.flush()
         finally:
             seq = export.finish()
         if tmp is not None and output is not None:
@@ -81,15 +83,6 @@ def deliver(export: Any, output: Path | None, write: Callable[[Any, IO[bytes]], 
             out.close()
             tmp.unlink(missing_ok=True)
     return seq
-
-
-def _write(export: transfers.Export, out: IO[bytes]) -> None:
-    csv = export.format == "csv"
-    if csv:
-        out.write(views.eligible_csv((), header=True))
-    for page in export.pages():
-        out.write(views.eligible_csv(page) if csv else views.eligible_jsonl(page))
-        out.flush()
 
 
 @export_app.command("eligible")
@@ -107,7 +100,7 @@ def export_eligible(
         fail(f"bad --format {fmt[:20]!r}: use {' or '.join(FORMATS)}", 2)
     actor = agent_actor(_operator())
     export = transfers.open_export(purpose, system, actor, fmt=fmt, engine=connect())
-    seq = deliver(export, output, _write)
+    seq = deliver(export, output)
     where = f" to {output}" if output is not None else ""
     done = "" if export.complete else " (cut short)"
     typer.echo(

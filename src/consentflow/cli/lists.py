@@ -18,27 +18,17 @@ records the rows written before it ended and ``complete: false`` (exit 1).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import IO, Annotated
+from typing import Annotated
 
 import typer
 
-from consentflow import db, views
+from consentflow import db
 from consentflow.actors import agent_actor
 from consentflow.cli._common import app, connect, fail
 from consentflow.cli.export import FORMATS, _operator, deliver
 from consentflow.reports import cohorts
 
 _Opt = Annotated[str | None, typer.Option(show_default=False)]
-
-
-def _write(export: cohorts.Export, out: IO[bytes]) -> None:
-    columns = cohorts.columns(export.cohort, export.query.email)
-    csv = export.format == "csv"
-    if csv:
-        out.write(views.cohort_csv((), columns, header=True))
-    for page in export.pages():
-        out.write(views.cohort_csv(page, columns) if csv else views.cohort_jsonl(page))
-        out.flush()
 
 
 # Long: one option per filter of the API's vocabulary; the body is a few lines.
@@ -87,7 +77,7 @@ def list_cohort(
     with db.session_scope(engine, readonly=True) as session:
         q = cohorts.prepare(session, chosen, filters, email=include == "email")
     export = cohorts.Export(chosen, q, agent_actor(_operator()), format=fmt, engine=engine)
-    seq = deliver(export, output, _write)  # an unwritable --output: refused, unaudited
+    seq = deliver(export, output)  # an unwritable --output: refused, unaudited
     where = f" to {output}" if output is not None else ""
     done = "" if export.complete else " (cut short)"
     typer.echo(

@@ -49,6 +49,7 @@ from consentflow.views._cohorts import (
     RequestRowOut,
     WithdrawalRowOut,
     cohort_csv,
+    cohort_csv_header,
     cohort_jsonl,
 )
 from consentflow.views._ledger import (
@@ -169,6 +170,7 @@ __all__ = [
     "WithdrawalRowOut",
     "cli_json",
     "cohort_csv",
+    "cohort_csv_header",
     "cohort_jsonl",
     "eligible_csv",
     "eligible_jsonl",

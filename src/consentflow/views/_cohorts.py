@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -117,32 +116,40 @@ class CohortOut(View):
     columns: list[str]
 
 
-_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE
+#: Times as ISO 8601 with ``Z``; a naive time (SQLite's) is UTC.
+_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC | orjson.OPT_APPEND_NEWLINE
 
 
-def cohort_jsonl(rows: Sequence[dict[str, Any]]) -> bytes:
-    """Rows (dicts in a row model's field order) as JSON Lines of that model."""
-    dumps = orjson.dumps
-    return b"".join([dumps(r, option=_OPTIONS) for r in rows])
+def cohort_jsonl(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
+    """Rows (tuples whose first values are ``names``, in a row model's field order; any values
+    after them are left out) as JSON Lines of that model."""
+    dumps, options = orjson.dumps, _OPTIONS
+    return b"".join([dumps(dict(zip(names, r, strict=False)), option=options) for r in rows])
 
 
-def _cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, datetime):
-        return iso_z(value)
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    return value
+def _z(value: datetime) -> str:
+    """A UTC time (aware, or naive as SQLite gives it) as ISO 8601 with ``Z``."""
+    text = value.isoformat()
+    if value.tzinfo is None:
+        return text + "Z"
+    return text[:-6] + "Z" if text.endswith("+00:00") else str(iso_z(value))
 
 
-def cohort_csv(
-    rows: Sequence[dict[str, Any]], columns: Sequence[str], *, header: bool = False
-) -> bytes:
-    """Rows as CSV lines in ``columns`` order (``header`` first); None is an empty cell."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    if header:
-        writer.writerow(columns)
-    writer.writerows([[_cell(r[c]) for c in columns] for r in rows])
-    return out.getvalue().encode()
+def cohort_csv_header(columns: Sequence[str]) -> bytes:
+    return (",".join(columns) + "\n").encode()
+
+
+def cohort_csv(rows: Sequence[Sequence[Any]], width: int, times: Sequence[int]) -> bytes:
+    """Rows (tuples whose first ``width`` values are the columns, in order) as CSV lines; the
+    values at ``times`` are times (ISO 8601 with ``Z``); None is an empty cell."""
+
+    def cells(row: Sequence[Any]) -> list[Any]:
+        out = list(row[:width])
+        for i in times:
+            if out[i] is not None:
+                out[i] = _z(out[i])
+        return out
+
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(map(cells, rows))
+    return buffer.getvalue().encode()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Generator
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -29,18 +29,18 @@ class Export(Protocol):
     """What an audited export offers its stream (``transfers.Export``, ``cohorts.Export``)."""
 
     @property
+    def action(self) -> str: ...
+
+    @property
     def format(self) -> str: ...
 
-    def pages(self) -> Generator[Any]: ...
+    def chunks(self) -> Generator[bytes]: ...
 
     def finish(self) -> Any: ...
 
 
 class AuditedStream(StreamingResponse):
-    """The response of an audited export; a subclass says how a page is written
-    (``header``, ``encode``) and names its audit action for the log."""
-
-    action: ClassVar[str]
+    """The response of an audited export: its chunks as they are written."""
 
     def __init__(self, export: Export, filename: str | None = None) -> None:
         self.export = export
@@ -52,28 +52,17 @@ class AuditedStream(StreamingResponse):
         if filename:
             self.headers["content-disposition"] = f'attachment; filename="{filename}"'
 
-    def header(self) -> bytes:
-        """The CSV header line."""
-        raise NotImplementedError
-
-    def encode(self, page: Any, csv: bool) -> bytes:
-        """One page as CSV rows or JSON Lines."""
-        raise NotImplementedError
-
     def _chunks(self) -> Generator[bytes]:
-        """The body: the CSV header at once, then one chunk per page as it is read."""
-        pages, csv = self.export.pages(), self.export.format == "csv"
+        """The body: the export's chunks, stopping after one the client did not receive."""
+        chunks = self.export.chunks()
         try:
-            if csv:
+            for chunk in chunks:
                 self.yielded += 1
-                yield self.header()
-            for page in pages:
-                self.yielded += 1
-                yield self.encode(page, csv)
+                yield chunk
                 if self.delivered < self.yielded:
-                    return  # the client had gone: this page is not counted
+                    return  # the client had gone: this chunk is not counted
         finally:
-            pages.close()
+            chunks.close()
 
     async def stream_response(self, send: Send) -> None:
         """Starlette's, noting each chunk passed on while the client is connected."""
@@ -100,4 +89,4 @@ class AuditedStream(StreamingResponse):
         try:
             self.export.finish()
         except Exception:  # the body has gone; the operator must hear of the missing entry
-            _log.exception("the %s audit entry could not be written", self.action)
+            _log.exception("the %s audit entry could not be written", self.export.action)

@@ -146,18 +146,6 @@ def check_batch(
     return Response(view.model_dump_json(), media_type="application/json")
 
 
-class _AuditedStream(AuditedStream):
-    """A streamed transfer export, audited ``transfer.exported`` when the response ends."""
-
-    action = "transfer.exported"
-
-    def header(self) -> bytes:
-        return views.eligible_csv((), header=True)
-
-    def encode(self, page: Any, csv: bool) -> bytes:
-        return views.eligible_csv(page) if csv else views.eligible_jsonl(page)
-
-
 @router.get(
     "/export/eligible",
     response_class=StreamingResponse,
@@ -186,4 +174,4 @@ def export_eligible(
     audited when the stream ends (``transfer.exported``: who, purpose, system, count, SHA-256 of
     the ids sent, complete or not). A system token exports for its own system."""
     opened = transfers.gate(session, purpose, _gate_system(caller, system))
-    return _AuditedStream(transfers.Export(opened, _gate_actor(caller), format=fmt))
+    return AuditedStream(transfers.Export(opened, _gate_actor(caller), format=fmt))

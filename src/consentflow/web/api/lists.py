@@ -19,7 +19,6 @@ unless the caller asks (``include=email``) and may (compliance, admin); anyone e
 
 from __future__ import annotations
 
-from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Query
@@ -159,23 +158,6 @@ def list_page(
     return Response(out.model_dump_json(exclude_unset=True), media_type="application/json")
 
 
-class ExportStream(AuditedStream):
-    """A streamed cohort export, audited ``cohort.exported`` when the response ends."""
-
-    action = "cohort.exported"
-    export: cohorts.Export
-
-    @cached_property
-    def columns(self) -> tuple[str, ...]:
-        return cohorts.columns(self.export.cohort, self.export.query.email)
-
-    def header(self) -> bytes:
-        return views.cohort_csv((), self.columns, header=True)
-
-    def encode(self, page: Any, csv: bool) -> bytes:
-        return views.cohort_csv(page, self.columns) if csv else views.cohort_jsonl(page)
-
-
 def start_export(
     session: ReadSession,
     cohort: Cohort,
@@ -185,13 +167,13 @@ def start_export(
     fmt: str,
     include: str | None,
     filename: str | None = None,
-) -> ExportStream:
+) -> AuditedStream:
     """Check the filters (before anything is sent), then stream the export."""
     email = wants_email(caller, include)
     q = cohorts.prepare(
         session, cohort, filters, restrict=restriction(caller, filters), email=email
     )
-    return ExportStream(cohorts.Export(cohort, q, actor, format=fmt), filename)
+    return AuditedStream(cohorts.Export(cohort, q, actor, format=fmt), filename)
 
 
 @router.get(
