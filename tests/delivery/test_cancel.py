@@ -21,6 +21,7 @@ from sqlmodel import col, select
 from consentflow import db
 from consentflow.delivery import engine as eng
 from consentflow.models import Delivery, DeliveryAttempt, utcnow
+from tests.support.signals import ctrl_c
 from tests.support.webhooks import Captured, Receiver, ledger, revoke
 
 pytestmark = pytest.mark.usefixtures("allow_loopback")
@@ -65,18 +66,16 @@ def cancel_by_task(engine, options, now, report, gate: AckThenHold) -> None:
 
 
 def cancel_by_sigint(engine, options, now, report, gate: AckThenHold) -> None:
-    # asyncio.run turns Ctrl-C into a cancel of its main task only with Python's own handler
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    main = threading.main_thread().ident
-    assert main is not None and threading.get_ident() == main
+    # asyncio.run turns Ctrl-C into a cancel of its main task (Python's own handler)
+    with ctrl_c() as main:
 
-    def interrupt() -> None:
-        if gate.held_all.wait(30):
-            signal.pthread_kill(main, signal.SIGINT)
+        def interrupt() -> None:
+            if gate.held_all.wait(30):
+                signal.pthread_kill(main, signal.SIGINT)
 
-    threading.Thread(target=interrupt, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        eng.deliver_due(engine, options=options, now=now, report=report)
+        threading.Thread(target=interrupt, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            eng.deliver_due(engine, options=options, now=now, report=report)
 
 
 @pytest.mark.parametrize("cancel", [cancel_by_task, cancel_by_sigint], ids=["cancel", "sigint"])

@@ -26,6 +26,7 @@ from consentflow import db, mail, purposes, sweeps
 from consentflow.models import Consent, EmailMessage, utcnow
 from tests.support.faults import GatedSmtp
 from tests.support.seeding import audit_entries, give, seed_subjects, verify_audit
+from tests.support.signals import ctrl_c
 from tests.support.smtp import use_smtp
 from tests.support.workers import eventually, kill_tree
 
@@ -134,8 +135,6 @@ def test_a_kill_leaves_only_the_message_in_flight_unrecorded(
 def test_a_cancel_records_every_answer_already_received(engine: Engine, gated: GatedSmtp) -> None:
     now = utcnow()
     problems: list[BaseException] = []
-    main = threading.main_thread().ident
-    assert main == threading.get_ident()
 
     def interrupt_when_a_is_recorded() -> None:
         try:
@@ -149,14 +148,15 @@ def test_a_cancel_records_every_answer_already_received(engine: Engine, gated: G
             problems.append(exc)
             gated.gate.release()
 
-    striker = threading.Thread(target=interrupt_when_a_is_recorded)
-    striker.start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            _remind(engine, now)
-    finally:
-        striker.join(60)
-        gated.gate.release()
+    with ctrl_c() as main:
+        striker = threading.Thread(target=interrupt_when_a_is_recorded)
+        striker.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                _remind(engine, now)
+        finally:
+            striker.join(60)
+            gated.gate.release()
     assert not problems, problems
     a, b = sorted(_messages(engine), key=lambda m: m.status != "sent")
     assert (a.status, b.status) == ("sent", "deferred")
