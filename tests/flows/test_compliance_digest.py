@@ -12,8 +12,10 @@ alerts (a system failing for more than an hour, a failed audit verification) go 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from datetime import timedelta
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -22,7 +24,7 @@ from sqlalchemy import update
 from sqlmodel import col, select
 
 import flows.compliance_digest as digest_flow
-from consentflow import audit, db, lifecycle, purposes, settings, sweeps, systems
+from consentflow import audit, db, lifecycle, purposes, settings, sweeps, systems, tokens
 from consentflow.lifecycle import Actor
 from consentflow.models import (
     ActorType,
@@ -37,6 +39,7 @@ from consentflow.models import (
 )
 from tests.support.seeding import audit_entries, give, seed_subjects
 from tests.support.smtp import SmtpSink
+from tests.support.web import client, every_row
 from tests.support.webhooks import Receiver
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -142,6 +145,8 @@ def _artifacts(run_id: str) -> list[object]:
 
 def test_the_digest_reaches_every_channel_once_with_the_counts(world, channels) -> None:  # type: ignore[no-untyped-def]
     sink, receiver = channels
+    with db.session_scope(world) as s:
+        admin = tokens.create(s, "ada", "admin")[1]
     result = digest_flow.compliance_digest()
     assert result["outcome"] == "sent"
     assert result["counts"] == {
@@ -166,7 +171,16 @@ def test_the_digest_reaches_every_channel_once_with_the_counts(world, channels) 
     assert "/lists/deliveries?system=crm&status=dead" in text
     assert "Systems failing for more than an hour: 1" in text
     assert "Audit verification: passed" in text
-    assert "https://consent.example.org/lists/consents?state=expired&purpose=news" in text
+    # Every linked number leads to a list of exactly that many rows.
+    linked = re.findall(r": (\d+)[^\n]*  https://consent\.example\.org(/lists/\S+)", text)
+    assert len(linked) >= 4, text
+    with client() as c:
+        for count, href in linked:
+            url = urlsplit(href)
+            got = every_row(
+                c, url.path.removeprefix("/lists/"), admin, **dict(parse_qsl(url.query))
+            )
+            assert len(got) == int(count), href
     everything = text + json.dumps([r.body.decode() for r in receiver.requests])
     assert "example.com" not in everything  # no subject's address anywhere
 

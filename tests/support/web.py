@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -166,3 +167,24 @@ def serve_process(database_url: str, timeout: float = 60.0, **env: str) -> Itera
         out, err = proc.communicate(timeout=30)
         served.stdout = out.decode()
         served.stderr = b"".join(startup).decode() + err.decode()
+
+
+def list_page(c: Any, cohort: str, token: str, **params: Any) -> Any:
+    """One page of a workspace list through the API (``GET /api/v1/lists/{cohort}``)."""
+    r = c.get(f"/api/v1/lists/{cohort}", params=params, headers=bearer(token))
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def every_row(c: Any, cohort: str, token: str, limit: int = 3, **params: Any) -> list[Any]:
+    """Every row of a workspace list, a page of ``limit`` at a time, following ``next``."""
+    rows: list[Any] = []
+    cursor = None
+    while True:
+        extra = {"cursor": cursor} if cursor else {}
+        out = list_page(c, cohort, token, limit=limit, **params, **extra)
+        rows += out["rows"]
+        cursor = out["next"]
+        if cursor is None:
+            return rows
+        assert len(out["rows"]) == limit

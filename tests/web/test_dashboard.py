@@ -137,8 +137,10 @@ def test_trend_and_anomalies(data, engine):
     assert len({s.dash for s in chart.series}) == 4  # told apart by pattern, not colour alone
     # Today's burst has no history before it (the ledger began today): no baseline, no anomaly.
     assert anomalies.rows == []
-    day = utcnow().date().isoformat()
-    assert trend.links[(89, 2)] == f"/lists/withdrawals?since={day}&until={day}"
+    day, after = utcnow().date(), utcnow().date() + timedelta(days=1)
+    # A day's withdrawals: since the day, until (exclusive) the day after.
+    assert trend.links[(89, 2)] == f"/lists/withdrawals?since={day}&until={after}"
+    assert trend.links[(89, 1)] == f"/lists/changes?action=grant&since={day}&until={after}"
 
 
 def test_no_anomaly_below_the_floor(engine):

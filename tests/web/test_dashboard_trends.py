@@ -7,7 +7,7 @@ been running for weeks would hold it; the reports are read with ``now``.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, timedelta
 
 import pytest
 from sqlalchemy import update
@@ -76,7 +76,8 @@ def test_a_spike_after_a_long_flat_history_is_flagged(engine):
     (tile,) = [t for t in data.tiles if t.name == "anomalies"]
     assert tile.value == 1 and "days" in tile.label
     row = table.rows.index(news)
-    assert table.links[(row, 2)] == f"/lists/withdrawals?purpose=news&since={today}&until={today}"
+    after = date.fromisoformat(today) + timedelta(days=1)
+    assert table.links[(row, 2)] == f"/lists/withdrawals?purpose=news&since={today}&until={after}"
 
 
 def test_imports_are_shown_and_never_an_anomaly(engine):
@@ -99,12 +100,20 @@ def test_imports_are_shown_and_never_an_anomaly(engine):
     assert imported.values[-1] == 30 and imported.dash  # drawn, with its own pattern
     assert by_channel.columns == ["day", "api", "total"]  # lifecycle calls: the API channel
     assert by_channel.rows[-1][1:] == [2, 2]
+    after = now.date() + timedelta(days=1)
     assert by_channel.links[(89, 1)] == (
-        f"/lists/withdrawals?since={now.date()}&until={now.date()}&channel=api"
+        f"/lists/withdrawals?channel=api&since={now.date()}&until={after}"
+    )
+    # The imported consents link to the day's imports.
+    assert trend.links[(89, col_["imported"])] == (
+        f"/lists/changes?action=import&since={now.date()}&until={after}"
     )
     assert [s.name for s in channel_chart.series] == ["api"]
     assert by_purpose.columns == ["day", "news", "total"]  # grants per purpose
-    assert by_purpose.links == {}  # only withdrawals have a list to go to
+    # Grants too lead to their list: the day's grants of that purpose.
+    assert by_purpose.links[(89, 1)] == (
+        f"/lists/changes?action=grant&purpose=news&since={now.date()}&until={after}"
+    )
     assert anomalies.rows == []
 
 
@@ -182,5 +191,6 @@ def test_numbers_that_count_people_link_to_their_lists(engine):
         assert f'href="{href}"' in page, href
     today = utcnow().date()
     since = today - timedelta(days=89)
-    assert f'href="/lists/withdrawals?since={since}&amp;until={today}"' in page
-    assert f'href="/lists/withdrawals?since={today}&amp;until={today}"' in page
+    after = today + timedelta(days=1)  # a list's until is exclusive
+    assert f'href="/lists/withdrawals?since={since}&amp;until={after}"' in page
+    assert f'href="/lists/withdrawals?since={today}&amp;until={after}"' in page

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
@@ -39,7 +40,8 @@ from consentflow.models import (
 )
 from consentflow.reports import cohorts
 from consentflow.reports.cohorts import Cohort
-from tests.support.web import Tokens, bearer, client, seed, served
+from consentflow.web import delivery_ops
+from tests.support.web import Tokens, bearer, client, every_row, list_page, seed, served
 
 API = "/api/v1/lists"
 PEOPLE = [f"p{i:02d}" for i in range(12)]
@@ -96,26 +98,6 @@ def toks(engine: Engine) -> Tokens:
         assert first is not None
         first.state = DeliveryState.DEAD.value
     return made
-
-
-def page(c: Any, cohort: str, token: str, **params: Any) -> Any:
-    r = c.get(f"{API}/{cohort}", params=params, headers=bearer(token))
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def every_row(c: Any, cohort: str, token: str, limit: int = 3, **params: Any) -> list[Any]:
-    """Every row of a list, a page of ``limit`` at a time, following ``next``."""
-    rows: list[Any] = []
-    cursor = None
-    while True:
-        extra = {"cursor": cursor} if cursor else {}
-        out = page(c, cohort, token, limit=limit, **params, **extra)
-        rows += out["rows"]
-        cursor = out["next"]
-        if cursor is None:
-            return rows
-        assert len(out["rows"]) == limit
 
 
 def entries(engine: Engine) -> list[AuditEntry]:
@@ -200,7 +182,7 @@ def test_bad_filters_are_a_422_naming_the_field(engine: Engine, toks: Tokens) ->
         ("nothing", {}, "cohort"),
     ]
     with client() as c:
-        cursor = page(c, "expiring", toks.admin, limit=1)["next"]
+        cursor = list_page(c, "expiring", toks.admin, limit=1)["next"]
         bad.append(("consents", {"cursor": cursor}, "cursor: not a cursor of the consents"))
         for cohort, params, field in bad:
             paged = "limit" in params or "cursor" in params  # an export has no pages
@@ -222,7 +204,7 @@ def test_keyset_pages_list_each_row_once_while_rows_are_inserted(
         cursor, n = None, 0
         while True:
             extra = {"cursor": cursor} if cursor else {}
-            out = page(c, "consents", toks.admin, limit=2, **extra)
+            out = list_page(c, "consents", toks.admin, limit=2, **extra)
             seen += [f"{r['subject']}/{r['purpose']}" for r in out["rows"]]
             with db.session_scope(engine) as s:  # a new person, and an old one's new consent
                 subjects.add(s, f"new{n}")
@@ -280,7 +262,7 @@ def test_who_may_read_and_export(engine: Engine, toks: Tokens) -> None:
 def test_email_addresses_only_when_asked_and_allowed(engine: Engine, toks: Tokens) -> None:
     with client() as c:
         for token in (toks.admin, toks.compliance):
-            rows = page(c, "consents", token, include="email", purpose="news")["rows"]
+            rows = list_page(c, "consents", token, include="email", purpose="news")["rows"]
             assert {r["subject"]: r["email"] for r in rows}["alice"] == "alice@example.com"
             assert ("email" in rows[0] and rows[0]["email"] is None) or "@" in rows[0]["email"]
             table = c.get(
@@ -403,6 +385,32 @@ def test_each_dashboard_number_is_the_number_of_rows_in_its_list(
             assert count("deliveries", system=h.system, status="dead") == h.dead == 1
             checked += 2
     assert checked > 20
+
+
+def test_every_linked_dashboard_number_leads_to_that_many_rows(
+    engine: Engine, toks: Tokens
+) -> None:
+    """Each link on the dashboard (every table, every measure of the trends, the tiles) is a
+    list whose rows number exactly what the cell says."""
+    now = utcnow()
+    links: list[tuple[str, int]] = []
+    with Session(engine) as s:
+        for measure in reports.MEASURES:
+            board = reports.build(s, now, health=delivery_ops.health, measure=measure)
+            for t in board.tables.values():
+                links += [(href, t.rows[r][c]) for (r, c), href in t.links.items()]
+            links += [(t.href, t.value) for t in board.tiles if t.href.startswith("/lists/")]
+    hrefs = {href for href, _ in links}
+    assert {urlsplit(h).path for h in hrefs} >= {
+        f"/lists/{c.value}" for c in Cohort if c is not Cohort.CHANGES
+    } | {"/lists/changes"}
+    with client() as c:
+        for href, number in sorted(set(links)):
+            url = urlsplit(href)
+            params = dict(parse_qsl(url.query))
+            cohort = url.path.removeprefix("/lists/")
+            assert len(every_row(c, cohort, toks.admin, limit=50, **params)) == number, href
+    assert len(hrefs) > 30
 
 
 class PageHold:

@@ -49,6 +49,9 @@ def list_cohort(
     days: Annotated[str | None, typer.Option(help="expiring: within this many days.")] = None,
     asked: Annotated[str | None, typer.Option(help="not-reconfirmed: yes or no.")] = None,
     status: Annotated[str | None, typer.Option(help="deliveries: dead or undelivered.")] = None,
+    action: Annotated[str | None, typer.Option(help="changes: grant, revoke, ...")] = None,
+    due_since: Annotated[str | None, typer.Option(help="requests: deadline from (ISO).")] = None,
+    due_until: Annotated[str | None, typer.Option(help="requests: deadline before (ISO).")] = None,
     include: Annotated[
         str | None, typer.Option(help="email: add the email address column.")
     ] = None,
@@ -69,7 +72,8 @@ def list_cohort(
     raw = {
         "purpose": purpose, "state": state, "channel": channel, "locale": locale,
         "version": version, "since": since, "until": until, "system": system, "kind": kind,
-        "days": days, "asked": asked, "status": status,
+        "days": days, "asked": asked, "status": status, "action": action,
+        "due_since": due_since, "due_until": due_until,
     }  # fmt: skip
     chosen = cohorts.Cohort(cohort)
     filters = cohorts.parse_filters(raw)

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from consentflow.errors import InvalidInput
-from consentflow.models import Channel, RequestKind, State
+from consentflow.models import Action, Channel, RequestKind, State
 from consentflow.timeutil import iso_z, parse_instant
 
 
@@ -31,6 +31,7 @@ class Cohort(StrEnum):
     REQUESTS = "requests"
     EXPIRING = "expiring"
     WITHDRAWALS = "withdrawals"
+    CHANGES = "changes"
     DELIVERIES = "deliveries"
 
 
@@ -50,6 +51,9 @@ class Filters:
     days: int | None = None
     asked: str | None = None
     status: str | None = None
+    action: str | None = None
+    due_since: datetime | None = None
+    due_until: datetime | None = None
 
     def given(self) -> dict[str, str]:
         """The filters set, as text (for the audit entry, links and the CSV file name)."""
@@ -70,7 +74,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "kind": tuple(k.value for k in RequestKind),
     "asked": ("yes", "no"),
     "status": ("dead", "undelivered"),
+    "action": tuple(a.value for a in Action),
 }
+#: The time filters: each pair is a range, the first inclusive, the second exclusive.
+TIMES = ("since", "until", "due_since", "due_until")
 MAX_DAYS = 3650
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _LOCALE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
@@ -105,7 +112,7 @@ def parse_filters(raw: Mapping[str, str | None]) -> Filters:
                 got = given[name][:40]
                 raise InvalidInput(f"{name}: a whole number from 1 to {top} (got {got!r})")
     times: dict[str, datetime | None] = {}
-    for name in ("since", "until"):
+    for name in TIMES:
         try:
             times[name] = parse_instant(given.get(name), name)
         except InvalidInput:
@@ -126,6 +133,9 @@ def parse_filters(raw: Mapping[str, str | None]) -> Filters:
         days=numbers.get("days"),
         asked=given.get("asked"),
         status=given.get("status"),
+        action=given.get("action"),
+        due_since=times["due_since"],
+        due_until=times["due_until"],
     )
 
 

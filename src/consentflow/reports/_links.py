@@ -3,15 +3,20 @@ counts, ``/lists/{cohort}?filters``.
 
 The cohorts and their filters are the workspace's contract (the list pages are
 ``reports.cohorts``'s): ``consents`` (``purpose``, ``state``), ``not-reconfirmed`` (``purpose``;
-``asked=no``), ``requests`` (``purpose``), ``expiring`` (``days``, ``purpose``), ``withdrawals``
-(``since``, ``until``: UTC days, both included; ``purpose``; ``channel``), ``deliveries``
+``asked=no``), ``requests`` (``purpose``, ``kind``; ``since``/``until``: asked; ``due_since``/
+``due_until``: deadline), ``expiring`` (``days``, ``purpose``), ``withdrawals`` and ``changes``
+(``since``, ``until``; ``purpose``; ``channel``; ``action``: changes), ``deliveries``
 (``system``, ``status=dead|undelivered``). "All purposes" is no ``purpose`` filter.
+
+A list's ``until`` is exclusive; a dashboard's days are UTC days, both included: ``days`` turns
+the one into the other, so a day's number leads to that day's rows (``since=D&until=D+1``).
 
 Failure modes: none; pure string building (values are URL-encoded).
 """
 
 from __future__ import annotations
 
+from datetime import date, timedelta
 from urllib.parse import urlencode
 
 from consentflow.reports._sql import ALL
@@ -26,3 +31,10 @@ def lists(cohort: str, **filters: str | int | None) -> str:
         if value is not None and not (key == "purpose" and value == ALL)
     ]
     return f"/lists/{cohort}" + (f"?{urlencode(kept)}" if kept else "")
+
+
+def days(first: str, last: str | None = None) -> dict[str, str]:
+    """The list filters of the UTC days ``first`` to ``last`` (default ``first``), both
+    included (``YYYY-MM-DD``): ``since`` the first, ``until`` the day after the last."""
+    after = date.fromisoformat(last or first) + timedelta(days=1)
+    return {"since": first, "until": after.isoformat()}

@@ -2,9 +2,12 @@
 set, a keyset order, a row shape): ``consents`` (by state now; order: id), ``not-reconfirmed``
 (given on a notice older than the latest material one; ``asked=no``: never asked; id),
 ``requests`` (open; id), ``expiring`` (within ``days``; valid until, id), ``withdrawals``
-(recorded in ``[since, until)``; recorded, id), ``deliveries`` (undelivered or dead; id).
+(recorded in ``[since, until)``; recorded, id), ``changes`` (every consent event recorded in
+``[since, until)``, ``action`` picks one; recorded, id), ``deliveries`` (undelivered or dead;
+id).
 
-Each dashboard count shares its WHERE clause with its cohort (``reports._where``), so a figure
+The SQL of each list is ``reports._cohort_sql``'s. Each dashboard count shares its WHERE clause
+with its cohort (``reports._where``), so a figure
 equals the number of rows its list yields (``tests/web/test_lists_api.py``).
 
 Invariants:
@@ -25,23 +28,12 @@ Failure modes: ``InvalidInput`` as above, and for a cursor that is not this list
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import (
-    ColumnElement,
-    DateTime,
-    Select,
-    and_,
-    func,
-    literal,
-    select,
-    true,
-    tuple_,
-    type_coerce,
-)
+from sqlalchemy import DateTime, Select, literal, select, tuple_, type_coerce
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -49,7 +41,8 @@ from consentflow import audit, db, purposes, views
 from consentflow.actors import Actor, audit_fields
 from consentflow.errors import InvalidInput
 from consentflow.models import UTCDateTime, metadata, utcnow
-from consentflow.reports import _filters, _where
+from consentflow.reports import _cohort_sql as sql
+from consentflow.reports import _filters
 from consentflow.reports._filters import CHOICES, MAX_DAYS, Cohort, Filters, parse_filters
 from consentflow.timeutil import iso_z
 
@@ -59,33 +52,12 @@ MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
 #: Rows read per page of an export.
 EXPORT_PAGE = 5000
-#: ``expiring`` without ``days``: the dashboard's 30-day window.
-DEFAULT_DAYS = 30
 EXPORTED = "cohort.exported"
 encode_cursor = _filters.encode_cursor
 __all__ = ["CHOICES", "DEFINITIONS", "MAX_DAYS", "Cohort", "Export", "Filters", "parse_filters"]
 
-_C = metadata.tables["consent"].alias("c")
-_S = metadata.tables["subject"].alias("s")
-_P = metadata.tables["purpose"].alias("p")
-_E = metadata.tables["consent_event"].alias("e")
-_R = metadata.tables["consent_request"].alias("r")
-_D = metadata.tables["delivery"].alias("d")
-_SYS = metadata.tables["system"].alias("sys")
-_SP = metadata.tables["system_purpose"]
-
-
-@dataclass(frozen=True)
-class Query:
-    """The state one page is read with: resolved ids, the instant, the restriction."""
-
-    filters: Filters
-    now: datetime
-    email: bool
-    purpose_id: int | None
-    system_id: int | None
-    #: Purpose id -> latest material version, for the revised purposes.
-    materials: Mapping[int, int]
+_PURPOSE = metadata.tables["purpose"]
+_SYSTEM = metadata.tables["system"]
 
 
 @dataclass(frozen=True)
@@ -101,7 +73,7 @@ class Definition:
     model: type[views.View]
     #: The keyset order's kinds: "int", "time" or "uuid", one per key column.
     key_kinds: tuple[str, ...]
-    build: Callable[[Query], tuple[Select[Any], tuple[Any, ...]]]
+    build: Callable[[sql.Query], tuple[Select[Any], tuple[Any, ...]]]
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -117,180 +89,6 @@ def _fields(model: type[views.View]) -> tuple[str, ...]:
 _COMMON = frozenset({"purpose", "locale", "version", "system"})
 
 
-def _system_purposes(q: Query, purpose_col: Any) -> ColumnElement[bool]:
-    if q.system_id is None:
-        return true()
-    return purpose_col.in_(select(_SP.c.purpose_id).where(_SP.c.system_id == q.system_id))
-
-
-def _common(q: Query, purpose_col: Any, version_col: Any) -> list[Any]:
-    f = q.filters
-    where: list[Any] = [_system_purposes(q, purpose_col)]
-    if q.purpose_id is not None:
-        where.append(purpose_col == q.purpose_id)
-    if f.locale is not None:
-        where.append(_S.c.locale == f.locale)
-    if f.version is not None:
-        where.append(version_col == f.version)
-    return where
-
-
-def _range(column: Any, f: Filters) -> list[Any]:
-    out: list[Any] = []
-    if f.since is not None:
-        out.append(column >= f.since)
-    if f.until is not None:
-        out.append(column < f.until)
-    return out
-
-
-def _email(q: Query) -> list[Any]:
-    return [_S.c.email.label("email")] if q.email else []
-
-
-def _consent_select(q: Query, *where: Any) -> Select[Any]:
-    c = _C.c
-    f = q.filters
-    conditions = [*where, *_common(q, c.purpose_id, c.purpose_version)]
-    if f.channel is not None:
-        conditions.append(_E.c.channel == f.channel)
-    return (
-        select(
-            _S.c.external_id.label("subject"),
-            _P.c.key.label("purpose"),
-            _where.effective_state(c, q.now).label("state"),
-            c.purpose_version,
-            _E.c.channel,
-            _S.c.locale,
-            c.given_at,
-            c.valid_until,
-            c.updated_at,
-            c.last_event_id.label("event_id"),
-            *_email(q),
-        )
-        .select_from(
-            _C.join(_S, _S.c.id == c.subject_id)
-            .join(_P, _P.c.id == c.purpose_id)
-            .join(_E, _E.c.id == c.last_event_id)
-        )
-        .where(and_(*conditions))
-    )
-
-
-def _consents(q: Query) -> tuple[Select[Any], tuple[Any, ...]]:
-    f = q.filters
-    where = [] if f.state is None else [_where.in_state(_C.c, f.state, q.now)]
-    return _consent_select(q, *where, *_range(_C.c.updated_at, f)), (_C.c.id,)
-
-
-def _not_reconfirmed(q: Query) -> tuple[Select[Any], tuple[Any, ...]]:
-    f = q.filters
-    where = [_where.stale(_C.c, q.materials), *_range(_C.c.updated_at, f)]
-    if f.asked is not None:
-        asked = _where.asked(_C.c, q.materials)
-        where.append(asked if f.asked == "yes" else ~asked)
-    return _consent_select(q, *where), (_C.c.id,)
-
-
-def _expiring(q: Query) -> tuple[Select[Any], tuple[Any, ...]]:
-    end = q.now + timedelta(days=q.filters.days or DEFAULT_DAYS)
-    return _consent_select(q, _where.expiring(_C.c, q.now, end)), (_C.c.valid_until, _C.c.id)
-
-
-def _requests(q: Query) -> tuple[Select[Any], tuple[Any, ...]]:
-    r, f = _R.c, q.filters
-    where = [_where.pending(r), *_common(q, r.purpose_id, r.purpose_version)]
-    where += _range(r.requested_at, f)
-    if f.kind is not None:
-        where.append(r.kind == f.kind)
-    stmt = (
-        select(
-            r.id.label("request_id"),
-            _S.c.external_id.label("subject"),
-            _P.c.key.label("purpose"),
-            r.kind,
-            r.status,
-            r.purpose_version,
-            _S.c.locale,
-            r.requested_at,
-            r.deadline,
-            r.followups_sent,
-            *_email(q),
-        )
-        .select_from(_R.join(_S, _S.c.id == r.subject_id).join(_P, _P.c.id == r.purpose_id))
-        .where(and_(*where))
-    )
-    return stmt, (r.id,)
-
-
-def _withdrawals(q: Query) -> tuple[Select[Any], tuple[Any, ...]]:
-    e, f = _E.c, q.filters
-    where = [_where.withdrawal(e), *_common(q, e.purpose_id, e.purpose_version)]
-    where += _range(e.recorded_at, f)
-    if f.channel is not None:
-        where.append(e.channel == f.channel)
-    stmt = (
-        select(
-            e.id.label("event_id"),
-            _S.c.external_id.label("subject"),
-            _P.c.key.label("purpose"),
-            e.recorded_at,
-            e.occurred_at,
-            e.previous_state,
-            e.purpose_version,
-            e.channel,
-            e.actor_type,
-            _S.c.locale,
-            *_email(q),
-        )
-        .select_from(_E.join(_S, _S.c.id == e.subject_id).join(_P, _P.c.id == e.purpose_id))
-        .where(and_(*where))
-    )
-    return stmt, (e.recorded_at, e.id)
-
-
-def _deliveries(q: Query) -> tuple[Select[Any], tuple[Any, ...]]:
-    d, f = _D.c, q.filters
-    if f.status == "dead":
-        where = [_where.dead(d)]
-    elif f.status == "undelivered":
-        where = [_where.undelivered(d)]
-    else:
-        where = [_where.dead(d) | _where.undelivered(d)]
-    where += _range(d.created_at, f)
-    if q.system_id is not None:
-        where.append(d.system_id == q.system_id)
-    if q.purpose_id is not None:
-        where.append(_E.c.purpose_id == q.purpose_id)
-    if f.locale is not None:
-        where.append(_S.c.locale == f.locale)
-    subject_id = func.coalesce(_E.c.subject_id, d.erasure_subject_id)
-    stmt = (
-        select(
-            d.id.label("delivery_id"),
-            _SYS.c.name.label("system"),
-            _S.c.external_id.label("subject"),
-            _P.c.key.label("purpose"),
-            d.event_type,
-            d.state,
-            d.attempts,
-            d.created_at,
-            d.next_attempt_at,
-            d.last_status,
-            d.last_error,
-            *_email(q),
-        )
-        .select_from(
-            _D.join(_SYS, _SYS.c.id == d.system_id)
-            .outerjoin(_E, _E.c.id == d.event_id)
-            .join(_S, _S.c.id == subject_id)
-            .outerjoin(_P, _P.c.id == _E.c.purpose_id)
-        )
-        .where(and_(*where))
-    )
-    return stmt, (d.id,)
-
-
 DEFINITIONS: dict[Cohort, Definition] = {
     d.name: d
     for d in (
@@ -301,7 +99,7 @@ DEFINITIONS: dict[Cohort, Definition] = {
             _COMMON | {"state", "channel", "since", "until"},
             views.ConsentRowOut,
             ("int",),
-            _consents,
+            sql.consents,
         ),
         Definition(
             Cohort.NOT_RECONFIRMED,
@@ -311,16 +109,17 @@ DEFINITIONS: dict[Cohort, Definition] = {
             _COMMON | {"channel", "since", "until", "asked"},
             views.ConsentRowOut,
             ("int",),
-            _not_reconfirmed,
+            sql.not_reconfirmed,
         ),
         Definition(
             Cohort.REQUESTS,
             "Pending requests",
-            "Open consent requests, oldest first (since/until: when they were asked).",
-            _COMMON | {"kind", "since", "until"},
+            "Open consent requests, oldest first (since/until: when they were asked; "
+            "due_since/due_until: their deadline).",
+            _COMMON | {"kind", "since", "until", "due_since", "due_until"},
             views.RequestRowOut,
             ("int",),
-            _requests,
+            sql.requests,
         ),
         Definition(
             Cohort.EXPIRING,
@@ -329,7 +128,7 @@ DEFINITIONS: dict[Cohort, Definition] = {
             _COMMON | {"channel", "days"},
             views.ConsentRowOut,
             ("time", "int"),
-            _expiring,
+            sql.expiring,
         ),
         Definition(
             Cohort.WITHDRAWALS,
@@ -338,7 +137,17 @@ DEFINITIONS: dict[Cohort, Definition] = {
             _COMMON | {"channel", "since", "until"},
             views.WithdrawalRowOut,
             ("time", "uuid"),
-            _withdrawals,
+            sql.withdrawals,
+        ),
+        Definition(
+            Cohort.CHANGES,
+            "Consent changes",
+            "Every change recorded in a date range (since inclusive, until exclusive): grants, "
+            "withdrawals, expiries, imports, ... (action= picks one).",
+            _COMMON | {"channel", "since", "until", "action"},
+            views.ChangeRowOut,
+            ("time", "uuid"),
+            sql.changes,
         ),
         Definition(
             Cohort.DELIVERIES,
@@ -348,7 +157,7 @@ DEFINITIONS: dict[Cohort, Definition] = {
             frozenset({"purpose", "locale", "system", "status", "since", "until"}),
             views.DeliveryRowOut,
             ("int",),
-            _deliveries,
+            sql.deliveries,
         ),
     )
 }
@@ -370,7 +179,7 @@ def prepare(
     restrict: str | None = None,
     email: bool = False,
     now: datetime | None = None,
-) -> Query:
+) -> sql.Query:
     """Check the filters against the cohort and resolve their names; ``restrict``: the one
     system a caller may see (a system token's)."""
     definition = DEFINITIONS[cohort]
@@ -378,11 +187,14 @@ def prepare(
         if name not in definition.takes:
             takes = ", ".join(sorted(definition.takes))
             raise InvalidInput(f"{name}: the {cohort.value} list does not take it (takes {takes})")
-    if filters.since and filters.until and filters.since >= filters.until:
-        raise InvalidInput("until: must be after since")
+    for first, last in (("since", "until"), ("due_since", "due_until")):
+        start, end = getattr(filters, first), getattr(filters, last)
+        if start is not None and end is not None and start >= end:
+            raise InvalidInput(f"{last}: must be after {first}")
     purpose_id = None
     if filters.purpose is not None:
-        purpose_id = session.execute(select(_P.c.id).where(_P.c.key == filters.purpose)).scalar()
+        by_key = select(_PURPOSE.c.id).where(_PURPOSE.c.key == filters.purpose)
+        purpose_id = session.execute(by_key).scalar()
         if purpose_id is None:
             raise InvalidInput(
                 f"purpose: no such purpose {filters.purpose!r}; see `consentflow purpose list`"
@@ -390,14 +202,14 @@ def prepare(
     system = restrict or filters.system
     system_id = None
     if system is not None:
-        system_id = session.execute(select(_SYS.c.id).where(_SYS.c.name == system)).scalar()
+        system_id = session.execute(select(_SYSTEM.c.id).where(_SYSTEM.c.name == system)).scalar()
         if system_id is None:
             raise InvalidInput(f"system: no such system {system!r}; see `consentflow system list`")
     materials: dict[int, int] = {}
     if cohort is Cohort.NOT_RECONFIRMED:  # the one list that needs the notices
         infos = purposes.info(session).values()
         materials = {i.id: i.material_version for i in infos if i.material_version > 1}
-    return Query(filters, now or utcnow(), email, purpose_id, system_id, materials)
+    return sql.Query(filters, now or utcnow(), email, purpose_id, system_id, materials)
 
 
 @dataclass(frozen=True)
@@ -406,7 +218,7 @@ class Page:
     next_key: tuple[Any, ...] | None  #: the last row's order key if more may follow
 
 
-def _statement(cohort: Cohort, q: Query, after: tuple[Any, ...] | None) -> tuple[Any, int]:
+def _statement(cohort: Cohort, q: sql.Query, after: tuple[Any, ...] | None) -> tuple[Any, int]:
     """The list's SELECT in keyset order from after ``after`` (key columns after the row's)."""
     stmt, keys = DEFINITIONS[cohort].build(q)
     width = len(stmt.selected_columns)
@@ -421,7 +233,7 @@ def _statement(cohort: Cohort, q: Query, after: tuple[Any, ...] | None) -> tuple
 def read_page(
     session: Session,
     cohort: Cohort,
-    q: Query,
+    q: sql.Query,
     after: tuple[Any, ...] | None = None,
     limit: int = DEFAULT_LIMIT,
 ) -> Page:
@@ -472,7 +284,7 @@ class Export:
 
     action: ClassVar[str] = EXPORTED
     cohort: Cohort
-    query: Query
+    query: sql.Query
     actor: Actor
     format: str = "jsonl"
     engine: Engine | None = None

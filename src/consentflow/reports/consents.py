@@ -20,9 +20,11 @@ from sqlmodel import Session, col
 from consentflow.errors import InvalidInput
 from consentflow.models import Consent, ConsentEvent, Purpose, State
 from consentflow.reports import _where
+from consentflow.reports._links import days as link_days
 from consentflow.reports._links import lists
 from consentflow.reports._sql import ALL, STATES, count_if, purpose_keys, utc_day
 from consentflow.reports._table import Chart, Series, Table
+from consentflow.reports._where import WITHDRAWAL
 
 TREND_DAYS = 90
 BASELINE_DAYS = 28
@@ -199,6 +201,13 @@ def _chart(days: list[str], values: dict[str, dict[str, int]], title: str) -> Ch
     return Chart(days, series, title=title).layout()
 
 
+def _changes_list(action: str, *, days: str, **filters: str) -> str:
+    """The list of one day's changes of one kind: withdrawals have a list of their own."""
+    if action == WITHDRAWAL:
+        return lists("withdrawals", **filters, **link_days(days))
+    return lists("changes", action=action, **filters, **link_days(days))
+
+
 def trend(
     session: Session,
     now: datetime,
@@ -225,8 +234,9 @@ def trend(
     )
     table.rows = [[d, *(counts[n][d] for n in [*names.values(), "imported"])] for d in days]
     for i, d in enumerate(days):
-        if counts["withdrawals"][d]:
-            table.link(i, "withdrawals", lists("withdrawals", since=d, until=d))
+        for action, name in [*names.items(), (_IMPORT, "imported")]:
+            if counts[name][d]:
+                table.link(i, name, _changes_list(action, days=d))
     chart = _chart(
         days,
         {n: counts[n] for n in [*names.values(), "imported"]},
@@ -288,13 +298,12 @@ def series_by(
     for i, d in enumerate(days):
         per = [values[n].get(d, 0) for n in names]
         table.rows.append([d, *per, sum(per)])
-        if measure != "withdrawals":
-            continue
+        action = {v: k for k, v in _TREND_ACTIONS.items()}[measure]
         for n, v in zip(names, per, strict=True):
             if v:
-                table.link(i, n, lists("withdrawals", since=d, until=d, **{by: n}))
+                table.link(i, n, _changes_list(action, days=d, **{by: n}))
         if sum(per):
-            table.link(i, "total", lists("withdrawals", since=d, until=d))
+            table.link(i, "total", _changes_list(action, days=d))
     chart = _chart(days, values, f"{measure.capitalize()} per day, a line per {by}")
     return table, chart
 
@@ -375,9 +384,7 @@ def anomalies(
                 table.rows.append([span[i].date().isoformat(), name, n, baseline, ratio])
     table.rows.sort(key=lambda r: (r[0], r[1] != ALL, r[1]), reverse=True)
     for i, row in enumerate(table.rows):
-        table.link(
-            i, "withdrawals", lists("withdrawals", purpose=row[1], since=row[0], until=row[0])
-        )
+        table.link(i, "withdrawals", _changes_list(WITHDRAWAL, days=row[0], purpose=row[1]))
     return table
 
 

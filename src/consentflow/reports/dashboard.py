@@ -23,6 +23,7 @@ from datetime import datetime
 from sqlmodel import Session
 
 from consentflow.models import utcnow
+from consentflow.reports._links import days as link_days
 from consentflow.reports._links import lists
 from consentflow.reports._sql import STATES
 from consentflow.reports._table import Chart, Table
@@ -145,7 +146,8 @@ def build(
 
 
 def _link(t: Table) -> None:
-    """The links of the tables whose builders do not know the lists (per purpose and state)."""
+    """The links of the tables whose builders do not know the lists (per purpose and state;
+    the request tables link their own numbers, from the bounds they count with)."""
     if t.name == "states":
         for i, row in enumerate(t.rows):
             purpose = row[0]
@@ -154,14 +156,6 @@ def _link(t: Table) -> None:
                     t.link(i, state, lists("consents", purpose=purpose, state=state))
             if row[-1]:
                 t.link(i, "total", lists("consents", purpose=purpose))
-    elif t.name == "pending":
-        for i, row in enumerate(t.rows):
-            if row[-1]:
-                t.link(i, "total", lists("requests", purpose=row[0]))
-    elif t.name == "reconsent":
-        for i, row in enumerate(t.rows):
-            if row[t.columns.index("not yet re-confirmed")]:
-                t.link(i, "not yet re-confirmed", lists("not-reconfirmed", purpose=row[0]))
     elif t.name == "expiring":
         for i, row in enumerate(t.rows):
             if row[1]:
@@ -178,6 +172,7 @@ def _tiles(by_name: dict[str, Table], window: Range) -> list[Tile]:
     withdrawn = sum(row[2] for row in by_name["trend"].rows)
     stale = sum(row[3] for row in by_name["reconsent"].rows)
     since, until = window.since.isoformat(), window.until.isoformat()
+    whole = link_days(since, until)
     return [
         Tile(
             "given",
@@ -189,7 +184,7 @@ def _tiles(by_name: dict[str, Table], window: Range) -> list[Tile]:
             "withdrawals",
             withdrawn,
             f"withdrawals {since} to {until}",
-            lists("withdrawals", since=since, until=until),
+            lists("withdrawals", **whole),
         ),
         Tile(
             "not-reconfirmed",

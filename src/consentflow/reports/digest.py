@@ -77,6 +77,7 @@ class Line:
 
     what: str
     count: int
+    #: The list of them (a workspace address), or "" when there is none.
     href: str
     purpose: str | None = None
     system: str | None = None
@@ -179,8 +180,7 @@ def _lapsed(session: Session, keys: dict[int, str], since: datetime, until: date
         .group_by(col(ConsentEvent.action), col(ConsentEvent.purpose_id))
     ).all()
     for action, pid, n in sorted(events, key=lambda r: (r[0], keys[r[1]])):
-        state = State.EXPIRED.value if action == Action.EXPIRE.value else State.INVALIDATED.value
-        href = link("consents", state=state, purpose=keys[pid], since=since, until=until)
+        href = link("changes", action=action, purpose=keys[pid], since=since, until=until)
         lines.append(Line(f"consents {lapsing[action]}", int(n), href, purpose=keys[pid]))
     requests = session.execute(
         select(col(ConsentRequest.purpose_id), func.count().label("n"))
@@ -192,8 +192,8 @@ def _lapsed(session: Session, keys: dict[int, str], since: datetime, until: date
         .group_by(col(ConsentRequest.purpose_id))
     ).all()
     for pid, n in sorted(requests, key=lambda r: keys[r[0]]):
-        href = link("requests", state="lapsed", purpose=keys[pid], since=since, until=until)
-        lines.append(Line("requests lapsed unanswered", int(n), href, purpose=keys[pid]))
+        # No list holds closed requests: the people are in "consents invalidated" (re-consent).
+        lines.append(Line("requests lapsed unanswered", int(n), "", purpose=keys[pid]))
     return lines
 
 
@@ -216,7 +216,13 @@ def _deadlines(session: Session, keys: dict[int, str], now: datetime) -> list[Li
         Line(
             "re-consent requests still unanswered",
             int(r.open),
-            link("not-reconfirmed", purpose=keys[r.purpose_id]),
+            link(
+                "requests",
+                purpose=keys[r.purpose_id],
+                kind=RequestKind.RECONSENT.value,
+                due_since=now,
+                due_until=horizon,
+            ),
             purpose=keys[r.purpose_id],
             note=f"of {int(r.n)} due by {horizon.date().isoformat()}",
         )
@@ -349,7 +355,8 @@ def render_text(digest: Digest, base_url: str = "") -> tuple[str, str]:
         out.append(f"{section.title}: {_section_total(section)}")
         for line in section.lines:
             note = f", {line.note}" if line.note else ""
-            out.append(f"  - {line.label()}: {line.count}{note}  {base}{line.href}")
+            where = f"  {base}{line.href}" if line.href else ""
+            out.append(f"  - {line.label()}: {line.count}{note}{where}")
         out.append("")
     out.append("Counts only: follow a link to see the people behind a number.")
     return title, "\n".join(out) + "\n"
@@ -367,7 +374,7 @@ def render_markdown(digest: Digest, base_url: str = "") -> str:
             continue
         out += ["| what | purpose or system | count | note |", "| --- | --- | --- | --- |"]
         for line in section.lines:
-            what = f"[{line.what}]({base}{line.href})"
+            what = f"[{line.what}]({base}{line.href})" if line.href else line.what
             about = line.purpose or line.system or ""
             out.append(f"| {what} | {about} | {line.count} | {line.note} |")
     return "\n".join(out) + "\n"

@@ -26,8 +26,11 @@ from consentflow.models import (
 )
 from consentflow.purposes import PurposeInfo
 from consentflow.reports import _where
+from consentflow.reports._links import days as link_days
+from consentflow.reports._links import lists
 from consentflow.reports._sql import ALL, count_if, purpose_keys, utc_day
 from consentflow.reports._table import Table
+from consentflow.timeutil import iso_z
 
 
 def requests_page(
@@ -90,6 +93,20 @@ def pending_requests(session: Session, now: datetime) -> Table:
         totals = [a + b for a, b in zip(totals, values, strict=True)]
     table.rows.sort(key=lambda r: (r[0], r[1]))
     table.rows.append([ALL, "all", *totals])
+    # Each number leads to its requests: the same bounds, as instants.
+    at7, at30, at90 = (iso_z(t) for t in (t7, t30, t90))
+    ages: list[dict[str, str | None]] = [
+        {"since": at7},
+        {"since": at30, "until": at7},
+        {"since": at90, "until": at30},
+        {"until": at90},
+        {},
+    ]
+    for i, row in enumerate(table.rows):
+        which = {"purpose": row[0], "kind": None if row[1] == "all" else row[1]}
+        for j, asked in enumerate(ages, start=2):
+            if row[j]:
+                table.link(i, table.columns[j], lists("requests", **which, **asked))
     return table
 
 
@@ -217,4 +234,25 @@ def reconsent(session: Session, now: datetime) -> tuple[Table, Table]:
         .limit(200)
     ):
         deadlines.rows.append([infos[r.purpose_id].key, r.day or "none", int(r.n)])
+    _link_reconsent(cohort, deadlines, now)
     return cohort, deadlines
+
+
+def _link_reconsent(cohort: Table, deadlines: Table, now: datetime) -> None:
+    """Each number leads to its people: open re-consent requests of the purpose, overdue ones
+    (deadline before ``now``), those due on a day; the not re-confirmed consents."""
+    col_of = {c: i for i, c in enumerate(cohort.columns)}
+    for i, row in enumerate(cohort.rows):
+        reconsent = {"purpose": row[0], "kind": RequestKind.RECONSENT.value}
+        if row[col_of["not yet re-confirmed"]]:
+            cohort.link(i, "not yet re-confirmed", lists("not-reconfirmed", purpose=row[0]))
+        if row[col_of["open requests"]]:
+            cohort.link(i, "open requests", lists("requests", **reconsent))
+        if row[col_of["overdue"]]:
+            cohort.link(i, "overdue", lists("requests", **reconsent, due_until=iso_z(now)))
+    for i, row in enumerate(deadlines.rows):
+        if row[1] != "none":
+            day = link_days(str(row[1]))
+            due = {"due_since": day["since"], "due_until": day["until"]}
+            reconsent = {"purpose": row[0], "kind": RequestKind.RECONSENT.value}
+            deadlines.link(i, "open requests", lists("requests", **reconsent, **due))

@@ -41,6 +41,7 @@ from consentflow.views._catalog import (
     SystemStatusOut,
 )
 from consentflow.views._cohorts import (
+    ChangeRowOut,
     CohortOut,
     ConsentRowOut,
     DeliveryRowOut,
@@ -112,6 +113,7 @@ __all__ = [
     "BatchCheckOut",
     "BatchItemOut",
     "ChangeOut",
+    "ChangeRowOut",
     "CohortOut",
     "ConsentNowOut",
     "ConsentOut",

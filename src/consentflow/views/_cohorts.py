@@ -72,6 +72,24 @@ class WithdrawalRowOut(View):
     email: str | None = None
 
 
+class ChangeRowOut(View):
+    """A consent change: a grant, withdrawal, expiry, import, ... (list ``changes``)."""
+
+    event_id: TextId
+    subject: str
+    purpose: str
+    action: str
+    recorded_at: datetime
+    occurred_at: datetime
+    previous_state: str | None
+    state: str
+    purpose_version: int
+    channel: str
+    actor_type: str
+    locale: str | None
+    email: str | None = None
+
+
 class DeliveryRowOut(View):
     """An undelivered or dead delivery (list ``deliveries``)."""
 
@@ -91,7 +109,7 @@ class DeliveryRowOut(View):
     email: str | None = None
 
 
-ListRowOut = ConsentRowOut | RequestRowOut | WithdrawalRowOut | DeliveryRowOut
+ListRowOut = ConsentRowOut | RequestRowOut | WithdrawalRowOut | ChangeRowOut | DeliveryRowOut
 
 
 class ListPageOut(View):

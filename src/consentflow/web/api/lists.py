@@ -26,7 +26,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from consentflow import views
 from consentflow.actors import Actor
-from consentflow.models import ActorType, Channel, RequestKind, State
+from consentflow.models import Action, ActorType, Channel, RequestKind, State
 from consentflow.reports import cohorts
 from consentflow.reports.cohorts import Cohort, Filters
 from consentflow.tokens import Scope, TokenInfo
@@ -62,6 +62,9 @@ def list_filters(
         Literal["yes", "no"] | None, Query(description="not-reconfirmed: asked yet?")
     ] = None,
     status: Literal["dead", "undelivered"] | None = None,
+    action: Annotated[Action | None, Query(description="changes: what the change was")] = None,
+    due_since: Annotated[When, Query(description="requests: deadline at or after")] = None,
+    due_until: Annotated[When, Query(description="requests: deadline before")] = None,
 ) -> Filters:
     """The filters of every list (each list takes some: a filter it does not take is a 422)."""
     raw: dict[str, Any] = {
@@ -77,6 +80,9 @@ def list_filters(
         "days": days,
         "asked": asked,
         "status": status,
+        "action": action,
+        "due_since": due_since,
+        "due_until": due_until,
     }
     return cohorts.parse_filters(
         {k: None if v is None else str(getattr(v, "value", v)) for k, v in raw.items()}

@@ -39,8 +39,17 @@ router = APIRouter(include_in_schema=False)
 #: Exports of cohorts from the workspace: compliance (and admin), never support.
 EXPORT = Require(Scope.COMPLIANCE)
 #: The filter form's fields, in the order shown.
-_FORM = ("purpose", "state", "channel", "locale", "version", "kind", "days", "asked", "status")
-_FORM_TIMES = ("since", "until")
+_FORM = (
+    "purpose", "state", "action", "channel", "locale", "version", "kind", "days", "asked",
+    "status",
+)  # fmt: skip
+#: The time filters and their labels.
+_FORM_TIMES = {
+    "since": "From (inclusive)",
+    "until": "To (exclusive)",
+    "due_since": "Deadline from (inclusive)",
+    "due_until": "Deadline before (exclusive)",
+}
 _TEXT = Annotated[str | None, Query(max_length=200)]
 
 
@@ -176,7 +185,7 @@ def list_page(
         "cell": _cell,
         "raw": raw,
         "form": [n for n in _FORM if n in definition.takes],
-        "times": [n for n in _FORM_TIMES if n in definition.takes],
+        "times": {n: label for n, label in _FORM_TIMES.items() if n in definition.takes},
         "system_filter": "system" in definition.takes,
         "choices": cohorts.CHOICES,
         "problem": problem,
