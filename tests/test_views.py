@@ -7,8 +7,11 @@ the only names allowed on one side; anything else on one side only fails the tes
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -136,3 +139,22 @@ def test_unknown_subject_is_one_line_on_the_cli(doors: tuple[Any, Any, Tokens]) 
     cli, _c, _t = doors
     r = cli("consent", "receipt", "nobody")
     assert r.code == 2 and r.err.strip() == "consentflow: unknown subject 'nobody'"
+
+
+def test_cohort_csv_defuses_formulas_in_free_text_only() -> None:
+    """An address or a receiver's error that a spreadsheet would run as a formula gets a ``'``
+    before it in CSV; ids, times and JSON Lines are written as they are."""
+    names = ["subject", "email", "last_error", "at"]
+    at = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
+    rows = [
+        ("u1", "=cmd|'/C calc'!A0@example.com", "-1+1", at, "key"),
+        ("u2", "plain@example.com", None, at.replace(tzinfo=None), "key"),
+    ]
+    cells = list(csv.reader(io.StringIO(views.cohort_csv(rows, names, [3]).decode())))
+    assert cells == [
+        ["u1", "'=cmd|'/C calc'!A0@example.com", "'-1+1", "2026-01-31T12:00:00Z"],
+        ["u2", "plain@example.com", "", "2026-01-31T12:00:00Z"],
+    ]
+    lines = [json.loads(x) for x in views.cohort_jsonl(names, rows).splitlines()]
+    assert lines[0]["email"] == "=cmd|'/C calc'!A0@example.com"
+    assert lines[1]["at"] == "2026-01-31T12:00:00Z"  # a naive time (SQLite's) is UTC

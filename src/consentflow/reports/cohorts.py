@@ -324,7 +324,7 @@ class Export:
             at = names.index("subject")
             for part in result.partitions(size):
                 yield (
-                    views.cohort_csv(part, width, times) if csv else views.cohort_jsonl(names, part)
+                    views.cohort_csv(part, names, times) if csv else views.cohort_jsonl(names, part)
                 )
                 self.count += len(part)
                 self._hash.update(("\n".join([r[at] for r in part]) + "\n").encode())

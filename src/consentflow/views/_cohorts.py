@@ -157,15 +157,28 @@ def cohort_csv_header(columns: Sequence[str]) -> bytes:
     return (",".join(columns) + "\n").encode()
 
 
-def cohort_csv(rows: Sequence[Sequence[Any]], width: int, times: Sequence[int]) -> bytes:
-    """Rows (tuples whose first ``width`` values are the columns, in order) as CSV lines; the
-    values at ``times`` are times (ISO 8601 with ``Z``); None is an empty cell."""
+#: Columns of free text from outside (an address as given, a receiver's error): a cell that a
+#: spreadsheet would read as a formula (``=``, ``+``, ``-``, ``@``, tab, CR first) gets a ``'``
+#: before it in CSV (OWASP's CSV injection advice); JSON Lines keeps the value as it is.
+FREE_TEXT = frozenset({"email", "last_error"})
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def cohort_csv(rows: Sequence[Sequence[Any]], names: Sequence[str], times: Sequence[int]) -> bytes:
+    """Rows (tuples whose first values are the columns ``names``, in order) as CSV lines; the
+    values at ``times`` are times (ISO 8601 with ``Z``); None is an empty cell; free text that
+    would start a formula is defused (``FREE_TEXT``)."""
+    width = len(names)
+    text = [i for i, name in enumerate(names) if name in FREE_TEXT]
 
     def cells(row: Sequence[Any]) -> list[Any]:
         out = list(row[:width])
         for i in times:
             if out[i] is not None:
                 out[i] = _z(out[i])
+        for i in text:
+            if out[i] and out[i].startswith(_FORMULA):
+                out[i] = "'" + out[i]
         return out
 
     buffer = io.StringIO()
