@@ -325,6 +325,9 @@ class System(SQLModel, table=True):
     status_reason: str | None = Field(default=None, max_length=500)
     last_success_at: datetime | None = _ts(nullable=True)
     created_at: datetime = _ts()
+    #: One more at every change staff act on (its status, a replay of its deliveries): a
+    #: workspace form carries the revision it was shown with and acts only if it still holds.
+    revision: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
 class SystemPurpose(SQLModel, table=True):

@@ -38,9 +38,9 @@ ALL_PAGES = ["/subjects/alice/record", "/systems", "/flows", "/purposes/news/rev
 #: Every action route, with a form body (no CSRF token: scope is checked before it).
 ACTIONS = [
     ("/subjects/alice/record", {"purpose": "news", "action": "grant", "reason": "phone"}),
-    ("/systems/crm/pause", {"seen": "active"}),
-    ("/systems/crm/resume", {"seen": "paused"}),
-    ("/systems/crm/replay", {"upto": "1"}),
+    ("/systems/crm/pause", {"seen": "0"}),
+    ("/systems/crm/resume", {"seen": "0"}),
+    ("/systems/crm/replay", {"upto": "1", "seen": "0"}),
     ("/flows/expiry-sweep/preview", {"nonce": "n" * 20}),
     ("/flows/expiry-sweep/start", {"nonce": "n" * 20}),
     ("/purposes/news/revise", {"title": "New", "validity_days": "365", "kind": "editorial"}),
@@ -273,8 +273,9 @@ def test_compliance_pauses_then_resumes_a_system(engine, made) -> None:  # type:
     page = app.get("/systems")
     assert page.status_code == 200 and 'id="pause-crm"' in page.text
     fields = {**hidden(page.text, "pause-crm-form"), "reason": "receiver upgrade"}
-    assert fields["seen"] == "active"
+    assert fields["seen"] == "0"  # the system's revision
     done, sent = confirmed(app, "/systems/crm/pause", fields)
+    pause_form = sent
     assert done.status_code == 303 and "did=pause" in done.headers["location"]
     assert _status(engine) == "paused"
     assert "Paused crm" in app.get(done.headers["location"]).text
@@ -292,9 +293,12 @@ def test_compliance_pauses_then_resumes_a_system(engine, made) -> None:  # type:
     assert done.status_code == 303 and _status(engine) == "active"
     [entry] = audit_entries(engine, "system.resumed")
     assert entry.actor == "carol" and entry.detail["from"] == "paused"
-    # An old pause form sent again after the resume: its system moved on; nothing happens.
+    # The resume form again, and the old pause form after the resume (the system is active
+    # again, as it was when that form was shown): its revision moved on; nothing happens.
     assert "did=unchanged" in app.post("/systems/crm/resume", data=sent).headers["location"]
+    assert "did=unchanged" in app.post("/systems/crm/pause", data=pause_form).headers["location"]
     assert _status(engine) == "active" and len(audit_entries(engine, "system.resumed")) == 1
+    assert len(audit_entries(engine, "system.paused")) == 1
 
 
 def test_a_reason_the_ledger_refuses_pauses_nothing(engine, made) -> None:  # type: ignore[no-untyped-def]
@@ -341,6 +345,11 @@ def test_compliance_replays_dead_letters_once(engine, made) -> None:  # type: ig
     assert sorted(e.detail["delivery_id"] for e in entries) == ids
     assert {(e.actor, e.channel) for e in entries} == {("carol", "support")}
     # The form again: nothing is dead any more; nothing is replayed or audited.
+    assert "did=unchanged" in app.post("/systems/crm/replay", data=sent).headers["location"]
+    assert len(audit_entries(engine, "delivery.replay")) == 2
+    # The same letters die again: the old form still does nothing (the revision moved on).
+    with db.session_scope(engine) as s:
+        s.execute(update(Delivery).values(state=DeliveryState.DEAD.value, attempts=8))
     assert "did=unchanged" in app.post("/systems/crm/replay", data=sent).headers["location"]
     assert len(audit_entries(engine, "delivery.replay")) == 2
 

@@ -223,6 +223,11 @@ def replay(
         .where(col(Delivery.id) == delivery_id)
         .values(**_RESTART, next_attempt_at=now)
     )
+    session.execute(
+        update(System)
+        .where(col(System.id) == row.system_id)
+        .values(revision=col(System.revision) + 1)
+    )
     system = session.get(System, row.system_id)
     assert system is not None
     _audit(
@@ -330,7 +335,11 @@ def set_status(
     session.execute(
         update(System)
         .where(col(System.id) == system.id)
-        .values(status=target.value, status_reason=status_reason)
+        .values(
+            status=target.value,
+            status_reason=status_reason,
+            revision=col(System.revision) + 1,
+        )
     )
     pending_where = (
         col(Delivery.system_id) == system.id,

@@ -7,10 +7,12 @@ drops them; resuming makes the held ones due at once) and ``web.delivery_ops.rep
 ``dead_ids`` (one ``delivery.replay`` entry per delivery, as ``POST
 /api/v1/systems/{name}/replay``), with the signed-in token's name as the actor.
 
-Idempotent: a pause or resume form carries the status it was shown with (``seen``) and acts only
-if the system still has it (read under the row's lock); a replay form carries the newest dead
-letter it counted (``upto``) and replays only dead letters up to it, so a form sent again finds
-nothing left to do and writes nothing. Failure modes: unknown system 404; a missing or wrong CSRF
+Idempotent: every form carries the system's revision it was shown with (``seen``;
+``System.revision`` counts each status change and each replay) and acts only if the system still
+has it (read under the row's lock), so a form sent again after it acted, or after any later
+change (the pause form after the resume that followed it, the replay form after a dead letter
+died again), writes nothing; a replay form also carries the newest dead letter it counted
+(``upto``) and replays none after it. Failure modes: unknown system 404; a missing or wrong CSRF
 token 403; a reason the ledger refuses 422; nothing is written then.
 """
 
@@ -51,12 +53,28 @@ DONE = {
 
 def _rows(session: Session) -> list[dict[str, Any]]:
     health = {h.system: h for h in delivery_ops.health(session)}
+    revisions = dict(session.exec(select(System.name, System.revision)).all())
     rows: list[dict[str, Any]] = []
     for view in systems.list_all(session):
         found = health.get(view.name)
         dead = delivery_ops.dead_ids(session, view.name, REPLAY_LIMIT) if found else []
-        rows.append({"view": view, "health": found, "dead": len(dead), "upto": max(dead or [0])})
+        rows.append(
+            {
+                "view": view,
+                "health": found,
+                "dead": len(dead),
+                "upto": max(dead or [0]),
+                "revision": revisions[view.name],
+            }
+        )
     return rows
+
+
+def _unchanged(session: Session, name: str, seen: str) -> bool:
+    """Whether the system is still at the revision the form was shown with (the row locked
+    until the end of the request's transaction, so the action below acts on that revision)."""
+    query = select(System.revision).where(System.name == name).with_for_update()
+    return str(session.exec(query).one()) == seen
 
 
 def _page(
@@ -174,8 +192,7 @@ def _set_status(
                 danger=verb == "pause",
             ),
         )
-    status = session.exec(select(System.status).where(System.name == name).with_for_update()).one()
-    if status != seen:
+    if not _unchanged(session, name, seen):
         return _done(name, "unchanged")
     try:
         ops.set_status(session, name, verb, reason=given, actor=caller.name)
@@ -193,6 +210,7 @@ def replay(
     caller: Annotated[TokenInfo, Depends(COMPLIANCE)],
     csrf_token: FormText = None,
     upto: Annotated[int, Form(ge=0, le=2**62)] = 0,
+    seen: Seen = "",
     confirm: Confirm = "",
 ) -> Response:
     """Send a system's dead letters again (those up to ``upto``), after a confirmation step."""
@@ -213,12 +231,12 @@ def replay(
                     ("Dead letters to send again", str(len(ids))),
                     ("Recorded as", caller.name),
                 ],
-                fields={"upto": str(upto)},
+                fields={"upto": str(upto), "seen": seen},
                 button=f"Replay {len(ids)} dead letter(s)",
                 back="/systems",
             ),
         )
-    if not ids:
+    if not ids or not _unchanged(session, name, seen):
         return _done(name, "unchanged")
     delivery_ops.replay(session, ids, actor=caller.name)
     return _done(name, "replay", len(ids))
