@@ -10,10 +10,8 @@ table's ``c``; both are the same columns) and returns a SQL condition.
   ``effective_state`` and ``in_state`` are that rule as a column and as a filter.
 - ``expiring``: given, validity ending in ``(now, end]``.
 - ``pending``: an open consent request.
-- ``stale``: given on a notice version older than its purpose's latest material one ("not yet
-  re-confirmed"); ``asked``: a re-consent request is open for it or one already asked for that
-  material version (the re-consent sweep's rule, ``sweeps.reconsent._unasked_stale``, which
-  sits in a sibling layer and so keeps its own statement of it).
+- ``stale``, ``asked``, ``material_version``: who must re-confirm after a material revision
+  (``consentflow.reconfirm``, the one rule the re-consent sweep asks by too).
 - ``withdrawal``: a consent event that is a withdrawal (the trend's "withdrawals").
 - ``undelivered`` / ``dead``: a delivery not yet delivered (held ones too) / retries exhausted
   (the delivery health's ``pending`` and ``dead``).
@@ -23,21 +21,15 @@ Failure modes: none; pure expressions.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, false, literal, or_, select
-from sqlmodel import col
+from sqlalchemy import and_, case, literal, or_
 
-from consentflow.models import (
-    Action,
-    ConsentRequest,
-    DeliveryState,
-    RequestKind,
-    RequestStatus,
-    State,
-)
+from consentflow.models import Action, DeliveryState, RequestStatus, State
+from consentflow.reconfirm import asked, material_version, stale
+
+__all__ = ["asked", "material_version", "stale"]  # with the rules defined here
 
 #: The consent event action the dashboard's trend counts as a withdrawal.
 WITHDRAWAL = Action.REVOKE.value
@@ -70,43 +62,6 @@ def expiring(c: Any, now: datetime, end: datetime) -> Any:
 def pending(r: Any) -> Any:
     """An open consent request."""
     return r.status == RequestStatus.OPEN.value
-
-
-def material_version(c: Any, materials: Mapping[int, int]) -> Any:
-    """The latest material version of the consent's purpose (0 for a purpose not listed)."""
-    if not materials:
-        return literal(0)
-    return case(*((c.purpose_id == pid, mv) for pid, mv in materials.items()), else_=0)
-
-
-def stale(c: Any, materials: Mapping[int, int]) -> Any:
-    """Given on a version older than the latest material one; ``materials``: purpose id ->
-    material version, for the purposes revised materially (version > 1)."""
-    if not materials:
-        return false()
-    return and_(
-        c.state == State.GIVEN.value,
-        c.purpose_id.in_(list(materials)),
-        c.purpose_version < material_version(c, materials),
-    )
-
-
-def asked(c: Any, materials: Mapping[int, int]) -> Any:
-    """A re-consent request is open for this consent, or one asked for the material version."""
-    r = ConsentRequest
-    return (
-        select(col(r.id))
-        .where(
-            col(r.subject_id) == c.subject_id,
-            col(r.purpose_id) == c.purpose_id,
-            col(r.kind) == RequestKind.RECONSENT.value,
-            or_(
-                col(r.status) == RequestStatus.OPEN.value,
-                col(r.purpose_version) >= material_version(c, materials),
-            ),
-        )
-        .exists()
-    )
 
 
 def withdrawal(e: Any) -> Any:

@@ -20,14 +20,13 @@ workspace's preview before publishing one).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_
+from sqlalchemy import and_, func
 from sqlmodel import Session, col, select
 
-from consentflow import lifecycle, purposes
+from consentflow import lifecycle, purposes, reconfirm
 from consentflow.links import LinkAction
 from consentflow.mail import Kind
 from consentflow.models import (
@@ -36,7 +35,6 @@ from consentflow.models import (
     Purpose,
     RequestKind,
     RequestStatus,
-    State,
     utcnow,
 )
 from consentflow.purposes import PurposeInfo
@@ -64,23 +62,9 @@ from consentflow.sweeps.claims import (
 cr = ConsentRequest
 
 
-def _stale_condition(infos: dict[int, PurposeInfo]) -> Any:
-    """Given consents resting on a version older than their purpose's latest material one."""
-    revised = [i for i in infos.values() if i.material_version > 1]
-    if not revised:
-        return None
-    return and_(
-        col(Consent.state) == State.GIVEN.value,
-        or_(
-            *(
-                and_(
-                    col(Consent.purpose_id) == i.id,
-                    col(Consent.purpose_version) < i.material_version,
-                )
-                for i in revised
-            )
-        ),
-    )
+def _materials(infos: dict[int, PurposeInfo]) -> dict[int, int]:
+    """Purpose id -> latest material version, for the purposes revised materially."""
+    return {i.id: i.material_version for i in infos.values() if i.material_version > 1}
 
 
 def _claim(session: Session, r: Any, request_id: int, deadline: datetime) -> Claim:
@@ -120,9 +104,10 @@ def reconsent_open_batch(ctx: SweepContext, size: int, cursor: int = 0) -> Batch
     deadline = max(now, ctx.as_of) + timedelta(days=ctx.reconsent_deadline_days)
     batch = Batch()
     with transaction(ctx.engine, ctx.dry_run) as s:
-        due = _unasked_stale(purpose_ids(s, ctx.purpose_keys))
-        if due is None:
+        materials = _materials(purpose_ids(s, ctx.purpose_keys))
+        if not materials:
             return batch
+        due = reconfirm.unasked_stale(Consent, materials)
         rows = due_rows(
             s,
             batch,
@@ -155,37 +140,13 @@ def reconsent_open_batch(ctx: SweepContext, size: int, cursor: int = 0) -> Batch
     return deliver(ctx, claims, batch)
 
 
-def _unasked_stale(infos: dict[int, PurposeInfo]) -> Any:
-    """Stale consents (``_stale_condition``) with no open re-consent request and none that asked
-    for their purpose's current material version; None when no purpose has been revised."""
-    stale = _stale_condition(infos)
-    if stale is None:
-        return None
-    material = case(
-        *[(col(Consent.purpose_id) == i.id, i.material_version) for i in infos.values()],
-        else_=None,
-    )
-    asked = (
-        select(cr.id)
-        .where(
-            col(cr.subject_id) == Consent.subject_id,
-            col(cr.purpose_id) == Consent.purpose_id,
-            col(cr.kind) == RequestKind.RECONSENT.value,
-            or_(col(cr.status) == RequestStatus.OPEN.value, col(cr.purpose_version) >= material),
-        )
-        .exists()
-    )
-    return and_(stale, ~asked)
-
-
 def would_ask(session: Session, key: str) -> int:
     """How many people a material revision of purpose ``key``, published now, would ask to
     re-consent: the consents ``reconsent_open_batch`` would then open a request for, by its own
-    rule (``_unasked_stale``, with the purpose's material version at the next version). An
-    editorial revision asks nobody. ``NotFound`` for an unknown purpose."""
+    rule (``reconfirm.unasked_stale``, with the purpose's material version at the next
+    version). An editorial revision asks nobody. ``NotFound`` for an unknown purpose."""
     found = purposes.get(session, key)
-    revised = replace(found, material_version=found.current_version + 1)
-    due = _unasked_stale({found.id: revised})
+    due = reconfirm.unasked_stale(Consent, {found.id: found.current_version + 1})
     return int(session.exec(select(func.count()).select_from(Consent).where(due)).one())
 
 
@@ -329,9 +290,10 @@ def _count_invalidations(
     infos: dict[int, PurposeInfo],
 ) -> None:
     """A dry run's count of what ``_invalidate`` would do (and the webhooks it would enqueue)."""
-    stale = _stale_condition(infos)
-    if stale is None:
+    materials = _materials(infos)
+    if not materials:
         return
+    stale = reconfirm.stale(Consent, materials)
     hooks = subscribers(session)
     for purpose_id, sids in by_purpose.items():
         n = session.exec(
