@@ -22,17 +22,16 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
-from consentflow import i18n, timeutil
+from consentflow import timeutil
 from consentflow.actors import Actor
 from consentflow.errors import InvalidInput
 from consentflow.models import ActorType, Channel
 from consentflow.reports import cohorts
 from consentflow.reports.cohorts import Cohort
 from consentflow.tokens import Scope, TokenInfo
-from consentflow.web import security
 from consentflow.web.api.lists import start_export
 from consentflow.web.auth import READ, ReadSession, Require
-from consentflow.web.templating import render, secure_cookies
+from consentflow.web.pages import _staff
 
 router = APIRouter(include_in_schema=False)
 
@@ -51,35 +50,6 @@ _FORM_TIMES = {
     "due_until": "Deadline before (exclusive)",
 }
 _TEXT = Annotated[str | None, Query(max_length=200)]
-
-
-def _page(
-    request: Request,
-    session: ReadSession,
-    caller: TokenInfo,
-    template: str,
-    context: dict[str, Any],
-    status_code: int = 200,
-) -> Response:
-    """A staff page with the caller and the sign-out form's CSRF token."""
-    binding = request.cookies.get(security.CSRF_COOKIE) or security.new_csrf_binding()
-    full = {
-        **context,
-        "caller": caller,
-        "signed_in": True,
-        "csrf": security.csrf_token(session, binding),
-    }
-    response = render(request, template, full, status_code=status_code, locale=i18n.DEFAULT)
-    if request.cookies.get(security.CSRF_COOKIE) != binding:
-        response.set_cookie(
-            security.CSRF_COOKIE,
-            binding,
-            httponly=True,
-            samesite="lax",
-            secure=secure_cookies(),
-            path="/",
-        )
-    return response
 
 
 def _raw(request: Request) -> dict[str, str | None]:
@@ -104,7 +74,7 @@ def lists_index_page(
 ) -> Response:
     """The lists there are."""
     context = {"definitions": list(cohorts.DEFINITIONS.values())}
-    return _page(request, session, caller, "lists.html", context)
+    return _staff.page(request, session, caller, "lists.html", context)
 
 
 def _export(
@@ -194,4 +164,4 @@ def list_page(
         "export_qs": ("?" + given_qs) if given_qs else "",
         "may_export": caller.scope in EXPORT.scopes,
     }
-    return _page(request, session, caller, "list.html", context, status)
+    return _staff.page(request, session, caller, "list.html", context, status)

@@ -114,38 +114,6 @@ Reason = Annotated[str, Form(max_length=1000)]
 Confirm = Annotated[str, Form(max_length=8)]
 
 
-@router.post("/systems/{name}/pause", response_class=HTMLResponse)
-def pause(
-    request: Request,
-    name: SystemName,
-    session: DbSession,
-    caller: Annotated[TokenInfo, Depends(COMPLIANCE)],
-    csrf_token: FormText = None,
-    seen: Seen = "",
-    reason: Reason = "",
-    confirm: Confirm = "",
-) -> Response:
-    """Pause a system (hold its deliveries), after a confirmation step."""
-    args = (csrf_token, seen, reason, confirm)
-    return _set_status(request, session, caller, name, "pause", *args)
-
-
-@router.post("/systems/{name}/resume", response_class=HTMLResponse)
-def resume(
-    request: Request,
-    name: SystemName,
-    session: DbSession,
-    caller: Annotated[TokenInfo, Depends(COMPLIANCE)],
-    csrf_token: FormText = None,
-    seen: Seen = "",
-    reason: Reason = "",
-    confirm: Confirm = "",
-) -> Response:
-    """Resume a paused system (its held deliveries are due at once), after a confirmation step."""
-    args = (csrf_token, seen, reason, confirm)
-    return _set_status(request, session, caller, name, "resume", *args)
-
-
 # Long: the checks, the confirm step, then the act under the system row's lock.
 def _set_status(
     request: Request,
@@ -240,3 +208,22 @@ def replay(
         return _done(name, "unchanged")
     delivery_ops.replay(session, ids, actor=caller.name)
     return _done(name, "replay", len(ids))
+
+
+# After the replay route: a path of this shape would match /replay too (and refuse it).
+@router.post("/systems/{name}/{verb}", response_class=HTMLResponse)
+def set_status(
+    request: Request,
+    name: SystemName,
+    verb: Literal["pause", "resume"],
+    session: DbSession,
+    caller: Annotated[TokenInfo, Depends(COMPLIANCE)],
+    csrf_token: FormText = None,
+    seen: Seen = "",
+    reason: Reason = "",
+    confirm: Confirm = "",
+) -> Response:
+    """Pause a system (hold its deliveries) or resume it (its held deliveries are due at once),
+    after a confirmation step."""
+    args = (csrf_token, seen, reason, confirm)
+    return _set_status(request, session, caller, name, verb, *args)
