@@ -48,7 +48,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -61,6 +61,7 @@ from consentflow import audit, db, purposes, systems, views
 from consentflow.access import Decision, Reason, judge
 from consentflow.actors import Actor, audit_fields
 from consentflow.errors import Conflict, InvalidInput
+from consentflow.exports import AuditedExport
 from consentflow.models import SystemPurpose, metadata, utcnow
 from consentflow.timeutil import iso_z
 
@@ -268,29 +269,20 @@ def read_page(
     return page, (rows[-1][0] if rows else after), len(rows) == size
 
 
-@dataclass
-class Export:
+@dataclass(kw_only=True)
+class Export(AuditedExport):
     """One streamed export through an open gate: iterate ``chunks()`` (or ``pages()``) once,
-    then ``finish()``.
+    then ``finish()`` (``exports.AuditedExport``: ``transfer.exported``).
 
-    A page counts as handed out (``count``, the running hash) once the consumer asks for the
-    next one, i.e. after it has dealt with it: a consumer that stops early records only what it
-    took. ``finish`` appends the ``transfer.exported`` entry once, whenever it is called.
+    A page counts as handed out once the consumer asks for the next one, i.e. after it has dealt
+    with it: a consumer that stops early records only what it took.
     """
 
     action: ClassVar[str] = EXPORTED
     opened: Gate
-    actor: Actor
-    format: str = "jsonl"
-    engine: Engine | None = None
     #: Consents read per page (None: ``PAGE_SIZE``, read when the export starts).
     page_size: int | None = None
-    count: int = 0
     pages_read: int = 0
-    complete: bool = False
-    audit_seq: int | None = None
-    started_at: datetime = field(default_factory=utcnow)
-    _hash: Any = field(default_factory=hashlib.sha256, repr=False)
 
     def pages(self) -> Generator[list[Eligible]]:
         after, more, size = 0, True, self.page_size or PAGE_SIZE
@@ -300,8 +292,7 @@ class Export:
             self.pages_read += 1
             if page:
                 yield page
-                self.count += len(page)
-                self._hash.update("".join(f"{row.subject}\n" for row in page).encode())
+                self.handed([row.subject for row in page])
         self.complete = True
 
     def chunks(self) -> Generator[bytes]:
@@ -316,30 +307,12 @@ class Export:
         finally:
             pages.close()
 
-    @property
-    def sha256(self) -> str:
-        return str(self._hash.hexdigest())
+    def detail(self) -> dict[str, Any]:
+        return {"system": self.opened.system}
 
-    def finish(self) -> int:
-        """Append the export's audit entry (once): who, purpose, system, what was handed out."""
-        if self.audit_seq is None:
-            detail = {
-                "system": self.opened.system,
-                "count": self.count,
-                "sha256": self.sha256,
-                "complete": self.complete,
-                "format": self.format,
-                "started_at": iso_z(self.started_at),
-            }
-            with db.session_scope(self.engine) as session:
-                self.audit_seq = audit.record(
-                    session,
-                    EXPORTED,
-                    purpose_key=self.opened.purpose,
-                    detail=detail,
-                    **audit_fields(self.actor),
-                )
-        return self.audit_seq
+    @property
+    def purpose_key(self) -> str | None:
+        return self.opened.purpose
 
 
 def open_export(
@@ -348,4 +321,4 @@ def open_export(
     """An export of everyone cleared, once the gate is open (``gate``'s errors otherwise)."""
     with db.session_scope(engine, readonly=True) as session:
         opened = gate(session, purpose, system)
-    return Export(opened, actor, format=fmt, engine=engine)
+    return Export(opened=opened, actor=actor, format=fmt, engine=engine)

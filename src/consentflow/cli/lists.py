@@ -80,7 +80,8 @@ def list_cohort(
     engine = connect()
     with db.session_scope(engine, readonly=True) as session:
         q = cohorts.prepare(session, chosen, filters, email=include == "email")
-    export = cohorts.Export(chosen, q, agent_actor(_operator()), format=fmt, engine=engine)
+    actor = agent_actor(_operator())
+    export = cohorts.Export(cohort=chosen, query=q, actor=actor, format=fmt, engine=engine)
     seq = deliver(export, output)  # an unwritable --output: refused, unaudited
     where = f" to {output}" if output is not None else ""
     done = "" if export.complete else " (cut short)"

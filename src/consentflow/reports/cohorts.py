@@ -27,24 +27,21 @@ Failure modes: ``InvalidInput`` as above, and for a cursor that is not this list
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import DateTime, Select, literal, select, tuple_, type_coerce
-from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from consentflow import audit, db, purposes, views
-from consentflow.actors import Actor, audit_fields
+from consentflow import db, purposes, views
 from consentflow.errors import InvalidInput
+from consentflow.exports import AuditedExport
 from consentflow.models import UTCDateTime, metadata, utcnow
 from consentflow.reports import _cohort_sql as sql
 from consentflow.reports import _filters
 from consentflow.reports._filters import CHOICES, MAX_DAYS, Cohort, Filters, parse_filters
-from consentflow.timeutil import iso_z
 
 #: The most rows one page holds.
 MAX_LIMIT = 1000
@@ -274,26 +271,17 @@ def _driver_times(stmt: Select[Any]) -> Select[Any]:
     )
 
 
-@dataclass
-class Export:
-    """One streamed export of a cohort: iterate ``chunks()`` once, then ``finish()``.
-
-    A chunk of rows counts as handed out (``count``, the running hash of the subjects' ids, one
-    a line) once the consumer asks for the next one; ``finish`` appends ``cohort.exported`` once.
+@dataclass(kw_only=True)
+class Export(AuditedExport):
+    """One streamed export of a cohort: iterate ``chunks()`` once, then ``finish()``
+    (``exports.AuditedExport``: ``cohort.exported``). A chunk of rows counts as handed out once
+    the consumer asks for the next one.
     """
 
     action: ClassVar[str] = EXPORTED
     cohort: Cohort
     query: sql.Query
-    actor: Actor
-    format: str = "jsonl"
-    engine: Engine | None = None
     page_size: int | None = None
-    count: int = 0
-    complete: bool = False
-    audit_seq: int | None = None
-    started_at: datetime = field(default_factory=utcnow)
-    _hash: Any = field(default_factory=hashlib.sha256, repr=False)
 
     def chunks(self) -> Generator[bytes]:
         """The export's body: the CSV header (CSV only), then one chunk per ``page_size`` rows.
@@ -326,33 +314,13 @@ class Export:
                 yield (
                     views.cohort_csv(part, names, times) if csv else views.cohort_jsonl(names, part)
                 )
-                self.count += len(part)
-                self._hash.update(("\n".join([r[at] for r in part]) + "\n").encode())
+                self.handed([r[at] for r in part])
         self.complete = True
 
-    @property
-    def sha256(self) -> str:
-        return str(self._hash.hexdigest())
+    def detail(self) -> dict[str, Any]:
+        given = self.query.filters.given()
+        return {"cohort": self.cohort.value, "filters": given, "email": self.query.email}
 
-    def finish(self) -> int:
-        """Append the export's audit entry (once): who, which cohort and filters, how many."""
-        if self.audit_seq is None:
-            detail = {
-                "cohort": self.cohort.value,
-                "filters": self.query.filters.given(),
-                "email": self.query.email,
-                "count": self.count,
-                "sha256": self.sha256,
-                "complete": self.complete,
-                "format": self.format,
-                "started_at": iso_z(self.started_at),
-            }
-            with db.session_scope(self.engine) as session:
-                self.audit_seq = audit.record(
-                    session,
-                    EXPORTED,
-                    purpose_key=self.query.filters.purpose,
-                    detail=detail,
-                    **audit_fields(self.actor),
-                )
-        return self.audit_seq
+    @property
+    def purpose_key(self) -> str | None:
+        return self.query.filters.purpose

@@ -174,4 +174,4 @@ def export_eligible(
     audited when the stream ends (``transfer.exported``: who, purpose, system, count, SHA-256 of
     the ids sent, complete or not). A system token exports for its own system."""
     opened = transfers.gate(session, purpose, _gate_system(caller, system))
-    return AuditedStream(transfers.Export(opened, _gate_actor(caller), format=fmt))
+    return AuditedStream(transfers.Export(opened=opened, actor=_gate_actor(caller), format=fmt))

@@ -179,7 +179,8 @@ def start_export(
     q = cohorts.prepare(
         session, cohort, filters, restrict=restriction(caller, filters), email=email
     )
-    return AuditedStream(cohorts.Export(cohort, q, actor, format=fmt), filename)
+    export = cohorts.Export(cohort=cohort, query=q, actor=actor, format=fmt)
+    return AuditedStream(export, filename)
 
 
 @router.get(
