@@ -1,10 +1,11 @@
 """Benchmark: the cohort lists (``reports.cohorts``, ``GET /api/v1/lists/...``) at scale.
 
-Not a test. Creates a PostgreSQL database of its own (dropped and made afresh) and fills it,
-through COPY, with N subjects (default 200,000) with an email address and a locale, 3 consents
-each (80% given, the rest withdrawn, refused, requested or expired; "news" revised materially,
-half its consents on the old notice), one event per consent, an open request for a tenth of
-the consents, and a delivery per withdrawal (a fifth of them pending, a tenth dead). Then:
+Not a test. Reads the shared benchmark population on PostgreSQL (``_population``: N subjects,
+default 200,000, with an email address and a locale, 3 consents each, 80% given, "news" revised
+materially with half its consents on the old notice, one event per consent on varying channels,
+an open request for a tenth of the consents, a delivery per withdrawal, a fifth of them pending
+and a tenth dead), made afresh and filled set-based inside PostgreSQL, or with ``--reuse`` the
+database as an earlier fill left it. Then:
 
 - list pages: ``GET /api/v1/lists/{cohort}`` on a real uvicorn server (a subprocess), at page 1
   and at deep pages (the cursor of a row 50% and 95% of the way through the list), p50 / p99,
@@ -13,141 +14,30 @@ the consents, and a delivery per withdrawal (a fifth of them pending, a tenth de
 - exports: ``GET /api/v1/lists/consents/export`` streamed in JSON Lines and CSV at two sizes
   (``purpose=news``: N rows; no filter: 3N rows), rows/s and the server's resident memory sampled
   as it goes (flat: the same peak at both sizes); baseline: ``COPY (SELECT the same columns and
-  joins) TO STDOUT`` through the driver, rows/s.
+  joins) TO STDOUT`` through the driver, rows/s. ``--only pages`` / ``--only exports`` runs one
+  half.
 
-    python bench/cohort_lists.py --url postgresql://postgres@127.0.0.1:5432/bench_lists \\
-        --subjects 1000000
+    python bench/cohort_lists.py --url postgresql://postgres@127.0.0.1:5432/bench_people \\
+        --reuse
 """
 
 from __future__ import annotations
 
 import argparse
-import io
-import random
 import statistics
 import sys
 import time
 import uuid
-from datetime import timedelta
 from pathlib import Path
 
 import httpx
-from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from transfer_gate import fresh, rss_kib, serve
+from _population import prepare
+from transfer_gate import rss_kib, serve
 
-from consentflow import db, purposes, systems, tokens
-from consentflow.models import utcnow
+from consentflow import db, tokens
 from consentflow.reports import cohorts
-
-PURPOSES = ["news", "offers", "partners"]
-MIX = {"given": 80, "withdrawn": 8, "refused": 5, "requested": 4, "expired": 3}
-ACTION = {"given": "grant", "withdrawn": "revoke", "refused": "refuse", "requested": "request"}
-ACTION["expired"] = "expire"
-LOCALES = ["en", "fr", "de", "es"]
-CHANNELS = ["web", "email_link", "api", "support"]
-
-
-def _copy(cur, table: str, columns: list[str], rows: list[tuple]) -> None:
-    """Rows into ``table`` through COPY (text format)."""
-
-    def cell(v: object) -> str:
-        if v is None:
-            return "\\N"
-        return str(v).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
-
-    buf = io.StringIO()
-    for r in rows:
-        buf.write("\t".join(cell(v) for v in r) + "\n")
-    with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
-        copy.write(buf.getvalue())
-
-
-# Long: one pass builds every table's rows for a batch of subjects.
-def fill(engine, n: int, batch: int = 25_000) -> None:
-    rng = random.Random(42)
-    now = utcnow()
-    with db.session_scope(engine) as s:
-        for key in PURPOSES:
-            purposes.add(s, key, title=key.title(), validity_days=365)
-        systems.add(s, "crm", PURPOSES, webhook_url="https://crm.example.com/hooks")
-    with db.session_scope(engine) as s:
-        purposes.revise(s, "news", material=True, title="News, revised")
-        pids = {k: i.id for k, i in purposes.info(s).items()}
-        system_id = s.execute(text("SELECT id FROM system WHERE name = 'crm'")).one()[0]
-    states = [state for state, weight in MIX.items() for _ in range(weight)]
-    started = time.perf_counter()
-    delivery_id = 0
-    raw = engine.raw_connection()
-    try:
-        cur = raw.cursor()
-        for first in range(1, n + 1, batch):
-            subj, cons, evs, reqs, dels = [], [], [], [], []
-            for sid in range(first, min(first + batch, n + 1)):
-                ext = f"u{sid}"
-                created = now - timedelta(days=400)
-                locale = LOCALES[sid % 4]
-                subj.append(
-                    (sid, ext, uuid.uuid4().hex, 1, f"user{sid}@example.com", locale, 3, created)
-                )
-                for i, key in enumerate(PURPOSES, start=1):
-                    state = rng.choice(states)
-                    at = now - timedelta(days=rng.uniform(0, 360), seconds=rng.uniform(0, 86400))
-                    given = state in ("given", "expired")
-                    valid = at + timedelta(days=365) if given else None
-                    version = 1 if key != "news" or rng.random() < 0.5 else 2
-                    eid = uuid.uuid4()
-                    cons.append(
-                        (sid, pids[key], state, version, at if given else None, valid, at, eid)
-                    )
-                    evs.append(
-                        (eid, sid, pids[key], i, ACTION[state], state, None, version, at, at,
-                         valid, "subject", None, CHANNELS[rng.randrange(4)], None)
-                    )  # fmt: skip
-                    if rng.random() < 0.1:
-                        kind = "reconsent" if key == "news" else "collection"
-                        reqs.append(
-                            (sid, pids[key], 2 if key == "news" else 1, kind, "open", at,
-                             now + timedelta(days=rng.randint(1, 60)), 0)
-                        )  # fmt: skip
-                    if state == "withdrawn":
-                        delivery_id += 1
-                        roll = rng.random()
-                        outcome = "pending" if roll < 0.2 else "dead" if roll < 0.3 else "delivered"
-                        dels.append(
-                            (delivery_id, system_id, eid, uuid.uuid4().hex, "consent.withdrawn",
-                             "{}", outcome, 1, at, at, at if outcome == "delivered" else None,
-                             200 if outcome == "delivered" else 500)
-                        )  # fmt: skip
-            _copy(cur, "subject", ["id", "external_id", "subject_ref", "generation", "email",
-                                   "locale", "last_seq", "created_at"], subj)  # fmt: skip
-            _copy(cur, "consent", ["subject_id", "purpose_id", "state", "purpose_version",
-                                   "given_at", "valid_until", "updated_at", "last_event_id"],
-                  cons)  # fmt: skip
-            _copy(cur, "consent_event", ["id", "subject_id", "purpose_id", "seq", "action",
-                                         "state", "previous_state", "purpose_version",
-                                         "occurred_at", "recorded_at", "valid_until",
-                                         "actor_type", "actor", "channel", "reason"],
-                  evs)  # fmt: skip
-            _copy(cur, "consent_request", ["subject_id", "purpose_id", "purpose_version", "kind",
-                                           "status", "requested_at", "deadline",
-                                           "followups_sent"], reqs)  # fmt: skip
-            _copy(cur, "delivery", ["id", "system_id", "event_id", "webhook_id", "event_type",
-                                    "payload", "state", "attempts", "next_attempt_at",
-                                    "created_at", "delivered_at", "last_status"], dels)  # fmt: skip
-            raw.commit()
-            print(f"  {min(first + batch - 1, n):,} subjects", file=sys.stderr, flush=True)
-        cur.execute("SELECT setval('subject_id_seq', (SELECT max(id) FROM subject))")
-        cur.execute("SELECT setval('delivery_id_seq', greatest(1, (SELECT max(id) FROM delivery)))")
-        raw.commit()
-    finally:
-        raw.close()
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("VACUUM ANALYZE"))
-    took = time.perf_counter() - started
-    print(f"filled {n:,} subjects, {3 * n:,} consents and events, {delivery_id:,} deliveries "
-          f"in {took:.0f}s")  # fmt: skip
 
 
 def pct(times: list[float], p: float) -> float:
@@ -351,28 +241,29 @@ def main() -> None:
     parser.add_argument("--url", required=True, help="PostgreSQL URL of a database to make")
     parser.add_argument("--subjects", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=30)
-    parser.add_argument("--reuse", action="store_true", help="keep an earlier run's database")
+    parser.add_argument("--reuse", action="store_true", help="use the database a fill left")
+    parser.add_argument("--only", choices=["pages", "exports"], help="run one half")
     args = parser.parse_args()
-    url = args.url if args.reuse else fresh(args.url)
-    engine = db.make_engine(url)
-    if not args.reuse:
-        db.upgrade(engine)
-        fill(engine, args.subjects)
+    url = args.url
+    engine, n = prepare(url, args.subjects, args.reuse)
     with db.session_scope(engine) as s:
         token = tokens.create(s, f"bench-{uuid.uuid4().hex[:6]}", "compliance")[1]
-    deep_cursors(engine, args.subjects)
+    deep_cursors(engine, n)
     proc, base = serve(url)
     try:
-        print(f"list pages (limit 100), {args.repeat} requests each, HTTP on loopback:")
-        page_baseline(engine, args.repeat)
-        bench_pages(base, token, args.repeat)
-        print("list pages in process (no HTTP): wall and this process's CPU:")
-        bench_inprocess(engine, args.repeat)
-        print("exports (GET /api/v1/lists/consents/export):")
-        for purpose in ("news", None):
-            copy_baseline(engine, purpose)
-            for fmt in ("jsonl", "csv"):
-                bench_export(base, token, proc.pid, fmt, {"purpose": purpose} if purpose else {})
+        if args.only != "exports":
+            print(f"list pages (limit 100), {args.repeat} requests each, HTTP on loopback:")
+            page_baseline(engine, args.repeat)
+            bench_pages(base, token, args.repeat)
+            print("list pages in process (no HTTP): wall and this process's CPU:")
+            bench_inprocess(engine, args.repeat)
+        if args.only != "pages":
+            print("exports (GET /api/v1/lists/consents/export):")
+            for purpose in ("news", None):
+                copy_baseline(engine, purpose)
+                for fmt in ("jsonl", "csv"):
+                    params = {"purpose": purpose} if purpose else {}
+                    bench_export(base, token, proc.pid, fmt, params)
     finally:
         proc.terminate()
         proc.wait(30)

@@ -1,18 +1,22 @@
 """Benchmark: the transfer gate (``consentflow.transfers``) at scale.
 
-Not a test. Fills a fresh database with N subjects x 3 purposes (default 200,000 subjects, 600,000
-consents: 80% given, 2% of those lapsed but not swept, the rest withdrawn, refused, requested or
-expired), then times:
+Not a test. On PostgreSQL (``--url``) it reads the shared benchmark population (``_population``:
+N subjects x 3 purposes, 80% given, 2% of those lapsed but not swept, the rest withdrawn, refused,
+requested or expired), made afresh and filled set-based inside PostgreSQL, or with ``--reuse``
+the database as an earlier fill left it; without ``--url`` it fills a SQLite file in a temporary
+directory with N subjects x 3 purposes of the same mix (no events). Default N: 200,000. Then it
+times:
 
 - ``check/batch`` of 10,000 random existing subjects: the ledger call (``transfers.check_batch``,
   audit entry included) and ``POST /api/v1/check/batch`` on a real uvicorn server (a subprocess);
 - the export of everyone cleared for one purpose: the ledger's pages written as JSON Lines in
   this process, and ``GET /api/v1/export/eligible`` (JSON Lines and CSV) streamed from the server,
   in rows per second, with the resident memory sampled as it goes (flat: no growth with rows).
+  ``--only batch`` / ``--only export`` runs one half.
 
     python bench/transfer_gate.py                                  # SQLite file in a temp dir
-    python bench/transfer_gate.py --url postgresql://postgres@127.0.0.1:5432/bench_gate \\
-        --subjects 1000000                                         # a fresh database by that name
+    python bench/transfer_gate.py --url postgresql://postgres@127.0.0.1:5432/bench_people \\
+        --reuse                                                    # a filled database
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import httpx
-from sqlalchemy import create_engine, insert, text
-from sqlalchemy.engine import make_url
+from _population import prepare
+from sqlalchemy import insert, text
 
 from consentflow import db, purposes, systems, tokens, transfers, views
 from consentflow.actors import Actor
@@ -42,19 +46,8 @@ MIX = {"given": 80, "withdrawn": 8, "refused": 5, "requested": 4, "expired": 3}
 WHO = Actor(ActorType.AGENT, Channel.SUPPORT, name="bench")
 
 
-def fresh(url: str | None) -> str:
-    if url is None:
-        return f"sqlite:///{Path(tempfile.mkdtemp()) / 'bench.db'}"
-    parsed = make_url(db.normalise_url(url))
-    admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{parsed.database}"'))
-    admin.dispose()
-    return url
-
-
 def fill(engine, n_subjects: int, batch: int = 20_000) -> None:
+    """SQLite only (PostgreSQL: ``_population``): subjects and consents, no events."""
     rng = random.Random(42)
     now = utcnow()
     with db.session_scope(engine) as s:
@@ -101,11 +94,8 @@ def fill(engine, n_subjects: int, batch: int = 20_000) -> None:
         with engine.begin() as conn:
             conn.execute(insert(Subject.__table__), subject_rows)
             conn.execute(insert(Consent.__table__), consent_rows)
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(text("SELECT setval('subject_id_seq', (SELECT max(id) FROM subject))"))
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("VACUUM ANALYZE" if engine.dialect.name == "postgresql" else "ANALYZE"))
+        conn.execute(text("ANALYZE"))
     took = time.perf_counter() - started
     print(f"filled {n_subjects:,} subjects, {n_subjects * len(PURPOSES):,} consents in {took:.0f}s")
 
@@ -257,26 +247,29 @@ def main() -> None:
     parser.add_argument("--subjects", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument(
-        "--reuse", action="store_true", help="use the --url database as an earlier run filled it"
+        "--reuse", action="store_true", help="use the --url database as an earlier fill left it"
     )
+    parser.add_argument("--only", choices=["batch", "export"], help="run one half")
     args = parser.parse_args()
-    if args.reuse and args.url:
+    if args.url:
         url = args.url
-        engine = db.make_engine(url)
+        engine, n = prepare(url, args.subjects, args.reuse)
     else:
-        url = fresh(args.url)
-        engine = db.make_engine(url)
+        url = f"sqlite:///{Path(tempfile.mkdtemp()) / 'bench.db'}"
+        engine, n = db.make_engine(url), args.subjects
         db.upgrade(engine)
-        fill(engine, args.subjects)
+        fill(engine, n)
     with db.session_scope(engine) as s:
         token = tokens.create(s, f"bench-{uuid.uuid4().hex[:8]}", "compliance")[1]
     proc, base = serve(url)
     try:
-        bench_batch(engine, base, token, args.subjects, args.repeat)
-        baseline(engine)
-        bench_ledger_export(engine)
-        for fmt in ("jsonl", "csv"):
-            bench_api_export(base, token, proc.pid, fmt)
+        if args.only != "export":
+            bench_batch(engine, base, token, n, args.repeat)
+        if args.only != "batch":
+            baseline(engine)
+            bench_ledger_export(engine)
+            for fmt in ("jsonl", "csv"):
+                bench_api_export(base, token, proc.pid, fmt)
     finally:
         proc.terminate()
         proc.wait(10)
