@@ -142,8 +142,9 @@ def test_numbers_lead_to_their_lists(site, browser):
             return page.locator(selector).first.get_attribute("href")
 
         assert href("#tile-given a") == "/lists/consents?state=given"
+        after = today + timedelta(days=1)  # a list's until is exclusive: today included
         assert href("#tile-withdrawals a") == (
-            f"/lists/withdrawals?since={today - timedelta(days=89)}&until={today}"
+            f"/lists/withdrawals?since={today - timedelta(days=89)}&until={after}"
         )
         assert href("#tile-expiring a") == "/lists/expiring?days=30"
         assert href("#tile-dead a") == "/lists/deliveries?status=dead"
@@ -158,8 +159,10 @@ def test_numbers_lead_to_their_lists(site, browser):
         pending = crm.nth(health.index("pending")).locator("a")
         assert pending.inner_text() == "3"
         assert pending.get_attribute("href") == ("/lists/deliveries?system=crm&status=undelivered")
-        trend = page.locator("#chart-trend details tbody tr").last.locator("a")
-        assert trend.get_attribute("href") == f"/lists/withdrawals?since={today}&until={today}"
+        day = page.locator("#chart-trend details tbody tr").last.locator("a")
+        hrefs = [day.nth(i).get_attribute("href") for i in range(day.count())]
+        assert f"/lists/withdrawals?since={today}&until={after}" in hrefs
+        assert f"/lists/changes?action=grant&since={today}&until={after}" in hrefs
     finally:
         audit.close()
 
