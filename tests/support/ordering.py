@@ -1,6 +1,6 @@
 """The order in which the suite's modules are handed out: the long ones first.
 
-CI runs ``pytest -n 3 --dist loadfile`` on two cores: each module runs whole in one worker
+CI runs ``pytest -n 4 --dist loadfile`` on two cores: each module runs whole in one worker
 process, and a worker asks for the next module when it is nearly out of tests. xdist's own order
 (most tests first) puts the modules with a few long tests (a Prefect server and worker, the demo,
 the fault scenario) last, where one of them alone makes the tail of the run while the other
@@ -21,31 +21,35 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-#: Modules that take a minute or more, longest first. The seconds: the whole module, set-up
-#: included, alone in one process on a busy two-core machine (CI's are shorter).
+#: Modules that take half a minute or more, longest first. The seconds: the whole module,
+#: set-up included, in one of three workers on a two-core machine (``--junitxml`` of a full run,
+#: 2026-12-01; CI's vary with its machine).
 LONG = (
-    "tests/operations/test_workers.py",  # 230-380: a Prefect server, deploy, workers, a zombie
-    "tests/operations/test_two_workers.py",  # 240 (set-up 140), 860-910 at load ~20: 2 workers
-    "tests/flows/test_lifecycle_flows.py",  # 175: the Prefect harness, CLI runs in subprocesses
-    "tests/web/test_schemathesis.py",  # 195
-    "tests/faults/test_scenario.py",  # the fault scenario (~85 on CI) and the Prefect harness
-    "tests/flows/test_propagate.py",  # 145 (the harness ~50 of it)
-    "tests/cli/test_deploy.py",  # 115: a Prefect server, two `consentflow deploy` runs
-    "tests/ledger/test_importer.py",  # 75
-    "tests/web/test_serve.py",  # 70
-    "tests/delivery/test_workers.py",  # 70
-    "tests/sweeps/test_concurrency.py",  # 70
-    "tests/web/test_runs.py",  # 65
-    "tests/web/test_dashboard_browser.py",  # 225: axe-core in Chromium, 320/390/1440 px
-    "tests/web/test_lists_browser.py",  # 60-250: axe-core in Chromium, 130 people, 3 runs
-    "tests/web/test_accessibility.py",  # 60: axe-core in Chromium, two widths
-    "tests/web/test_subject_pages_browser.py",  # 60: axe-core in Chromium, 320 and 1440 px
-    "tests/web/test_subject_search.py",  # 60: both databases, an erasure per test
-    "tests/ledger/test_lifecycle_properties.py",  # 60: hypothesis, both databases
-    "tests/cli/test_demo.py",  # 55: one `consentflow demo` (an embedded Prefect, a new database)
-    "tests/web/test_newlink_browser.py",  # 55
-    "tests/web/test_actions.py",  # 60-120 (busy machine): both databases, the Prefect harness
-    "tests/web/test_actions_browser.py",  # 60-190 (busy machine): axe-core in Chromium
+    "tests/operations/test_workers.py",  # 220: a Prefect server, deploy, workers, a zombie
+    "tests/operations/test_two_workers.py",  # 85: a Prefect server, two workers
+    "tests/flows/test_lifecycle_flows.py",  # 85: the Prefect harness, CLI runs in subprocesses
+    "tests/cli/test_deploy.py",  # 83: a Prefect server, two `consentflow deploy` runs
+    "tests/cli/test_run.py",  # 74: Prefect servers, runs on a worker
+    "tests/web/test_schemathesis.py",  # 69
+    "tests/web/test_actions.py",  # 65: both databases, the Prefect harness
+    "tests/web/test_accessibility.py",  # 61: axe-core in Chromium, two widths
+    "tests/flows/test_propagate.py",  # 60 (the harness ~20 of it)
+    "tests/cli/test_cli.py",  # 55: the CLI in subprocesses
+    "tests/faults/test_scenario.py",  # 52: the fault scenario and the Prefect harness
+    "tests/web/test_links.py",  # 51
+    "tests/cli/test_demo.py",  # 51: one `consentflow demo` (an embedded Prefect, a new database)
+    "tests/web/test_api.py",  # 48
+    "tests/web/test_auth.py",  # 48
+    "tests/web/test_runs.py",  # 40
+    "tests/web/test_people.py",  # 35: Chromium, JavaScript off and on
+    "tests/ledger/test_lifecycle_properties.py",  # 36: hypothesis, both databases
+    "tests/web/test_serve.py",  # 34
+    "tests/ledger/test_lifecycle.py",  # 28
+    "tests/flows/test_compliance_digest.py",  # 24: the Prefect harness, SMTP, Apprise
+    "tests/delivery/test_workers.py",  # 24
+    "tests/web/test_dashboard_browser.py",  # 20: axe-core in Chromium
+    "tests/web/test_actions_browser.py",  # 20: axe-core in Chromium
+    "tests/sweeps/test_concurrency.py",  # 20
 )
 
 

@@ -17,7 +17,9 @@ from consentflow.web.pages import newlink
 from tests.support.browser import chromium, needs_chromium
 from tests.support.web import seed, served
 
-pytestmark = needs_chromium
+# What a browser shows and sends; the same changes on both databases are tests/web/test_links.py's
+# and test_newlink.py's, so the browser runs on SQLite only.
+pytestmark = [needs_chromium, pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)]
 
 
 @pytest.fixture
@@ -29,12 +31,18 @@ def site(engine, smtp_sink, monkeypatch):
     newlink.clients.clear()
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """One Chromium for the module; each test gets a fresh context (no shared cookies)."""
+    with chromium() as launched:
+        yield launched
+
+
 @pytest.fixture(params=[False, True], ids=["js-off", "js-on"])
-def page(request):
-    with chromium() as browser:
-        context = browser.new_context(java_script_enabled=request.param)
-        yield context.new_page()
-        context.close()
+def page(request, browser):
+    context = browser.new_context(java_script_enabled=request.param)
+    yield context.new_page()
+    context.close()
 
 
 def _ask(page, base: str, address: str) -> str:

@@ -19,7 +19,9 @@ from consentflow.models import ConsentEvent, Purpose, Subject, utcnow
 from tests.support.browser import chromium, needs_chromium
 from tests.support.web import bearer, seed, served
 
-pytestmark = needs_chromium
+# What a browser shows and sends; the same changes on both databases are tests/web/test_links.py's
+# and test_newlink.py's, so the browser runs on SQLite only.
+pytestmark = [needs_chromium, pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)]
 
 
 @pytest.fixture
@@ -31,12 +33,18 @@ def site(engine, monkeypatch):
         yield base, tokens
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """One Chromium for the module; each test gets a fresh context (no shared cookies)."""
+    with chromium() as launched:
+        yield launched
+
+
 @pytest.fixture(params=[False, True], ids=["js-off", "js-on"])
-def page(request):
-    with chromium() as browser:
-        context = browser.new_context(java_script_enabled=request.param, accept_downloads=True)
-        yield context.new_page()
-        context.close()
+def page(request, browser):
+    context = browser.new_context(java_script_enabled=request.param, accept_downloads=True)
+    yield context.new_page()
+    context.close()
 
 
 def _url(engine, action, subject="alice", purpose=None):
@@ -164,15 +172,18 @@ def test_a_hand_edited_result_url_confirms_nothing(engine, site, page):
 
 
 @pytest.fixture(params=[False, True], ids=["js-off", "js-on"])
-def browse(request):
+def browse(request, browser):
     """Open a page in a browser whose languages are ``languages`` (its Accept-Language)."""
-    with chromium() as browser:
+    contexts = []
 
-        def open_page(languages: str):
-            context = browser.new_context(java_script_enabled=request.param, locale=languages)
-            return context.new_page()
+    def open_page(languages: str):
+        context = browser.new_context(java_script_enabled=request.param, locale=languages)
+        contexts.append(context)
+        return context.new_page()
 
-        yield open_page
+    yield open_page
+    for context in contexts:
+        context.close()
 
 
 def _set_locale(engine, subject, locale):
