@@ -179,6 +179,11 @@ def test_bad_filters_are_a_422_naming_the_field(engine: Engine, toks: Tokens) ->
         ("not-reconfirmed", {"asked": "maybe"}, "asked"),
         ("deliveries", {"status": "late"}, "status"),
         ("requests", {"kind": "other"}, "kind"),
+        ("requests", {"due_since": "soon"}, "due_since"),
+        ("requests", {"due_since": "2026-02-01", "due_until": "2026-01-01"}, "due_until: must"),
+        ("changes", {"action": "delete"}, "action"),
+        ("changes", {"due_until": "2026-01-01"}, "due_until: the changes list does not take"),
+        ("withdrawals", {"action": "grant"}, "action: the withdrawals list does not take it"),
         ("nothing", {}, "cohort"),
     ]
     with client() as c:
