@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import and_
+from sqlalchemy import ARRAY, String, and_, any_, literal
 from sqlalchemy import select as rows_of
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
@@ -202,13 +202,13 @@ def _batch_rows(session: Session, opened: Gate, subjects: Sequence[str]) -> dict
     on = and_(_CONSENT.c.subject_id == _SUBJECT.c.id, _CONSENT.c.purpose_id == opened.purpose_id)
     columns = (_SUBJECT.c.external_id, *(_CONSENT.c[name] for name in _EVIDENCE))
     conn = session.connection()  # Core rows: no ORM loading per row
+    pg = conn.dialect.name == "postgresql"
     for start in range(0, len(wanted), _CHUNK):
         chunk = wanted[start : start + _CHUNK]
-        stmt = (
-            rows_of(*columns)
-            .select_from(_SUBJECT.outerjoin(_CONSENT, on))
-            .where(_SUBJECT.c.external_id.in_(chunk))
-        )
+        # PostgreSQL: one array parameter (``= ANY``), not 2,000 bound values to render.
+        ids = _SUBJECT.c.external_id
+        match = ids == any_(literal(chunk, ARRAY(String))) if pg else ids.in_(chunk)
+        stmt = rows_of(*columns).select_from(_SUBJECT.outerjoin(_CONSENT, on)).where(match)
         for ext, state, version, until, event in conn.execute(stmt):
             found[ext] = _NO_CONSENT if state is None else (state, version, until, event)
     return found

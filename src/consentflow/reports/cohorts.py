@@ -236,7 +236,11 @@ def read_page(
 ) -> Page:
     """Up to ``limit`` rows after the order key ``after``, in the cohort's order."""
     stmt, width = _statement(cohort, q, after)
-    result = session.connection().execute(stmt.limit(limit + 1))  # Core rows: no ORM objects
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        # A page is a short index range: parallel workers only add their start-up to it.
+        conn.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
+    result = conn.execute(stmt.limit(limit + 1))  # Core rows: no ORM objects
     names = [str(n) for n in list(result.keys())[:width]]
     raw = result.all()
     more = len(raw) > limit
