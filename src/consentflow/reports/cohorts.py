@@ -7,8 +7,8 @@ set, a keyset order, a row shape): ``consents`` (by state now; order: id), ``not
 id).
 
 The SQL of each list is ``reports._cohort_sql``'s. Each dashboard count shares its WHERE clause
-with its cohort (``reports._where``), so a figure
-equals the number of rows its list yields (``tests/web/test_lists_api.py``).
+with its cohort (``reports._where``), so a figure equals the number of rows its list yields
+(``tests/web/test_lists_api.py``, which also follows every link on the dashboard).
 
 Invariants:
 
