@@ -22,7 +22,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import IO, Annotated
 
 import typer
 
@@ -30,6 +30,7 @@ from consentflow import transfers
 from consentflow.actors import agent_actor
 from consentflow.cli._common import app, connect, fail
 from consentflow.errors import InvalidInput
+from consentflow.exports import AuditedExport
 
 export_app = typer.Typer(no_args_is_help=True, help="Consent-filtered exports (transfer gate).")
 app.add_typer(export_app, name="export")
@@ -57,7 +58,7 @@ def _open(output: Path | None) -> tuple[IO[bytes], Path | None]:
     return os.fdopen(fd, "wb"), Path(tmp)
 
 
-def deliver(export: Any, output: Path | None) -> int:
+def deliver(export: AuditedExport, output: Path | None) -> int:
     """Write an audited export (``transfers.Export``, ``cohorts.Export``) to ``output`` or stdout
     a chunk at a time, and record its audit entry however the writing ends; returns the
     entry's seq.

@@ -13,36 +13,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Generator
-from typing import Any, Protocol
 
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Send
 from starlette.types import Scope as AsgiScope
 
+from consentflow.exports import AuditedExport
+
 _log = logging.getLogger(__name__)
 
 MEDIA = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
 
 
-class Export(Protocol):
-    """What an audited export offers its stream (``transfers.Export``, ``cohorts.Export``)."""
-
-    @property
-    def action(self) -> str: ...
-
-    @property
-    def format(self) -> str: ...
-
-    def chunks(self) -> Generator[bytes]: ...
-
-    def finish(self) -> Any: ...
-
-
 class AuditedStream(StreamingResponse):
     """The response of an audited export: its chunks as they are written."""
 
-    def __init__(self, export: Export, filename: str | None = None) -> None:
+    def __init__(self, export: AuditedExport, filename: str | None = None) -> None:
         self.export = export
         self.gone = False
         self.yielded = self.delivered = 0
