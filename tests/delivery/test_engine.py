@@ -225,7 +225,9 @@ def test_exhausted_schedule_dead_letters_alerts_and_redeliver(
     assert "subject-0" not in body
     with db.session_scope(engine) as s:
         entry = s.exec(
-            select(AuditEntry).where(AuditEntry.action == "delivery.dead_lettered")
+            select(AuditEntry)
+            .where(AuditEntry.action == "delivery.dead_lettered")
+            .order_by(col(AuditEntry.seq))
         ).one()
         assert entry.detail["webhook_id"] == d.webhook_id and "500" in entry.detail["last_error"]
         assert audit.verify(s).ok

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import update
-from sqlmodel import select
+from sqlmodel import col, select
 
 from consentflow import db
 from consentflow.delivery import engine as eng
@@ -50,7 +50,9 @@ def run_logs(run_id: str) -> list[tuple[int, str]]:
 def run_entry(engine: Any, run_id: str) -> AuditEntry:
     with db.session_scope(engine) as s:
         [entry] = s.exec(
-            select(AuditEntry).where(AuditEntry.action == "flow.run", AuditEntry.run_id == run_id)
+            select(AuditEntry)
+            .where(AuditEntry.action == "flow.run", AuditEntry.run_id == run_id)
+            .order_by(col(AuditEntry.seq))
         ).all()
         return entry
 

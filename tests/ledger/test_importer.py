@@ -481,7 +481,11 @@ def test_a_file_the_database_would_refuse_commits_nothing_and_names_each_line(
     assert sorted(b["line"] for b in data["bad_rows"]) == sorted(expected)
     with Session(ledger) as s:
         assert subjects_named(s) >= {"s0", "spread", "after1", f"after{len(REFUSED)}"}
-        [run] = s.exec(select(AuditEntry).where(AuditEntry.action == "import.run")).all()
+        [run] = s.exec(
+            select(AuditEntry)
+            .where(AuditEntry.action == "import.run")
+            .order_by(col(AuditEntry.seq))
+        ).all()
         assert run.detail["bad_rows"] == len(REFUSED) and "interrupted" not in run.detail
         assert audit.verify(s).ok
 
@@ -529,7 +533,11 @@ def test_an_import_stopped_halfway_leaves_its_run_entry_and_finishes_on_a_rerun(
     assert "refused by the test trigger" in r.err
     with Session(ledger) as s:
         assert subjects_named(s) == {"p0", "p1"}  # the first batch committed
-        [run] = s.exec(select(AuditEntry).where(AuditEntry.action == "import.run")).all()
+        [run] = s.exec(
+            select(AuditEntry)
+            .where(AuditEntry.action == "import.run")
+            .order_by(col(AuditEntry.seq))
+        ).all()
         assert run.detail["interrupted"] and run.detail["subjects_created"] == 2
         assert audit.verify(s).ok
     with ledger.begin() as conn:
@@ -643,7 +651,9 @@ def test_an_erased_person_imported_again_is_a_new_registration(
         secret = keys.reference_key(s)
         again = s.exec(select(Subject).where(Subject.external_id == "alice")).one()
         created = s.exec(
-            select(AuditEntry).where(AuditEntry.subject_ref == again.subject_ref)
+            select(AuditEntry)
+            .where(AuditEntry.subject_ref == again.subject_ref)
+            .order_by(col(AuditEntry.seq))
         ).all()
     assert again.generation == 2
     assert again.subject_ref == subjects.reference(secret, "alice", 2)

@@ -116,7 +116,11 @@ def audit_for_event(engine: Engine, event_id: uuid.UUID) -> AuditEntry:
     with Session(engine) as s:
         found = [
             a
-            for a in s.exec(select(AuditEntry).where(col(AuditEntry.action).like("consent.%")))
+            for a in s.exec(
+                select(AuditEntry)
+                .where(col(AuditEntry.action).like("consent.%"))
+                .order_by(col(AuditEntry.seq))
+            )
             if a.detail.get("event_id") == str(event_id)
         ]
     assert len(found) == 1, found

@@ -120,7 +120,11 @@ def test_two_rotations_keep_links_deliveries_references_and_suppression(
         row = SimpleNamespace(email="ana@example.ORG")
         assert claims.suppression(s, [row])("ana@example.ORG")
         assert integrity.check(s)["findings"] == []
-        rotated = s.exec(select(AuditEntry).where(AuditEntry.action == "keys.rotated")).all()
+        rotated = s.exec(
+            select(AuditEntry)
+            .where(AuditEntry.action == "keys.rotated")
+            .order_by(col(AuditEntry.seq))
+        ).all()
     assert [e.detail["signing"] for e in rotated] == [first.signing, second.signing]
     assert rotated[1].detail["reference"] == first.reference == second.reference
     dump = audit_text(engine)

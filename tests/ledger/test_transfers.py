@@ -62,7 +62,11 @@ def ledger(engine: Engine) -> Engine:
 
 def entries(engine: Engine, action: str) -> list[AuditEntry]:
     with Session(engine) as s:
-        return list(s.exec(select(AuditEntry).where(AuditEntry.action == action)))
+        return list(
+            s.exec(
+                select(AuditEntry).where(AuditEntry.action == action).order_by(col(AuditEntry.seq))
+            )
+        )
 
 
 def head(engine: Engine) -> int:
@@ -178,7 +182,9 @@ def test_a_batch_holds_one_to_ten_thousand_ids(ledger: Engine) -> None:
     assert full.allowed == transfers.MAX_BATCH
     with Session(ledger) as s:
         (entry,) = s.exec(
-            select(AuditEntry).where(col(AuditEntry.action) == transfers.CHECKED)
+            select(AuditEntry)
+            .where(col(AuditEntry.action) == transfers.CHECKED)
+            .order_by(col(AuditEntry.seq))
         ).all()
     assert entry.detail["count"] == transfers.MAX_BATCH
 

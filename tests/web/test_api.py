@@ -409,9 +409,9 @@ def test_pausing_and_resuming_a_system(api, engine):
     assert r.status_code == 200 and r.json()["status"] == "active"
     with db.session_scope(engine) as s:
         entries = s.exec(
-            select(AuditEntry).where(
-                col(AuditEntry.action).in_(["system.paused", "system.resumed"])
-            )
+            select(AuditEntry)
+            .where(col(AuditEntry.action).in_(["system.paused", "system.resumed"]))
+            .order_by(col(AuditEntry.seq))  # without it PostgreSQL may return any order
         ).all()
         assert [(e.action, e.actor) for e in entries] == [
             ("system.paused", "carol"),

@@ -112,7 +112,9 @@ def test_confirming_erases_once_then_says_already(web, engine):
         states = s.exec(select(Consent.state).where(Consent.subject_id == sid)).all()
         assert sorted(states) == ["withdrawn", "withdrawn"]
         ref = s.get(Subject, sid).subject_ref
-        entries = s.exec(select(AuditEntry).where(col(AuditEntry.seq) > head)).all()
+        entries = s.exec(
+            select(AuditEntry).where(col(AuditEntry.seq) > head).order_by(col(AuditEntry.seq))
+        ).all()
     by_subject = [e for e in entries if e.subject_ref == ref]
     assert by_subject and all(e.actor_type == "subject" for e in by_subject)
     assert any("erase" in e.action for e in by_subject), [e.action for e in entries]

@@ -102,7 +102,13 @@ def toks(engine: Engine) -> Tokens:
 
 def entries(engine: Engine) -> list[AuditEntry]:
     with Session(engine) as s:
-        return list(s.exec(select(AuditEntry).where(AuditEntry.action == cohorts.EXPORTED)))
+        return list(
+            s.exec(
+                select(AuditEntry)
+                .where(AuditEntry.action == cohorts.EXPORTED)
+                .order_by(col(AuditEntry.seq))
+            )
+        )
 
 
 def sha(ids: list[str]) -> str:

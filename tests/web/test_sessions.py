@@ -100,7 +100,9 @@ def test_signing_in_and_out_is_audited_under_the_tokens_name(site: Any, engine: 
     _sign_in(base, made.admin)
     with db.session_scope(engine) as s:
         entries = s.exec(
-            select(AuditEntry).where(col(AuditEntry.action).startswith("session."))
+            select(AuditEntry)
+            .where(col(AuditEntry.action).startswith("session."))
+            .order_by(col(AuditEntry.seq))
         ).all()
         seen = [(e.action, e.actor) for e in sorted(entries, key=lambda e: e.seq)]
         assert seen == [
@@ -114,7 +116,13 @@ def test_signing_in_and_out_is_audited_under_the_tokens_name(site: Any, engine: 
     # That session already ended: ending it again records nothing more.
     with db.session_scope(engine) as s:
         assert tokens.end_session(s, session_id) is False
-        n = len(s.exec(select(AuditEntry).where(AuditEntry.action == "session.ended")).all())
+        n = len(
+            s.exec(
+                select(AuditEntry)
+                .where(AuditEntry.action == "session.ended")
+                .order_by(col(AuditEntry.seq))
+            ).all()
+        )
         assert n == 1
 
 

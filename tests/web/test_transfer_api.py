@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from consentflow import access, db, lifecycle, subjects, transfers, views
 from consentflow.lifecycle import Actor
@@ -45,7 +45,11 @@ def toks(engine: Engine) -> Tokens:
 
 def entries(engine: Engine, action: str) -> list[AuditEntry]:
     with Session(engine) as s:
-        return list(s.exec(select(AuditEntry).where(AuditEntry.action == action)))
+        return list(
+            s.exec(
+                select(AuditEntry).where(AuditEntry.action == action).order_by(col(AuditEntry.seq))
+            )
+        )
 
 
 def sha(ids: list[str]) -> str:
