@@ -11,22 +11,26 @@ The cohorts and their filters are the workspace's contract (the list pages are
 A list's ``until`` is exclusive; a dashboard's days are UTC days, both included: ``days`` turns
 the one into the other, so a day's number leads to that day's rows (``since=D&until=D+1``).
 
+An instant is written exactly (``timeutil.iso_z``: microseconds kept), so a link bounded by the
+instants a count was made with lists exactly the rows counted.
+
 Failure modes: none; pure string building (values are URL-encoded).
 """
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from urllib.parse import urlencode
 
 from consentflow.reports._sql import ALL
+from consentflow.timeutil import iso_z
 
 
-def lists(cohort: str, **filters: str | int | None) -> str:
+def lists(cohort: str, **filters: str | int | datetime | None) -> str:
     """``/lists/{cohort}`` with the filters that are set (``purpose`` of "all purposes" left
-    out), in the order given."""
+    out), in the order given; instants as ISO 8601 with ``Z``, to the microsecond."""
     kept = [
-        (key, str(value))
+        (key, iso_z(value) if isinstance(value, datetime) else str(value))
         for key, value in filters.items()
         if value is not None and not (key == "purpose" and value == ALL)
     ]

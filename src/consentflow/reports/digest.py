@@ -30,7 +30,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlencode
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import aliased
@@ -50,6 +49,8 @@ from consentflow.models import (
     State,
     System,
 )
+from consentflow.reports._links import days as link_days
+from consentflow.reports._links import lists
 from consentflow.reports._sql import ALL, count_if, purpose_keys
 from consentflow.reports.consents import anomalies
 from consentflow.timeutil import as_utc
@@ -128,20 +129,6 @@ def _iso(ts: datetime) -> str:
     return ts.replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def _value(name: str, value: Any) -> Any:
-    if not isinstance(value, datetime):
-        return value
-    if name == "until" and value.microsecond:  # rounded up: the list still holds the last ones
-        value += timedelta(seconds=1)
-    return _iso(value)
-
-
-def link(cohort: str, **filters: Any) -> str:
-    """A workspace list's address: ``/lists/{cohort}?filter=value`` (None values left out)."""
-    query = urlencode({k: _value(k, v) for k, v in filters.items() if v is not None})
-    return f"/lists/{cohort}" + (f"?{query}" if query else "")
-
-
 def gather(session: Session, since: datetime, until: datetime) -> Digest:
     """Every section of the digest for ``[since, until)`` (module docstring)."""
     keys = purpose_keys(session)
@@ -180,7 +167,7 @@ def _lapsed(session: Session, keys: dict[int, str], since: datetime, until: date
         .group_by(col(ConsentEvent.action), col(ConsentEvent.purpose_id))
     ).all()
     for action, pid, n in sorted(events, key=lambda r: (r[0], keys[r[1]])):
-        href = link("changes", action=action, purpose=keys[pid], since=since, until=until)
+        href = lists("changes", action=action, purpose=keys[pid], since=since, until=until)
         lines.append(Line(f"consents {lapsing[action]}", int(n), href, purpose=keys[pid]))
     requests = session.execute(
         select(col(ConsentRequest.purpose_id), func.count().label("n"))
@@ -216,7 +203,7 @@ def _deadlines(session: Session, keys: dict[int, str], now: datetime) -> list[Li
         Line(
             "re-consent requests still unanswered",
             int(r.open),
-            link(
+            lists(
                 "requests",
                 purpose=keys[r.purpose_id],
                 kind=RequestKind.RECONSENT.value,
@@ -244,7 +231,7 @@ def _dead_letters(session: Session, since: datetime, until: datetime) -> list[Li
         Line(
             "deliveries dead-lettered",
             int(n),
-            link("deliveries", system=system, status="dead"),
+            lists("deliveries", system=system, status="dead"),
             system=system,
         )
         for system, n in sorted(rows, key=lambda r: str(r[0]))
@@ -301,7 +288,7 @@ def _failing_lines(session: Session, now: datetime) -> list[Line]:
         Line(
             "system failing",
             1,
-            link("deliveries", system=name, status="undelivered"),
+            lists("deliveries", system=name, status="undelivered"),
             system=name,
             note=f"every attempt failed since {_iso(started)}",
         )
@@ -330,13 +317,7 @@ def anomaly_days(session: Session, since: datetime, until: datetime) -> list[tup
 def _anomalies(session: Session, since: datetime, until: datetime) -> list[Line]:
     lines = []
     for day, purpose, n in sorted(anomaly_days(session, since, until)):
-        start = datetime.fromisoformat(day).replace(tzinfo=until.tzinfo)
-        href = link(
-            "withdrawals",
-            purpose=None if purpose == ALL else purpose,
-            since=start,
-            until=start + timedelta(days=1),
-        )
+        href = lists("withdrawals", purpose=purpose, **link_days(day))
         lines.append(Line(f"withdrawals on {day}", n, href, purpose=purpose, note="anomalous"))
     return lines
 
@@ -405,7 +386,7 @@ def due_alerts(session: Session, now: datetime, base_url: str = "") -> list[Aler
     base = base_url.rstrip("/")
     alerts = []
     for name, started in sorted(failing_systems(session, now).items()):
-        href = link("deliveries", system=name, status="undelivered")
+        href = lists("deliveries", system=name, status="undelivered")
         alerts.append(
             Alert(
                 f"system-failing:{name}:{_iso(started)}",
@@ -417,13 +398,7 @@ def due_alerts(session: Session, now: datetime, base_url: str = "") -> list[Aler
         )
     for day, purpose, n in sorted(anomaly_days(session, now - timedelta(days=1), now)):
         about = "all purposes" if purpose == ALL else purpose
-        start = datetime.fromisoformat(day).replace(tzinfo=now.tzinfo)
-        href = link(
-            "withdrawals",
-            purpose=None if purpose == ALL else purpose,
-            since=start,
-            until=start + timedelta(days=1),
-        )
+        href = lists("withdrawals", purpose=purpose, **link_days(day))
         alerts.append(
             Alert(
                 f"withdrawal-anomaly:{day}:{purpose}",

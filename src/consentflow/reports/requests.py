@@ -30,7 +30,6 @@ from consentflow.reports._links import days as link_days
 from consentflow.reports._links import lists
 from consentflow.reports._sql import ALL, count_if, purpose_keys, utc_day
 from consentflow.reports._table import Table
-from consentflow.timeutil import iso_z
 
 
 def requests_page(
@@ -94,12 +93,11 @@ def pending_requests(session: Session, now: datetime) -> Table:
     table.rows.sort(key=lambda r: (r[0], r[1]))
     table.rows.append([ALL, "all", *totals])
     # Each number leads to its requests: the same bounds, as instants.
-    at7, at30, at90 = (iso_z(t) for t in (t7, t30, t90))
-    ages: list[dict[str, str | None]] = [
-        {"since": at7},
-        {"since": at30, "until": at7},
-        {"since": at90, "until": at30},
-        {"until": at90},
+    ages: list[dict[str, datetime]] = [
+        {"since": t7},
+        {"since": t30, "until": t7},
+        {"since": t90, "until": t30},
+        {"until": t90},
         {},
     ]
     for i, row in enumerate(table.rows):
@@ -249,7 +247,7 @@ def _link_reconsent(cohort: Table, deadlines: Table, now: datetime) -> None:
         if row[col_of["open requests"]]:
             cohort.link(i, "open requests", lists("requests", **reconsent))
         if row[col_of["overdue"]]:
-            cohort.link(i, "overdue", lists("requests", **reconsent, due_until=iso_z(now)))
+            cohort.link(i, "overdue", lists("requests", **reconsent, due_until=now))
     for i, row in enumerate(deadlines.rows):
         if row[1] != "none":
             day = link_days(str(row[1]))
