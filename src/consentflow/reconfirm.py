@@ -14,13 +14,29 @@ materially (version > 1; others need no entry). ``c`` is the consent columns (th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
 from sqlalchemy import and_, case, false, literal, or_, select
 from sqlmodel import col
 
 from consentflow.models import ConsentRequest, RequestKind, RequestStatus, State
+
+
+class Revisable(Protocol):
+    """A purpose's notice versions, as ``purposes.PurposeInfo`` gives them."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def material_version(self) -> int: ...
+
+
+def materials(infos: Iterable[Revisable]) -> dict[int, int]:
+    """``materials`` for these purposes: the id and latest material version of each one revised
+    materially (version > 1)."""
+    return {i.id: i.material_version for i in infos if i.material_version > 1}
 
 
 def material_version(c: Any, materials: Mapping[int, int]) -> Any:

@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 from sqlalchemy import DateTime, Select, literal, select, tuple_, type_coerce
 from sqlmodel import Session
 
-from consentflow import db, purposes, views
+from consentflow import db, purposes, reconfirm, views
 from consentflow.errors import InvalidInput
 from consentflow.exports import AuditedExport
 from consentflow.models import UTCDateTime, metadata, utcnow
@@ -204,8 +204,7 @@ def prepare(
             raise InvalidInput(f"system: no such system {system!r}; see `consentflow system list`")
     materials: dict[int, int] = {}
     if cohort is Cohort.NOT_RECONFIRMED:  # the one list that needs the notices
-        infos = purposes.info(session).values()
-        materials = {i.id: i.material_version for i in infos if i.material_version > 1}
+        materials = reconfirm.materials(purposes.info(session).values())
     return sql.Query(filters, now or utcnow(), email, purpose_id, system_id, materials)
 
 

@@ -80,6 +80,8 @@ def states(session: Session, now: datetime) -> Table:
 #: The actions the trend and the anomaly detector count, and what the page calls them.
 _TREND_ACTIONS = {"grant": "grants", "revoke": "withdrawals", "expire": "expiries"}
 MEASURES = tuple(_TREND_ACTIONS.values())
+#: What each measure counts: the consent event action.
+_MEASURE_ACTION = {measure: action for action, measure in _TREND_ACTIONS.items()}
 #: The widest date range the trend shows (a year and a day).
 MAX_RANGE_DAYS = 366
 #: How many series a chart draws; the rest are summed into "others" (the table has them all).
@@ -170,7 +172,7 @@ def event_days(session: Session, now: datetime, window: Range | None = None) -> 
 def channel_days(session: Session, window: Range, measure: str) -> list[Any]:
     """One measure's events per (UTC day, channel) over the range: a second grouped query, as
     the channel is not in the trend's index (it reads only that action's rows in the range)."""
-    action = {v: k for k, v in _TREND_ACTIONS.items()}[measure]
+    action = _MEASURE_ACTION[measure]
     day = utc_day(session, ConsentEvent.recorded_at).label("day")
     channel = col(ConsentEvent.channel)
     stmt = (
@@ -254,7 +256,7 @@ def _split(
 ) -> dict[str, dict[str, int]]:
     """Per purpose (from ``event_days`` rows) or per channel (``channel_days`` rows): the
     measure's count per day of the range."""
-    action = {v: k for k, v in _TREND_ACTIONS.items()}[measure]
+    action = _MEASURE_ACTION[measure]
     keys = purpose_keys(session) if by == "purpose" else {}
     days = set(window.days)
     out: dict[str, dict[str, int]] = {}
@@ -295,10 +297,10 @@ def series_by(
         f"{measure.capitalize()} per day and {by}, {days[0]} to {days[-1]}",
         ["day", *names, "total"],
     )
+    action = _MEASURE_ACTION[measure]
     for i, d in enumerate(days):
         per = [values[n].get(d, 0) for n in names]
         table.rows.append([d, *per, sum(per)])
-        action = {v: k for k, v in _TREND_ACTIONS.items()}[measure]
         for n, v in zip(names, per, strict=True):
             if v:
                 table.link(i, n, _changes_list(action, days=d, **{by: n}))

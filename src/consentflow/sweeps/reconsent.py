@@ -62,11 +62,6 @@ from consentflow.sweeps.claims import (
 cr = ConsentRequest
 
 
-def _materials(infos: dict[int, PurposeInfo]) -> dict[int, int]:
-    """Purpose id -> latest material version, for the purposes revised materially."""
-    return {i.id: i.material_version for i in infos.values() if i.material_version > 1}
-
-
 def _claim(session: Session, r: Any, request_id: int, deadline: datetime) -> Claim:
     revoke_url = link(session, LinkAction.REVOKE, r.subject_id, r.purpose_id)
     return new_claim(
@@ -104,7 +99,7 @@ def reconsent_open_batch(ctx: SweepContext, size: int, cursor: int = 0) -> Batch
     deadline = max(now, ctx.as_of) + timedelta(days=ctx.reconsent_deadline_days)
     batch = Batch()
     with transaction(ctx.engine, ctx.dry_run) as s:
-        materials = _materials(purpose_ids(s, ctx.purpose_keys))
+        materials = reconfirm.materials(purpose_ids(s, ctx.purpose_keys).values())
         if not materials:
             return batch
         due = reconfirm.unasked_stale(Consent, materials)
@@ -290,7 +285,7 @@ def _count_invalidations(
     infos: dict[int, PurposeInfo],
 ) -> None:
     """A dry run's count of what ``_invalidate`` would do (and the webhooks it would enqueue)."""
-    materials = _materials(infos)
+    materials = reconfirm.materials(infos.values())
     if not materials:
         return
     stale = reconfirm.stale(Consent, materials)
