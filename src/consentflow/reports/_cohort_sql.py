@@ -64,12 +64,13 @@ def _common(q: Query, purpose_col: Any, version_col: Any) -> list[Any]:
     return where
 
 
-def _range(column: Any, f: Filters) -> list[Any]:
+def _range(column: Any, start: datetime | None, end: datetime | None) -> list[Any]:
+    """``column`` in ``[start, end)`` (an unset bound: no bound)."""
     out: list[Any] = []
-    if f.since is not None:
-        out.append(column >= f.since)
-    if f.until is not None:
-        out.append(column < f.until)
+    if start is not None:
+        out.append(column >= start)
+    if end is not None:
+        out.append(column < end)
     return out
 
 
@@ -109,12 +110,12 @@ def _consent_select(q: Query, *where: Any) -> Select[Any]:
 def consents(q: Query) -> tuple[Select[Any], tuple[Any, ...]]:
     f = q.filters
     where = [] if f.state is None else [_where.in_state(_C.c, f.state, q.now)]
-    return _consent_select(q, *where, *_range(_C.c.updated_at, f)), (_C.c.id,)
+    return _consent_select(q, *where, *_range(_C.c.updated_at, f.since, f.until)), (_C.c.id,)
 
 
 def not_reconfirmed(q: Query) -> tuple[Select[Any], tuple[Any, ...]]:
     f = q.filters
-    where = [_where.stale(_C.c, q.materials), *_range(_C.c.updated_at, f)]
+    where = [_where.stale(_C.c, q.materials), *_range(_C.c.updated_at, f.since, f.until)]
     if f.asked is not None:
         asked = _where.asked(_C.c, q.materials)
         where.append(asked if f.asked == "yes" else ~asked)
@@ -129,11 +130,8 @@ def expiring(q: Query) -> tuple[Select[Any], tuple[Any, ...]]:
 def requests(q: Query) -> tuple[Select[Any], tuple[Any, ...]]:
     r, f = _R.c, q.filters
     where = [_where.pending(r), *_common(q, r.purpose_id, r.purpose_version)]
-    where += _range(r.requested_at, f)
-    if f.due_since is not None:
-        where.append(r.deadline >= f.due_since)
-    if f.due_until is not None:
-        where.append(r.deadline < f.due_until)
+    where += _range(r.requested_at, f.since, f.until)  # asked
+    where += _range(r.deadline, f.due_since, f.due_until)
     if f.kind is not None:
         where.append(r.kind == f.kind)
     stmt = (
@@ -160,7 +158,8 @@ def _events(q: Query, *where: Any, action: bool = False) -> tuple[Select[Any], t
     """Consent events recorded in ``[since, until)`` (``action``: the row has its action and
     the state it led to, as ``ChangeRowOut``; else ``WithdrawalRowOut``)."""
     e, f = _E.c, q.filters
-    where = (*where, *_common(q, e.purpose_id, e.purpose_version), *_range(e.recorded_at, f))
+    where = (*where, *_common(q, e.purpose_id, e.purpose_version))
+    where += (*_range(e.recorded_at, f.since, f.until),)
     if f.channel is not None:
         where += (e.channel == f.channel,)
     stmt = (
@@ -202,7 +201,7 @@ def deliveries(q: Query) -> tuple[Select[Any], tuple[Any, ...]]:
         where = [_where.undelivered(d)]
     else:
         where = [_where.dead(d) | _where.undelivered(d)]
-    where += _range(d.created_at, f)
+    where += _range(d.created_at, f.since, f.until)
     if q.system_id is not None:
         where.append(d.system_id == q.system_id)
     if q.purpose_id is not None:
